@@ -1,0 +1,7 @@
+"""Allow ``python -m qapi``."""
+
+import sys
+
+from .main import main
+
+sys.exit(main())

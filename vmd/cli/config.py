@@ -1,0 +1,139 @@
+"""The configuration the rest of vmd reads, as produced by the CLI parser.
+
+Everything here is plain data: the parser fills it in from argv without
+touching files, sockets or the environment.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+#: Machine type used when no -machine/-M gives one.  QEMU defaults to 'pc';
+#: vmd can only build 'none' until the machine work lands.
+DEFAULT_MACHINE = "none"
+
+#: Machine types vmd can build.  Extend this set as machines are added.
+SUPPORTED_MACHINES: dict[str, str] = {"none": "empty machine"}
+
+#: RAM size when -m is absent or zero (QEMU's default_ram_size for x86).
+DEFAULT_RAM_BYTES = 128 << 20
+
+
+@dataclass
+class ChardevConfig:
+    """One character device, from -chardev or a -serial/-monitor/-qmp shorthand.
+
+    ``options`` holds the remaining QemuOpts keys as the user wrote them
+    (strings; the last of a repeated key wins); see
+    :func:`vmd.cli.chardev.socket_flags` for server/wait with CLI defaults.
+    """
+
+    id: str
+    backend: str
+    options: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class MonitorConfig:
+    """A monitor on a chardev: 'control' is QMP, 'readline' is HMP."""
+
+    chardev: str
+    mode: str = "readline"
+    pretty: bool = False
+
+
+@dataclass
+class SmpConfig:
+    """CPU topology after QEMU's rules for filling in omitted values."""
+
+    cpus: int = 1
+    sockets: int = 1
+    dies: int = 1
+    clusters: int = 1
+    cores: int = 1
+    threads: int = 1
+    maxcpus: int = 1
+
+
+@dataclass
+class BlockdevConfig:
+    """A -blockdev tree.
+
+    With ``from_json`` false every leaf is a string (keyval syntax) and the
+    block layer must convert leaves with the QAPI schema, as QEMU's keyval
+    input visitor does; with it true the values are already JSON-typed.
+    """
+
+    options: dict[str, Any]
+    from_json: bool = False
+
+
+@dataclass
+class DeviceConfig:
+    """A -device: QemuOpts (string values, ``driver`` and maybe ``id``) or JSON."""
+
+    options: dict[str, Any]
+    from_json: bool = False
+
+
+@dataclass
+class Config:
+    """The whole parsed command line."""
+
+    name: str | None = None
+    process_name: str | None = None
+    debug_threads: bool = False
+    start_paused: bool = False
+    daemonize: bool = False
+    pidfile: str | None = None
+    machine: dict[str, str] = field(default_factory=lambda: {"type": DEFAULT_MACHINE})
+    nodefaults: bool = False
+    display: str = "none"
+    nographic: bool = False
+    no_shutdown: bool = False
+    no_reboot: bool = False
+    memory_bytes: int = DEFAULT_RAM_BYTES
+    memory_slots: int | None = None
+    memory_maxmem: int | None = None
+    smp: SmpConfig = field(default_factory=SmpConfig)
+    cpu: str | None = None
+    accels: list[dict[str, str]] = field(default_factory=list)
+    kernel: str | None = None
+    initrd: str | None = None
+    append: str | None = None
+    logfile: str | None = None
+    chardevs: list[ChardevConfig] = field(default_factory=list)
+    monitors: list[MonitorConfig] = field(default_factory=list)
+    serials: list[str] = field(default_factory=list)
+    blockdevs: list[BlockdevConfig] = field(default_factory=list)
+    devices: list[DeviceConfig] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def memory_mib(self) -> int:
+        """Guest RAM in MiB, rounded down."""
+        return self.memory_bytes >> 20
+
+    @property
+    def accel(self) -> str | None:
+        """The first accelerator asked for (QEMU tries them in order)."""
+        return self.accels[0].get("accel") if self.accels else None
+
+    def chardev(self, chardev_id: str) -> ChardevConfig | None:
+        """Look up a chardev by id."""
+        return next((c for c in self.chardevs if c.id == chardev_id), None)
+
+
+@dataclass
+class HelpRequest:
+    """The command line asked for help; print ``text`` and exit 0."""
+
+    text: str
+
+
+@dataclass
+class VersionRequest:
+    """The command line asked for the version; print ``text`` and exit 0."""
+
+    text: str

@@ -1,0 +1,63 @@
+"""The daemon: the state every subsystem and command handler reaches.
+
+QEMU keeps this state in globals guarded by the big QEMU lock. vmd keeps it
+in one ``Daemon`` object owned by the event loop thread: command handlers
+run on the loop and may touch it freely; other threads (vCPUs, I/O workers,
+added by later subsystems) must hand work to the loop with
+``loop.call_soon_threadsafe`` rather than touch it directly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from vmd import __version__
+from vmd._generated import events
+from vmd._generated.types import ShutdownCause
+from vmd.cli.config import Config
+from vmd.qmp.dispatch import Dispatcher
+from vmd.qmp.events import EventBroadcaster
+from vmd.system.runstate import RunStateMachine
+
+log = logging.getLogger(__name__)
+
+# vmd speaks the QMP of this QEMU release; clients read it from the greeting.
+QEMU_VERSION = (7, 2, 0)
+
+
+class Daemon:
+    """Everything a running vmd instance owns."""
+
+    def __init__(self, config: Config, dispatcher: Dispatcher,
+                 loop: asyncio.AbstractEventLoop) -> None:
+        self.config = config
+        self.dispatcher = dispatcher
+        self.events = EventBroadcaster(loop)
+        self.runstate = RunStateMachine(self.events, config.start_paused)
+        self.monitors: list[Any] = []
+        self._shutdown = loop.create_future()
+
+    @property
+    def name(self) -> str | None:
+        return self.config.name
+
+    def version_info(self) -> dict[str, Any]:
+        """``query-version``'s reply, also sent in every QMP greeting."""
+        major, minor, micro = QEMU_VERSION
+        return {"qemu": {"major": major, "minor": minor, "micro": micro},
+                "package": f"vmd-{__version__}"}
+
+    def request_shutdown(self, cause: ShutdownCause) -> None:
+        """Emit SHUTDOWN now and have the main loop exit soon after."""
+        if self._shutdown.done():
+            return
+        guest = cause.startswith("guest-")
+        events.qapi_event_send_shutdown(self.events, guest=guest, reason=cause)
+        log.info("shutting down (%s)", cause)
+        self._shutdown.set_result(cause)
+
+    async def wait_for_shutdown(self) -> ShutdownCause:
+        result: ShutdownCause = await self._shutdown
+        return result

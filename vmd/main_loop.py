@@ -1,0 +1,78 @@
+"""The main loop: QEMU's main thread and its AioContext.
+
+Thread model (the equivalent of QEMU's big lock):
+* the event loop thread owns the ``Daemon`` and everything reachable from
+  it: run state, monitors, connections, and later the block graph and jobs.
+  QMP handlers run on it, one at a time, so they need no locks;
+* other threads (vCPU threads, I/O workers, added by later subsystems)
+  never touch that state; they hand work to the loop with
+  ``loop.call_soon_threadsafe`` (``EventBroadcaster.emit`` does this) and
+  wait on futures, never the other way round.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+
+from vmd._generated.commands import COMMANDS
+from vmd._generated.types import ShutdownCause
+from vmd.cli.config import Config
+from vmd.daemon import Daemon
+from vmd.qmp.dispatch import Dispatcher
+from vmd.qmp.handlers import bind_handlers
+from vmd.qmp.server import QMPMonitor
+from vmd.system import sd_notify
+from vmd.system.process import Daemonizer, PidFile, StartupError
+
+log = logging.getLogger(__name__)
+
+
+def check_supported(config: Config) -> None:
+    """Refuse options whose subsystems have not landed yet, clearly."""
+    unsupported = [
+        ("-blockdev", config.blockdevs), ("-device", config.devices),
+        ("-serial", config.serials), ("-kernel", config.kernel),
+    ]
+    for option, value in unsupported:
+        if value:
+            raise StartupError(f"{option} is not supported by this vmd yet")
+    for monitor in config.monitors:
+        if monitor.mode != "control":
+            raise StartupError(
+                f"-mon chardev={monitor.chardev}: the human monitor on a "
+                "chardev is not supported yet; use QMP's "
+                "human-monitor-command")
+
+
+async def run(config: Config, daemonizer: Daemonizer | None) -> int:
+    """Start the monitors, serve until shutdown, return the exit status."""
+    loop = asyncio.get_running_loop()
+    dispatcher = Dispatcher(COMMANDS, bind_handlers(COMMANDS))
+    daemon = Daemon(config, dispatcher, loop)
+    for monitor_config in config.monitors:
+        chardev = config.chardev(monitor_config.chardev)
+        assert chardev is not None, "the CLI checks -mon references"
+        monitor = QMPMonitor(daemon, chardev)
+        await monitor.start()
+        daemon.monitors.append(monitor)
+    for monitor in daemon.monitors:
+        await monitor.wait_for_client_if_asked()
+    pidfile = PidFile(config.pidfile) if config.pidfile else None
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        loop.add_signal_handler(signum, daemon.request_shutdown,
+                                ShutdownCause.HOST_SIGNAL)
+    if daemonizer is not None:
+        daemonizer.ready()
+    sd_notify.notify(f"READY=1\nMAINPID={os.getpid()}")
+    try:
+        await daemon.wait_for_shutdown()
+    finally:
+        for monitor in daemon.monitors:
+            await monitor.close()
+        if pidfile is not None:
+            pidfile.remove()
+        await asyncio.sleep(0)  # let closing transports flush their output
+    return 0

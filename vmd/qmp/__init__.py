@@ -1,0 +1,1 @@
+"""QMP: the JSON control protocol (framing, dispatch, server, events)."""

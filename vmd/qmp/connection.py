@@ -1,0 +1,142 @@
+"""One QMP client connection on the event loop.
+
+The connection feeds received bytes to the stream parser and answers each
+message through its ``QMPSession``. Like QEMU, in-band requests are answered
+strictly in order: a coroutine command holds back the requests behind it
+(up to ``MAX_QUEUED_REQUESTS``, after which input is no longer read), while
+``exec-oob`` requests are answered at once.
+
+Resource bounds, so one client cannot hurt the others:
+* input: one message may hold at most the parser's limits (64 MiB); a queue
+  of waiting requests stops reading from the socket;
+* output: when the client does not read its replies, reading its requests
+  stops too (``pause_writing``); if unread output still grows past
+  ``MAX_UNREAD_OUTPUT`` (events keep coming), the client is disconnected.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import inspect
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from vmd.qmp.dispatch import Response, is_oob_request
+from vmd.qmp.json_stream import JSONStreamParser, Message
+from vmd.qmp.json_writer import encode_message
+from vmd.qmp.session import QMPSession
+
+log = logging.getLogger(__name__)
+
+MAX_QUEUED_REQUESTS = 8
+WRITE_BUFFER_HIGH = 1 << 20
+MAX_UNREAD_OUTPUT = 16 << 20
+
+
+class QMPConnection(asyncio.Protocol):
+    """The asyncio protocol serving one QMP client."""
+
+    def __init__(self, session: QMPSession,
+                 on_close: Callable[[QMPConnection], None]) -> None:
+        self.session = session
+        self._on_close = on_close
+        self._parser = JSONStreamParser()
+        self._queue: collections.deque[Message] = collections.deque()
+        self._running: asyncio.Task[None] | None = None
+        self._transport: asyncio.Transport | None = None
+        self._reading_paused = False
+        self._writing_paused = False
+
+    # -- asyncio.Protocol --------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]
+        transport.set_write_buffer_limits(high=WRITE_BUFFER_HIGH)
+        self._write(self.session.greeting())
+        self.session.daemon.events.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.session.daemon.events.remove(self)
+        self._queue.clear()
+        if self._running is not None:
+            self._running.cancel()
+        self._transport = None
+        self._on_close(self)
+
+    def data_received(self, data: bytes) -> None:
+        for message in self._parser.feed(data):
+            if self.session.oob_enabled and is_oob_request(message.value):
+                self._answer(message)
+            else:
+                self._queue.append(message)
+        self._run_queue()
+
+    def pause_writing(self) -> None:
+        self._writing_paused = True
+        self._update_reading()
+
+    def resume_writing(self) -> None:
+        self._writing_paused = False
+        self._update_reading()
+
+    # -- events --------------------------------------------------------------
+
+    def send_event(self, encoded: bytes) -> None:
+        transport = self._transport
+        if transport is None or self.session.negotiating:
+            return
+        if transport.get_write_buffer_size() > MAX_UNREAD_OUTPUT:
+            log.warning("QMP client is not reading its output; disconnecting")
+            transport.abort()
+            return
+        transport.write(encoded)
+
+    def close(self) -> None:
+        """Close after pending output is flushed."""
+        if self._transport is not None:
+            self._transport.close()
+
+    def abort(self) -> None:
+        """Drop the connection now, discarding pending output (yank)."""
+        if self._transport is not None:
+            self._transport.abort()
+
+    # -- requests --------------------------------------------------------------
+
+    def _answer(self, message: Message) -> None:
+        """Answer an out-of-band request immediately."""
+        response = self.session.handle(message)
+        assert not inspect.isawaitable(response), "OOB commands are sync"
+        self._write(response)
+
+    def _run_queue(self) -> None:
+        while self._queue and self._running is None:
+            response = self.session.handle(self._queue.popleft())
+            if inspect.isawaitable(response):
+                self._running = asyncio.ensure_future(self._finish(response))
+            else:
+                self._write(response)
+        self._update_reading()
+
+    async def _finish(self, pending: Awaitable[Response]) -> None:
+        response = await pending
+        self._running = None
+        self._write(response)
+        self._run_queue()
+
+    def _update_reading(self) -> None:
+        transport = self._transport
+        if transport is None:
+            return
+        pause = self._writing_paused or len(self._queue) >= MAX_QUEUED_REQUESTS
+        if pause and not self._reading_paused:
+            transport.pause_reading()
+        elif not pause and self._reading_paused:
+            transport.resume_reading()
+        self._reading_paused = pause
+
+    def _write(self, message: dict[str, Any]) -> None:
+        if self._transport is not None:
+            self._transport.write(encode_message(message))

@@ -1,0 +1,55 @@
+"""Encoding QMP output the way QEMU prints it.
+
+QEMU writes one compact JSON object per line, ``", "`` between members and
+``": "`` after keys, ends the line with CRLF, and escapes everything that is
+not printable ASCII as ``\\uXXXX`` with upper-case hex (0x7F included).
+Python's encoder is used for speed; the two differences it has from QEMU
+(lower-case hex, raw 0x7F) are fixed up afterwards, and only when the text
+contains them. Doubles are printed shortest-round-trip rather than with
+``%.17g``: the value read back is the same. Non-finite numbers, which JSON
+cannot represent, are sent as ``null`` (QEMU prints an invalid ``inf``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from typing import Any
+
+_ESCAPE = re.compile(r"\\(\\|u[0-9a-f]{4})")
+_encoder = json.JSONEncoder(separators=(", ", ": "), ensure_ascii=True,
+                            allow_nan=True)
+
+
+def _upper_hex(match: re.Match[str]) -> str:
+    escape = match.group(1)
+    return "\\\\" if escape == "\\" else "\\u" + escape[1:].upper()
+
+
+def dumps(value: Any) -> str:
+    """Serialize ``value`` as one line of QEMU-style JSON (no line end)."""
+    text = _encoder.encode(value)
+    if "Infinity" in text or "NaN" in text:
+        text = _encoder.encode(_finite(value))
+    if "\\u" in text:
+        text = _ESCAPE.sub(_upper_hex, text)
+    if "\x7f" in text:
+        text = text.replace("\x7f", "\\u007F")
+    return text
+
+
+def encode_message(value: Any) -> bytes:
+    """One QMP output message: QEMU-style JSON terminated by CRLF."""
+    return (dumps(value) + "\r\n").encode("ascii")
+
+
+def _finite(value: Any) -> Any:
+    """Replace non-finite floats by None so the output stays valid JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_finite(item) for item in value]
+    return value

@@ -1,0 +1,1 @@
+"""Run state, shutdown and the commands that control them."""

@@ -1,0 +1,51 @@
+"""The VM run state (QEMU's RunState) and its transitions.
+
+The run state belongs to the event loop thread. ``stop`` and ``cont`` emit
+``STOP`` and ``RESUME`` before they return, so the event reaches clients
+before the command's reply, as in QEMU.
+"""
+
+from __future__ import annotations
+
+from vmd._generated import events
+from vmd._generated.types import RunState
+from vmd.qmp.errors import QMPError
+from vmd.qmp.events import EventBroadcaster
+
+# States from which ``cont`` needs a system_reset first.
+_NEEDS_RESET = frozenset({RunState.INTERNAL_ERROR, RunState.SHUTDOWN,
+                          RunState.GUEST_PANICKED})
+
+
+class RunStateMachine:
+    """The current run state and the verbs that change it."""
+
+    def __init__(self, emitter: EventBroadcaster, start_paused: bool) -> None:
+        self._emitter = emitter
+        self.status = RunState.PRELAUNCH if start_paused else RunState.RUNNING
+
+    @property
+    def running(self) -> bool:
+        return self.status == RunState.RUNNING
+
+    def stop(self) -> None:
+        """Pause the VM; a no-op (and no event) unless it is running."""
+        if self.status == RunState.RUNNING:
+            self.status = RunState.PAUSED
+            events.qapi_event_send_stop(self._emitter)
+
+    def cont(self) -> None:
+        """Resume the VM; refuses states that need a reset first."""
+        if self.status in _NEEDS_RESET:
+            raise QMPError("Resetting the Virtual Machine is required")
+        if self.status != RunState.RUNNING:
+            self.status = RunState.RUNNING
+            events.qapi_event_send_resume(self._emitter)
+
+    def describe(self) -> str:
+        """HMP's ``info status`` text."""
+        if self.status == RunState.RUNNING:
+            return "VM status: running"
+        if self.status == RunState.PAUSED:
+            return "VM status: paused"
+        return f"VM status: paused ({self.status})"
