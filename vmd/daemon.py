@@ -13,7 +13,7 @@ import asyncio
 import logging
 from typing import Any
 
-from vmd import __version__
+from vmd import version
 from vmd._generated import events
 from vmd._generated.types import ShutdownCause
 from vmd.cli.config import Config
@@ -22,10 +22,6 @@ from vmd.qmp.events import EventBroadcaster
 from vmd.system.runstate import RunStateMachine
 
 log = logging.getLogger(__name__)
-
-# vmd speaks the QMP of this QEMU release; clients read it from the greeting.
-QEMU_VERSION = (7, 2, 0)
-
 
 class Daemon:
     """Everything a running vmd instance owns."""
@@ -45,9 +41,7 @@ class Daemon:
 
     def version_info(self) -> dict[str, Any]:
         """``query-version``'s reply, also sent in every QMP greeting."""
-        major, minor, micro = QEMU_VERSION
-        return {"qemu": {"major": major, "minor": minor, "micro": micro},
-                "package": f"vmd-{__version__}"}
+        return version.version_info()
 
     def request_shutdown(self, cause: ShutdownCause) -> None:
         """Emit SHUTDOWN now and have the main loop exit soon after."""

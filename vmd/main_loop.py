@@ -21,6 +21,7 @@ from vmd._generated.commands import COMMANDS
 from vmd._generated.types import ShutdownCause
 from vmd.cli.config import Config
 from vmd.daemon import Daemon
+from vmd.early_greeter import EarlyGreeter
 from vmd.qmp.dispatch import Dispatcher
 from vmd.qmp.handlers import bind_handlers
 from vmd.qmp.server import QMPMonitor
@@ -47,17 +48,20 @@ def check_supported(config: Config) -> None:
                 "human-monitor-command")
 
 
-async def run(config: Config, daemonizer: Daemonizer | None) -> int:
+async def run(config: Config, daemonizer: Daemonizer | None,
+              early: EarlyGreeter) -> int:
     """Start the monitors, serve until shutdown, return the exit status."""
     loop = asyncio.get_running_loop()
     dispatcher = Dispatcher(COMMANDS, bind_handlers(COMMANDS))
     daemon = Daemon(config, dispatcher, loop)
+    early.stop()
     for monitor_config in config.monitors:
         chardev = config.chardev(monitor_config.chardev)
         assert chardev is not None, "the CLI checks -mon references"
-        monitor = QMPMonitor(daemon, chardev)
+        monitor = QMPMonitor(daemon, chardev, early)
         await monitor.start()
         daemon.monitors.append(monitor)
+    early.abandon()  # anything the monitors did not take
     for monitor in daemon.monitors:
         await monitor.wait_for_client_if_asked()
     pidfile = PidFile(config.pidfile) if config.pidfile else None

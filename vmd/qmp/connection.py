@@ -39,8 +39,10 @@ class QMPConnection(asyncio.Protocol):
     """The asyncio protocol serving one QMP client."""
 
     def __init__(self, session: QMPSession,
-                 on_close: Callable[[QMPConnection], None]) -> None:
+                 on_close: Callable[[QMPConnection], None],
+                 greeted: bool = False) -> None:
         self.session = session
+        self._greeted = greeted
         self._on_close = on_close
         self._parser = JSONStreamParser()
         self._queue: collections.deque[Message] = collections.deque()
@@ -54,7 +56,8 @@ class QMPConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]
         transport.set_write_buffer_limits(high=WRITE_BUFFER_HIGH)
-        self._write(self.session.greeting())
+        if not self._greeted:  # the early greeter may have sent it already
+            self._write(self.session.greeting())
         self.session.daemon.events.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:

@@ -13,12 +13,12 @@ import asyncio
 import logging
 import os
 import socket
-import stat
 import sys
 from typing import TYPE_CHECKING
 
 from vmd.cli.chardev import socket_flags
 from vmd.cli.config import ChardevConfig
+from vmd.early_greeter import EarlyGreeter, unlink_stale_socket
 from vmd.qmp.connection import QMPConnection
 from vmd.qmp.session import QMPSession
 
@@ -35,9 +35,11 @@ class MonitorError(Exception):
 class QMPMonitor:
     """One ``-qmp``/``-mon mode=control`` monitor and its clients."""
 
-    def __init__(self, daemon: Daemon, chardev: ChardevConfig) -> None:
+    def __init__(self, daemon: Daemon, chardev: ChardevConfig,
+                 early: EarlyGreeter | None = None) -> None:
         self.daemon = daemon
         self.chardev = chardev
+        self._early = early
         self.connections: set[QMPConnection] = set()
         self._server: asyncio.AbstractServer | None = None
         self._first_client = asyncio.Event()
@@ -82,11 +84,11 @@ class QMPMonitor:
         for connection in list(self.connections):
             connection.close()
         if self._unix_path is not None:
-            _unlink_socket(self._unix_path)
+            unlink_stale_socket(self._unix_path)
 
-    def _new_connection(self) -> QMPConnection:
+    def _new_connection(self, greeted: bool = False) -> QMPConnection:
         session = QMPSession(self.daemon, self.daemon.dispatcher)
-        connection = QMPConnection(session, self.connections.discard)
+        connection = QMPConnection(session, self.connections.discard, greeted)
         self.connections.add(connection)
         self._first_client.set()
         return connection
@@ -102,10 +104,11 @@ class QMPMonitor:
         try:
             if "path" in options:
                 path = options["path"]
-                _unlink_socket(path)
-                self._server = await loop.create_unix_server(
-                    self._new_connection, path)
                 self._unix_path = path
+                if not await self._adopt_early(path):
+                    unlink_stale_socket(path)
+                    self._server = await loop.create_unix_server(
+                        self._new_connection, path)
             else:
                 host = options.get("host") or "0.0.0.0"
                 port = int(options.get("port", "0"))
@@ -116,6 +119,21 @@ class QMPMonitor:
             raise MonitorError(
                 f"Failed to bind socket to {self.describe()}: "
                 f"{error.strerror or error}") from None
+
+    async def _adopt_early(self, path: str) -> bool:
+        """Take over the socket (and clients) the early greeter set up."""
+        taken = self._early.take(path) if self._early is not None else None
+        if taken is None:
+            return False
+        loop = asyncio.get_running_loop()
+        listener, clients = taken
+        self._server = await loop.create_unix_server(
+            self._new_connection, sock=socket.socket(fileno=listener.detach()))
+        for client in clients:
+            await loop.connect_accepted_socket(
+                lambda: self._new_connection(greeted=True),
+                sock=socket.socket(fileno=client.detach()))
+        return True
 
     async def _attach_stdio(self) -> None:
         loop = asyncio.get_running_loop()
@@ -177,12 +195,3 @@ class _JoinedTransport(asyncio.Transport):
 
     def abort(self) -> None:
         self.close()
-
-
-def _unlink_socket(path: str) -> None:
-    """Remove a stale Unix socket (never a regular file)."""
-    try:
-        if stat.S_ISSOCK(os.lstat(path).st_mode):
-            os.unlink(path)
-    except FileNotFoundError:
-        pass

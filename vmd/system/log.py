@@ -44,7 +44,7 @@ def setup_logging(verbose: bool = False) -> None:
     if _stderr_is_journal():
         handler.setFormatter(_JournalFormatter("%(message)s"))
     else:
-        handler.setFormatter(_PlainFormatter("vmd: %(level)s: %(message)s")))
+        handler.setFormatter(_PlainFormatter("vmd: %(level)s: %(message)s"))
     root = logging.getLogger("vmd")
     root.addHandler(handler)
     root.setLevel(logging.DEBUG if verbose else logging.INFO)

@@ -1,0 +1,37 @@
+#!/bin/sh
+# Idempotent set-up on a fresh Debian machine: the Debian packages the tests
+# use, and a virtual environment in .venv with vmd and its test dependencies.
+# Safe to run again; it only does what is missing. Needs root (or sudo) for
+# apt-get the first time.
+set -eu
+cd "$(dirname "$0")/.."
+
+PACKAGES="python3 python3-venv qemu-system-x86 qemu-utils tmux"
+
+missing=""
+for package in $PACKAGES; do
+    if ! dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "ok installed"; then
+        missing="$missing $package"
+    fi
+done
+if [ -n "$missing" ]; then
+    echo "setup: installing Debian packages:$missing"
+    SUDO=""
+    [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq $missing >/dev/null
+fi
+
+PYTHON="${PYTHON:-python3}"
+stamp=".venv/.vmd-setup-$(cat pyproject.toml | sha256sum | cut -c1-16)"
+if [ ! -f "$stamp" ]; then
+    echo "setup: creating .venv"
+    [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+    .venv/bin/python -m pip install -q --upgrade pip >/dev/null
+    # "compat" editable mode adds the source tree to sys.path with a .pth
+    # file; the default import hook costs ~10 ms at every vmd start.
+    .venv/bin/python -m pip install -q -e '.[test]' \
+        --config-settings editable_mode=compat
+    rm -f .venv/.vmd-setup-*
+    touch "$stamp"
+fi
