@@ -86,9 +86,10 @@ class QmpClient:
         del self.buf[: end + 1]
         return data
 
-    def command(self, request: bytes) -> dict:
+    def command(self, request: bytes) -> dict[str, object]:
+        """Send one request and insist on a successful reply (setup only, not timed)."""
         self.sock.sendall(request)
-        reply = json.loads(self.readline())
+        reply: dict[str, object] = json.loads(self.readline())
         if "return" not in reply:
             raise BenchError(f"unexpected reply to {request!r}: {reply}")
         return reply
@@ -234,12 +235,12 @@ def burst(daemon: Daemon, requests: int) -> float:
     """
     payload = b"".join(b'{"execute":"query-status","id":%d}' % i for i in range(requests))
     client = daemon.client
-    errors: list[BaseException] = []
+    errors: list[OSError] = []
 
     def write() -> None:
         try:
             client.sock.sendall(payload)
-        except BaseException as error:  # reported by the main thread
+        except OSError as error:  # reported by the main thread
             errors.append(error)
 
     start = time.perf_counter()
@@ -302,8 +303,8 @@ def run(args: argparse.Namespace, notes: list[str]) -> list[Metric]:
             contextlib.ExitStack() as cleanup:
         tmp = Path(tmpdir)
         progress(f"start-to-greeting: {args.starts} runs each (+1 warm-up)")
-        for label in servers:  # warm-up: page cache, .pyc files
-            start_to_greeting(servers[label], tmp, args.timeout)
+        for server in servers.values():  # warm-up: page cache, .pyc files
+            start_to_greeting(server, tmp, args.timeout)
         for label in interleaved(list(servers), args.starts):
             seconds = start_to_greeting(servers[label], tmp, args.timeout)
             target = startup_script if label == "vmd-script" else startup

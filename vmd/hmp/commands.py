@@ -26,7 +26,8 @@ class HmpCommand:
     params: str
     help: str
     handler: Handler
-    max_args: int = 0
+    rest_of_line: bool = False  # QEMU's "S?": the rest of the line, if any
+    sub_table: list[HmpCommand] | None = None
 
     @property
     def names(self) -> list[str]:
@@ -67,30 +68,31 @@ INFO_COMMANDS = [
 
 
 def _help(ctx: Any, args: list[str]) -> str:
-    if not args:
-        return "".join(command.help_line() for command in COMMANDS)
-    if args[0] == "info":
-        return _list_info()
-    command = _find(COMMANDS, args[0])
+    """``help [cmd...]``: QEMU's help_cmd_dump() over the words given."""
+    return _help_dump(COMMANDS, args[0].split() if args else [], 0)
+
+
+def _help_dump(table: list[HmpCommand], words: list[str], index: int
+               ) -> str:
+    prefix = "".join(f"{word} " for word in words[:index])
+    if index >= len(words):
+        return "".join(command.help_line(prefix) for command in table)
+    command = _find(table, words[index])
     if command is None:
-        return f"unknown command: '{args[0]}'\n"
-    return command.help_line()
+        shown = " ".join(words[:index + 1])  # later words are not shown
+        return f"unknown command: '{shown}'\n"
+    if command.sub_table is not None:
+        return _help_dump(command.sub_table, words, index + 1)
+    return command.help_line(prefix)
 
 
 def _list_info() -> str:
     return "".join(command.help_line("info ") for command in INFO_COMMANDS)
 
 
-def _info(ctx: Any, args: list[str]) -> str:
-    if not args:
-        return _list_info()
-    command = _find(INFO_COMMANDS, args[0])
-    if command is None:
-        return f"unknown command: 'info {args[0]}'\n"
-    if len(args) - 1 > command.max_args:
-        return (f"{args[0]}: extraneous characters at the end of line\n"
-                f"Try \"help info {args[0]}\" for more information\n")
-    return command.handler(ctx, args[1:])
+def _info(ctx: Any, _args: list[str]) -> str:
+    """``info`` without a subcommand lists the subcommands."""
+    return _list_info()
 
 
 def _stop(ctx: Any, _args: list[str]) -> str:
@@ -125,11 +127,12 @@ def _system_powerdown(ctx: Any, _args: list[str]) -> str:
 
 COMMANDS = [
     HmpCommand("cont|c", "", "resume emulation", _cont),
-    HmpCommand("help|?", "[cmd]", "show the help", _help, max_args=1),
+    HmpCommand("help|?", "[cmd]", "show the help", _help,
+               rest_of_line=True),
     HmpCommand("info", "[subcommand]",
                "show various information about the system state", _info,
-               max_args=8),
-    HmpCommand("q|quit", "", "quit the emulator", _quit),
+               sub_table=INFO_COMMANDS),
+    HmpCommand("quit|q", "", "quit the emulator", _quit),
     HmpCommand("stop|s", "", "stop emulation", _stop),
     HmpCommand("system_powerdown", "", "send system power down event",
                _system_powerdown),
@@ -141,20 +144,55 @@ def _find(table: list[HmpCommand], name: str) -> HmpCommand | None:
     return next((command for command in table if name in command.names), None)
 
 
+_SPACE = " \t\n\v\f\r"  # C isspace()
+
+
+def _skip_space(line: str, pos: int) -> int:
+    while pos < len(line) and line[pos] in _SPACE:
+        pos += 1
+    return pos
+
+
+def _command_name(line: str, pos: int) -> tuple[str, int] | None:
+    """The next command name and where it ends (get_command_name)."""
+    pos = _skip_space(line, pos)
+    if pos == len(line):
+        return None
+    start = pos
+    while pos < len(line) and line[pos] != "/" and line[pos] not in _SPACE:
+        pos += 1
+    return line[start:pos], pos
+
+
+def _run(ctx: Any, line: str) -> str:
+    """handle_hmp_command(): find the (sub)command, check its arguments."""
+    table, pos = COMMANDS, 0
+    while True:
+        parsed = _command_name(line, pos)
+        if parsed is None:
+            return ""
+        name, end = parsed
+        command = _find(table, name)
+        if command is None:
+            # QEMU quotes the line from its very start to the bad name.
+            return f"unknown command: '{line[:end]}'\n"
+        pos = _skip_space(line, end)
+        if command.sub_table is None or pos == len(line):
+            break
+        table = command.sub_table
+    rest = line[pos:]
+    if command.rest_of_line:
+        return command.handler(ctx, [rest] if rest else [])
+    if rest:
+        typed = line[:pos].rstrip(_SPACE)
+        return (f"{command.name}: extraneous characters at the end of line\n"
+                f"Try \"help {typed}\" for more information\n")
+    return command.handler(ctx, [])
+
+
 def run_line(ctx: Any, line: str) -> str:
     """Run one HMP command line; return its output with CRLF line ends."""
-    words = line.split()
-    if not words:
-        return ""
-    command = _find(COMMANDS, words[0])
-    if command is None:
-        output = f"unknown command: '{words[0]}'\n"
-    elif len(words) - 1 > command.max_args:
-        output = (f"{words[0]}: extraneous characters at the end of line\n"
-                  f"Try \"help {words[0]}\" for more information\n")
-    else:
-        output = command.handler(ctx, words[1:])
-    return output.replace("\n", "\r\n")
+    return _run(ctx, line).replace("\n", "\r\n")
 
 
 def qmp_human_monitor_command(ctx: Any, command_line: str,

@@ -494,7 +494,7 @@ def decode_string(token: bytes) -> str:
             parts.append(_ESCAPES[escape])
             pos += 1
         elif escape == ord("u"):
-            char, pos = _unicode_escape(body, pos - 1)
+            char, pos = _unicode_escape(token, body, pos - 1)
             parts.append(char)
         else:
             raise _ParseError("invalid escape sequence in string")
@@ -509,8 +509,14 @@ def _hex4(body: bytes, pos: int) -> int:
     return int(digits, 16)
 
 
-def _unicode_escape(body: bytes, start: int) -> tuple[str, int]:
-    """Decode ``\\uXXXX`` (or a surrogate pair) starting at ``start``."""
+def _unicode_escape(token: bytes, body: bytes, start: int
+                    ) -> tuple[str, int]:
+    """Decode ``\\uXXXX`` (or a surrogate pair) starting at ``start``.
+
+    On error QEMU quotes the six bytes (twelve for a pair) from the
+    backslash on, as far as the token goes: a short escape at the end of
+    the string is shown with the closing quote, e.g. ``\\u12"``.
+    """
     code = _hex4(body, start + 2)
     end = start + 6
     if 0xD800 <= code <= 0xDBFF and body[end:end + 2] == b"\\u":
@@ -521,7 +527,8 @@ def _unicode_escape(body: bytes, start: int) -> tuple[str, int]:
         else:
             code = -1
     if not _valid_code_point(code):
-        text = body[start:end].decode("utf-8", "replace")
+        # body[i] is token[i + 1]; slicing the token stops at its end.
+        text = token[start + 1:end + 1].decode("utf-8", "replace")
         raise _ParseError(f"{text} is not a valid Unicode character")
     return chr(code), end
 
