@@ -140,10 +140,10 @@ class QAPISchemaParser:
         except OSError as e:
             what = "include file" if incl_info else "schema file"
             raise QAPIError(incl_info,
-                            f"can't read {what} '{fname}': {e.strerror}")
+                            f"can't read {what} '{fname}': {e.strerror}") from None
         except UnicodeDecodeError as e:
             raise QAPIError(QAPISourceInfo(fname, 1),
-                            f"not valid UTF-8: {e.reason}")
+                            f"not valid UTF-8: {e.reason}") from None
 
     def _parse_file(self) -> None:
         """Top level: a sequence of objects, each a directive or definition."""

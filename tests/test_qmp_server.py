@@ -12,8 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import (ROOT, RawQMP, VmdProcess, running_vmd, start_vmd,
-                           vmd_command)
+from tests.harness import ROOT, RawQMP, VmdProcess, running_vmd, start_vmd, vmd_command
 from vmd.qmp.json_writer import encode_message
 from vmd.version import greeting_line, version_info
 
@@ -253,3 +252,24 @@ def test_help_lists_options() -> None:
     for option in ("-qmp", "-chardev", "-mon", "-blockdev", "-daemonize",
                    "-pidfile", "-name", "-S", "-machine|-M", "-nodefaults"):
         assert option in starts, f"{option} missing from --help"
+
+
+def test_qmp_on_stdio() -> None:
+    process = subprocess.Popen(
+        vmd_command("-qmp", "stdio", "-name", "piped"), env=_env(),
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    assert process.stdin is not None and process.stdout is not None
+    try:
+        assert "QMP" in json.loads(process.stdout.readline())
+        process.stdin.write(b'{"execute":"qmp_capabilities"}'
+                            b'{"execute":"query-name","id":1}')
+        process.stdin.flush()
+        assert json.loads(process.stdout.readline()) == {"return": {}}
+        assert json.loads(process.stdout.readline()) == {
+            "return": {"name": "piped"}, "id": 1}
+        process.stdin.write(b'{"execute":"quit"}')
+        process.stdin.close()
+        assert process.wait(10) == 0
+    finally:
+        process.kill()
+        process.wait()

@@ -49,7 +49,7 @@ class Daemon:
             return
         guest = cause.startswith("guest-")
         events.qapi_event_send_shutdown(self.events, guest=guest, reason=cause)
-        log.info("shutting down (%s)", cause)
+        log.debug("shutting down (%s)", cause)
         self._shutdown.set_result(cause)
 
     async def wait_for_shutdown(self) -> ShutdownCause:

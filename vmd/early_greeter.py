@@ -89,7 +89,7 @@ class EarlyGreeter:
 
     def _greet(self, path: str) -> None:
         try:
-            fd, _address = self.listeners[path]._accept()
+            fd, _address = self.listeners[path]._accept()  # type: ignore[attr-defined]
             client = _socket.socket(fileno=fd)
             client.sendall(self._greeting)
         except OSError:

@@ -357,7 +357,7 @@ def _check_stdio(state: _State) -> None:
                                "cannot use stdio by multiple character devices"))
 
 
-_HANDLERS: dict[str, Callable[[_State, str, str], object]] = {
+_HANDLERS: dict[str, Callable[[_State, str, str], HelpRequest | VersionRequest | None]] = {
     "h": _help,
     "version": _version,
     "machine": _machine,

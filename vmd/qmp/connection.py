@@ -21,7 +21,7 @@ import collections
 import inspect
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, cast
 
 from vmd.qmp.dispatch import Response, is_oob_request
 from vmd.qmp.json_stream import JSONStreamParser, Message
@@ -54,8 +54,9 @@ class QMPConnection(asyncio.Protocol):
     # -- asyncio.Protocol --------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = transport  # type: ignore[assignment]
-        transport.set_write_buffer_limits(high=WRITE_BUFFER_HIGH)
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self._transport = cast(asyncio.Transport, transport)
+        self._transport.set_write_buffer_limits(high=WRITE_BUFFER_HIGH)
         if not self._greeted:  # the early greeter may have sent it already
             self._write(self.session.greeting())
         self.session.daemon.events.add(self)

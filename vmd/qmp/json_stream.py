@@ -72,6 +72,20 @@ _LONG_NUMBER = re.compile(rb"[0-9]{19}")
 _NEED_MORE, _NOT_FAST = -1, -2
 
 
+def _fast_within_limits(text: bytearray) -> bool:
+    """Whether a big object surely stays within the token limits.
+
+    In valid JSON every scalar token is followed by a structural one, so
+    twice the structural characters (those in strings too) bound the token
+    count; the token bytes are bounded by the text's length.
+    """
+    if len(text) + 1 > MAX_TOKEN_SIZE:
+        return False
+    structural = sum(text.count(char) for char in (b"{", b"}", b"[", b"]",
+                                                   b":", b","))
+    return 2 * structural < MAX_TOKEN_COUNT
+
+
 class _FastPathRejected(ValueError):
     """The C json module accepted something QEMU would not: go slow."""
 
@@ -150,6 +164,8 @@ class JSONStreamParser:
         text = buf[start:end]
         if _LONG_NUMBER.search(text):
             return _NOT_FAST
+        if len(text) > MAX_TOKEN_COUNT and not _fast_within_limits(text):
+            return _NOT_FAST
         try:
             value = _fast_decoder.decode(text.decode("ascii"))
         except ValueError:
@@ -184,15 +200,19 @@ class JSONStreamParser:
                 in_string = True
             elif char == 0x7B:
                 braces += 1
+                if braces + brackets > MAX_NESTING:
+                    return _NOT_FAST  # the exact path reports it
             elif char == 0x7D:
                 braces -= 1
             elif char == 0x5B:
                 brackets += 1
+                if braces + brackets > MAX_NESTING:
+                    return _NOT_FAST
             elif char == 0x5D:
                 brackets -= 1
             else:
                 return _NOT_FAST
-            if braces <= 0 and brackets <= 0 or braces < 0 or brackets < 0:
+            if (braces <= 0 and brackets <= 0) or braces < 0 or brackets < 0:
                 return index if braces == 0 and brackets == 0 else _NOT_FAST
 
     def _fast_wait(self, start: int, braces: int, brackets: int,

@@ -13,6 +13,7 @@ import asyncio
 import logging
 import os
 import socket
+import stat
 import sys
 from typing import TYPE_CHECKING
 
@@ -136,6 +137,13 @@ class QMPMonitor:
         return True
 
     async def _attach_stdio(self) -> None:
+        for stream in (sys.stdin, sys.stdout):
+            mode = os.fstat(stream.fileno()).st_mode
+            if not (stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)
+                    or stat.S_ISCHR(mode)):
+                raise MonitorError(
+                    "-qmp stdio needs stdin and stdout to be pipes, sockets "
+                    "or terminals, not files")
         loop = asyncio.get_running_loop()
         connection = self._new_connection()
         transport, _ = await loop.connect_write_pipe(

@@ -11,8 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from vmd._generated.types import (YankInstance, YankInstanceChardev,
-                                  YankInstanceType)
+from vmd._generated.types import YankInstance, YankInstanceChardev, YankInstanceType
 from vmd.qmp.errors import DEVICE_NOT_FOUND, QMPError
 
 
