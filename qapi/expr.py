@@ -268,18 +268,18 @@ def _check_branches(data: Any, info: QAPISourceInfo,
 
 def check_command(expr: dict[str, Any], info: QAPISourceInfo) -> None:
     """Command: arguments, return type and flags."""
-    boxed = expr.get("boxed", False)
-    if boxed and "data" not in expr:
-        raise QAPISemError(info, "'boxed': true requires 'data'")
-    if "data" in expr:
-        expr["data"] = check_type_or_members(expr["data"], info, "'data'",
-                                             not boxed)
+    check_data(expr, info)
     if "returns" in expr:
         check_type_ref(expr["returns"], info, "'returns'", allow_array=True)
 
 
 def check_event(expr: dict[str, Any], info: QAPISourceInfo) -> None:
     """Event: data members, optionally boxed."""
+    check_data(expr, info)
+
+
+def check_data(expr: dict[str, Any], info: QAPISourceInfo) -> None:
+    """The 'data' of a command or event: members, or a type when boxed."""
     boxed = expr.get("boxed", False)
     if boxed and "data" not in expr:
         raise QAPISemError(info, "'boxed': true requires 'data'")
