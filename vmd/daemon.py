@@ -16,6 +16,7 @@ from typing import Any
 from vmd import version
 from vmd._generated import events
 from vmd._generated.types import ShutdownCause
+from vmd.chardev.registry import ChardevRegistry
 from vmd.cli.config import Config
 from vmd.qmp.dispatch import Dispatcher
 from vmd.qmp.events import EventBroadcaster
@@ -33,6 +34,7 @@ class Daemon:
         self.events = EventBroadcaster(loop)
         self.runstate = RunStateMachine(self.events, config.start_paused)
         self.monitors: list[Any] = []
+        self.chardevs = ChardevRegistry()
         self._shutdown = loop.create_future()
 
     @property

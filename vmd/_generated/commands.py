@@ -118,6 +118,65 @@ def marshal_query_yank(
     return rt.to_wire(handler(ctx))
 
 
+def marshal_query_chardev(
+        handler: Handler, ctx: Any, arguments: dict[str, Any],
+) -> Any:
+    rt.no_args(arguments)
+    return rt.to_wire(handler(ctx))
+
+
+def marshal_query_chardev_backends(
+        handler: Handler, ctx: Any, arguments: dict[str, Any],
+) -> Any:
+    rt.no_args(arguments)
+    return rt.to_wire(handler(ctx))
+
+
+def marshal_ringbuf_write(
+        handler: Handler, ctx: Any, arguments: dict[str, Any],
+) -> Any:
+    kwargs = rt.args_dict(arguments, t.members_q_obj_ringbuf_write_arg)
+    handler(ctx, **kwargs)
+    return {}
+
+
+def marshal_ringbuf_read(
+        handler: Handler, ctx: Any, arguments: dict[str, Any],
+) -> Any:
+    kwargs = rt.args_dict(arguments, t.members_q_obj_ringbuf_read_arg)
+    return rt.to_wire(handler(ctx, **kwargs))
+
+
+async def marshal_chardev_add(
+        handler: Handler, ctx: Any, arguments: dict[str, Any],
+) -> Any:
+    kwargs = rt.args_dict(arguments, t.members_q_obj_chardev_add_arg)
+    return rt.to_wire(await handler(ctx, **kwargs))
+
+
+async def marshal_chardev_change(
+        handler: Handler, ctx: Any, arguments: dict[str, Any],
+) -> Any:
+    kwargs = rt.args_dict(arguments, t.members_q_obj_chardev_change_arg)
+    return rt.to_wire(await handler(ctx, **kwargs))
+
+
+async def marshal_chardev_remove(
+        handler: Handler, ctx: Any, arguments: dict[str, Any],
+) -> Any:
+    kwargs = rt.args_dict(arguments, t.members_q_obj_chardev_remove_arg)
+    await handler(ctx, **kwargs)
+    return {}
+
+
+def marshal_chardev_send_break(
+        handler: Handler, ctx: Any, arguments: dict[str, Any],
+) -> Any:
+    kwargs = rt.args_dict(arguments, t.members_q_obj_chardev_send_break_arg)
+    handler(ctx, **kwargs)
+    return {}
+
+
 COMMANDS: dict[str, rt.CommandDef] = {
     "qmp_capabilities": rt.CommandDef(
         name="qmp_capabilities",
@@ -241,6 +300,78 @@ COMMANDS: dict[str, rt.CommandDef] = {
         handler_name="qmp_query_yank",
         marshal=marshal_query_yank,
         allow_oob=True,
+        allow_preconfig=False,
+        coroutine=False,
+        features=(),
+    ),
+    "query-chardev": rt.CommandDef(
+        name="query-chardev",
+        handler_name="qmp_query_chardev",
+        marshal=marshal_query_chardev,
+        allow_oob=False,
+        allow_preconfig=True,
+        coroutine=False,
+        features=(),
+    ),
+    "query-chardev-backends": rt.CommandDef(
+        name="query-chardev-backends",
+        handler_name="qmp_query_chardev_backends",
+        marshal=marshal_query_chardev_backends,
+        allow_oob=False,
+        allow_preconfig=False,
+        coroutine=False,
+        features=(),
+    ),
+    "ringbuf-write": rt.CommandDef(
+        name="ringbuf-write",
+        handler_name="qmp_ringbuf_write",
+        marshal=marshal_ringbuf_write,
+        allow_oob=False,
+        allow_preconfig=False,
+        coroutine=False,
+        features=(),
+    ),
+    "ringbuf-read": rt.CommandDef(
+        name="ringbuf-read",
+        handler_name="qmp_ringbuf_read",
+        marshal=marshal_ringbuf_read,
+        allow_oob=False,
+        allow_preconfig=False,
+        coroutine=False,
+        features=(),
+    ),
+    "chardev-add": rt.CommandDef(
+        name="chardev-add",
+        handler_name="qmp_chardev_add",
+        marshal=marshal_chardev_add,
+        allow_oob=False,
+        allow_preconfig=False,
+        coroutine=True,
+        features=(),
+    ),
+    "chardev-change": rt.CommandDef(
+        name="chardev-change",
+        handler_name="qmp_chardev_change",
+        marshal=marshal_chardev_change,
+        allow_oob=False,
+        allow_preconfig=False,
+        coroutine=True,
+        features=(),
+    ),
+    "chardev-remove": rt.CommandDef(
+        name="chardev-remove",
+        handler_name="qmp_chardev_remove",
+        marshal=marshal_chardev_remove,
+        allow_oob=False,
+        allow_preconfig=False,
+        coroutine=True,
+        features=(),
+    ),
+    "chardev-send-break": rt.CommandDef(
+        name="chardev-send-break",
+        handler_name="qmp_chardev_send_break",
+        marshal=marshal_chardev_send_break,
+        allow_oob=False,
         allow_preconfig=False,
         coroutine=False,
         features=(),

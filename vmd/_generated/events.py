@@ -44,10 +44,22 @@ def qapi_event_send_resume(emitter: Any) -> None:
     emitter.emit("RESUME", None)
 
 
+def qapi_event_send_vserport_change(
+        emitter: Any,
+        *,
+        id: str,
+        open: bool) -> None:
+    emitter.emit("VSERPORT_CHANGE", rt.members_to_wire((
+        ("id", id, False),
+        ("open", open, False),
+    )))
+
+
 EVENTS: tuple[str, ...] = (
     "SHUTDOWN",
     "POWERDOWN",
     "RESET",
     "STOP",
     "RESUME",
+    "VSERPORT_CHANGE",
 )

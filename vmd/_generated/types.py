@@ -93,6 +93,35 @@ class YankInstanceType(enum.StrEnum):
     MIGRATION = "migration"
 
 
+class SocketAddressType(enum.StrEnum):
+    INET = "inet"
+    UNIX = "unix"
+    VSOCK = "vsock"
+    FD = "fd"
+
+
+class DataFormat(enum.StrEnum):
+    UTF8 = "utf8"
+    BASE64 = "base64"
+
+
+class ChardevBackendKind(enum.StrEnum):
+    FILE = "file"
+    PIPE = "pipe"
+    SOCKET = "socket"
+    UDP = "udp"
+    PTY = "pty"
+    NULL = "null"
+    MUX = "mux"
+    MSMOUSE = "msmouse"
+    WCTABLET = "wctablet"
+    TESTDEV = "testdev"
+    STDIO = "stdio"
+    VC = "vc"
+    RINGBUF = "ringbuf"
+    MEMORY = "memory"
+
+
 @dataclass(slots=True, kw_only=True)
 class String:
     str: str
@@ -302,6 +331,326 @@ class YankInstance:
     u: YankInstanceBlockNode | YankInstanceChardev | None = None
     _qapi_members: ClassVar[Members] = (
         ("type", "type", False),
+    )
+
+
+@dataclass(slots=True, kw_only=True)
+class InetSocketAddressBase:
+    host: str
+    port: str
+    _qapi_members: ClassVar[Members] = (
+        ("host", "host", False),
+        ("port", "port", False),
+    )
+
+
+@dataclass(slots=True, kw_only=True)
+class InetSocketAddress(InetSocketAddressBase):
+    numeric: bool | None = None
+    to: int | None = None
+    ipv4: bool | None = None
+    ipv6: bool | None = None
+    keep_alive: bool | None = None
+    _qapi_members: ClassVar[Members] = (
+        ("host", "host", False),
+        ("port", "port", False),
+        ("numeric", "numeric", True),
+        ("to", "to", True),
+        ("ipv4", "ipv4", True),
+        ("ipv6", "ipv6", True),
+        ("keep_alive", "keep-alive", True),
+    )
+
+
+@dataclass(slots=True, kw_only=True)
+class UnixSocketAddress:
+    path: str
+    abstract: bool | None = None
+    tight: bool | None = None
+    _qapi_members: ClassVar[Members] = (
+        ("path", "path", False),
+        ("abstract", "abstract", True),
+        ("tight", "tight", True),
+    )
+
+
+@dataclass(slots=True, kw_only=True)
+class VsockSocketAddress:
+    cid: str
+    port: str
+    _qapi_members: ClassVar[Members] = (
+        ("cid", "cid", False),
+        ("port", "port", False),
+    )
+
+
+@dataclass(slots=True, kw_only=True)
+class InetSocketAddressWrapper:
+    data: InetSocketAddress
+    _qapi_members: ClassVar[Members] = (
+        ("data", "data", False),
+    )
+
+
+@dataclass(slots=True, kw_only=True)
+class UnixSocketAddressWrapper:
+    data: UnixSocketAddress
+    _qapi_members: ClassVar[Members] = (
+        ("data", "data", False),
+    )
+
+
+@dataclass(slots=True, kw_only=True)
+class VsockSocketAddressWrapper:
+    data: VsockSocketAddress
+    _qapi_members: ClassVar[Members] = (
+        ("data", "data", False),
+    )
+
+
+@dataclass(slots=True, kw_only=True)
+class StringWrapper:
+    data: String
+    _qapi_members: ClassVar[Members] = (
+        ("data", "data", False),
+    )
+
+
+@dataclass(slots=True, kw_only=True)
+class SocketAddressLegacy:
+    type: SocketAddressType
+    u: InetSocketAddressWrapper | UnixSocketAddressWrapper | VsockSocketAddressWrapper | StringWrapper | None = None
+    _qapi_members: ClassVar[Members] = (
+        ("type", "type", False),
+    )
+
+
+@dataclass(slots=True, kw_only=True)
+class ChardevInfo:
+    label: str
+    filename: str
+    frontend_open: bool
+    _qapi_members: ClassVar[Members] = (
+        ("label", "label", False),
+        ("filename", "filename", False),
+        ("frontend_open", "frontend-open", False),
+    )
+
+
+@dataclass(slots=True, kw_only=True)
+class ChardevBackendInfo:
+    name: str
+    _qapi_members: ClassVar[Members] = (
+        ("name", "name", False),
+    )
+
+
+@dataclass(slots=True, kw_only=True)
+class ChardevCommon:
+    logfile: str | None = None
+    logappend: bool | None = None
+    _qapi_members: ClassVar[Members] = (
+        ("logfile", "logfile", True),
+        ("logappend", "logappend", True),
+    )
+
+
+@dataclass(slots=True, kw_only=True)
+class ChardevFile(ChardevCommon):
+    in_: str | None = None
+    out: str
+    append: bool | None = None
+    _qapi_members: ClassVar[Members] = (
+        ("logfile", "logfile", True),
+        ("logappend", "logappend", True),
+        ("in_", "in", True),
+        ("out", "out", False),
+        ("append", "append", True),
+    )
+
+
+@dataclass(slots=True, kw_only=True)
+class ChardevHostdev(ChardevCommon):
+    device: str
+    _qapi_members: ClassVar[Members] = (
+        ("logfile", "logfile", True),
+        ("logappend", "logappend", True),
+        ("device", "device", False),
+    )
+
+
+@dataclass(slots=True, kw_only=True)
+class ChardevSocket(ChardevCommon):
+    addr: SocketAddressLegacy
+    tls_creds: str | None = None
+    tls_authz: str | None = None
+    server: bool | None = None
+    wait: bool | None = None
+    nodelay: bool | None = None
+    telnet: bool | None = None
+    tn3270: bool | None = None
+    websocket: bool | None = None
+    reconnect: int | None = None
+    _qapi_members: ClassVar[Members] = (
+        ("logfile", "logfile", True),
+        ("logappend", "logappend", True),
+        ("addr", "addr", False),
+        ("tls_creds", "tls-creds", True),
+        ("tls_authz", "tls-authz", True),
+        ("server", "server", True),
+        ("wait", "wait", True),
+        ("nodelay", "nodelay", True),
+        ("telnet", "telnet", True),
+        ("tn3270", "tn3270", True),
+        ("websocket", "websocket", True),
+        ("reconnect", "reconnect", True),
+    )
+
+
+@dataclass(slots=True, kw_only=True)
+class ChardevUdp(ChardevCommon):
+    remote: SocketAddressLegacy
+    local: SocketAddressLegacy | None = None
+    _qapi_members: ClassVar[Members] = (
+        ("logfile", "logfile", True),
+        ("logappend", "logappend", True),
+        ("remote", "remote", False),
+        ("local", "local", True),
+    )
+
+
+@dataclass(slots=True, kw_only=True)
+class ChardevMux(ChardevCommon):
+    chardev: str
+    _qapi_members: ClassVar[Members] = (
+        ("logfile", "logfile", True),
+        ("logappend", "logappend", True),
+        ("chardev", "chardev", False),
+    )
+
+
+@dataclass(slots=True, kw_only=True)
+class ChardevStdio(ChardevCommon):
+    signal: bool | None = None
+    _qapi_members: ClassVar[Members] = (
+        ("logfile", "logfile", True),
+        ("logappend", "logappend", True),
+        ("signal", "signal", True),
+    )
+
+
+@dataclass(slots=True, kw_only=True)
+class ChardevVC(ChardevCommon):
+    width: int | None = None
+    height: int | None = None
+    cols: int | None = None
+    rows: int | None = None
+    _qapi_members: ClassVar[Members] = (
+        ("logfile", "logfile", True),
+        ("logappend", "logappend", True),
+        ("width", "width", True),
+        ("height", "height", True),
+        ("cols", "cols", True),
+        ("rows", "rows", True),
+    )
+
+
+@dataclass(slots=True, kw_only=True)
+class ChardevRingbuf(ChardevCommon):
+    size: int | None = None
+    _qapi_members: ClassVar[Members] = (
+        ("logfile", "logfile", True),
+        ("logappend", "logappend", True),
+        ("size", "size", True),
+    )
+
+
+@dataclass(slots=True, kw_only=True)
+class ChardevFileWrapper:
+    data: ChardevFile
+    _qapi_members: ClassVar[Members] = (
+        ("data", "data", False),
+    )
+
+
+@dataclass(slots=True, kw_only=True)
+class ChardevHostdevWrapper:
+    data: ChardevHostdev
+    _qapi_members: ClassVar[Members] = (
+        ("data", "data", False),
+    )
+
+
+@dataclass(slots=True, kw_only=True)
+class ChardevSocketWrapper:
+    data: ChardevSocket
+    _qapi_members: ClassVar[Members] = (
+        ("data", "data", False),
+    )
+
+
+@dataclass(slots=True, kw_only=True)
+class ChardevUdpWrapper:
+    data: ChardevUdp
+    _qapi_members: ClassVar[Members] = (
+        ("data", "data", False),
+    )
+
+
+@dataclass(slots=True, kw_only=True)
+class ChardevCommonWrapper:
+    data: ChardevCommon
+    _qapi_members: ClassVar[Members] = (
+        ("data", "data", False),
+    )
+
+
+@dataclass(slots=True, kw_only=True)
+class ChardevMuxWrapper:
+    data: ChardevMux
+    _qapi_members: ClassVar[Members] = (
+        ("data", "data", False),
+    )
+
+
+@dataclass(slots=True, kw_only=True)
+class ChardevStdioWrapper:
+    data: ChardevStdio
+    _qapi_members: ClassVar[Members] = (
+        ("data", "data", False),
+    )
+
+
+@dataclass(slots=True, kw_only=True)
+class ChardevVCWrapper:
+    data: ChardevVC
+    _qapi_members: ClassVar[Members] = (
+        ("data", "data", False),
+    )
+
+
+@dataclass(slots=True, kw_only=True)
+class ChardevRingbufWrapper:
+    data: ChardevRingbuf
+    _qapi_members: ClassVar[Members] = (
+        ("data", "data", False),
+    )
+
+
+@dataclass(slots=True, kw_only=True)
+class ChardevBackend:
+    type: ChardevBackendKind
+    u: ChardevFileWrapper | ChardevHostdevWrapper | ChardevSocketWrapper | ChardevUdpWrapper | ChardevCommonWrapper | ChardevMuxWrapper | ChardevStdioWrapper | ChardevVCWrapper | ChardevRingbufWrapper | None = None
+    _qapi_members: ClassVar[Members] = (
+        ("type", "type", False),
+    )
+
+
+@dataclass(slots=True, kw_only=True)
+class ChardevReturn:
+    pty: str | None = None
+    _qapi_members: ClassVar[Members] = (
+        ("pty", "pty", True),
     )
 
 
@@ -638,6 +987,428 @@ def members_q_obj_yank_arg(obj: dict[str, Any], path: str, seen: set[str]) -> di
     }
 
 
+def members_InetSocketAddressBase(obj: dict[str, Any], path: str, seen: set[str]) -> dict[str, Any]:
+    return {
+        "host": rt.member(obj, "host", path, seen, rt.visit_str),
+        "port": rt.member(obj, "port", path, seen, rt.visit_str),
+    }
+
+
+def visit_InetSocketAddressBase(value: Any, name: str | None, path: str) -> InetSocketAddressBase:
+    return rt.visit_struct(value, path, members_InetSocketAddressBase, InetSocketAddressBase)
+
+
+def members_InetSocketAddress(obj: dict[str, Any], path: str, seen: set[str]) -> dict[str, Any]:
+    return {
+        **members_InetSocketAddressBase(obj, path, seen),
+        "numeric": rt.member(obj, "numeric", path, seen, rt.visit_bool, optional=True),
+        "to": rt.member(obj, "to", path, seen, rt.visit_uint16, optional=True),
+        "ipv4": rt.member(obj, "ipv4", path, seen, rt.visit_bool, optional=True),
+        "ipv6": rt.member(obj, "ipv6", path, seen, rt.visit_bool, optional=True),
+        "keep_alive": rt.member(obj, "keep-alive", path, seen, rt.visit_bool, optional=True),
+    }
+
+
+def visit_InetSocketAddress(value: Any, name: str | None, path: str) -> InetSocketAddress:
+    return rt.visit_struct(value, path, members_InetSocketAddress, InetSocketAddress)
+
+
+def members_UnixSocketAddress(obj: dict[str, Any], path: str, seen: set[str]) -> dict[str, Any]:
+    return {
+        "path": rt.member(obj, "path", path, seen, rt.visit_str),
+        "abstract": rt.member(obj, "abstract", path, seen, rt.visit_bool, optional=True),
+        "tight": rt.member(obj, "tight", path, seen, rt.visit_bool, optional=True),
+    }
+
+
+def visit_UnixSocketAddress(value: Any, name: str | None, path: str) -> UnixSocketAddress:
+    return rt.visit_struct(value, path, members_UnixSocketAddress, UnixSocketAddress)
+
+
+def members_VsockSocketAddress(obj: dict[str, Any], path: str, seen: set[str]) -> dict[str, Any]:
+    return {
+        "cid": rt.member(obj, "cid", path, seen, rt.visit_str),
+        "port": rt.member(obj, "port", path, seen, rt.visit_str),
+    }
+
+
+def visit_VsockSocketAddress(value: Any, name: str | None, path: str) -> VsockSocketAddress:
+    return rt.visit_struct(value, path, members_VsockSocketAddress, VsockSocketAddress)
+
+
+def members_InetSocketAddressWrapper(obj: dict[str, Any], path: str, seen: set[str]) -> dict[str, Any]:
+    return {
+        "data": rt.member(obj, "data", path, seen, visit_InetSocketAddress),
+    }
+
+
+def visit_InetSocketAddressWrapper(value: Any, name: str | None, path: str) -> InetSocketAddressWrapper:
+    return rt.visit_struct(value, path, members_InetSocketAddressWrapper, InetSocketAddressWrapper)
+
+
+def members_UnixSocketAddressWrapper(obj: dict[str, Any], path: str, seen: set[str]) -> dict[str, Any]:
+    return {
+        "data": rt.member(obj, "data", path, seen, visit_UnixSocketAddress),
+    }
+
+
+def visit_UnixSocketAddressWrapper(value: Any, name: str | None, path: str) -> UnixSocketAddressWrapper:
+    return rt.visit_struct(value, path, members_UnixSocketAddressWrapper, UnixSocketAddressWrapper)
+
+
+def members_VsockSocketAddressWrapper(obj: dict[str, Any], path: str, seen: set[str]) -> dict[str, Any]:
+    return {
+        "data": rt.member(obj, "data", path, seen, visit_VsockSocketAddress),
+    }
+
+
+def visit_VsockSocketAddressWrapper(value: Any, name: str | None, path: str) -> VsockSocketAddressWrapper:
+    return rt.visit_struct(value, path, members_VsockSocketAddressWrapper, VsockSocketAddressWrapper)
+
+
+def members_StringWrapper(obj: dict[str, Any], path: str, seen: set[str]) -> dict[str, Any]:
+    return {
+        "data": rt.member(obj, "data", path, seen, visit_String),
+    }
+
+
+def visit_StringWrapper(value: Any, name: str | None, path: str) -> StringWrapper:
+    return rt.visit_struct(value, path, members_StringWrapper, StringWrapper)
+
+
+def visit_SocketAddressType(value: Any, name: str | None, path: str) -> SocketAddressType:
+    return rt.visit_enum(value, name, path, SocketAddressType)
+
+
+def members_q_obj_SocketAddressLegacy_base(obj: dict[str, Any], path: str, seen: set[str]) -> dict[str, Any]:
+    return {
+        "type": rt.member(obj, "type", path, seen, visit_SocketAddressType),
+    }
+
+
+def members_SocketAddressLegacy(obj: dict[str, Any], path: str, seen: set[str]) -> dict[str, Any]:
+    return {
+        **members_q_obj_SocketAddressLegacy_base(obj, path, seen),
+    }
+
+
+def visit_SocketAddressLegacy(value: Any, name: str | None, path: str) -> SocketAddressLegacy:
+    return rt.visit_union(
+        value, path, members_SocketAddressLegacy, "type",
+        _SocketAddressLegacy_BRANCHES, SocketAddressLegacy)
+
+
+def members_ChardevInfo(obj: dict[str, Any], path: str, seen: set[str]) -> dict[str, Any]:
+    return {
+        "label": rt.member(obj, "label", path, seen, rt.visit_str),
+        "filename": rt.member(obj, "filename", path, seen, rt.visit_str),
+        "frontend_open": rt.member(obj, "frontend-open", path, seen, rt.visit_bool),
+    }
+
+
+def visit_ChardevInfo(value: Any, name: str | None, path: str) -> ChardevInfo:
+    return rt.visit_struct(value, path, members_ChardevInfo, ChardevInfo)
+
+
+def members_ChardevBackendInfo(obj: dict[str, Any], path: str, seen: set[str]) -> dict[str, Any]:
+    return {
+        "name": rt.member(obj, "name", path, seen, rt.visit_str),
+    }
+
+
+def visit_ChardevBackendInfo(value: Any, name: str | None, path: str) -> ChardevBackendInfo:
+    return rt.visit_struct(value, path, members_ChardevBackendInfo, ChardevBackendInfo)
+
+
+def visit_DataFormat(value: Any, name: str | None, path: str) -> DataFormat:
+    return rt.visit_enum(value, name, path, DataFormat)
+
+
+def members_q_obj_ringbuf_write_arg(obj: dict[str, Any], path: str, seen: set[str]) -> dict[str, Any]:
+    return {
+        "device": rt.member(obj, "device", path, seen, rt.visit_str),
+        "data": rt.member(obj, "data", path, seen, rt.visit_str),
+        "format": rt.member(obj, "format", path, seen, visit_DataFormat, optional=True),
+    }
+
+
+def members_q_obj_ringbuf_read_arg(obj: dict[str, Any], path: str, seen: set[str]) -> dict[str, Any]:
+    return {
+        "device": rt.member(obj, "device", path, seen, rt.visit_str),
+        "size": rt.member(obj, "size", path, seen, rt.visit_int),
+        "format": rt.member(obj, "format", path, seen, visit_DataFormat, optional=True),
+    }
+
+
+def members_ChardevCommon(obj: dict[str, Any], path: str, seen: set[str]) -> dict[str, Any]:
+    return {
+        "logfile": rt.member(obj, "logfile", path, seen, rt.visit_str, optional=True),
+        "logappend": rt.member(obj, "logappend", path, seen, rt.visit_bool, optional=True),
+    }
+
+
+def visit_ChardevCommon(value: Any, name: str | None, path: str) -> ChardevCommon:
+    return rt.visit_struct(value, path, members_ChardevCommon, ChardevCommon)
+
+
+def members_ChardevFile(obj: dict[str, Any], path: str, seen: set[str]) -> dict[str, Any]:
+    return {
+        **members_ChardevCommon(obj, path, seen),
+        "in_": rt.member(obj, "in", path, seen, rt.visit_str, optional=True),
+        "out": rt.member(obj, "out", path, seen, rt.visit_str),
+        "append": rt.member(obj, "append", path, seen, rt.visit_bool, optional=True),
+    }
+
+
+def visit_ChardevFile(value: Any, name: str | None, path: str) -> ChardevFile:
+    return rt.visit_struct(value, path, members_ChardevFile, ChardevFile)
+
+
+def members_ChardevHostdev(obj: dict[str, Any], path: str, seen: set[str]) -> dict[str, Any]:
+    return {
+        **members_ChardevCommon(obj, path, seen),
+        "device": rt.member(obj, "device", path, seen, rt.visit_str),
+    }
+
+
+def visit_ChardevHostdev(value: Any, name: str | None, path: str) -> ChardevHostdev:
+    return rt.visit_struct(value, path, members_ChardevHostdev, ChardevHostdev)
+
+
+def members_ChardevSocket(obj: dict[str, Any], path: str, seen: set[str]) -> dict[str, Any]:
+    return {
+        **members_ChardevCommon(obj, path, seen),
+        "addr": rt.member(obj, "addr", path, seen, visit_SocketAddressLegacy),
+        "tls_creds": rt.member(obj, "tls-creds", path, seen, rt.visit_str, optional=True),
+        "tls_authz": rt.member(obj, "tls-authz", path, seen, rt.visit_str, optional=True),
+        "server": rt.member(obj, "server", path, seen, rt.visit_bool, optional=True),
+        "wait": rt.member(obj, "wait", path, seen, rt.visit_bool, optional=True),
+        "nodelay": rt.member(obj, "nodelay", path, seen, rt.visit_bool, optional=True),
+        "telnet": rt.member(obj, "telnet", path, seen, rt.visit_bool, optional=True),
+        "tn3270": rt.member(obj, "tn3270", path, seen, rt.visit_bool, optional=True),
+        "websocket": rt.member(obj, "websocket", path, seen, rt.visit_bool, optional=True),
+        "reconnect": rt.member(obj, "reconnect", path, seen, rt.visit_int, optional=True),
+    }
+
+
+def visit_ChardevSocket(value: Any, name: str | None, path: str) -> ChardevSocket:
+    return rt.visit_struct(value, path, members_ChardevSocket, ChardevSocket)
+
+
+def members_ChardevUdp(obj: dict[str, Any], path: str, seen: set[str]) -> dict[str, Any]:
+    return {
+        **members_ChardevCommon(obj, path, seen),
+        "remote": rt.member(obj, "remote", path, seen, visit_SocketAddressLegacy),
+        "local": rt.member(obj, "local", path, seen, visit_SocketAddressLegacy, optional=True),
+    }
+
+
+def visit_ChardevUdp(value: Any, name: str | None, path: str) -> ChardevUdp:
+    return rt.visit_struct(value, path, members_ChardevUdp, ChardevUdp)
+
+
+def members_ChardevMux(obj: dict[str, Any], path: str, seen: set[str]) -> dict[str, Any]:
+    return {
+        **members_ChardevCommon(obj, path, seen),
+        "chardev": rt.member(obj, "chardev", path, seen, rt.visit_str),
+    }
+
+
+def visit_ChardevMux(value: Any, name: str | None, path: str) -> ChardevMux:
+    return rt.visit_struct(value, path, members_ChardevMux, ChardevMux)
+
+
+def members_ChardevStdio(obj: dict[str, Any], path: str, seen: set[str]) -> dict[str, Any]:
+    return {
+        **members_ChardevCommon(obj, path, seen),
+        "signal": rt.member(obj, "signal", path, seen, rt.visit_bool, optional=True),
+    }
+
+
+def visit_ChardevStdio(value: Any, name: str | None, path: str) -> ChardevStdio:
+    return rt.visit_struct(value, path, members_ChardevStdio, ChardevStdio)
+
+
+def members_ChardevVC(obj: dict[str, Any], path: str, seen: set[str]) -> dict[str, Any]:
+    return {
+        **members_ChardevCommon(obj, path, seen),
+        "width": rt.member(obj, "width", path, seen, rt.visit_int, optional=True),
+        "height": rt.member(obj, "height", path, seen, rt.visit_int, optional=True),
+        "cols": rt.member(obj, "cols", path, seen, rt.visit_int, optional=True),
+        "rows": rt.member(obj, "rows", path, seen, rt.visit_int, optional=True),
+    }
+
+
+def visit_ChardevVC(value: Any, name: str | None, path: str) -> ChardevVC:
+    return rt.visit_struct(value, path, members_ChardevVC, ChardevVC)
+
+
+def members_ChardevRingbuf(obj: dict[str, Any], path: str, seen: set[str]) -> dict[str, Any]:
+    return {
+        **members_ChardevCommon(obj, path, seen),
+        "size": rt.member(obj, "size", path, seen, rt.visit_int, optional=True),
+    }
+
+
+def visit_ChardevRingbuf(value: Any, name: str | None, path: str) -> ChardevRingbuf:
+    return rt.visit_struct(value, path, members_ChardevRingbuf, ChardevRingbuf)
+
+
+def visit_ChardevBackendKind(value: Any, name: str | None, path: str) -> ChardevBackendKind:
+    return rt.visit_enum(value, name, path, ChardevBackendKind)
+
+
+def members_ChardevFileWrapper(obj: dict[str, Any], path: str, seen: set[str]) -> dict[str, Any]:
+    return {
+        "data": rt.member(obj, "data", path, seen, visit_ChardevFile),
+    }
+
+
+def visit_ChardevFileWrapper(value: Any, name: str | None, path: str) -> ChardevFileWrapper:
+    return rt.visit_struct(value, path, members_ChardevFileWrapper, ChardevFileWrapper)
+
+
+def members_ChardevHostdevWrapper(obj: dict[str, Any], path: str, seen: set[str]) -> dict[str, Any]:
+    return {
+        "data": rt.member(obj, "data", path, seen, visit_ChardevHostdev),
+    }
+
+
+def visit_ChardevHostdevWrapper(value: Any, name: str | None, path: str) -> ChardevHostdevWrapper:
+    return rt.visit_struct(value, path, members_ChardevHostdevWrapper, ChardevHostdevWrapper)
+
+
+def members_ChardevSocketWrapper(obj: dict[str, Any], path: str, seen: set[str]) -> dict[str, Any]:
+    return {
+        "data": rt.member(obj, "data", path, seen, visit_ChardevSocket),
+    }
+
+
+def visit_ChardevSocketWrapper(value: Any, name: str | None, path: str) -> ChardevSocketWrapper:
+    return rt.visit_struct(value, path, members_ChardevSocketWrapper, ChardevSocketWrapper)
+
+
+def members_ChardevUdpWrapper(obj: dict[str, Any], path: str, seen: set[str]) -> dict[str, Any]:
+    return {
+        "data": rt.member(obj, "data", path, seen, visit_ChardevUdp),
+    }
+
+
+def visit_ChardevUdpWrapper(value: Any, name: str | None, path: str) -> ChardevUdpWrapper:
+    return rt.visit_struct(value, path, members_ChardevUdpWrapper, ChardevUdpWrapper)
+
+
+def members_ChardevCommonWrapper(obj: dict[str, Any], path: str, seen: set[str]) -> dict[str, Any]:
+    return {
+        "data": rt.member(obj, "data", path, seen, visit_ChardevCommon),
+    }
+
+
+def visit_ChardevCommonWrapper(value: Any, name: str | None, path: str) -> ChardevCommonWrapper:
+    return rt.visit_struct(value, path, members_ChardevCommonWrapper, ChardevCommonWrapper)
+
+
+def members_ChardevMuxWrapper(obj: dict[str, Any], path: str, seen: set[str]) -> dict[str, Any]:
+    return {
+        "data": rt.member(obj, "data", path, seen, visit_ChardevMux),
+    }
+
+
+def visit_ChardevMuxWrapper(value: Any, name: str | None, path: str) -> ChardevMuxWrapper:
+    return rt.visit_struct(value, path, members_ChardevMuxWrapper, ChardevMuxWrapper)
+
+
+def members_ChardevStdioWrapper(obj: dict[str, Any], path: str, seen: set[str]) -> dict[str, Any]:
+    return {
+        "data": rt.member(obj, "data", path, seen, visit_ChardevStdio),
+    }
+
+
+def visit_ChardevStdioWrapper(value: Any, name: str | None, path: str) -> ChardevStdioWrapper:
+    return rt.visit_struct(value, path, members_ChardevStdioWrapper, ChardevStdioWrapper)
+
+
+def members_ChardevVCWrapper(obj: dict[str, Any], path: str, seen: set[str]) -> dict[str, Any]:
+    return {
+        "data": rt.member(obj, "data", path, seen, visit_ChardevVC),
+    }
+
+
+def visit_ChardevVCWrapper(value: Any, name: str | None, path: str) -> ChardevVCWrapper:
+    return rt.visit_struct(value, path, members_ChardevVCWrapper, ChardevVCWrapper)
+
+
+def members_ChardevRingbufWrapper(obj: dict[str, Any], path: str, seen: set[str]) -> dict[str, Any]:
+    return {
+        "data": rt.member(obj, "data", path, seen, visit_ChardevRingbuf),
+    }
+
+
+def visit_ChardevRingbufWrapper(value: Any, name: str | None, path: str) -> ChardevRingbufWrapper:
+    return rt.visit_struct(value, path, members_ChardevRingbufWrapper, ChardevRingbufWrapper)
+
+
+def members_q_obj_ChardevBackend_base(obj: dict[str, Any], path: str, seen: set[str]) -> dict[str, Any]:
+    return {
+        "type": rt.member(obj, "type", path, seen, visit_ChardevBackendKind),
+    }
+
+
+def members_ChardevBackend(obj: dict[str, Any], path: str, seen: set[str]) -> dict[str, Any]:
+    return {
+        **members_q_obj_ChardevBackend_base(obj, path, seen),
+    }
+
+
+def visit_ChardevBackend(value: Any, name: str | None, path: str) -> ChardevBackend:
+    return rt.visit_union(
+        value, path, members_ChardevBackend, "type",
+        _ChardevBackend_BRANCHES, ChardevBackend)
+
+
+def members_ChardevReturn(obj: dict[str, Any], path: str, seen: set[str]) -> dict[str, Any]:
+    return {
+        "pty": rt.member(obj, "pty", path, seen, rt.visit_str, optional=True),
+    }
+
+
+def visit_ChardevReturn(value: Any, name: str | None, path: str) -> ChardevReturn:
+    return rt.visit_struct(value, path, members_ChardevReturn, ChardevReturn)
+
+
+def members_q_obj_chardev_add_arg(obj: dict[str, Any], path: str, seen: set[str]) -> dict[str, Any]:
+    return {
+        "id": rt.member(obj, "id", path, seen, rt.visit_str),
+        "backend": rt.member(obj, "backend", path, seen, visit_ChardevBackend),
+    }
+
+
+def members_q_obj_chardev_change_arg(obj: dict[str, Any], path: str, seen: set[str]) -> dict[str, Any]:
+    return {
+        "id": rt.member(obj, "id", path, seen, rt.visit_str),
+        "backend": rt.member(obj, "backend", path, seen, visit_ChardevBackend),
+    }
+
+
+def members_q_obj_chardev_remove_arg(obj: dict[str, Any], path: str, seen: set[str]) -> dict[str, Any]:
+    return {
+        "id": rt.member(obj, "id", path, seen, rt.visit_str),
+    }
+
+
+def members_q_obj_chardev_send_break_arg(obj: dict[str, Any], path: str, seen: set[str]) -> dict[str, Any]:
+    return {
+        "id": rt.member(obj, "id", path, seen, rt.visit_str),
+    }
+
+
+def members_q_obj_VSERPORT_CHANGE_arg(obj: dict[str, Any], path: str, seen: set[str]) -> dict[str, Any]:
+    return {
+        "id": rt.member(obj, "id", path, seen, rt.visit_str),
+        "open": rt.member(obj, "open", path, seen, rt.visit_bool),
+    }
+
+
 def visit_QMPCapabilityList(value: Any, name: str | None, path: str) -> list[QMPCapability]:
     return rt.visit_list(value, path, visit_QMPCapability)
 
@@ -674,6 +1445,14 @@ def visit_YankInstanceList(value: Any, name: str | None, path: str) -> list[Yank
     return rt.visit_list(value, path, visit_YankInstance)
 
 
+def visit_ChardevInfoList(value: Any, name: str | None, path: str) -> list[ChardevInfo]:
+    return rt.visit_list(value, path, visit_ChardevInfo)
+
+
+def visit_ChardevBackendInfoList(value: Any, name: str | None, path: str) -> list[ChardevBackendInfo]:
+    return rt.visit_list(value, path, visit_ChardevBackendInfo)
+
+
 _SchemaInfo_BRANCHES: dict[str, rt.Branch] = {
     "builtin": (SchemaInfoBuiltin, members_SchemaInfoBuiltin),
     "enum": (SchemaInfoEnum, members_SchemaInfoEnum),
@@ -688,4 +1467,30 @@ _SchemaInfo_BRANCHES: dict[str, rt.Branch] = {
 _YankInstance_BRANCHES: dict[str, rt.Branch] = {
     "block-node": (YankInstanceBlockNode, members_YankInstanceBlockNode),
     "chardev": (YankInstanceChardev, members_YankInstanceChardev),
+}
+
+
+_SocketAddressLegacy_BRANCHES: dict[str, rt.Branch] = {
+    "inet": (InetSocketAddressWrapper, members_InetSocketAddressWrapper),
+    "unix": (UnixSocketAddressWrapper, members_UnixSocketAddressWrapper),
+    "vsock": (VsockSocketAddressWrapper, members_VsockSocketAddressWrapper),
+    "fd": (StringWrapper, members_StringWrapper),
+}
+
+
+_ChardevBackend_BRANCHES: dict[str, rt.Branch] = {
+    "file": (ChardevFileWrapper, members_ChardevFileWrapper),
+    "pipe": (ChardevHostdevWrapper, members_ChardevHostdevWrapper),
+    "socket": (ChardevSocketWrapper, members_ChardevSocketWrapper),
+    "udp": (ChardevUdpWrapper, members_ChardevUdpWrapper),
+    "pty": (ChardevCommonWrapper, members_ChardevCommonWrapper),
+    "null": (ChardevCommonWrapper, members_ChardevCommonWrapper),
+    "mux": (ChardevMuxWrapper, members_ChardevMuxWrapper),
+    "msmouse": (ChardevCommonWrapper, members_ChardevCommonWrapper),
+    "wctablet": (ChardevCommonWrapper, members_ChardevCommonWrapper),
+    "testdev": (ChardevCommonWrapper, members_ChardevCommonWrapper),
+    "stdio": (ChardevStdioWrapper, members_ChardevStdioWrapper),
+    "vc": (ChardevVCWrapper, members_ChardevVCWrapper),
+    "ringbuf": (ChardevRingbufWrapper, members_ChardevRingbufWrapper),
+    "memory": (ChardevRingbufWrapper, members_ChardevRingbufWrapper),
 }

@@ -19,6 +19,7 @@ HANDLER_MODULES = (
     "vmd.qmp.yank",
     "vmd.system.commands",
     "vmd.hmp.commands",
+    "vmd.chardev.commands",
 )
 
 
