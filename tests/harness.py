@@ -166,6 +166,14 @@ class RawQMP:
         assert reply == {"return": {}}, reply
 
 
+def rss_kib(pid: int) -> int:
+    """Resident memory of process ``pid`` in KiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no VmRSS for {pid}")
+
+
 def wait_for_exit(process: subprocess.Popen[bytes], timeout: float) -> int:
     deadline = time.monotonic() + timeout
     return process.wait(max(0.0, deadline - time.monotonic()))

@@ -229,12 +229,17 @@ def test_real_commands() -> None:
     from vmd._generated.commands import COMMANDS
 
     hmc = COMMANDS["human-monitor-command"]
+    assert hmc.coroutine  # HMP's chardev-add waits for the backend
+
+    async def handler(ctx: Any, **kw: Any) -> str:
+        return repr(kw)
+
     with pytest.raises(QMPError) as exc:
-        hmc.marshal(lambda ctx, **kw: "", None, {"command-line": 1})
+        asyncio.run(hmc.marshal(handler, None, {"command-line": 1}))
     assert exc.value.desc == ("Invalid parameter type for 'command-line', "
                               "expected: string")
-    got = hmc.marshal(lambda ctx, **kw: repr(kw), None,
-                      {"command-line": "info version"})
+    got = asyncio.run(hmc.marshal(handler, None,
+                                  {"command-line": "info version"}))
     assert got == "{'command_line': 'info version', 'cpu_index': None}"
     caps = COMMANDS["qmp_capabilities"]
     with pytest.raises(QMPError) as exc:

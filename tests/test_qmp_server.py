@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import ROOT, RawQMP, VmdProcess, running_vmd, start_vmd, vmd_command
+from tests.harness import ROOT, RawQMP, VmdProcess, rss_kib, running_vmd, start_vmd, vmd_command
 from vmd.qmp.json_writer import encode_message
 from vmd.version import greeting_line, version_info
 
@@ -117,17 +117,10 @@ def test_flooding_client_does_not_starve_others(vmd: VmdProcess) -> None:
                 break
             reply = other.command({"execute": "query-name"})
             assert reply == {"return": {"name": "testvm"}}
-        rss_kib = _rss_kib(vmd.process.pid)
-        assert rss_kib < 400_000, f"vmd grew to {rss_kib} KiB"
+        used = rss_kib(vmd.process.pid)
+        assert used < 400_000, f"vmd grew to {used} KiB"
         assert sent > 0
     flood.close()
-
-
-def _rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise AssertionError("no VmRSS")
 
 
 def test_sigterm_emits_shutdown_and_exits_zero(tmp_path: Path) -> None:

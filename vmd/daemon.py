@@ -35,6 +35,7 @@ class Daemon:
         self.runstate = RunStateMachine(self.events, config.start_paused)
         self.monitors: list[Any] = []
         self.chardevs = ChardevRegistry()
+        self.chardevs.quit_handler = self.request_shutdown
         self._shutdown = loop.create_future()
 
     @property

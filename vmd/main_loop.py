@@ -24,8 +24,8 @@ from vmd.daemon import Daemon
 from vmd.early_greeter import EarlyGreeter
 from vmd.qmp.dispatch import Dispatcher
 from vmd.qmp.handlers import bind_handlers
-from vmd.qmp.server import QMPMonitor
 from vmd.system import sd_notify
+from vmd.system.chardevs import create_chardevs
 from vmd.system.process import Daemonizer, PidFile, StartupError
 
 log = logging.getLogger(__name__)
@@ -35,17 +35,11 @@ def check_supported(config: Config) -> None:
     """Refuse options whose subsystems have not landed yet, clearly."""
     unsupported = [
         ("-blockdev", config.blockdevs), ("-device", config.devices),
-        ("-serial", config.serials), ("-kernel", config.kernel),
+        ("-kernel", config.kernel),
     ]
     for option, value in unsupported:
         if value:
             raise StartupError(f"{option} is not supported by this vmd yet")
-    for monitor in config.monitors:
-        if monitor.mode != "control":
-            raise StartupError(
-                f"-mon chardev={monitor.chardev}: the human monitor on a "
-                "chardev is not supported yet; use QMP's "
-                "human-monitor-command")
 
 
 async def run(config: Config, daemonizer: Daemonizer | None,
@@ -55,12 +49,7 @@ async def run(config: Config, daemonizer: Daemonizer | None,
     dispatcher = Dispatcher(COMMANDS, bind_handlers(COMMANDS))
     daemon = Daemon(config, dispatcher, loop)
     early.stop()
-    for monitor_config in config.monitors:
-        chardev = config.chardev(monitor_config.chardev)
-        assert chardev is not None, "the CLI checks -mon references"
-        monitor = QMPMonitor(daemon, chardev, early)
-        await monitor.start()
-        daemon.monitors.append(monitor)
+    await create_chardevs(daemon, config, early)
     early.abandon()  # anything the monitors did not take
     for monitor in daemon.monitors:
         await monitor.wait_for_client_if_asked()
@@ -74,8 +63,7 @@ async def run(config: Config, daemonizer: Daemonizer | None,
     try:
         await daemon.wait_for_shutdown()
     finally:
-        for monitor in daemon.monitors:
-            await monitor.close()
+        await daemon.chardevs.close_all()
         if pidfile is not None:
             pidfile.remove()
         await asyncio.sleep(0)  # let closing transports flush their output

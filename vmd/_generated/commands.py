@@ -89,11 +89,11 @@ def marshal_query_name(
     return rt.to_wire(handler(ctx))
 
 
-def marshal_human_monitor_command(
+async def marshal_human_monitor_command(
         handler: Handler, ctx: Any, arguments: dict[str, Any],
 ) -> Any:
     kwargs = rt.args_dict(arguments, t.members_q_obj_human_monitor_command_arg)
-    return rt.to_wire(handler(ctx, **kwargs))
+    return rt.to_wire(await handler(ctx, **kwargs))
 
 
 def marshal_query_qmp_schema(
@@ -274,7 +274,7 @@ COMMANDS: dict[str, rt.CommandDef] = {
         marshal=marshal_human_monitor_command,
         allow_oob=False,
         allow_preconfig=False,
-        coroutine=False,
+        coroutine=True,
         features=("savevm-monitor-nodes",),
     ),
     "query-qmp-schema": rt.CommandDef(

@@ -102,7 +102,14 @@ def _ringbuf(options: Options) -> dict[str, Any]:
     return data
 
 
+def _mux(options: Options) -> dict[str, Any]:
+    if "chardev" not in options:
+        raise OptionError("chardev: mux: no chardev given")
+    return {**_common(options), "chardev": options["chardev"]}
+
+
 _PARSERS: dict[str, Callable[[Options], dict[str, Any]]] = {
+    "mux": _mux,
     "file": _file, "pipe": _pipe, "socket": _socket, "stdio": _stdio,
     "ringbuf": _ringbuf, "memory": _ringbuf,
 }

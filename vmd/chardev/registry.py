@@ -11,9 +11,9 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from vmd._generated.types import ChardevBackend, ChardevBackendKind
+from vmd._generated.types import ChardevBackend, ChardevBackendKind, ShutdownCause
 from vmd.chardev.base import Chardev, ChardevError
-from vmd.qmp.errors import DEVICE_NOT_FOUND, QMPError
+from vmd.qmp.errors import QMPError
 
 # kind -> factory(chardev id, the kind's options, registry) -> Chardev
 Factory = Callable[[str, Any, "ChardevRegistry"], Chardev]
@@ -53,6 +53,8 @@ class ChardevRegistry:
 
     def __init__(self) -> None:
         self._chardevs: dict[str, Chardev] = {}
+        # Set by the daemon: how a mux's Ctrl-A x ends vmd.
+        self.quit_handler: Callable[[ShutdownCause], None] | None = None
 
     def __iter__(self) -> Iterator[Chardev]:
         return iter(list(self._chardevs.values()))
@@ -63,8 +65,7 @@ class ChardevRegistry:
     def find(self, chardev_id: str) -> Chardev:
         chardev = self._chardevs.get(chardev_id)
         if chardev is None:
-            raise QMPError(f"Chardev '{chardev_id}' not found",
-                           DEVICE_NOT_FOUND)
+            raise QMPError(f"Chardev '{chardev_id}' not found")
         return chardev
 
     async def add(self, chardev_id: str, spec: ChardevBackend) -> Chardev:
@@ -93,10 +94,16 @@ class ChardevRegistry:
                 f"Failed to add chardev '{chardev_id}': {error}") from None
         return chardev
 
+    def insert(self, chardev: Chardev) -> None:
+        """Register a chardev opened elsewhere (a QMP monitor's listener)."""
+        if chardev.id in self._chardevs:
+            raise QMPError(f"Chardev with id '{chardev.id}' already exists")
+        self._chardevs[chardev.id] = chardev
+
     async def remove(self, chardev_id: str) -> None:
         """Close and forget a chardev no front end uses (``chardev-remove``)."""
         chardev = self.find(chardev_id)
-        if chardev.frontend is not None:
+        if chardev.frontend is not None or getattr(chardev, "always_busy", False):
             raise QMPError(f"Chardev '{chardev_id}' is busy")
         del self._chardevs[chardev_id]
         await chardev.close()

@@ -35,7 +35,7 @@ CHARDEV_SPEC = OptsSpec("chardev", implied_key="backend", desc=_CHARDEV_DESC)
 #: Backend names QEMU 7.2 knows; whether vmd implements one is the chardev
 #: layer's business, not the parser's.
 CHARDEV_BACKENDS = frozenset({
-    "null", "socket", "udp", "msmouse", "wctablet", "vc", "ringbuf", "memory",
+    "null", "mux", "socket", "udp", "msmouse", "wctablet", "vc", "ringbuf", "memory",
     "file", "pipe", "pty", "stdio", "braille", "serial", "tty", "parallel",
     "parport", "spicevmc", "spiceport", "qemu-vdagent", "dbus", "testdev",
 })

@@ -8,14 +8,19 @@ output text, never QMP errors, exactly as in QEMU.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import inspect
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 from vmd._generated.types import ShutdownCause
+from vmd.hmp import chardev
+from vmd.hmp.args import ArgumentError, parse_arguments
 from vmd.qmp.errors import QMPError
 
-Handler = Callable[[Any, list[str]], str]
+#: A handler gets the context and the parsed arguments in order; it
+#: returns its output, or an awaitable of it when it must wait (chardev-add).
+Handler = Callable[[Any, list[Any]], "str | Awaitable[str]"]
 
 
 @dataclass(frozen=True)
@@ -28,6 +33,9 @@ class HmpCommand:
     handler: Handler
     rest_of_line: bool = False  # QEMU's "S?": the rest of the line, if any
     sub_table: list[HmpCommand] | None = None
+    #: QEMU's args_type letters, one per argument: "s" a word or quoted
+    #: string, "i" a 32-bit integer (e.g. "si" for ``device size``).
+    args: str = ""
 
     @property
     def names(self) -> list[str]:
@@ -58,6 +66,8 @@ def _info_commands(ctx: Any, _args: list[str]) -> str:
 
 
 INFO_COMMANDS = [
+    HmpCommand("chardev", "", "show the character devices",
+               chardev.info_chardev),
     HmpCommand("commands", "", "list the QMP commands vmd provides",
                _info_commands),
     HmpCommand("name", "", "show the current VM name", _info_name),
@@ -109,6 +119,9 @@ def _cont(ctx: Any, _args: list[str]) -> str:
 
 
 def _quit(ctx: Any, _args: list[str]) -> str:
+    suspend = getattr(ctx, "suspend", None)
+    if suspend is not None:
+        suspend()  # a monitor shows no prompt after quit, as in QEMU
     ctx.daemon.request_shutdown(ShutdownCause.HOST_QMP_QUIT)
     return ""
 
@@ -126,6 +139,10 @@ def _system_powerdown(ctx: Any, _args: list[str]) -> str:
 
 
 COMMANDS = [
+    HmpCommand("chardev-add", "args", "add chardev", chardev.chardev_add,
+               args="s"),
+    HmpCommand("chardev-remove", "id", "remove chardev",
+               chardev.chardev_remove, args="s"),
     HmpCommand("cont|c", "", "resume emulation", _cont),
     HmpCommand("help|?", "[cmd]", "show the help", _help,
                rest_of_line=True),
@@ -133,6 +150,12 @@ COMMANDS = [
                "show various information about the system state", _info,
                sub_table=INFO_COMMANDS),
     HmpCommand("quit|q", "", "quit the emulator", _quit),
+    HmpCommand("ringbuf_read", "device size",
+               "Read from a ring buffer character device",
+               chardev.ringbuf_read, args="si"),
+    HmpCommand("ringbuf_write", "device data",
+               "Write to a ring buffer character device",
+               chardev.ringbuf_write, args="ss"),
     HmpCommand("stop|s", "", "stop emulation", _stop),
     HmpCommand("system_powerdown", "", "send system power down event",
                _system_powerdown),
@@ -164,8 +187,8 @@ def _command_name(line: str, pos: int) -> tuple[str, int] | None:
     return line[start:pos], pos
 
 
-def _run(ctx: Any, line: str) -> str:
-    """handle_hmp_command(): find the (sub)command, check its arguments."""
+def _run(ctx: Any, line: str) -> str | Awaitable[str]:
+    """handle_hmp_command(): find the (sub)command, parse its arguments."""
     table, pos = COMMANDS, 0
     while True:
         parsed = _command_name(line, pos)
@@ -180,24 +203,39 @@ def _run(ctx: Any, line: str) -> str:
         if command.sub_table is None or pos == len(line):
             break
         table = command.sub_table
+    typed = line[:pos].rstrip(_SPACE)
     rest = line[pos:]
     if command.rest_of_line:
         return command.handler(ctx, [rest] if rest else [])
-    if rest:
-        typed = line[:pos].rstrip(_SPACE)
-        return (f"{command.name}: extraneous characters at the end of line\n"
-                f"Try \"help {typed}\" for more information\n")
-    return command.handler(ctx, [])
+    try:
+        args = parse_arguments(command.name, command.args, rest)
+    except ArgumentError as error:
+        return f"{error}\nTry \"help {typed}\" for more information\n"
+    return command.handler(ctx, args)
 
 
-def run_line(ctx: Any, line: str) -> str:
+def command_names(table: list[HmpCommand] | None = None) -> list[str]:
+    """Every name and alias of ``table`` (default: the top level)."""
+    return [name for command in (table or COMMANDS) for name in command.names]
+
+
+def sub_table(name: str) -> list[HmpCommand] | None:
+    """The subcommands of command ``name`` (``info``), if it has any."""
+    command = _find(COMMANDS, name)
+    return None if command is None else command.sub_table
+
+
+async def run_line(ctx: Any, line: str) -> str:
     """Run one HMP command line; return its output with CRLF line ends."""
-    return _run(ctx, line).replace("\n", "\r\n")
+    output = _run(ctx, line)
+    if inspect.isawaitable(output):
+        output = await output
+    return output.replace("\n", "\r\n")
 
 
-def qmp_human_monitor_command(ctx: Any, command_line: str,
-                              cpu_index: int | None) -> str:
-    """QMP's door into HMP.
+async def qmp_human_monitor_command(ctx: Any, command_line: str,
+                                    cpu_index: int | None) -> str:
+    """QMP's door into HMP (a coroutine: chardev-add waits for the backend).
 
     QEMU rejects any ``cpu-index`` that names no CPU. Without a guest vmd
     accepts index 0, the monitor's default CPU, so that qmp-shell's ``-H``
@@ -205,4 +243,4 @@ def qmp_human_monitor_command(ctx: Any, command_line: str,
     """
     if cpu_index is not None and cpu_index != 0:
         raise QMPError("Parameter 'cpu-index' expects a CPU number")
-    return run_line(ctx, command_line)
+    return await run_line(ctx, command_line)

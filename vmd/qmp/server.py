@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import socket
-import stat
 import sys
 from typing import TYPE_CHECKING
 
+from vmd.chardev.base import Chardev
 from vmd.cli.chardev import socket_flags
 from vmd.cli.config import ChardevConfig
 from vmd.early_greeter import EarlyGreeter, unlink_stale_socket
@@ -47,16 +46,9 @@ class QMPMonitor:
         self._unix_path: str | None = None
 
     async def start(self) -> None:
-        """Start listening (or attach to stdio)."""
-        backend = self.chardev.backend
-        if backend == "socket":
-            await self._listen()
-        elif backend == "stdio":
-            await self._attach_stdio()
-        else:
-            raise MonitorError(
-                f"chardev '{self.chardev.id}': backend '{backend}' is not "
-                "supported for QMP monitors yet (use socket or stdio)")
+        """Start listening; register as chardev ``self.chardev.id``."""
+        await self._listen()
+        self.daemon.chardevs.insert(_ListenerChardev(self))
 
     async def wait_for_client_if_asked(self) -> None:
         """Honour ``wait=on`` for a server socket, as QEMU does at start-up."""
@@ -67,6 +59,15 @@ class QMPMonitor:
             print(f"vmd: info: waiting for connection on: "
                   f"{self.describe()},server=on", file=sys.stderr, flush=True)
             await self._first_client.wait()
+
+    @staticmethod
+    def serves(chardev: ChardevConfig) -> bool:
+        """Whether a control monitor on ``chardev`` is a QMPMonitor.
+
+        Server sockets are; other chardevs carry one stream and get a
+        ``QMPChardevMonitor`` as their front end instead.
+        """
+        return chardev.backend == "socket" and socket_flags(chardev)[0]
 
     def describe(self) -> str:
         """The address in QEMU's chardev filename style."""
@@ -136,70 +137,24 @@ class QMPMonitor:
                 sock=socket.socket(fileno=client.detach()))
         return True
 
-    async def _attach_stdio(self) -> None:
-        for stream in (sys.stdin, sys.stdout):
-            mode = os.fstat(stream.fileno()).st_mode
-            if not (stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)
-                    or stat.S_ISCHR(mode)):
-                raise MonitorError(
-                    "-qmp stdio needs stdin and stdout to be pipes, sockets "
-                    "or terminals, not files")
-        loop = asyncio.get_running_loop()
-        connection = self._new_connection()
-        transport, _ = await loop.connect_write_pipe(
-            asyncio.Protocol, os.fdopen(os.dup(sys.stdout.fileno()), "wb"))
-        reader = _StdioReader(connection, transport)
-        await loop.connect_read_pipe(
-            lambda: reader, os.fdopen(os.dup(sys.stdin.fileno()), "rb"))
 
+class _ListenerChardev(Chardev):
+    """How a QMP monitor's listening socket shows up in ``query-chardev``."""
 
-class _StdioReader(asyncio.Protocol):
-    """Joins stdin and stdout into the one transport a connection expects."""
+    kind = "socket"
 
-    def __init__(self, connection: QMPConnection,
-                 output: asyncio.BaseTransport) -> None:
-        self._connection = connection
-        self._output = output
+    def __init__(self, monitor: QMPMonitor) -> None:
+        super().__init__(monitor.chardev.id)
+        self._monitor = monitor
+        self.frontend = monitor  # type: ignore[assignment]  # always busy
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._connection.connection_made(_JoinedTransport(transport,
-                                                          self._output))
+    @property
+    def frontend_open(self) -> bool:
+        return bool(self._monitor.connections)
 
-    def data_received(self, data: bytes) -> None:
-        self._connection.data_received(data)
+    def filename(self) -> str:
+        prefix = "" if self._monitor.connections else "disconnected:"
+        return f"{prefix}{self._monitor.describe()},server=on"
 
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._connection.connection_lost(exc)
-
-
-class _JoinedTransport(asyncio.Transport):
-    """A read pipe and a write pipe presented as one transport."""
-
-    def __init__(self, reader: asyncio.BaseTransport,
-                 writer: asyncio.BaseTransport) -> None:
-        super().__init__()
-        self._reader = reader
-        self._writer = writer
-
-    def write(self, data: bytes | bytearray | memoryview) -> None:
-        self._writer.write(data)  # type: ignore[attr-defined]
-
-    def get_write_buffer_size(self) -> int:
-        return self._writer.get_write_buffer_size()  # type: ignore[attr-defined]
-
-    def set_write_buffer_limits(self, high: int | None = None,
-                                low: int | None = None) -> None:
-        self._writer.set_write_buffer_limits(high, low)  # type: ignore[attr-defined]
-
-    def pause_reading(self) -> None:
-        self._reader.pause_reading()  # type: ignore[attr-defined]
-
-    def resume_reading(self) -> None:
-        self._reader.resume_reading()  # type: ignore[attr-defined]
-
-    def close(self) -> None:
-        self._reader.close()
-        self._writer.close()
-
-    def abort(self) -> None:
-        self.close()
+    async def close(self) -> None:
+        await self._monitor.close()
