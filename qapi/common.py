@@ -50,7 +50,13 @@ def py_type(name: str) -> str:
 
 
 DEFAULT_ENABLED: frozenset[str] = frozenset(
-    {"CONFIG_KVM", "CONFIG_LINUX", "CONFIG_POSIX"})
+    {"CONFIG_KVM", "CONFIG_LINUX", "CONFIG_POSIX",
+     # block layer: as in the reference QEMU 7.2 build (Debian), so enums
+     # such as BlockdevDriver, BlockdevAioOptions, PreallocMode and
+     # Qcow2CompressionType list the same values; vmd refuses at open or
+     # create time what it does not implement
+     "CONFIG_LINUX_IO_URING", "CONFIG_POSIX_FALLOCATE", "CONFIG_REPLICATION",
+     "CONFIG_ZSTD", "HAVE_HOST_BLOCK_DEVICE"})
 
 
 def eval_cond(cond: object, enabled: frozenset[str]) -> bool:

@@ -199,7 +199,7 @@ class QAPISchemaArrayType(QAPISchemaType):
 
     def check(self, schema: QAPISchema) -> None:
         self.element_type = schema.resolve_type(
-            self.element_name, self.ref_info, self.ref_what)
+            self.element_name, self.ref_info, self.ref_what, check=False)
 
     def visit(self, visitor: QAPISchemaVisitor) -> None:
         visitor.visit_array_type(self)
@@ -303,7 +303,7 @@ class QAPISchemaObjectType(QAPISchemaType):
             self.members = list(self.base.members)
         for member in self.local_members:
             member.type = schema.resolve_type(member.type_name, self.info,
-                                              member.describe())
+                                              member.describe(), check=False)
             self._add_member(member, self.members)
         if self.variants is not None:
             self._check_variants(schema, self.variants)
@@ -360,8 +360,8 @@ class QAPISchemaObjectType(QAPISchemaType):
                 filler.type = schema.the_empty_object_type
                 filler.implicit = True
                 variants.variants.append(filler)
-        order = {v: i for i, v in enumerate(values)}
-        variants.variants.sort(key=lambda v: order[v.name])
+        # As QEMU: branches in declaration order, then the implicit empty
+        # ones in enum order (query-qmp-schema shows this order).
 
     def _check_branch(self, schema: QAPISchema, variant: QAPISchemaVariant,
                       values: list[str]) -> None:
@@ -407,7 +407,8 @@ class QAPISchemaAlternateType(QAPISchemaType):
         seen: dict[str, QAPISchemaVariant] = {}
         for variant in self.variants:
             what = f"branch '{variant.name}' of {self.describe()}"
-            typ = schema.resolve_type(variant.type_name, self.info, what)
+            typ = schema.resolve_type(variant.type_name, self.info, what,
+                                      check=False)
             variant.type = typ
             qtype = typ.alternate_qtype()
             if qtype is None:
@@ -647,8 +648,15 @@ class QAPISchema:
                         f"{other.describe()} (same generated name)")
 
     def resolve_type(self, name: str, info: QAPISourceInfo | None,
-                     what: str) -> QAPISchemaType:
-        """The type named ``name``; arrays are defined on first use."""
+                     what: str, check: bool = True) -> QAPISchemaType:
+        """The type named ``name``; arrays are defined on first use.
+
+        ``check=False`` is for references that may be recursive (members,
+        array elements): as in QEMU, a member may refer back to a type
+        being checked (ImageInfo's backing-image, BlockdevOptions through
+        BlockdevRef); every named type is checked by ``_check`` anyway.
+        Only 'base' and union branch cycles are errors.
+        """
         if name.endswith("List") and name not in self._by_name:
             elem = name[:-len("List")]
             array = QAPISchemaArrayType(elem, info, what)
@@ -658,7 +666,8 @@ class QAPISchema:
         typ = self._by_name.get(name)
         if not isinstance(typ, QAPISchemaType):
             raise QAPISemError(info, f"{what} uses unknown type '{name}'")
-        typ.check(self)
+        if check:
+            typ.check(self)
         return typ
 
     def resolve_arg_type(self, ent: QAPISchemaEntity, name: str | None,

@@ -226,8 +226,9 @@ def _wait_gone(pid: int, timeout: float = 10.0) -> None:
     (["-bogus"], "vmd: -bogus: invalid option"),
     (["-qmp"], "vmd: -qmp: requires an argument"),
     (["-M", "pc"], "unsupported machine type"),
-    (["-blockdev", "driver=null-co,node-name=n"],
-     "-blockdev is not supported by this vmd yet"),
+    (["-blockdev", "driver=file,node-name=n,filename=/nonexistent/x"],
+     "Could not open '/nonexistent/x': No such file or directory"),
+    (["-device", "virtio-blk,drive=n"], "-device is not supported by this vmd yet"),
 ])
 def test_command_line_errors_exit_1(argv: list[str], message: str) -> None:
     result = subprocess.run(vmd_command(*argv), env=_env(), timeout=30,

@@ -16,8 +16,10 @@ from typing import Any
 from vmd import version
 from vmd._generated import events
 from vmd._generated.types import ShutdownCause
+from vmd.block.graph import BlockGraph
 from vmd.chardev.registry import ChardevRegistry
 from vmd.cli.config import Config
+from vmd.job.registry import JobRegistry
 from vmd.qmp.dispatch import Dispatcher
 from vmd.qmp.events import EventBroadcaster
 from vmd.system.runstate import RunStateMachine
@@ -35,7 +37,9 @@ class Daemon:
         self.runstate = RunStateMachine(self.events, config.start_paused)
         self.monitors: list[Any] = []
         self.chardevs = ChardevRegistry()
+        self.block = BlockGraph()
         self.chardevs.quit_handler = self.request_shutdown
+        self.jobs = JobRegistry(self.events)
         self._shutdown = loop.create_future()
 
     @property

@@ -27,16 +27,14 @@ from vmd.qmp.handlers import bind_handlers
 from vmd.system import sd_notify
 from vmd.system.chardevs import create_chardevs
 from vmd.system.process import Daemonizer, PidFile, StartupError
+from vmd.system.startup_commands import create_blockdevs
 
 log = logging.getLogger(__name__)
 
 
 def check_supported(config: Config) -> None:
     """Refuse options whose subsystems have not landed yet, clearly."""
-    unsupported = [
-        ("-blockdev", config.blockdevs), ("-device", config.devices),
-        ("-kernel", config.kernel),
-    ]
+    unsupported = [("-device", config.devices), ("-kernel", config.kernel)]
     for option, value in unsupported:
         if value:
             raise StartupError(f"{option} is not supported by this vmd yet")
@@ -49,6 +47,7 @@ async def run(config: Config, daemonizer: Daemonizer | None,
     dispatcher = Dispatcher(COMMANDS, bind_handlers(COMMANDS))
     daemon = Daemon(config, dispatcher, loop)
     early.stop()
+    await create_blockdevs(daemon, config)
     await create_chardevs(daemon, config, early)
     early.abandon()  # anything the monitors did not take
     for monitor in daemon.monitors:
@@ -64,6 +63,7 @@ async def run(config: Config, daemonizer: Daemonizer | None,
         await daemon.wait_for_shutdown()
     finally:
         await daemon.chardevs.close_all()
+        await daemon.block.close_all()
         if pidfile is not None:
             pidfile.remove()
         await asyncio.sleep(0)  # let closing transports flush their output

@@ -183,12 +183,37 @@ def json_kind(value: Any) -> str:
     return "value"
 
 
+class _JsonNull:
+    """An explicit JSON ``null`` chosen as an alternate's branch.
+
+    Optional members that are absent are ``None``; an alternate with a
+    ``null`` branch (``BlockdevRefOrNull``: "no backing file") must be
+    told apart from that, so its null branch yields this singleton.
+    """
+
+    _instance: _JsonNull | None = None
+
+    def __new__(cls) -> _JsonNull:
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __repr__(self) -> str:
+        return "JSON_NULL"
+
+
+JSON_NULL = _JsonNull()
+
+
 def visit_alternate(value: Any, name: str | None, path: str, alt_name: str,
                     branches: dict[str, Visitor]) -> Any:
     """Pick the branch by JSON type, else a type error naming the type."""
-    visit = branches.get(json_kind(value))
+    kind = json_kind(value)
+    visit = branches.get(kind)
     if visit is None:
         raise type_error(path, alt_name)
+    if kind == "null":
+        return JSON_NULL
     return visit(value, name, path)
 
 
@@ -319,6 +344,8 @@ def to_wire(value: Any) -> Any:
     """
     if isinstance(value, enum.Enum):
         return value.value
+    if value is JSON_NULL:
+        return None
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return _object_to_wire(value)
     if isinstance(value, (list, tuple)):

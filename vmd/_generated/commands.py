@@ -177,6 +177,145 @@ def marshal_chardev_send_break(
     return {}
 
 
+def marshal_job_pause(
+        handler: Handler, ctx: Any, arguments: dict[str, Any],
+) -> Any:
+    kwargs = rt.args_dict(arguments, t.members_q_obj_job_pause_arg)
+    handler(ctx, **kwargs)
+    return {}
+
+
+def marshal_job_resume(
+        handler: Handler, ctx: Any, arguments: dict[str, Any],
+) -> Any:
+    kwargs = rt.args_dict(arguments, t.members_q_obj_job_resume_arg)
+    handler(ctx, **kwargs)
+    return {}
+
+
+def marshal_job_cancel(
+        handler: Handler, ctx: Any, arguments: dict[str, Any],
+) -> Any:
+    kwargs = rt.args_dict(arguments, t.members_q_obj_job_cancel_arg)
+    handler(ctx, **kwargs)
+    return {}
+
+
+def marshal_job_complete(
+        handler: Handler, ctx: Any, arguments: dict[str, Any],
+) -> Any:
+    kwargs = rt.args_dict(arguments, t.members_q_obj_job_complete_arg)
+    handler(ctx, **kwargs)
+    return {}
+
+
+def marshal_job_dismiss(
+        handler: Handler, ctx: Any, arguments: dict[str, Any],
+) -> Any:
+    kwargs = rt.args_dict(arguments, t.members_q_obj_job_dismiss_arg)
+    handler(ctx, **kwargs)
+    return {}
+
+
+def marshal_job_finalize(
+        handler: Handler, ctx: Any, arguments: dict[str, Any],
+) -> Any:
+    kwargs = rt.args_dict(arguments, t.members_q_obj_job_finalize_arg)
+    handler(ctx, **kwargs)
+    return {}
+
+
+def marshal_query_jobs(
+        handler: Handler, ctx: Any, arguments: dict[str, Any],
+) -> Any:
+    rt.no_args(arguments)
+    return rt.to_wire(handler(ctx))
+
+
+def marshal_query_block(
+        handler: Handler, ctx: Any, arguments: dict[str, Any],
+) -> Any:
+    rt.no_args(arguments)
+    return rt.to_wire(handler(ctx))
+
+
+def marshal_query_block_jobs(
+        handler: Handler, ctx: Any, arguments: dict[str, Any],
+) -> Any:
+    rt.no_args(arguments)
+    return rt.to_wire(handler(ctx))
+
+
+async def marshal_block_resize(
+        handler: Handler, ctx: Any, arguments: dict[str, Any],
+) -> Any:
+    kwargs = rt.args_dict(arguments, t.members_q_obj_block_resize_arg)
+    await handler(ctx, **kwargs)
+    return {}
+
+
+async def marshal_blockdev_snapshot_sync(
+        handler: Handler, ctx: Any, arguments: dict[str, Any],
+) -> Any:
+    kwargs = rt.args_dict(arguments, t.members_BlockdevSnapshotSync)
+    await handler(ctx, **kwargs)
+    return {}
+
+
+async def marshal_blockdev_snapshot(
+        handler: Handler, ctx: Any, arguments: dict[str, Any],
+) -> Any:
+    kwargs = rt.args_dict(arguments, t.members_BlockdevSnapshot)
+    await handler(ctx, **kwargs)
+    return {}
+
+
+def marshal_query_named_block_nodes(
+        handler: Handler, ctx: Any, arguments: dict[str, Any],
+) -> Any:
+    kwargs = rt.args_dict(arguments, t.members_q_obj_query_named_block_nodes_arg)
+    return rt.to_wire(handler(ctx, **kwargs))
+
+
+def marshal_x_debug_query_block_graph(
+        handler: Handler, ctx: Any, arguments: dict[str, Any],
+) -> Any:
+    rt.no_args(arguments)
+    return rt.to_wire(handler(ctx))
+
+
+async def marshal_blockdev_add(
+        handler: Handler, ctx: Any, arguments: dict[str, Any],
+) -> Any:
+    obj = t.visit_BlockdevOptions(arguments, None, '')
+    await handler(ctx, obj)
+    return {}
+
+
+async def marshal_blockdev_del(
+        handler: Handler, ctx: Any, arguments: dict[str, Any],
+) -> Any:
+    kwargs = rt.args_dict(arguments, t.members_q_obj_blockdev_del_arg)
+    await handler(ctx, **kwargs)
+    return {}
+
+
+def marshal_blockdev_create(
+        handler: Handler, ctx: Any, arguments: dict[str, Any],
+) -> Any:
+    kwargs = rt.args_dict(arguments, t.members_q_obj_blockdev_create_arg)
+    handler(ctx, **kwargs)
+    return {}
+
+
+def marshal_block_set_write_threshold(
+        handler: Handler, ctx: Any, arguments: dict[str, Any],
+) -> Any:
+    kwargs = rt.args_dict(arguments, t.members_q_obj_block_set_write_threshold_arg)
+    handler(ctx, **kwargs)
+    return {}
+
+
 COMMANDS: dict[str, rt.CommandDef] = {
     "qmp_capabilities": rt.CommandDef(
         name="qmp_capabilities",
@@ -373,6 +512,168 @@ COMMANDS: dict[str, rt.CommandDef] = {
         marshal=marshal_chardev_send_break,
         allow_oob=False,
         allow_preconfig=False,
+        coroutine=False,
+        features=(),
+    ),
+    "job-pause": rt.CommandDef(
+        name="job-pause",
+        handler_name="qmp_job_pause",
+        marshal=marshal_job_pause,
+        allow_oob=False,
+        allow_preconfig=False,
+        coroutine=False,
+        features=(),
+    ),
+    "job-resume": rt.CommandDef(
+        name="job-resume",
+        handler_name="qmp_job_resume",
+        marshal=marshal_job_resume,
+        allow_oob=False,
+        allow_preconfig=False,
+        coroutine=False,
+        features=(),
+    ),
+    "job-cancel": rt.CommandDef(
+        name="job-cancel",
+        handler_name="qmp_job_cancel",
+        marshal=marshal_job_cancel,
+        allow_oob=False,
+        allow_preconfig=False,
+        coroutine=False,
+        features=(),
+    ),
+    "job-complete": rt.CommandDef(
+        name="job-complete",
+        handler_name="qmp_job_complete",
+        marshal=marshal_job_complete,
+        allow_oob=False,
+        allow_preconfig=False,
+        coroutine=False,
+        features=(),
+    ),
+    "job-dismiss": rt.CommandDef(
+        name="job-dismiss",
+        handler_name="qmp_job_dismiss",
+        marshal=marshal_job_dismiss,
+        allow_oob=False,
+        allow_preconfig=False,
+        coroutine=False,
+        features=(),
+    ),
+    "job-finalize": rt.CommandDef(
+        name="job-finalize",
+        handler_name="qmp_job_finalize",
+        marshal=marshal_job_finalize,
+        allow_oob=False,
+        allow_preconfig=False,
+        coroutine=False,
+        features=(),
+    ),
+    "query-jobs": rt.CommandDef(
+        name="query-jobs",
+        handler_name="qmp_query_jobs",
+        marshal=marshal_query_jobs,
+        allow_oob=False,
+        allow_preconfig=False,
+        coroutine=False,
+        features=(),
+    ),
+    "query-block": rt.CommandDef(
+        name="query-block",
+        handler_name="qmp_query_block",
+        marshal=marshal_query_block,
+        allow_oob=False,
+        allow_preconfig=True,
+        coroutine=False,
+        features=(),
+    ),
+    "query-block-jobs": rt.CommandDef(
+        name="query-block-jobs",
+        handler_name="qmp_query_block_jobs",
+        marshal=marshal_query_block_jobs,
+        allow_oob=False,
+        allow_preconfig=True,
+        coroutine=False,
+        features=(),
+    ),
+    "block_resize": rt.CommandDef(
+        name="block_resize",
+        handler_name="qmp_block_resize",
+        marshal=marshal_block_resize,
+        allow_oob=False,
+        allow_preconfig=True,
+        coroutine=True,
+        features=(),
+    ),
+    "blockdev-snapshot-sync": rt.CommandDef(
+        name="blockdev-snapshot-sync",
+        handler_name="qmp_blockdev_snapshot_sync",
+        marshal=marshal_blockdev_snapshot_sync,
+        allow_oob=False,
+        allow_preconfig=True,
+        coroutine=True,
+        features=(),
+    ),
+    "blockdev-snapshot": rt.CommandDef(
+        name="blockdev-snapshot",
+        handler_name="qmp_blockdev_snapshot",
+        marshal=marshal_blockdev_snapshot,
+        allow_oob=False,
+        allow_preconfig=True,
+        coroutine=True,
+        features=("allow-write-only-overlay",),
+    ),
+    "query-named-block-nodes": rt.CommandDef(
+        name="query-named-block-nodes",
+        handler_name="qmp_query_named_block_nodes",
+        marshal=marshal_query_named_block_nodes,
+        allow_oob=False,
+        allow_preconfig=True,
+        coroutine=False,
+        features=(),
+    ),
+    "x-debug-query-block-graph": rt.CommandDef(
+        name="x-debug-query-block-graph",
+        handler_name="qmp_x_debug_query_block_graph",
+        marshal=marshal_x_debug_query_block_graph,
+        allow_oob=False,
+        allow_preconfig=True,
+        coroutine=False,
+        features=("unstable",),
+    ),
+    "blockdev-add": rt.CommandDef(
+        name="blockdev-add",
+        handler_name="qmp_blockdev_add",
+        marshal=marshal_blockdev_add,
+        allow_oob=False,
+        allow_preconfig=True,
+        coroutine=True,
+        features=(),
+    ),
+    "blockdev-del": rt.CommandDef(
+        name="blockdev-del",
+        handler_name="qmp_blockdev_del",
+        marshal=marshal_blockdev_del,
+        allow_oob=False,
+        allow_preconfig=True,
+        coroutine=True,
+        features=(),
+    ),
+    "blockdev-create": rt.CommandDef(
+        name="blockdev-create",
+        handler_name="qmp_blockdev_create",
+        marshal=marshal_blockdev_create,
+        allow_oob=False,
+        allow_preconfig=True,
+        coroutine=False,
+        features=(),
+    ),
+    "block-set-write-threshold": rt.CommandDef(
+        name="block-set-write-threshold",
+        handler_name="qmp_block_set_write_threshold",
+        marshal=marshal_block_set_write_threshold,
+        allow_oob=False,
+        allow_preconfig=True,
         coroutine=False,
         features=(),
     ),

@@ -55,6 +55,30 @@ def qapi_event_send_vserport_change(
     )))
 
 
+def qapi_event_send_job_status_change(
+        emitter: Any,
+        *,
+        id: str,
+        status: t.JobStatus) -> None:
+    emitter.emit("JOB_STATUS_CHANGE", rt.members_to_wire((
+        ("id", id, False),
+        ("status", status, False),
+    )))
+
+
+def qapi_event_send_block_write_threshold(
+        emitter: Any,
+        *,
+        node_name: str,
+        amount_exceeded: int,
+        write_threshold: int) -> None:
+    emitter.emit("BLOCK_WRITE_THRESHOLD", rt.members_to_wire((
+        ("node-name", node_name, False),
+        ("amount-exceeded", amount_exceeded, False),
+        ("write-threshold", write_threshold, False),
+    )))
+
+
 EVENTS: tuple[str, ...] = (
     "SHUTDOWN",
     "POWERDOWN",
@@ -62,4 +86,6 @@ EVENTS: tuple[str, ...] = (
     "STOP",
     "RESUME",
     "VSERPORT_CHANGE",
+    "JOB_STATUS_CHANGE",
+    "BLOCK_WRITE_THRESHOLD",
 )

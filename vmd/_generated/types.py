@@ -122,6 +122,212 @@ class ChardevBackendKind(enum.StrEnum):
     MEMORY = "memory"
 
 
+class JobType(enum.StrEnum):
+    COMMIT = "commit"
+    STREAM = "stream"
+    MIRROR = "mirror"
+    BACKUP = "backup"
+    CREATE = "create"
+    AMEND = "amend"
+    SNAPSHOT_LOAD = "snapshot-load"
+    SNAPSHOT_SAVE = "snapshot-save"
+    SNAPSHOT_DELETE = "snapshot-delete"
+
+
+class JobStatus(enum.StrEnum):
+    UNDEFINED = "undefined"
+    CREATED = "created"
+    RUNNING = "running"
+    PAUSED = "paused"
+    READY = "ready"
+    STANDBY = "standby"
+    WAITING = "waiting"
+    PENDING = "pending"
+    ABORTING = "aborting"
+    CONCLUDED = "concluded"
+    NULL = "null"
+
+
+class JobVerb(enum.StrEnum):
+    CANCEL = "cancel"
+    PAUSE = "pause"
+    RESUME = "resume"
+    SET_SPEED = "set-speed"
+    COMPLETE = "complete"
+    DISMISS = "dismiss"
+    FINALIZE = "finalize"
+
+
+class QCryptoHashAlgorithm(enum.StrEnum):
+    MD5 = "md5"
+    SHA1 = "sha1"
+    SHA224 = "sha224"
+    SHA256 = "sha256"
+    SHA384 = "sha384"
+    SHA512 = "sha512"
+    RIPEMD160 = "ripemd160"
+
+
+class QCryptoCipherAlgorithm(enum.StrEnum):
+    AES_128 = "aes-128"
+    AES_192 = "aes-192"
+    AES_256 = "aes-256"
+    DES = "des"
+    _3DES = "3des"
+    CAST5_128 = "cast5-128"
+    SERPENT_128 = "serpent-128"
+    SERPENT_192 = "serpent-192"
+    SERPENT_256 = "serpent-256"
+    TWOFISH_128 = "twofish-128"
+    TWOFISH_192 = "twofish-192"
+    TWOFISH_256 = "twofish-256"
+
+
+class QCryptoCipherMode(enum.StrEnum):
+    ECB = "ecb"
+    CBC = "cbc"
+    XTS = "xts"
+    CTR = "ctr"
+
+
+class QCryptoIVGenAlgorithm(enum.StrEnum):
+    PLAIN = "plain"
+    PLAIN64 = "plain64"
+    ESSIV = "essiv"
+
+
+class QCryptoBlockFormat(enum.StrEnum):
+    QCOW = "qcow"
+    LUKS = "luks"
+
+
+class ImageInfoSpecificKind(enum.StrEnum):
+    QCOW2 = "qcow2"
+    VMDK = "vmdk"
+    LUKS = "luks"
+    RBD = "rbd"
+
+
+class BlockDeviceIoStatus(enum.StrEnum):
+    OK = "ok"
+    FAILED = "failed"
+    NOSPACE = "nospace"
+
+
+class Qcow2BitmapInfoFlags(enum.StrEnum):
+    IN_USE = "in-use"
+    AUTO = "auto"
+
+
+class NewImageMode(enum.StrEnum):
+    EXISTING = "existing"
+    ABSOLUTE_PATHS = "absolute-paths"
+
+
+class XDbgBlockGraphNodeType(enum.StrEnum):
+    BLOCK_BACKEND = "block-backend"
+    BLOCK_JOB = "block-job"
+    BLOCK_DRIVER = "block-driver"
+
+
+class BlockPermission(enum.StrEnum):
+    CONSISTENT_READ = "consistent-read"
+    WRITE = "write"
+    WRITE_UNCHANGED = "write-unchanged"
+    RESIZE = "resize"
+
+
+class BlockdevDiscardOptions(enum.StrEnum):
+    IGNORE = "ignore"
+    UNMAP = "unmap"
+
+
+class BlockdevDetectZeroesOptions(enum.StrEnum):
+    OFF = "off"
+    ON = "on"
+    UNMAP = "unmap"
+
+
+class BlockdevAioOptions(enum.StrEnum):
+    THREADS = "threads"
+    NATIVE = "native"
+    IO_URING = "io_uring"
+
+
+class BlockdevDriver(enum.StrEnum):
+    BLKDEBUG = "blkdebug"
+    BLKLOGWRITES = "blklogwrites"
+    BLKREPLAY = "blkreplay"
+    BLKVERIFY = "blkverify"
+    BOCHS = "bochs"
+    CLOOP = "cloop"
+    COMPRESS = "compress"
+    COPY_BEFORE_WRITE = "copy-before-write"
+    COPY_ON_READ = "copy-on-read"
+    DMG = "dmg"
+    FILE = "file"
+    SNAPSHOT_ACCESS = "snapshot-access"
+    FTP = "ftp"
+    FTPS = "ftps"
+    GLUSTER = "gluster"
+    HOST_CDROM = "host_cdrom"
+    HOST_DEVICE = "host_device"
+    HTTP = "http"
+    HTTPS = "https"
+    ISCSI = "iscsi"
+    LUKS = "luks"
+    NBD = "nbd"
+    NFS = "nfs"
+    NULL_AIO = "null-aio"
+    NULL_CO = "null-co"
+    NVME = "nvme"
+    PARALLELS = "parallels"
+    PREALLOCATE = "preallocate"
+    QCOW = "qcow"
+    QCOW2 = "qcow2"
+    QED = "qed"
+    QUORUM = "quorum"
+    RAW = "raw"
+    RBD = "rbd"
+    REPLICATION = "replication"
+    SSH = "ssh"
+    THROTTLE = "throttle"
+    VDI = "vdi"
+    VHDX = "vhdx"
+    VMDK = "vmdk"
+    VPC = "vpc"
+    VVFAT = "vvfat"
+
+
+class Qcow2OverlapCheckMode(enum.StrEnum):
+    NONE = "none"
+    CONSTANT = "constant"
+    CACHED = "cached"
+    ALL = "all"
+
+
+class BlockdevQcow2EncryptionFormat(enum.StrEnum):
+    AES = "aes"
+    LUKS = "luks"
+
+
+class PreallocMode(enum.StrEnum):
+    OFF = "off"
+    METADATA = "metadata"
+    FALLOC = "falloc"
+    FULL = "full"
+
+
+class BlockdevQcow2Version(enum.StrEnum):
+    V2 = "v2"
+    V3 = "v3"
+
+
+class Qcow2CompressionType(enum.StrEnum):
+    ZLIB = "zlib"
+    ZSTD = "zstd"
+
+
 @dataclass(slots=True, kw_only=True)
 class String:
     str: str
@@ -654,7 +860,704 @@ class ChardevReturn:
     )
 
 
+@dataclass(slots=True, kw_only=True)
+class JobInfo:
+    id: str
+    type: JobType
+    status: JobStatus
+    current_progress: int
+    total_progress: int
+    error: str | None = None
+    _qapi_members: ClassVar[Members] = (
+        ("id", "id", False),
+        ("type", "type", False),
+        ("status", "status", False),
+        ("current_progress", "current-progress", False),
+        ("total_progress", "total-progress", False),
+        ("error", "error", True),
+    )
+
+
+@dataclass(slots=True, kw_only=True)
+class QCryptoBlockOptionsBase:
+    format: QCryptoBlockFormat
+    _qapi_members: ClassVar[Members] = (
+        ("format", "format", False),
+    )
+
+
+@dataclass(slots=True, kw_only=True)
+class QCryptoBlockOptionsQCow:
+    key_secret: str | None = None
+    _qapi_members: ClassVar[Members] = (
+        ("key_secret", "key-secret", True),
+    )
+
+
+@dataclass(slots=True, kw_only=True)
+class QCryptoBlockOptionsLUKS:
+    key_secret: str | None = None
+    _qapi_members: ClassVar[Members] = (
+        ("key_secret", "key-secret", True),
+    )
+
+
+@dataclass(slots=True, kw_only=True)
+class QCryptoBlockCreateOptionsLUKS(QCryptoBlockOptionsLUKS):
+    cipher_alg: QCryptoCipherAlgorithm | None = None
+    cipher_mode: QCryptoCipherMode | None = None
+    ivgen_alg: QCryptoIVGenAlgorithm | None = None
+    ivgen_hash_alg: QCryptoHashAlgorithm | None = None
+    hash_alg: QCryptoHashAlgorithm | None = None
+    iter_time: int | None = None
+    _qapi_members: ClassVar[Members] = (
+        ("key_secret", "key-secret", True),
+        ("cipher_alg", "cipher-alg", True),
+        ("cipher_mode", "cipher-mode", True),
+        ("ivgen_alg", "ivgen-alg", True),
+        ("ivgen_hash_alg", "ivgen-hash-alg", True),
+        ("hash_alg", "hash-alg", True),
+        ("iter_time", "iter-time", True),
+    )
+
+
+@dataclass(slots=True, kw_only=True)
+class QCryptoBlockCreateOptions(QCryptoBlockOptionsBase):
+    u: QCryptoBlockOptionsQCow | QCryptoBlockCreateOptionsLUKS | None = None
+    _qapi_members: ClassVar[Members] = (
+        ("format", "format", False),
+    )
+
+
+@dataclass(slots=True, kw_only=True)
+class QCryptoBlockInfoLUKSSlot:
+    active: bool
+    iters: int | None = None
+    stripes: int | None = None
+    key_offset: int
+    _qapi_members: ClassVar[Members] = (
+        ("active", "active", False),
+        ("iters", "iters", True),
+        ("stripes", "stripes", True),
+        ("key_offset", "key-offset", False),
+    )
+
+
+@dataclass(slots=True, kw_only=True)
+class QCryptoBlockInfoLUKS:
+    cipher_alg: QCryptoCipherAlgorithm
+    cipher_mode: QCryptoCipherMode
+    ivgen_alg: QCryptoIVGenAlgorithm
+    ivgen_hash_alg: QCryptoHashAlgorithm | None = None
+    hash_alg: QCryptoHashAlgorithm
+    payload_offset: int
+    master_key_iters: int
+    uuid: str
+    slots: list[QCryptoBlockInfoLUKSSlot]
+    _qapi_members: ClassVar[Members] = (
+        ("cipher_alg", "cipher-alg", False),
+        ("cipher_mode", "cipher-mode", False),
+        ("ivgen_alg", "ivgen-alg", False),
+        ("ivgen_hash_alg", "ivgen-hash-alg", True),
+        ("hash_alg", "hash-alg", False),
+        ("payload_offset", "payload-offset", False),
+        ("master_key_iters", "master-key-iters", False),
+        ("uuid", "uuid", False),
+        ("slots", "slots", False),
+    )
+
+
+@dataclass(slots=True, kw_only=True)
+class SnapshotInfo:
+    id: str
+    name: str
+    vm_state_size: int
+    date_sec: int
+    date_nsec: int
+    vm_clock_sec: int
+    vm_clock_nsec: int
+    icount: int | None = None
+    _qapi_members: ClassVar[Members] = (
+        ("id", "id", False),
+        ("name", "name", False),
+        ("vm_state_size", "vm-state-size", False),
+        ("date_sec", "date-sec", False),
+        ("date_nsec", "date-nsec", False),
+        ("vm_clock_sec", "vm-clock-sec", False),
+        ("vm_clock_nsec", "vm-clock-nsec", False),
+        ("icount", "icount", True),
+    )
+
+
+@dataclass(slots=True, kw_only=True)
+class ImageInfoSpecificQCow2EncryptionBase:
+    format: BlockdevQcow2EncryptionFormat
+    _qapi_members: ClassVar[Members] = (
+        ("format", "format", False),
+    )
+
+
+@dataclass(slots=True, kw_only=True)
+class ImageInfoSpecificQCow2Encryption(ImageInfoSpecificQCow2EncryptionBase):
+    u: QCryptoBlockInfoLUKS | None = None
+    _qapi_members: ClassVar[Members] = (
+        ("format", "format", False),
+    )
+
+
+@dataclass(slots=True, kw_only=True)
+class ImageInfoSpecificQCow2:
+    compat: str
+    data_file: str | None = None
+    data_file_raw: bool | None = None
+    extended_l2: bool | None = None
+    lazy_refcounts: bool | None = None
+    corrupt: bool | None = None
+    refcount_bits: int
+    encrypt: ImageInfoSpecificQCow2Encryption | None = None
+    bitmaps: list[Qcow2BitmapInfo] | None = None
+    compression_type: Qcow2CompressionType
+    _qapi_members: ClassVar[Members] = (
+        ("compat", "compat", False),
+        ("data_file", "data-file", True),
+        ("data_file_raw", "data-file-raw", True),
+        ("extended_l2", "extended-l2", True),
+        ("lazy_refcounts", "lazy-refcounts", True),
+        ("corrupt", "corrupt", True),
+        ("refcount_bits", "refcount-bits", False),
+        ("encrypt", "encrypt", True),
+        ("bitmaps", "bitmaps", True),
+        ("compression_type", "compression-type", False),
+    )
+
+
+@dataclass(slots=True, kw_only=True)
+class ImageInfoSpecificQCow2Wrapper:
+    data: ImageInfoSpecificQCow2
+    _qapi_members: ClassVar[Members] = (
+        ("data", "data", False),
+    )
+
+
+@dataclass(slots=True, kw_only=True)
+class ImageInfoSpecific:
+    type: ImageInfoSpecificKind
+    u: ImageInfoSpecificQCow2Wrapper | None = None
+    _qapi_members: ClassVar[Members] = (
+        ("type", "type", False),
+    )
+
+
+@dataclass(slots=True, kw_only=True)
+class ImageInfo:
+    filename: str
+    format: str
+    dirty_flag: bool | None = None
+    actual_size: int | None = None
+    virtual_size: int
+    cluster_size: int | None = None
+    encrypted: bool | None = None
+    compressed: bool | None = None
+    backing_filename: str | None = None
+    full_backing_filename: str | None = None
+    backing_filename_format: str | None = None
+    snapshots: list[SnapshotInfo] | None = None
+    backing_image: ImageInfo | None = None
+    format_specific: ImageInfoSpecific | None = None
+    _qapi_members: ClassVar[Members] = (
+        ("filename", "filename", False),
+        ("format", "format", False),
+        ("dirty_flag", "dirty-flag", True),
+        ("actual_size", "actual-size", True),
+        ("virtual_size", "virtual-size", False),
+        ("cluster_size", "cluster-size", True),
+        ("encrypted", "encrypted", True),
+        ("compressed", "compressed", True),
+        ("backing_filename", "backing-filename", True),
+        ("full_backing_filename", "full-backing-filename", True),
+        ("backing_filename_format", "backing-filename-format", True),
+        ("snapshots", "snapshots", True),
+        ("backing_image", "backing-image", True),
+        ("format_specific", "format-specific", True),
+    )
+
+
+@dataclass(slots=True, kw_only=True)
+class BlockdevCacheInfo:
+    writeback: bool
+    direct: bool
+    no_flush: bool
+    _qapi_members: ClassVar[Members] = (
+        ("writeback", "writeback", False),
+        ("direct", "direct", False),
+        ("no_flush", "no-flush", False),
+    )
+
+
+@dataclass(slots=True, kw_only=True)
+class BlockDeviceInfo:
+    file: str
+    node_name: str | None = None
+    ro: bool
+    drv: str
+    backing_file: str | None = None
+    backing_file_depth: int
+    encrypted: bool
+    detect_zeroes: BlockdevDetectZeroesOptions
+    bps: int
+    bps_rd: int
+    bps_wr: int
+    iops: int
+    iops_rd: int
+    iops_wr: int
+    image: ImageInfo
+    bps_max: int | None = None
+    bps_rd_max: int | None = None
+    bps_wr_max: int | None = None
+    iops_max: int | None = None
+    iops_rd_max: int | None = None
+    iops_wr_max: int | None = None
+    bps_max_length: int | None = None
+    bps_rd_max_length: int | None = None
+    bps_wr_max_length: int | None = None
+    iops_max_length: int | None = None
+    iops_rd_max_length: int | None = None
+    iops_wr_max_length: int | None = None
+    iops_size: int | None = None
+    group: str | None = None
+    cache: BlockdevCacheInfo
+    write_threshold: int
+    dirty_bitmaps: list[BlockDirtyInfo] | None = None
+    _qapi_members: ClassVar[Members] = (
+        ("file", "file", False),
+        ("node_name", "node-name", True),
+        ("ro", "ro", False),
+        ("drv", "drv", False),
+        ("backing_file", "backing_file", True),
+        ("backing_file_depth", "backing_file_depth", False),
+        ("encrypted", "encrypted", False),
+        ("detect_zeroes", "detect_zeroes", False),
+        ("bps", "bps", False),
+        ("bps_rd", "bps_rd", False),
+        ("bps_wr", "bps_wr", False),
+        ("iops", "iops", False),
+        ("iops_rd", "iops_rd", False),
+        ("iops_wr", "iops_wr", False),
+        ("image", "image", False),
+        ("bps_max", "bps_max", True),
+        ("bps_rd_max", "bps_rd_max", True),
+        ("bps_wr_max", "bps_wr_max", True),
+        ("iops_max", "iops_max", True),
+        ("iops_rd_max", "iops_rd_max", True),
+        ("iops_wr_max", "iops_wr_max", True),
+        ("bps_max_length", "bps_max_length", True),
+        ("bps_rd_max_length", "bps_rd_max_length", True),
+        ("bps_wr_max_length", "bps_wr_max_length", True),
+        ("iops_max_length", "iops_max_length", True),
+        ("iops_rd_max_length", "iops_rd_max_length", True),
+        ("iops_wr_max_length", "iops_wr_max_length", True),
+        ("iops_size", "iops_size", True),
+        ("group", "group", True),
+        ("cache", "cache", False),
+        ("write_threshold", "write_threshold", False),
+        ("dirty_bitmaps", "dirty-bitmaps", True),
+    )
+
+
+@dataclass(slots=True, kw_only=True)
+class BlockDirtyInfo:
+    name: str | None = None
+    count: int
+    granularity: int
+    recording: bool
+    busy: bool
+    persistent: bool
+    inconsistent: bool | None = None
+    _qapi_members: ClassVar[Members] = (
+        ("name", "name", True),
+        ("count", "count", False),
+        ("granularity", "granularity", False),
+        ("recording", "recording", False),
+        ("busy", "busy", False),
+        ("persistent", "persistent", False),
+        ("inconsistent", "inconsistent", True),
+    )
+
+
+@dataclass(slots=True, kw_only=True)
+class Qcow2BitmapInfo:
+    name: str
+    granularity: int
+    flags: list[Qcow2BitmapInfoFlags]
+    _qapi_members: ClassVar[Members] = (
+        ("name", "name", False),
+        ("granularity", "granularity", False),
+        ("flags", "flags", False),
+    )
+
+
+@dataclass(slots=True, kw_only=True)
+class BlockInfo:
+    device: str
+    qdev: str | None = None
+    type: str
+    removable: bool
+    locked: bool
+    inserted: BlockDeviceInfo | None = None
+    tray_open: bool | None = None
+    io_status: BlockDeviceIoStatus | None = None
+    _qapi_members: ClassVar[Members] = (
+        ("device", "device", False),
+        ("qdev", "qdev", True),
+        ("type", "type", False),
+        ("removable", "removable", False),
+        ("locked", "locked", False),
+        ("inserted", "inserted", True),
+        ("tray_open", "tray_open", True),
+        ("io_status", "io-status", True),
+    )
+
+
+@dataclass(slots=True, kw_only=True)
+class BlockJobInfo:
+    type: str
+    device: str
+    len: int
+    offset: int
+    busy: bool
+    paused: bool
+    speed: int
+    io_status: BlockDeviceIoStatus
+    ready: bool
+    status: JobStatus
+    auto_finalize: bool
+    auto_dismiss: bool
+    error: str | None = None
+    _qapi_members: ClassVar[Members] = (
+        ("type", "type", False),
+        ("device", "device", False),
+        ("len", "len", False),
+        ("offset", "offset", False),
+        ("busy", "busy", False),
+        ("paused", "paused", False),
+        ("speed", "speed", False),
+        ("io_status", "io-status", False),
+        ("ready", "ready", False),
+        ("status", "status", False),
+        ("auto_finalize", "auto-finalize", False),
+        ("auto_dismiss", "auto-dismiss", False),
+        ("error", "error", True),
+    )
+
+
+@dataclass(slots=True, kw_only=True)
+class BlockdevSnapshotSync:
+    device: str | None = None
+    node_name: str | None = None
+    snapshot_file: str
+    snapshot_node_name: str | None = None
+    format: str | None = None
+    mode: NewImageMode | None = None
+    _qapi_members: ClassVar[Members] = (
+        ("device", "device", True),
+        ("node_name", "node-name", True),
+        ("snapshot_file", "snapshot-file", False),
+        ("snapshot_node_name", "snapshot-node-name", True),
+        ("format", "format", True),
+        ("mode", "mode", True),
+    )
+
+
+@dataclass(slots=True, kw_only=True)
+class BlockdevSnapshot:
+    node: str
+    overlay: str
+    _qapi_members: ClassVar[Members] = (
+        ("node", "node", False),
+        ("overlay", "overlay", False),
+    )
+
+
+@dataclass(slots=True, kw_only=True)
+class XDbgBlockGraphNode:
+    id: int
+    type: XDbgBlockGraphNodeType
+    name: str
+    _qapi_members: ClassVar[Members] = (
+        ("id", "id", False),
+        ("type", "type", False),
+        ("name", "name", False),
+    )
+
+
+@dataclass(slots=True, kw_only=True)
+class XDbgBlockGraphEdge:
+    parent: int
+    child: int
+    name: str
+    perm: list[BlockPermission]
+    shared_perm: list[BlockPermission]
+    _qapi_members: ClassVar[Members] = (
+        ("parent", "parent", False),
+        ("child", "child", False),
+        ("name", "name", False),
+        ("perm", "perm", False),
+        ("shared_perm", "shared-perm", False),
+    )
+
+
+@dataclass(slots=True, kw_only=True)
+class XDbgBlockGraph:
+    nodes: list[XDbgBlockGraphNode]
+    edges: list[XDbgBlockGraphEdge]
+    _qapi_members: ClassVar[Members] = (
+        ("nodes", "nodes", False),
+        ("edges", "edges", False),
+    )
+
+
+@dataclass(slots=True, kw_only=True)
+class BlockdevCacheOptions:
+    direct: bool | None = None
+    no_flush: bool | None = None
+    _qapi_members: ClassVar[Members] = (
+        ("direct", "direct", True),
+        ("no_flush", "no-flush", True),
+    )
+
+
+@dataclass(slots=True, kw_only=True)
+class BlockdevOptionsFile:
+    filename: str
+    pr_manager: str | None = None
+    locking: OnOffAuto | None = None
+    aio: BlockdevAioOptions | None = None
+    aio_max_batch: int | None = None
+    drop_cache: bool | None = None
+    x_check_cache_dropped: bool | None = None
+    _qapi_members: ClassVar[Members] = (
+        ("filename", "filename", False),
+        ("pr_manager", "pr-manager", True),
+        ("locking", "locking", True),
+        ("aio", "aio", True),
+        ("aio_max_batch", "aio-max-batch", True),
+        ("drop_cache", "drop-cache", True),
+        ("x_check_cache_dropped", "x-check-cache-dropped", True),
+    )
+
+
+@dataclass(slots=True, kw_only=True)
+class BlockdevOptionsNull:
+    size: int | None = None
+    latency_ns: int | None = None
+    read_zeroes: bool | None = None
+    _qapi_members: ClassVar[Members] = (
+        ("size", "size", True),
+        ("latency_ns", "latency-ns", True),
+        ("read_zeroes", "read-zeroes", True),
+    )
+
+
+@dataclass(slots=True, kw_only=True)
+class BlockdevOptionsGenericFormat:
+    file: BlockdevRef
+    _qapi_members: ClassVar[Members] = (
+        ("file", "file", False),
+    )
+
+
+@dataclass(slots=True, kw_only=True)
+class BlockdevOptionsGenericCOWFormat(BlockdevOptionsGenericFormat):
+    backing: BlockdevRefOrNull | None = None
+    _qapi_members: ClassVar[Members] = (
+        ("file", "file", False),
+        ("backing", "backing", True),
+    )
+
+
+@dataclass(slots=True, kw_only=True)
+class Qcow2OverlapCheckFlags:
+    template: Qcow2OverlapCheckMode | None = None
+    main_header: bool | None = None
+    active_l1: bool | None = None
+    active_l2: bool | None = None
+    refcount_table: bool | None = None
+    refcount_block: bool | None = None
+    snapshot_table: bool | None = None
+    inactive_l1: bool | None = None
+    inactive_l2: bool | None = None
+    bitmap_directory: bool | None = None
+    _qapi_members: ClassVar[Members] = (
+        ("template", "template", True),
+        ("main_header", "main-header", True),
+        ("active_l1", "active-l1", True),
+        ("active_l2", "active-l2", True),
+        ("refcount_table", "refcount-table", True),
+        ("refcount_block", "refcount-block", True),
+        ("snapshot_table", "snapshot-table", True),
+        ("inactive_l1", "inactive-l1", True),
+        ("inactive_l2", "inactive-l2", True),
+        ("bitmap_directory", "bitmap-directory", True),
+    )
+
+
+@dataclass(slots=True, kw_only=True)
+class BlockdevQcow2Encryption:
+    format: BlockdevQcow2EncryptionFormat
+    u: QCryptoBlockOptionsQCow | QCryptoBlockOptionsLUKS | None = None
+    _qapi_members: ClassVar[Members] = (
+        ("format", "format", False),
+    )
+
+
+@dataclass(slots=True, kw_only=True)
+class BlockdevOptionsQcow2(BlockdevOptionsGenericCOWFormat):
+    lazy_refcounts: bool | None = None
+    pass_discard_request: bool | None = None
+    pass_discard_snapshot: bool | None = None
+    pass_discard_other: bool | None = None
+    overlap_check: Qcow2OverlapChecks | None = None
+    cache_size: int | None = None
+    l2_cache_size: int | None = None
+    l2_cache_entry_size: int | None = None
+    refcount_cache_size: int | None = None
+    cache_clean_interval: int | None = None
+    encrypt: BlockdevQcow2Encryption | None = None
+    data_file: BlockdevRef | None = None
+    _qapi_members: ClassVar[Members] = (
+        ("file", "file", False),
+        ("backing", "backing", True),
+        ("lazy_refcounts", "lazy-refcounts", True),
+        ("pass_discard_request", "pass-discard-request", True),
+        ("pass_discard_snapshot", "pass-discard-snapshot", True),
+        ("pass_discard_other", "pass-discard-other", True),
+        ("overlap_check", "overlap-check", True),
+        ("cache_size", "cache-size", True),
+        ("l2_cache_size", "l2-cache-size", True),
+        ("l2_cache_entry_size", "l2-cache-entry-size", True),
+        ("refcount_cache_size", "refcount-cache-size", True),
+        ("cache_clean_interval", "cache-clean-interval", True),
+        ("encrypt", "encrypt", True),
+        ("data_file", "data-file", True),
+    )
+
+
+@dataclass(slots=True, kw_only=True)
+class BlockdevOptionsRaw(BlockdevOptionsGenericFormat):
+    offset: int | None = None
+    size: int | None = None
+    _qapi_members: ClassVar[Members] = (
+        ("file", "file", False),
+        ("offset", "offset", True),
+        ("size", "size", True),
+    )
+
+
+@dataclass(slots=True, kw_only=True)
+class BlockdevOptions:
+    driver: BlockdevDriver
+    node_name: str | None = None
+    discard: BlockdevDiscardOptions | None = None
+    cache: BlockdevCacheOptions | None = None
+    read_only: bool | None = None
+    auto_read_only: bool | None = None
+    force_share: bool | None = None
+    detect_zeroes: BlockdevDetectZeroesOptions | None = None
+    u: BlockdevOptionsFile | BlockdevOptionsNull | BlockdevOptionsQcow2 | BlockdevOptionsRaw | None = None
+    _qapi_members: ClassVar[Members] = (
+        ("driver", "driver", False),
+        ("node_name", "node-name", True),
+        ("discard", "discard", True),
+        ("cache", "cache", True),
+        ("read_only", "read-only", True),
+        ("auto_read_only", "auto-read-only", True),
+        ("force_share", "force-share", True),
+        ("detect_zeroes", "detect-zeroes", True),
+    )
+
+
+@dataclass(slots=True, kw_only=True)
+class BlockdevCreateOptionsFile:
+    filename: str
+    size: int
+    preallocation: PreallocMode | None = None
+    nocow: bool | None = None
+    extent_size_hint: int | None = None
+    _qapi_members: ClassVar[Members] = (
+        ("filename", "filename", False),
+        ("size", "size", False),
+        ("preallocation", "preallocation", True),
+        ("nocow", "nocow", True),
+        ("extent_size_hint", "extent-size-hint", True),
+    )
+
+
+@dataclass(slots=True, kw_only=True)
+class BlockdevCreateOptionsQcow2:
+    file: BlockdevRef
+    data_file: BlockdevRef | None = None
+    data_file_raw: bool | None = None
+    extended_l2: bool | None = None
+    size: int
+    version: BlockdevQcow2Version | None = None
+    backing_file: str | None = None
+    backing_fmt: BlockdevDriver | None = None
+    encrypt: QCryptoBlockCreateOptions | None = None
+    cluster_size: int | None = None
+    preallocation: PreallocMode | None = None
+    lazy_refcounts: bool | None = None
+    refcount_bits: int | None = None
+    compression_type: Qcow2CompressionType | None = None
+    _qapi_members: ClassVar[Members] = (
+        ("file", "file", False),
+        ("data_file", "data-file", True),
+        ("data_file_raw", "data-file-raw", True),
+        ("extended_l2", "extended-l2", True),
+        ("size", "size", False),
+        ("version", "version", True),
+        ("backing_file", "backing-file", True),
+        ("backing_fmt", "backing-fmt", True),
+        ("encrypt", "encrypt", True),
+        ("cluster_size", "cluster-size", True),
+        ("preallocation", "preallocation", True),
+        ("lazy_refcounts", "lazy-refcounts", True),
+        ("refcount_bits", "refcount-bits", True),
+        ("compression_type", "compression-type", True),
+    )
+
+
+@dataclass(slots=True, kw_only=True)
+class BlockdevCreateOptions:
+    driver: BlockdevDriver
+    u: BlockdevCreateOptionsFile | BlockdevCreateOptionsQcow2 | None = None
+    _qapi_members: ClassVar[Members] = (
+        ("driver", "driver", False),
+    )
+
+
+@dataclass(slots=True, kw_only=True)
+class BlockDirtyBitmap:
+    node: str
+    name: str
+    _qapi_members: ClassVar[Members] = (
+        ("node", "node", False),
+        ("name", "name", False),
+    )
+
+
 StrOrNull: TypeAlias = "str | None"
+
+
+Qcow2OverlapChecks: TypeAlias = "Qcow2OverlapCheckFlags | Qcow2OverlapCheckMode"
+
+
+BlockdevRef: TypeAlias = "BlockdevOptions | str"
+
+
+BlockdevRefOrNull: TypeAlias = "BlockdevOptions | str | None"
+
+
+BlockDirtyBitmapOrStr: TypeAlias = "str | BlockDirtyBitmap"
 
 
 def visit_IoOperationType(value: Any, name: str | None, path: str) -> IoOperationType:
@@ -1409,12 +2312,844 @@ def members_q_obj_VSERPORT_CHANGE_arg(obj: dict[str, Any], path: str, seen: set[
     }
 
 
+def visit_JobType(value: Any, name: str | None, path: str) -> JobType:
+    return rt.visit_enum(value, name, path, JobType)
+
+
+def visit_JobStatus(value: Any, name: str | None, path: str) -> JobStatus:
+    return rt.visit_enum(value, name, path, JobStatus)
+
+
+def visit_JobVerb(value: Any, name: str | None, path: str) -> JobVerb:
+    return rt.visit_enum(value, name, path, JobVerb)
+
+
+def members_q_obj_JOB_STATUS_CHANGE_arg(obj: dict[str, Any], path: str, seen: set[str]) -> dict[str, Any]:
+    return {
+        "id": rt.member(obj, "id", path, seen, rt.visit_str),
+        "status": rt.member(obj, "status", path, seen, visit_JobStatus),
+    }
+
+
+def members_q_obj_job_pause_arg(obj: dict[str, Any], path: str, seen: set[str]) -> dict[str, Any]:
+    return {
+        "id": rt.member(obj, "id", path, seen, rt.visit_str),
+    }
+
+
+def members_q_obj_job_resume_arg(obj: dict[str, Any], path: str, seen: set[str]) -> dict[str, Any]:
+    return {
+        "id": rt.member(obj, "id", path, seen, rt.visit_str),
+    }
+
+
+def members_q_obj_job_cancel_arg(obj: dict[str, Any], path: str, seen: set[str]) -> dict[str, Any]:
+    return {
+        "id": rt.member(obj, "id", path, seen, rt.visit_str),
+    }
+
+
+def members_q_obj_job_complete_arg(obj: dict[str, Any], path: str, seen: set[str]) -> dict[str, Any]:
+    return {
+        "id": rt.member(obj, "id", path, seen, rt.visit_str),
+    }
+
+
+def members_q_obj_job_dismiss_arg(obj: dict[str, Any], path: str, seen: set[str]) -> dict[str, Any]:
+    return {
+        "id": rt.member(obj, "id", path, seen, rt.visit_str),
+    }
+
+
+def members_q_obj_job_finalize_arg(obj: dict[str, Any], path: str, seen: set[str]) -> dict[str, Any]:
+    return {
+        "id": rt.member(obj, "id", path, seen, rt.visit_str),
+    }
+
+
+def members_JobInfo(obj: dict[str, Any], path: str, seen: set[str]) -> dict[str, Any]:
+    return {
+        "id": rt.member(obj, "id", path, seen, rt.visit_str),
+        "type": rt.member(obj, "type", path, seen, visit_JobType),
+        "status": rt.member(obj, "status", path, seen, visit_JobStatus),
+        "current_progress": rt.member(obj, "current-progress", path, seen, rt.visit_int),
+        "total_progress": rt.member(obj, "total-progress", path, seen, rt.visit_int),
+        "error": rt.member(obj, "error", path, seen, rt.visit_str, optional=True),
+    }
+
+
+def visit_JobInfo(value: Any, name: str | None, path: str) -> JobInfo:
+    return rt.visit_struct(value, path, members_JobInfo, JobInfo)
+
+
+def visit_QCryptoHashAlgorithm(value: Any, name: str | None, path: str) -> QCryptoHashAlgorithm:
+    return rt.visit_enum(value, name, path, QCryptoHashAlgorithm)
+
+
+def visit_QCryptoCipherAlgorithm(value: Any, name: str | None, path: str) -> QCryptoCipherAlgorithm:
+    return rt.visit_enum(value, name, path, QCryptoCipherAlgorithm)
+
+
+def visit_QCryptoCipherMode(value: Any, name: str | None, path: str) -> QCryptoCipherMode:
+    return rt.visit_enum(value, name, path, QCryptoCipherMode)
+
+
+def visit_QCryptoIVGenAlgorithm(value: Any, name: str | None, path: str) -> QCryptoIVGenAlgorithm:
+    return rt.visit_enum(value, name, path, QCryptoIVGenAlgorithm)
+
+
+def visit_QCryptoBlockFormat(value: Any, name: str | None, path: str) -> QCryptoBlockFormat:
+    return rt.visit_enum(value, name, path, QCryptoBlockFormat)
+
+
+def members_QCryptoBlockOptionsBase(obj: dict[str, Any], path: str, seen: set[str]) -> dict[str, Any]:
+    return {
+        "format": rt.member(obj, "format", path, seen, visit_QCryptoBlockFormat),
+    }
+
+
+def visit_QCryptoBlockOptionsBase(value: Any, name: str | None, path: str) -> QCryptoBlockOptionsBase:
+    return rt.visit_struct(value, path, members_QCryptoBlockOptionsBase, QCryptoBlockOptionsBase)
+
+
+def members_QCryptoBlockOptionsQCow(obj: dict[str, Any], path: str, seen: set[str]) -> dict[str, Any]:
+    return {
+        "key_secret": rt.member(obj, "key-secret", path, seen, rt.visit_str, optional=True),
+    }
+
+
+def visit_QCryptoBlockOptionsQCow(value: Any, name: str | None, path: str) -> QCryptoBlockOptionsQCow:
+    return rt.visit_struct(value, path, members_QCryptoBlockOptionsQCow, QCryptoBlockOptionsQCow)
+
+
+def members_QCryptoBlockOptionsLUKS(obj: dict[str, Any], path: str, seen: set[str]) -> dict[str, Any]:
+    return {
+        "key_secret": rt.member(obj, "key-secret", path, seen, rt.visit_str, optional=True),
+    }
+
+
+def visit_QCryptoBlockOptionsLUKS(value: Any, name: str | None, path: str) -> QCryptoBlockOptionsLUKS:
+    return rt.visit_struct(value, path, members_QCryptoBlockOptionsLUKS, QCryptoBlockOptionsLUKS)
+
+
+def members_QCryptoBlockCreateOptionsLUKS(obj: dict[str, Any], path: str, seen: set[str]) -> dict[str, Any]:
+    return {
+        **members_QCryptoBlockOptionsLUKS(obj, path, seen),
+        "cipher_alg": rt.member(obj, "cipher-alg", path, seen, visit_QCryptoCipherAlgorithm, optional=True),
+        "cipher_mode": rt.member(obj, "cipher-mode", path, seen, visit_QCryptoCipherMode, optional=True),
+        "ivgen_alg": rt.member(obj, "ivgen-alg", path, seen, visit_QCryptoIVGenAlgorithm, optional=True),
+        "ivgen_hash_alg": rt.member(obj, "ivgen-hash-alg", path, seen, visit_QCryptoHashAlgorithm, optional=True),
+        "hash_alg": rt.member(obj, "hash-alg", path, seen, visit_QCryptoHashAlgorithm, optional=True),
+        "iter_time": rt.member(obj, "iter-time", path, seen, rt.visit_int, optional=True),
+    }
+
+
+def visit_QCryptoBlockCreateOptionsLUKS(value: Any, name: str | None, path: str) -> QCryptoBlockCreateOptionsLUKS:
+    return rt.visit_struct(value, path, members_QCryptoBlockCreateOptionsLUKS, QCryptoBlockCreateOptionsLUKS)
+
+
+def members_QCryptoBlockCreateOptions(obj: dict[str, Any], path: str, seen: set[str]) -> dict[str, Any]:
+    return {
+        **members_QCryptoBlockOptionsBase(obj, path, seen),
+    }
+
+
+def visit_QCryptoBlockCreateOptions(value: Any, name: str | None, path: str) -> QCryptoBlockCreateOptions:
+    return rt.visit_union(
+        value, path, members_QCryptoBlockCreateOptions, "format",
+        _QCryptoBlockCreateOptions_BRANCHES, QCryptoBlockCreateOptions)
+
+
+def members_QCryptoBlockInfoLUKSSlot(obj: dict[str, Any], path: str, seen: set[str]) -> dict[str, Any]:
+    return {
+        "active": rt.member(obj, "active", path, seen, rt.visit_bool),
+        "iters": rt.member(obj, "iters", path, seen, rt.visit_int, optional=True),
+        "stripes": rt.member(obj, "stripes", path, seen, rt.visit_int, optional=True),
+        "key_offset": rt.member(obj, "key-offset", path, seen, rt.visit_int),
+    }
+
+
+def visit_QCryptoBlockInfoLUKSSlot(value: Any, name: str | None, path: str) -> QCryptoBlockInfoLUKSSlot:
+    return rt.visit_struct(value, path, members_QCryptoBlockInfoLUKSSlot, QCryptoBlockInfoLUKSSlot)
+
+
+def members_QCryptoBlockInfoLUKS(obj: dict[str, Any], path: str, seen: set[str]) -> dict[str, Any]:
+    return {
+        "cipher_alg": rt.member(obj, "cipher-alg", path, seen, visit_QCryptoCipherAlgorithm),
+        "cipher_mode": rt.member(obj, "cipher-mode", path, seen, visit_QCryptoCipherMode),
+        "ivgen_alg": rt.member(obj, "ivgen-alg", path, seen, visit_QCryptoIVGenAlgorithm),
+        "ivgen_hash_alg": rt.member(obj, "ivgen-hash-alg", path, seen, visit_QCryptoHashAlgorithm, optional=True),
+        "hash_alg": rt.member(obj, "hash-alg", path, seen, visit_QCryptoHashAlgorithm),
+        "payload_offset": rt.member(obj, "payload-offset", path, seen, rt.visit_int),
+        "master_key_iters": rt.member(obj, "master-key-iters", path, seen, rt.visit_int),
+        "uuid": rt.member(obj, "uuid", path, seen, rt.visit_str),
+        "slots": rt.member(obj, "slots", path, seen, visit_QCryptoBlockInfoLUKSSlotList),
+    }
+
+
+def visit_QCryptoBlockInfoLUKS(value: Any, name: str | None, path: str) -> QCryptoBlockInfoLUKS:
+    return rt.visit_struct(value, path, members_QCryptoBlockInfoLUKS, QCryptoBlockInfoLUKS)
+
+
+def members_SnapshotInfo(obj: dict[str, Any], path: str, seen: set[str]) -> dict[str, Any]:
+    return {
+        "id": rt.member(obj, "id", path, seen, rt.visit_str),
+        "name": rt.member(obj, "name", path, seen, rt.visit_str),
+        "vm_state_size": rt.member(obj, "vm-state-size", path, seen, rt.visit_int),
+        "date_sec": rt.member(obj, "date-sec", path, seen, rt.visit_int),
+        "date_nsec": rt.member(obj, "date-nsec", path, seen, rt.visit_int),
+        "vm_clock_sec": rt.member(obj, "vm-clock-sec", path, seen, rt.visit_int),
+        "vm_clock_nsec": rt.member(obj, "vm-clock-nsec", path, seen, rt.visit_int),
+        "icount": rt.member(obj, "icount", path, seen, rt.visit_int, optional=True),
+    }
+
+
+def visit_SnapshotInfo(value: Any, name: str | None, path: str) -> SnapshotInfo:
+    return rt.visit_struct(value, path, members_SnapshotInfo, SnapshotInfo)
+
+
+def members_ImageInfoSpecificQCow2EncryptionBase(obj: dict[str, Any], path: str, seen: set[str]) -> dict[str, Any]:
+    return {
+        "format": rt.member(obj, "format", path, seen, visit_BlockdevQcow2EncryptionFormat),
+    }
+
+
+def visit_ImageInfoSpecificQCow2EncryptionBase(value: Any, name: str | None, path: str) -> ImageInfoSpecificQCow2EncryptionBase:
+    return rt.visit_struct(value, path, members_ImageInfoSpecificQCow2EncryptionBase, ImageInfoSpecificQCow2EncryptionBase)
+
+
+def members_ImageInfoSpecificQCow2Encryption(obj: dict[str, Any], path: str, seen: set[str]) -> dict[str, Any]:
+    return {
+        **members_ImageInfoSpecificQCow2EncryptionBase(obj, path, seen),
+    }
+
+
+def visit_ImageInfoSpecificQCow2Encryption(value: Any, name: str | None, path: str) -> ImageInfoSpecificQCow2Encryption:
+    return rt.visit_union(
+        value, path, members_ImageInfoSpecificQCow2Encryption, "format",
+        _ImageInfoSpecificQCow2Encryption_BRANCHES, ImageInfoSpecificQCow2Encryption)
+
+
+def members_ImageInfoSpecificQCow2(obj: dict[str, Any], path: str, seen: set[str]) -> dict[str, Any]:
+    return {
+        "compat": rt.member(obj, "compat", path, seen, rt.visit_str),
+        "data_file": rt.member(obj, "data-file", path, seen, rt.visit_str, optional=True),
+        "data_file_raw": rt.member(obj, "data-file-raw", path, seen, rt.visit_bool, optional=True),
+        "extended_l2": rt.member(obj, "extended-l2", path, seen, rt.visit_bool, optional=True),
+        "lazy_refcounts": rt.member(obj, "lazy-refcounts", path, seen, rt.visit_bool, optional=True),
+        "corrupt": rt.member(obj, "corrupt", path, seen, rt.visit_bool, optional=True),
+        "refcount_bits": rt.member(obj, "refcount-bits", path, seen, rt.visit_int),
+        "encrypt": rt.member(obj, "encrypt", path, seen, visit_ImageInfoSpecificQCow2Encryption, optional=True),
+        "bitmaps": rt.member(obj, "bitmaps", path, seen, visit_Qcow2BitmapInfoList, optional=True),
+        "compression_type": rt.member(obj, "compression-type", path, seen, visit_Qcow2CompressionType),
+    }
+
+
+def visit_ImageInfoSpecificQCow2(value: Any, name: str | None, path: str) -> ImageInfoSpecificQCow2:
+    return rt.visit_struct(value, path, members_ImageInfoSpecificQCow2, ImageInfoSpecificQCow2)
+
+
+def visit_ImageInfoSpecificKind(value: Any, name: str | None, path: str) -> ImageInfoSpecificKind:
+    return rt.visit_enum(value, name, path, ImageInfoSpecificKind)
+
+
+def members_ImageInfoSpecificQCow2Wrapper(obj: dict[str, Any], path: str, seen: set[str]) -> dict[str, Any]:
+    return {
+        "data": rt.member(obj, "data", path, seen, visit_ImageInfoSpecificQCow2),
+    }
+
+
+def visit_ImageInfoSpecificQCow2Wrapper(value: Any, name: str | None, path: str) -> ImageInfoSpecificQCow2Wrapper:
+    return rt.visit_struct(value, path, members_ImageInfoSpecificQCow2Wrapper, ImageInfoSpecificQCow2Wrapper)
+
+
+def members_q_obj_ImageInfoSpecific_base(obj: dict[str, Any], path: str, seen: set[str]) -> dict[str, Any]:
+    return {
+        "type": rt.member(obj, "type", path, seen, visit_ImageInfoSpecificKind),
+    }
+
+
+def members_ImageInfoSpecific(obj: dict[str, Any], path: str, seen: set[str]) -> dict[str, Any]:
+    return {
+        **members_q_obj_ImageInfoSpecific_base(obj, path, seen),
+    }
+
+
+def visit_ImageInfoSpecific(value: Any, name: str | None, path: str) -> ImageInfoSpecific:
+    return rt.visit_union(
+        value, path, members_ImageInfoSpecific, "type",
+        _ImageInfoSpecific_BRANCHES, ImageInfoSpecific)
+
+
+def members_ImageInfo(obj: dict[str, Any], path: str, seen: set[str]) -> dict[str, Any]:
+    return {
+        "filename": rt.member(obj, "filename", path, seen, rt.visit_str),
+        "format": rt.member(obj, "format", path, seen, rt.visit_str),
+        "dirty_flag": rt.member(obj, "dirty-flag", path, seen, rt.visit_bool, optional=True),
+        "actual_size": rt.member(obj, "actual-size", path, seen, rt.visit_int, optional=True),
+        "virtual_size": rt.member(obj, "virtual-size", path, seen, rt.visit_int),
+        "cluster_size": rt.member(obj, "cluster-size", path, seen, rt.visit_int, optional=True),
+        "encrypted": rt.member(obj, "encrypted", path, seen, rt.visit_bool, optional=True),
+        "compressed": rt.member(obj, "compressed", path, seen, rt.visit_bool, optional=True),
+        "backing_filename": rt.member(obj, "backing-filename", path, seen, rt.visit_str, optional=True),
+        "full_backing_filename": rt.member(obj, "full-backing-filename", path, seen, rt.visit_str, optional=True),
+        "backing_filename_format": rt.member(obj, "backing-filename-format", path, seen, rt.visit_str, optional=True),
+        "snapshots": rt.member(obj, "snapshots", path, seen, visit_SnapshotInfoList, optional=True),
+        "backing_image": rt.member(obj, "backing-image", path, seen, visit_ImageInfo, optional=True),
+        "format_specific": rt.member(obj, "format-specific", path, seen, visit_ImageInfoSpecific, optional=True),
+    }
+
+
+def visit_ImageInfo(value: Any, name: str | None, path: str) -> ImageInfo:
+    return rt.visit_struct(value, path, members_ImageInfo, ImageInfo)
+
+
+def members_BlockdevCacheInfo(obj: dict[str, Any], path: str, seen: set[str]) -> dict[str, Any]:
+    return {
+        "writeback": rt.member(obj, "writeback", path, seen, rt.visit_bool),
+        "direct": rt.member(obj, "direct", path, seen, rt.visit_bool),
+        "no_flush": rt.member(obj, "no-flush", path, seen, rt.visit_bool),
+    }
+
+
+def visit_BlockdevCacheInfo(value: Any, name: str | None, path: str) -> BlockdevCacheInfo:
+    return rt.visit_struct(value, path, members_BlockdevCacheInfo, BlockdevCacheInfo)
+
+
+def members_BlockDeviceInfo(obj: dict[str, Any], path: str, seen: set[str]) -> dict[str, Any]:
+    return {
+        "file": rt.member(obj, "file", path, seen, rt.visit_str),
+        "node_name": rt.member(obj, "node-name", path, seen, rt.visit_str, optional=True),
+        "ro": rt.member(obj, "ro", path, seen, rt.visit_bool),
+        "drv": rt.member(obj, "drv", path, seen, rt.visit_str),
+        "backing_file": rt.member(obj, "backing_file", path, seen, rt.visit_str, optional=True),
+        "backing_file_depth": rt.member(obj, "backing_file_depth", path, seen, rt.visit_int),
+        "encrypted": rt.member(obj, "encrypted", path, seen, rt.visit_bool),
+        "detect_zeroes": rt.member(obj, "detect_zeroes", path, seen, visit_BlockdevDetectZeroesOptions),
+        "bps": rt.member(obj, "bps", path, seen, rt.visit_int),
+        "bps_rd": rt.member(obj, "bps_rd", path, seen, rt.visit_int),
+        "bps_wr": rt.member(obj, "bps_wr", path, seen, rt.visit_int),
+        "iops": rt.member(obj, "iops", path, seen, rt.visit_int),
+        "iops_rd": rt.member(obj, "iops_rd", path, seen, rt.visit_int),
+        "iops_wr": rt.member(obj, "iops_wr", path, seen, rt.visit_int),
+        "image": rt.member(obj, "image", path, seen, visit_ImageInfo),
+        "bps_max": rt.member(obj, "bps_max", path, seen, rt.visit_int, optional=True),
+        "bps_rd_max": rt.member(obj, "bps_rd_max", path, seen, rt.visit_int, optional=True),
+        "bps_wr_max": rt.member(obj, "bps_wr_max", path, seen, rt.visit_int, optional=True),
+        "iops_max": rt.member(obj, "iops_max", path, seen, rt.visit_int, optional=True),
+        "iops_rd_max": rt.member(obj, "iops_rd_max", path, seen, rt.visit_int, optional=True),
+        "iops_wr_max": rt.member(obj, "iops_wr_max", path, seen, rt.visit_int, optional=True),
+        "bps_max_length": rt.member(obj, "bps_max_length", path, seen, rt.visit_int, optional=True),
+        "bps_rd_max_length": rt.member(obj, "bps_rd_max_length", path, seen, rt.visit_int, optional=True),
+        "bps_wr_max_length": rt.member(obj, "bps_wr_max_length", path, seen, rt.visit_int, optional=True),
+        "iops_max_length": rt.member(obj, "iops_max_length", path, seen, rt.visit_int, optional=True),
+        "iops_rd_max_length": rt.member(obj, "iops_rd_max_length", path, seen, rt.visit_int, optional=True),
+        "iops_wr_max_length": rt.member(obj, "iops_wr_max_length", path, seen, rt.visit_int, optional=True),
+        "iops_size": rt.member(obj, "iops_size", path, seen, rt.visit_int, optional=True),
+        "group": rt.member(obj, "group", path, seen, rt.visit_str, optional=True),
+        "cache": rt.member(obj, "cache", path, seen, visit_BlockdevCacheInfo),
+        "write_threshold": rt.member(obj, "write_threshold", path, seen, rt.visit_int),
+        "dirty_bitmaps": rt.member(obj, "dirty-bitmaps", path, seen, visit_BlockDirtyInfoList, optional=True),
+    }
+
+
+def visit_BlockDeviceInfo(value: Any, name: str | None, path: str) -> BlockDeviceInfo:
+    return rt.visit_struct(value, path, members_BlockDeviceInfo, BlockDeviceInfo)
+
+
+def visit_BlockDeviceIoStatus(value: Any, name: str | None, path: str) -> BlockDeviceIoStatus:
+    return rt.visit_enum(value, name, path, BlockDeviceIoStatus)
+
+
+def members_BlockDirtyInfo(obj: dict[str, Any], path: str, seen: set[str]) -> dict[str, Any]:
+    return {
+        "name": rt.member(obj, "name", path, seen, rt.visit_str, optional=True),
+        "count": rt.member(obj, "count", path, seen, rt.visit_int),
+        "granularity": rt.member(obj, "granularity", path, seen, rt.visit_uint32),
+        "recording": rt.member(obj, "recording", path, seen, rt.visit_bool),
+        "busy": rt.member(obj, "busy", path, seen, rt.visit_bool),
+        "persistent": rt.member(obj, "persistent", path, seen, rt.visit_bool),
+        "inconsistent": rt.member(obj, "inconsistent", path, seen, rt.visit_bool, optional=True),
+    }
+
+
+def visit_BlockDirtyInfo(value: Any, name: str | None, path: str) -> BlockDirtyInfo:
+    return rt.visit_struct(value, path, members_BlockDirtyInfo, BlockDirtyInfo)
+
+
+def visit_Qcow2BitmapInfoFlags(value: Any, name: str | None, path: str) -> Qcow2BitmapInfoFlags:
+    return rt.visit_enum(value, name, path, Qcow2BitmapInfoFlags)
+
+
+def members_Qcow2BitmapInfo(obj: dict[str, Any], path: str, seen: set[str]) -> dict[str, Any]:
+    return {
+        "name": rt.member(obj, "name", path, seen, rt.visit_str),
+        "granularity": rt.member(obj, "granularity", path, seen, rt.visit_uint32),
+        "flags": rt.member(obj, "flags", path, seen, visit_Qcow2BitmapInfoFlagsList),
+    }
+
+
+def visit_Qcow2BitmapInfo(value: Any, name: str | None, path: str) -> Qcow2BitmapInfo:
+    return rt.visit_struct(value, path, members_Qcow2BitmapInfo, Qcow2BitmapInfo)
+
+
+def members_BlockInfo(obj: dict[str, Any], path: str, seen: set[str]) -> dict[str, Any]:
+    return {
+        "device": rt.member(obj, "device", path, seen, rt.visit_str),
+        "qdev": rt.member(obj, "qdev", path, seen, rt.visit_str, optional=True),
+        "type": rt.member(obj, "type", path, seen, rt.visit_str),
+        "removable": rt.member(obj, "removable", path, seen, rt.visit_bool),
+        "locked": rt.member(obj, "locked", path, seen, rt.visit_bool),
+        "inserted": rt.member(obj, "inserted", path, seen, visit_BlockDeviceInfo, optional=True),
+        "tray_open": rt.member(obj, "tray_open", path, seen, rt.visit_bool, optional=True),
+        "io_status": rt.member(obj, "io-status", path, seen, visit_BlockDeviceIoStatus, optional=True),
+    }
+
+
+def visit_BlockInfo(value: Any, name: str | None, path: str) -> BlockInfo:
+    return rt.visit_struct(value, path, members_BlockInfo, BlockInfo)
+
+
+def members_BlockJobInfo(obj: dict[str, Any], path: str, seen: set[str]) -> dict[str, Any]:
+    return {
+        "type": rt.member(obj, "type", path, seen, rt.visit_str),
+        "device": rt.member(obj, "device", path, seen, rt.visit_str),
+        "len": rt.member(obj, "len", path, seen, rt.visit_int),
+        "offset": rt.member(obj, "offset", path, seen, rt.visit_int),
+        "busy": rt.member(obj, "busy", path, seen, rt.visit_bool),
+        "paused": rt.member(obj, "paused", path, seen, rt.visit_bool),
+        "speed": rt.member(obj, "speed", path, seen, rt.visit_int),
+        "io_status": rt.member(obj, "io-status", path, seen, visit_BlockDeviceIoStatus),
+        "ready": rt.member(obj, "ready", path, seen, rt.visit_bool),
+        "status": rt.member(obj, "status", path, seen, visit_JobStatus),
+        "auto_finalize": rt.member(obj, "auto-finalize", path, seen, rt.visit_bool),
+        "auto_dismiss": rt.member(obj, "auto-dismiss", path, seen, rt.visit_bool),
+        "error": rt.member(obj, "error", path, seen, rt.visit_str, optional=True),
+    }
+
+
+def visit_BlockJobInfo(value: Any, name: str | None, path: str) -> BlockJobInfo:
+    return rt.visit_struct(value, path, members_BlockJobInfo, BlockJobInfo)
+
+
+def members_q_obj_block_resize_arg(obj: dict[str, Any], path: str, seen: set[str]) -> dict[str, Any]:
+    return {
+        "device": rt.member(obj, "device", path, seen, rt.visit_str, optional=True),
+        "node_name": rt.member(obj, "node-name", path, seen, rt.visit_str, optional=True),
+        "size": rt.member(obj, "size", path, seen, rt.visit_int),
+    }
+
+
+def visit_NewImageMode(value: Any, name: str | None, path: str) -> NewImageMode:
+    return rt.visit_enum(value, name, path, NewImageMode)
+
+
+def members_BlockdevSnapshotSync(obj: dict[str, Any], path: str, seen: set[str]) -> dict[str, Any]:
+    return {
+        "device": rt.member(obj, "device", path, seen, rt.visit_str, optional=True),
+        "node_name": rt.member(obj, "node-name", path, seen, rt.visit_str, optional=True),
+        "snapshot_file": rt.member(obj, "snapshot-file", path, seen, rt.visit_str),
+        "snapshot_node_name": rt.member(obj, "snapshot-node-name", path, seen, rt.visit_str, optional=True),
+        "format": rt.member(obj, "format", path, seen, rt.visit_str, optional=True),
+        "mode": rt.member(obj, "mode", path, seen, visit_NewImageMode, optional=True),
+    }
+
+
+def visit_BlockdevSnapshotSync(value: Any, name: str | None, path: str) -> BlockdevSnapshotSync:
+    return rt.visit_struct(value, path, members_BlockdevSnapshotSync, BlockdevSnapshotSync)
+
+
+def members_BlockdevSnapshot(obj: dict[str, Any], path: str, seen: set[str]) -> dict[str, Any]:
+    return {
+        "node": rt.member(obj, "node", path, seen, rt.visit_str),
+        "overlay": rt.member(obj, "overlay", path, seen, rt.visit_str),
+    }
+
+
+def visit_BlockdevSnapshot(value: Any, name: str | None, path: str) -> BlockdevSnapshot:
+    return rt.visit_struct(value, path, members_BlockdevSnapshot, BlockdevSnapshot)
+
+
+def members_q_obj_query_named_block_nodes_arg(obj: dict[str, Any], path: str, seen: set[str]) -> dict[str, Any]:
+    return {
+        "flat": rt.member(obj, "flat", path, seen, rt.visit_bool, optional=True),
+    }
+
+
+def visit_XDbgBlockGraphNodeType(value: Any, name: str | None, path: str) -> XDbgBlockGraphNodeType:
+    return rt.visit_enum(value, name, path, XDbgBlockGraphNodeType)
+
+
+def members_XDbgBlockGraphNode(obj: dict[str, Any], path: str, seen: set[str]) -> dict[str, Any]:
+    return {
+        "id": rt.member(obj, "id", path, seen, rt.visit_uint64),
+        "type": rt.member(obj, "type", path, seen, visit_XDbgBlockGraphNodeType),
+        "name": rt.member(obj, "name", path, seen, rt.visit_str),
+    }
+
+
+def visit_XDbgBlockGraphNode(value: Any, name: str | None, path: str) -> XDbgBlockGraphNode:
+    return rt.visit_struct(value, path, members_XDbgBlockGraphNode, XDbgBlockGraphNode)
+
+
+def visit_BlockPermission(value: Any, name: str | None, path: str) -> BlockPermission:
+    return rt.visit_enum(value, name, path, BlockPermission)
+
+
+def members_XDbgBlockGraphEdge(obj: dict[str, Any], path: str, seen: set[str]) -> dict[str, Any]:
+    return {
+        "parent": rt.member(obj, "parent", path, seen, rt.visit_uint64),
+        "child": rt.member(obj, "child", path, seen, rt.visit_uint64),
+        "name": rt.member(obj, "name", path, seen, rt.visit_str),
+        "perm": rt.member(obj, "perm", path, seen, visit_BlockPermissionList),
+        "shared_perm": rt.member(obj, "shared-perm", path, seen, visit_BlockPermissionList),
+    }
+
+
+def visit_XDbgBlockGraphEdge(value: Any, name: str | None, path: str) -> XDbgBlockGraphEdge:
+    return rt.visit_struct(value, path, members_XDbgBlockGraphEdge, XDbgBlockGraphEdge)
+
+
+def members_XDbgBlockGraph(obj: dict[str, Any], path: str, seen: set[str]) -> dict[str, Any]:
+    return {
+        "nodes": rt.member(obj, "nodes", path, seen, visit_XDbgBlockGraphNodeList),
+        "edges": rt.member(obj, "edges", path, seen, visit_XDbgBlockGraphEdgeList),
+    }
+
+
+def visit_XDbgBlockGraph(value: Any, name: str | None, path: str) -> XDbgBlockGraph:
+    return rt.visit_struct(value, path, members_XDbgBlockGraph, XDbgBlockGraph)
+
+
+def visit_BlockdevDiscardOptions(value: Any, name: str | None, path: str) -> BlockdevDiscardOptions:
+    return rt.visit_enum(value, name, path, BlockdevDiscardOptions)
+
+
+def visit_BlockdevDetectZeroesOptions(value: Any, name: str | None, path: str) -> BlockdevDetectZeroesOptions:
+    return rt.visit_enum(value, name, path, BlockdevDetectZeroesOptions)
+
+
+def visit_BlockdevAioOptions(value: Any, name: str | None, path: str) -> BlockdevAioOptions:
+    return rt.visit_enum(value, name, path, BlockdevAioOptions)
+
+
+def members_BlockdevCacheOptions(obj: dict[str, Any], path: str, seen: set[str]) -> dict[str, Any]:
+    return {
+        "direct": rt.member(obj, "direct", path, seen, rt.visit_bool, optional=True),
+        "no_flush": rt.member(obj, "no-flush", path, seen, rt.visit_bool, optional=True),
+    }
+
+
+def visit_BlockdevCacheOptions(value: Any, name: str | None, path: str) -> BlockdevCacheOptions:
+    return rt.visit_struct(value, path, members_BlockdevCacheOptions, BlockdevCacheOptions)
+
+
+def visit_BlockdevDriver(value: Any, name: str | None, path: str) -> BlockdevDriver:
+    return rt.visit_enum(value, name, path, BlockdevDriver)
+
+
+def members_BlockdevOptionsFile(obj: dict[str, Any], path: str, seen: set[str]) -> dict[str, Any]:
+    return {
+        "filename": rt.member(obj, "filename", path, seen, rt.visit_str),
+        "pr_manager": rt.member(obj, "pr-manager", path, seen, rt.visit_str, optional=True),
+        "locking": rt.member(obj, "locking", path, seen, visit_OnOffAuto, optional=True),
+        "aio": rt.member(obj, "aio", path, seen, visit_BlockdevAioOptions, optional=True),
+        "aio_max_batch": rt.member(obj, "aio-max-batch", path, seen, rt.visit_int, optional=True),
+        "drop_cache": rt.member(obj, "drop-cache", path, seen, rt.visit_bool, optional=True),
+        "x_check_cache_dropped": rt.member(obj, "x-check-cache-dropped", path, seen, rt.visit_bool, optional=True),
+    }
+
+
+def visit_BlockdevOptionsFile(value: Any, name: str | None, path: str) -> BlockdevOptionsFile:
+    return rt.visit_struct(value, path, members_BlockdevOptionsFile, BlockdevOptionsFile)
+
+
+def members_BlockdevOptionsNull(obj: dict[str, Any], path: str, seen: set[str]) -> dict[str, Any]:
+    return {
+        "size": rt.member(obj, "size", path, seen, rt.visit_int, optional=True),
+        "latency_ns": rt.member(obj, "latency-ns", path, seen, rt.visit_uint64, optional=True),
+        "read_zeroes": rt.member(obj, "read-zeroes", path, seen, rt.visit_bool, optional=True),
+    }
+
+
+def visit_BlockdevOptionsNull(value: Any, name: str | None, path: str) -> BlockdevOptionsNull:
+    return rt.visit_struct(value, path, members_BlockdevOptionsNull, BlockdevOptionsNull)
+
+
+def members_BlockdevOptionsGenericFormat(obj: dict[str, Any], path: str, seen: set[str]) -> dict[str, Any]:
+    return {
+        "file": rt.member(obj, "file", path, seen, visit_BlockdevRef),
+    }
+
+
+def visit_BlockdevOptionsGenericFormat(value: Any, name: str | None, path: str) -> BlockdevOptionsGenericFormat:
+    return rt.visit_struct(value, path, members_BlockdevOptionsGenericFormat, BlockdevOptionsGenericFormat)
+
+
+def members_BlockdevOptionsGenericCOWFormat(obj: dict[str, Any], path: str, seen: set[str]) -> dict[str, Any]:
+    return {
+        **members_BlockdevOptionsGenericFormat(obj, path, seen),
+        "backing": rt.member(obj, "backing", path, seen, visit_BlockdevRefOrNull, optional=True),
+    }
+
+
+def visit_BlockdevOptionsGenericCOWFormat(value: Any, name: str | None, path: str) -> BlockdevOptionsGenericCOWFormat:
+    return rt.visit_struct(value, path, members_BlockdevOptionsGenericCOWFormat, BlockdevOptionsGenericCOWFormat)
+
+
+def visit_Qcow2OverlapCheckMode(value: Any, name: str | None, path: str) -> Qcow2OverlapCheckMode:
+    return rt.visit_enum(value, name, path, Qcow2OverlapCheckMode)
+
+
+def members_Qcow2OverlapCheckFlags(obj: dict[str, Any], path: str, seen: set[str]) -> dict[str, Any]:
+    return {
+        "template": rt.member(obj, "template", path, seen, visit_Qcow2OverlapCheckMode, optional=True),
+        "main_header": rt.member(obj, "main-header", path, seen, rt.visit_bool, optional=True),
+        "active_l1": rt.member(obj, "active-l1", path, seen, rt.visit_bool, optional=True),
+        "active_l2": rt.member(obj, "active-l2", path, seen, rt.visit_bool, optional=True),
+        "refcount_table": rt.member(obj, "refcount-table", path, seen, rt.visit_bool, optional=True),
+        "refcount_block": rt.member(obj, "refcount-block", path, seen, rt.visit_bool, optional=True),
+        "snapshot_table": rt.member(obj, "snapshot-table", path, seen, rt.visit_bool, optional=True),
+        "inactive_l1": rt.member(obj, "inactive-l1", path, seen, rt.visit_bool, optional=True),
+        "inactive_l2": rt.member(obj, "inactive-l2", path, seen, rt.visit_bool, optional=True),
+        "bitmap_directory": rt.member(obj, "bitmap-directory", path, seen, rt.visit_bool, optional=True),
+    }
+
+
+def visit_Qcow2OverlapCheckFlags(value: Any, name: str | None, path: str) -> Qcow2OverlapCheckFlags:
+    return rt.visit_struct(value, path, members_Qcow2OverlapCheckFlags, Qcow2OverlapCheckFlags)
+
+
+def visit_Qcow2OverlapChecks(value: Any, name: str | None, path: str) -> Qcow2OverlapChecks:
+    return rt.visit_alternate(
+        value, name, path, "Qcow2OverlapChecks", {
+            "object": visit_Qcow2OverlapCheckFlags,
+            "string": visit_Qcow2OverlapCheckMode,
+        })
+
+
+def visit_BlockdevQcow2EncryptionFormat(value: Any, name: str | None, path: str) -> BlockdevQcow2EncryptionFormat:
+    return rt.visit_enum(value, name, path, BlockdevQcow2EncryptionFormat)
+
+
+def members_q_obj_BlockdevQcow2Encryption_base(obj: dict[str, Any], path: str, seen: set[str]) -> dict[str, Any]:
+    return {
+        "format": rt.member(obj, "format", path, seen, visit_BlockdevQcow2EncryptionFormat),
+    }
+
+
+def members_BlockdevQcow2Encryption(obj: dict[str, Any], path: str, seen: set[str]) -> dict[str, Any]:
+    return {
+        **members_q_obj_BlockdevQcow2Encryption_base(obj, path, seen),
+    }
+
+
+def visit_BlockdevQcow2Encryption(value: Any, name: str | None, path: str) -> BlockdevQcow2Encryption:
+    return rt.visit_union(
+        value, path, members_BlockdevQcow2Encryption, "format",
+        _BlockdevQcow2Encryption_BRANCHES, BlockdevQcow2Encryption)
+
+
+def members_BlockdevOptionsQcow2(obj: dict[str, Any], path: str, seen: set[str]) -> dict[str, Any]:
+    return {
+        **members_BlockdevOptionsGenericCOWFormat(obj, path, seen),
+        "lazy_refcounts": rt.member(obj, "lazy-refcounts", path, seen, rt.visit_bool, optional=True),
+        "pass_discard_request": rt.member(obj, "pass-discard-request", path, seen, rt.visit_bool, optional=True),
+        "pass_discard_snapshot": rt.member(obj, "pass-discard-snapshot", path, seen, rt.visit_bool, optional=True),
+        "pass_discard_other": rt.member(obj, "pass-discard-other", path, seen, rt.visit_bool, optional=True),
+        "overlap_check": rt.member(obj, "overlap-check", path, seen, visit_Qcow2OverlapChecks, optional=True),
+        "cache_size": rt.member(obj, "cache-size", path, seen, rt.visit_int, optional=True),
+        "l2_cache_size": rt.member(obj, "l2-cache-size", path, seen, rt.visit_int, optional=True),
+        "l2_cache_entry_size": rt.member(obj, "l2-cache-entry-size", path, seen, rt.visit_int, optional=True),
+        "refcount_cache_size": rt.member(obj, "refcount-cache-size", path, seen, rt.visit_int, optional=True),
+        "cache_clean_interval": rt.member(obj, "cache-clean-interval", path, seen, rt.visit_int, optional=True),
+        "encrypt": rt.member(obj, "encrypt", path, seen, visit_BlockdevQcow2Encryption, optional=True),
+        "data_file": rt.member(obj, "data-file", path, seen, visit_BlockdevRef, optional=True),
+    }
+
+
+def visit_BlockdevOptionsQcow2(value: Any, name: str | None, path: str) -> BlockdevOptionsQcow2:
+    return rt.visit_struct(value, path, members_BlockdevOptionsQcow2, BlockdevOptionsQcow2)
+
+
+def members_BlockdevOptionsRaw(obj: dict[str, Any], path: str, seen: set[str]) -> dict[str, Any]:
+    return {
+        **members_BlockdevOptionsGenericFormat(obj, path, seen),
+        "offset": rt.member(obj, "offset", path, seen, rt.visit_int, optional=True),
+        "size": rt.member(obj, "size", path, seen, rt.visit_int, optional=True),
+    }
+
+
+def visit_BlockdevOptionsRaw(value: Any, name: str | None, path: str) -> BlockdevOptionsRaw:
+    return rt.visit_struct(value, path, members_BlockdevOptionsRaw, BlockdevOptionsRaw)
+
+
+def members_q_obj_BlockdevOptions_base(obj: dict[str, Any], path: str, seen: set[str]) -> dict[str, Any]:
+    return {
+        "driver": rt.member(obj, "driver", path, seen, visit_BlockdevDriver),
+        "node_name": rt.member(obj, "node-name", path, seen, rt.visit_str, optional=True),
+        "discard": rt.member(obj, "discard", path, seen, visit_BlockdevDiscardOptions, optional=True),
+        "cache": rt.member(obj, "cache", path, seen, visit_BlockdevCacheOptions, optional=True),
+        "read_only": rt.member(obj, "read-only", path, seen, rt.visit_bool, optional=True),
+        "auto_read_only": rt.member(obj, "auto-read-only", path, seen, rt.visit_bool, optional=True),
+        "force_share": rt.member(obj, "force-share", path, seen, rt.visit_bool, optional=True),
+        "detect_zeroes": rt.member(obj, "detect-zeroes", path, seen, visit_BlockdevDetectZeroesOptions, optional=True),
+    }
+
+
+def members_BlockdevOptions(obj: dict[str, Any], path: str, seen: set[str]) -> dict[str, Any]:
+    return {
+        **members_q_obj_BlockdevOptions_base(obj, path, seen),
+    }
+
+
+def visit_BlockdevOptions(value: Any, name: str | None, path: str) -> BlockdevOptions:
+    return rt.visit_union(
+        value, path, members_BlockdevOptions, "driver",
+        _BlockdevOptions_BRANCHES, BlockdevOptions)
+
+
+def visit_BlockdevRef(value: Any, name: str | None, path: str) -> BlockdevRef:
+    return rt.visit_alternate(
+        value, name, path, "BlockdevRef", {
+            "object": visit_BlockdevOptions,
+            "string": rt.visit_str,
+        })
+
+
+def visit_BlockdevRefOrNull(value: Any, name: str | None, path: str) -> BlockdevRefOrNull:
+    return rt.visit_alternate(
+        value, name, path, "BlockdevRefOrNull", {
+            "object": visit_BlockdevOptions,
+            "string": rt.visit_str,
+            "null": rt.visit_null,
+        })
+
+
+def members_q_obj_blockdev_del_arg(obj: dict[str, Any], path: str, seen: set[str]) -> dict[str, Any]:
+    return {
+        "node_name": rt.member(obj, "node-name", path, seen, rt.visit_str),
+    }
+
+
+def visit_PreallocMode(value: Any, name: str | None, path: str) -> PreallocMode:
+    return rt.visit_enum(value, name, path, PreallocMode)
+
+
+def members_BlockdevCreateOptionsFile(obj: dict[str, Any], path: str, seen: set[str]) -> dict[str, Any]:
+    return {
+        "filename": rt.member(obj, "filename", path, seen, rt.visit_str),
+        "size": rt.member(obj, "size", path, seen, rt.visit_size),
+        "preallocation": rt.member(obj, "preallocation", path, seen, visit_PreallocMode, optional=True),
+        "nocow": rt.member(obj, "nocow", path, seen, rt.visit_bool, optional=True),
+        "extent_size_hint": rt.member(obj, "extent-size-hint", path, seen, rt.visit_size, optional=True),
+    }
+
+
+def visit_BlockdevCreateOptionsFile(value: Any, name: str | None, path: str) -> BlockdevCreateOptionsFile:
+    return rt.visit_struct(value, path, members_BlockdevCreateOptionsFile, BlockdevCreateOptionsFile)
+
+
+def visit_BlockdevQcow2Version(value: Any, name: str | None, path: str) -> BlockdevQcow2Version:
+    return rt.visit_enum(value, name, path, BlockdevQcow2Version)
+
+
+def visit_Qcow2CompressionType(value: Any, name: str | None, path: str) -> Qcow2CompressionType:
+    return rt.visit_enum(value, name, path, Qcow2CompressionType)
+
+
+def members_BlockdevCreateOptionsQcow2(obj: dict[str, Any], path: str, seen: set[str]) -> dict[str, Any]:
+    return {
+        "file": rt.member(obj, "file", path, seen, visit_BlockdevRef),
+        "data_file": rt.member(obj, "data-file", path, seen, visit_BlockdevRef, optional=True),
+        "data_file_raw": rt.member(obj, "data-file-raw", path, seen, rt.visit_bool, optional=True),
+        "extended_l2": rt.member(obj, "extended-l2", path, seen, rt.visit_bool, optional=True),
+        "size": rt.member(obj, "size", path, seen, rt.visit_size),
+        "version": rt.member(obj, "version", path, seen, visit_BlockdevQcow2Version, optional=True),
+        "backing_file": rt.member(obj, "backing-file", path, seen, rt.visit_str, optional=True),
+        "backing_fmt": rt.member(obj, "backing-fmt", path, seen, visit_BlockdevDriver, optional=True),
+        "encrypt": rt.member(obj, "encrypt", path, seen, visit_QCryptoBlockCreateOptions, optional=True),
+        "cluster_size": rt.member(obj, "cluster-size", path, seen, rt.visit_size, optional=True),
+        "preallocation": rt.member(obj, "preallocation", path, seen, visit_PreallocMode, optional=True),
+        "lazy_refcounts": rt.member(obj, "lazy-refcounts", path, seen, rt.visit_bool, optional=True),
+        "refcount_bits": rt.member(obj, "refcount-bits", path, seen, rt.visit_int, optional=True),
+        "compression_type": rt.member(obj, "compression-type", path, seen, visit_Qcow2CompressionType, optional=True),
+    }
+
+
+def visit_BlockdevCreateOptionsQcow2(value: Any, name: str | None, path: str) -> BlockdevCreateOptionsQcow2:
+    return rt.visit_struct(value, path, members_BlockdevCreateOptionsQcow2, BlockdevCreateOptionsQcow2)
+
+
+def members_q_obj_BlockdevCreateOptions_base(obj: dict[str, Any], path: str, seen: set[str]) -> dict[str, Any]:
+    return {
+        "driver": rt.member(obj, "driver", path, seen, visit_BlockdevDriver),
+    }
+
+
+def members_BlockdevCreateOptions(obj: dict[str, Any], path: str, seen: set[str]) -> dict[str, Any]:
+    return {
+        **members_q_obj_BlockdevCreateOptions_base(obj, path, seen),
+    }
+
+
+def visit_BlockdevCreateOptions(value: Any, name: str | None, path: str) -> BlockdevCreateOptions:
+    return rt.visit_union(
+        value, path, members_BlockdevCreateOptions, "driver",
+        _BlockdevCreateOptions_BRANCHES, BlockdevCreateOptions)
+
+
+def members_q_obj_blockdev_create_arg(obj: dict[str, Any], path: str, seen: set[str]) -> dict[str, Any]:
+    return {
+        "job_id": rt.member(obj, "job-id", path, seen, rt.visit_str),
+        "options": rt.member(obj, "options", path, seen, visit_BlockdevCreateOptions),
+    }
+
+
+def members_BlockDirtyBitmap(obj: dict[str, Any], path: str, seen: set[str]) -> dict[str, Any]:
+    return {
+        "node": rt.member(obj, "node", path, seen, rt.visit_str),
+        "name": rt.member(obj, "name", path, seen, rt.visit_str),
+    }
+
+
+def visit_BlockDirtyBitmap(value: Any, name: str | None, path: str) -> BlockDirtyBitmap:
+    return rt.visit_struct(value, path, members_BlockDirtyBitmap, BlockDirtyBitmap)
+
+
+def visit_BlockDirtyBitmapOrStr(value: Any, name: str | None, path: str) -> BlockDirtyBitmapOrStr:
+    return rt.visit_alternate(
+        value, name, path, "BlockDirtyBitmapOrStr", {
+            "string": rt.visit_str,
+            "object": visit_BlockDirtyBitmap,
+        })
+
+
+def members_q_obj_BLOCK_WRITE_THRESHOLD_arg(obj: dict[str, Any], path: str, seen: set[str]) -> dict[str, Any]:
+    return {
+        "node_name": rt.member(obj, "node-name", path, seen, rt.visit_str),
+        "amount_exceeded": rt.member(obj, "amount-exceeded", path, seen, rt.visit_uint64),
+        "write_threshold": rt.member(obj, "write-threshold", path, seen, rt.visit_uint64),
+    }
+
+
+def members_q_obj_block_set_write_threshold_arg(obj: dict[str, Any], path: str, seen: set[str]) -> dict[str, Any]:
+    return {
+        "node_name": rt.member(obj, "node-name", path, seen, rt.visit_str),
+        "write_threshold": rt.member(obj, "write-threshold", path, seen, rt.visit_uint64),
+    }
+
+
 def visit_QMPCapabilityList(value: Any, name: str | None, path: str) -> list[QMPCapability]:
     return rt.visit_list(value, path, visit_QMPCapability)
 
 
 def visit_CommandInfoList(value: Any, name: str | None, path: str) -> list[CommandInfo]:
     return rt.visit_list(value, path, visit_CommandInfo)
+
+
+def visit_SchemaInfoList(value: Any, name: str | None, path: str) -> list[SchemaInfo]:
+    return rt.visit_list(value, path, visit_SchemaInfo)
 
 
 def visit_strList(value: Any, name: str | None, path: str) -> list[str]:
@@ -1437,10 +3172,6 @@ def visit_SchemaInfoAlternateMemberList(value: Any, name: str | None, path: str)
     return rt.visit_list(value, path, visit_SchemaInfoAlternateMember)
 
 
-def visit_SchemaInfoList(value: Any, name: str | None, path: str) -> list[SchemaInfo]:
-    return rt.visit_list(value, path, visit_SchemaInfo)
-
-
 def visit_YankInstanceList(value: Any, name: str | None, path: str) -> list[YankInstance]:
     return rt.visit_list(value, path, visit_YankInstance)
 
@@ -1451,6 +3182,54 @@ def visit_ChardevInfoList(value: Any, name: str | None, path: str) -> list[Chard
 
 def visit_ChardevBackendInfoList(value: Any, name: str | None, path: str) -> list[ChardevBackendInfo]:
     return rt.visit_list(value, path, visit_ChardevBackendInfo)
+
+
+def visit_JobInfoList(value: Any, name: str | None, path: str) -> list[JobInfo]:
+    return rt.visit_list(value, path, visit_JobInfo)
+
+
+def visit_QCryptoBlockInfoLUKSSlotList(value: Any, name: str | None, path: str) -> list[QCryptoBlockInfoLUKSSlot]:
+    return rt.visit_list(value, path, visit_QCryptoBlockInfoLUKSSlot)
+
+
+def visit_Qcow2BitmapInfoList(value: Any, name: str | None, path: str) -> list[Qcow2BitmapInfo]:
+    return rt.visit_list(value, path, visit_Qcow2BitmapInfo)
+
+
+def visit_SnapshotInfoList(value: Any, name: str | None, path: str) -> list[SnapshotInfo]:
+    return rt.visit_list(value, path, visit_SnapshotInfo)
+
+
+def visit_BlockDirtyInfoList(value: Any, name: str | None, path: str) -> list[BlockDirtyInfo]:
+    return rt.visit_list(value, path, visit_BlockDirtyInfo)
+
+
+def visit_Qcow2BitmapInfoFlagsList(value: Any, name: str | None, path: str) -> list[Qcow2BitmapInfoFlags]:
+    return rt.visit_list(value, path, visit_Qcow2BitmapInfoFlags)
+
+
+def visit_BlockInfoList(value: Any, name: str | None, path: str) -> list[BlockInfo]:
+    return rt.visit_list(value, path, visit_BlockInfo)
+
+
+def visit_BlockJobInfoList(value: Any, name: str | None, path: str) -> list[BlockJobInfo]:
+    return rt.visit_list(value, path, visit_BlockJobInfo)
+
+
+def visit_BlockDeviceInfoList(value: Any, name: str | None, path: str) -> list[BlockDeviceInfo]:
+    return rt.visit_list(value, path, visit_BlockDeviceInfo)
+
+
+def visit_BlockPermissionList(value: Any, name: str | None, path: str) -> list[BlockPermission]:
+    return rt.visit_list(value, path, visit_BlockPermission)
+
+
+def visit_XDbgBlockGraphNodeList(value: Any, name: str | None, path: str) -> list[XDbgBlockGraphNode]:
+    return rt.visit_list(value, path, visit_XDbgBlockGraphNode)
+
+
+def visit_XDbgBlockGraphEdgeList(value: Any, name: str | None, path: str) -> list[XDbgBlockGraphEdge]:
+    return rt.visit_list(value, path, visit_XDbgBlockGraphEdge)
 
 
 _SchemaInfo_BRANCHES: dict[str, rt.Branch] = {
@@ -1493,4 +3272,40 @@ _ChardevBackend_BRANCHES: dict[str, rt.Branch] = {
     "vc": (ChardevVCWrapper, members_ChardevVCWrapper),
     "ringbuf": (ChardevRingbufWrapper, members_ChardevRingbufWrapper),
     "memory": (ChardevRingbufWrapper, members_ChardevRingbufWrapper),
+}
+
+
+_QCryptoBlockCreateOptions_BRANCHES: dict[str, rt.Branch] = {
+    "qcow": (QCryptoBlockOptionsQCow, members_QCryptoBlockOptionsQCow),
+    "luks": (QCryptoBlockCreateOptionsLUKS, members_QCryptoBlockCreateOptionsLUKS),
+}
+
+
+_ImageInfoSpecificQCow2Encryption_BRANCHES: dict[str, rt.Branch] = {
+    "luks": (QCryptoBlockInfoLUKS, members_QCryptoBlockInfoLUKS),
+}
+
+
+_ImageInfoSpecific_BRANCHES: dict[str, rt.Branch] = {
+    "qcow2": (ImageInfoSpecificQCow2Wrapper, members_ImageInfoSpecificQCow2Wrapper),
+}
+
+
+_BlockdevQcow2Encryption_BRANCHES: dict[str, rt.Branch] = {
+    "aes": (QCryptoBlockOptionsQCow, members_QCryptoBlockOptionsQCow),
+    "luks": (QCryptoBlockOptionsLUKS, members_QCryptoBlockOptionsLUKS),
+}
+
+
+_BlockdevOptions_BRANCHES: dict[str, rt.Branch] = {
+    "file": (BlockdevOptionsFile, members_BlockdevOptionsFile),
+    "null-co": (BlockdevOptionsNull, members_BlockdevOptionsNull),
+    "qcow2": (BlockdevOptionsQcow2, members_BlockdevOptionsQcow2),
+    "raw": (BlockdevOptionsRaw, members_BlockdevOptionsRaw),
+}
+
+
+_BlockdevCreateOptions_BRANCHES: dict[str, rt.Branch] = {
+    "file": (BlockdevCreateOptionsFile, members_BlockdevCreateOptionsFile),
+    "qcow2": (BlockdevCreateOptionsQcow2, members_BlockdevCreateOptionsQcow2),
 }

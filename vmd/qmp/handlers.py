@@ -20,6 +20,10 @@ HANDLER_MODULES = (
     "vmd.system.commands",
     "vmd.hmp.commands",
     "vmd.chardev.commands",
+    "vmd.block.commands",
+    "vmd.block.threshold",
+    "vmd.block.create",
+    "vmd.job.commands",
 )
 
 

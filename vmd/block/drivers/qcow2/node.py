@@ -1,0 +1,527 @@
+"""The qcow2 format driver: ``Qcow2Node``.
+
+Guest clusters map through a two-level table (L1 in memory, L2 tables in a
+write-back cache) to host clusters of the ``file`` child; unallocated
+clusters read from the ``backing`` node (or as zeroes).
+
+Order of metadata updates (what keeps a SIGKILL at any moment harmless; a
+crash may leak clusters but never leaves a reference to a cluster whose
+refcount on disk is too low):
+
+1. A new data cluster is allocated at the end of the file; its refcount is
+   raised in the refcount-block cache. The guest data (with the untouched
+   parts of the cluster copied from the old content: backing file, zeroes or
+   a compressed/shared cluster) is written to the new cluster.
+2. The L2 entry is updated in the L2 cache, and the L2 cache is made to
+   depend on the refcount cache: before any L2 table is written back, the
+   refcount blocks are written and the file is flushed.
+3. A new L2 table is counted (refcount cache flushed), written, flushed, and
+   only then does the L1 entry (written through) point at it.
+4. Clusters are freed (discard, overwrite of compressed/shared clusters,
+   zero writes with unmap) only after the L2 cache holding the entries that
+   no longer reference them has been written and flushed.
+5. Growing L1 or the refcount table: the new table is written and flushed
+   before the header points at it; the old one is freed afterwards.
+6. ``flush()`` writes back L2 tables (refcount blocks first, as above), then
+   refcount blocks, then flushes the file child.
+
+With ``lazy-refcounts`` the dirty bit is set (and flushed) before the first
+write; refcount ordering is then relaxed and a dirty image opened
+read-write has its refcounts rebuilt; a clean close clears the bit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import struct
+import zlib
+from collections import Counter
+from typing import Any
+
+from vmd.block.drivers.qcow2 import format as fmt
+from vmd.block.drivers.qcow2.cache import TableCache
+from vmd.block.drivers.qcow2.refcount import Refcounts
+from vmd.block.node import BlockNode, Extent, Status
+from vmd.qmp.errors import QMPError
+
+_UNALLOC, _ZERO, _DATA, _COMPRESSED = range(4)
+_CACHE_BYTES = 4 << 20
+
+
+class Qcow2Node(BlockNode):
+    driver = "qcow2"
+
+    def __init__(self, node_name: str, file: BlockNode, *, read_only: bool = False,
+                 lazy_refcounts: bool | None = None) -> None:
+        super().__init__(node_name, read_only=read_only)
+        self.attach_child("file", file)
+        self._lazy_option = lazy_refcounts
+        self.lazy = False
+        self.header = fmt.Header()
+        self.l1: list[int] = []
+        self.cs = 0
+        self.l2_entries = 0
+        self._lock = asyncio.Lock()
+        self._marked_dirty = False
+        self.backing_file: str | None = None
+        self.backing_fmt: str | None = None
+        self._zcache: tuple[int, bytes] | None = None
+
+    # -- open / close ----------------------------------------------------------
+
+    async def open(self) -> None:
+        file = self.file
+        size = file.total_size
+        probe = bytearray(512)
+        await file.read(0, memoryview(probe)[:min(512, size)])
+        if size < 72 or probe[:4] != fmt.MAGIC:
+            raise QMPError("Image is not in qcow2 format")
+        bits = struct.unpack_from(">I", probe, 20)[0]
+        if fmt.MIN_CLUSTER_BITS <= bits <= fmt.MAX_CLUSTER_BITS:
+            buf = bytearray(min(1 << bits, size))
+            await file.read(0, memoryview(buf))
+        else:
+            buf = probe
+        h = self.header = fmt.parse_header(bytes(buf), size)
+        if h.incompatible_features & fmt.INCOMPAT_CORRUPT and not self.read_only:
+            raise QMPError("qcow2: Image is corrupt; cannot be opened read/write")
+        self.cs = h.cluster_size
+        self.l2_entries = self.cs // 8
+        self.backing_file = h.backing_file
+        self.backing_fmt = h.backing_format
+        if h.l1_size:
+            raw = bytearray(h.l1_size * 8)
+            await file.read(h.l1_table_offset, memoryview(raw))
+            self.l1 = list(struct.unpack(f">{h.l1_size}Q", raw))
+        self.refcounts = Refcounts(file, h, max(4, _CACHE_BYTES // 4 // self.cs))
+        await self.refcounts.load()
+        self.l2_cache = TableCache(file, self.cs, max(4, _CACHE_BYTES // self.cs), "l2")
+        lazy_header = bool(h.compatible_features & fmt.COMPAT_LAZY_REFCOUNTS)
+        self.lazy = lazy_header if self._lazy_option is None else self._lazy_option
+        if self.lazy and h.version < 3:
+            raise QMPError("Lazy refcounts require a qcow2 image with at least qemu 1.1 compatibility level")
+        self.total_size = h.size
+        if not self.read_only:
+            if h.incompatible_features & fmt.INCOMPAT_DIRTY:
+                await self._repair_refcounts()
+            if h.autoclear_features:
+                h.autoclear_features = 0
+                await file.write(88, memoryview(bytes(8)))
+                await file.flush()
+
+    def set_backing(self, backing: BlockNode | None) -> None:
+        if backing is not None:
+            self.attach_child("backing", backing)
+
+    async def close(self) -> None:
+        if self.read_only or not self.cs:
+            return
+        await self._flush_locked()
+        if self._marked_dirty:
+            await self._set_incompat(self.header.incompatible_features & ~fmt.INCOMPAT_DIRTY)
+            self._marked_dirty = False
+
+    async def _set_incompat(self, bits: int) -> None:
+        self.header.incompatible_features = bits
+        await self.file.write(fmt.OFF_INCOMPAT, memoryview(struct.pack(">Q", bits)))
+        await self.file.flush()
+
+    async def _mark_dirty(self) -> None:
+        """With lazy refcounts: the dirty bit is on disk before any write."""
+        if self.lazy and not self._marked_dirty:
+            await self._set_incompat(self.header.incompatible_features | fmt.INCOMPAT_DIRTY)
+            self._marked_dirty = True
+
+    async def _repair_refcounts(self) -> None:
+        """Raise stored refcounts to what the tables reference (leaks remain)."""
+        h = self.header
+        if h.nb_snapshots:
+            raise QMPError("qcow2: cannot repair the refcounts of an image with snapshots")
+        refs: Counter[int] = Counter()
+        cs = self.cs
+        refs[0] += 1
+        for c in range(h.refcount_table_offset // cs, h.refcount_table_offset // cs + h.refcount_table_clusters):
+            refs[c] += 1
+        for off in self.refcounts.table:
+            if off:
+                refs[off // cs] += 1
+        l1_bytes = h.l1_size * 8
+        for c in range(h.l1_table_offset // cs, (h.l1_table_offset + l1_bytes + cs - 1) // cs):
+            refs[c] += 1
+        for l1e in self.l1:
+            l2_off = l1e & fmt.L1E_OFFSET_MASK
+            if not l2_off:
+                continue
+            refs[l2_off // cs] += 1
+            table = bytearray(cs)
+            await self.file.read(l2_off, memoryview(table))
+            for entry in struct.unpack(f">{self.l2_entries}Q", table):
+                if entry & fmt.OFLAG_COMPRESSED:
+                    for c in fmt.compressed_clusters(entry, h.cluster_bits):
+                        refs[c] += 1
+                elif entry & fmt.L2E_OFFSET_MASK:
+                    refs[(entry & fmt.L2E_OFFSET_MASK) // cs] += 1
+        for c, n in sorted(refs.items()):
+            current = await self.refcounts.get(c)
+            if current < n:
+                await self.refcounts.update(c, n - current)
+        await self.refcounts.cache.flush()
+        await self._set_incompat(h.incompatible_features & ~fmt.INCOMPAT_DIRTY)
+
+    # -- description -------------------------------------------------------------
+
+    def format_info(self) -> dict[str, Any]:
+        h = self.header
+        data: dict[str, Any] = {"compat": "1.1" if h.version >= 3 else "0.10"}
+        if h.version >= 3:
+            data.update({
+                "compression-type": "zlib",
+                "lazy-refcounts": bool(h.compatible_features & fmt.COMPAT_LAZY_REFCOUNTS),
+                "refcount-bits": h.refcount_bits,
+                "corrupt": bool(h.incompatible_features & fmt.INCOMPAT_CORRUPT),
+                "extended-l2": False,
+            })
+        else:
+            data.update({"compression-type": "zlib", "refcount-bits": h.refcount_bits})
+        return {"cluster-size": self.cs, "format-specific": {"type": "qcow2", "data": data}}
+
+    # -- mapping -------------------------------------------------------------------
+
+    async def _entry(self, vc: int) -> int:
+        l1i, l2i = divmod(vc, self.l2_entries)
+        l1e = self.l1[l1i] if l1i < len(self.l1) else 0
+        off = l1e & fmt.L1E_OFFSET_MASK
+        if not off:
+            return 0
+        table = await self.l2_cache.get(off)
+        return int(struct.unpack_from(">Q", table, l2i * 8)[0])
+
+    def _kind(self, entry: int) -> int:
+        if entry & fmt.OFLAG_COMPRESSED:
+            return _COMPRESSED
+        if self.header.version >= 3 and entry & fmt.OFLAG_ZERO:
+            return _ZERO
+        return _DATA if entry & fmt.L2E_OFFSET_MASK else _UNALLOC
+
+    async def _read_backing(self, offset: int, buf: memoryview) -> None:
+        backing = self.backing
+        n = 0
+        if backing is not None and offset < backing.total_size:
+            n = min(len(buf), backing.total_size - offset)
+            await backing.read(offset, buf[:n])
+        if n < len(buf):
+            buf[n:] = bytes(len(buf) - n)
+
+    async def _decompress(self, entry: int) -> bytes:
+        if self._zcache is not None and self._zcache[0] == entry:
+            return self._zcache[1]
+        host, count = fmt.compressed_range(entry, self.header.cluster_bits)
+        raw = bytearray(count)
+        await self.file.read(host, memoryview(raw)[:max(0, min(count, self.file.total_size - host))])
+        try:
+            out = zlib.decompressobj(-15).decompress(bytes(raw), self.cs)
+        except zlib.error:
+            raise QMPError("qcow2: could not decompress cluster") from None
+        if len(out) != self.cs:
+            raise QMPError("qcow2: could not decompress cluster")
+        self._zcache = (entry, out)
+        return out
+
+    async def _read_in_cluster(self, vc: int, entry: int, in_off: int, buf: memoryview) -> None:
+        kind = self._kind(entry)
+        if kind == _DATA:
+            await self.file.read((entry & fmt.L2E_OFFSET_MASK) + in_off, buf)
+        elif kind == _ZERO:
+            buf[:] = bytes(len(buf))
+        elif kind == _COMPRESSED:
+            data = await self._decompress(entry)
+            buf[:] = data[in_off:in_off + len(buf)]
+        else:
+            await self._read_backing(vc * self.cs + in_off, buf)
+
+    # -- read ----------------------------------------------------------------------
+
+    async def _co_read(self, offset: int, buf: memoryview) -> None:
+        async with self._lock:
+            pos = 0
+            while pos < len(buf):
+                vc, in_off = divmod(offset + pos, self.cs)
+                n = min(self.cs - in_off, len(buf) - pos)
+                entry = await self._entry(vc)
+                # Merge contiguous allocated clusters into one read.
+                if self._kind(entry) == _DATA:
+                    host = (entry & fmt.L2E_OFFSET_MASK) + in_off
+                    while pos + n < len(buf) and (vc + 1) % self.l2_entries:
+                        nxt = await self._entry(vc + 1)
+                        if self._kind(nxt) != _DATA or (nxt & fmt.L2E_OFFSET_MASK) != host + n:
+                            break
+                        vc += 1
+                        n += min(self.cs, len(buf) - pos - n)
+                    await self.file.read(host, buf[pos:pos + n])
+                else:
+                    await self._read_in_cluster(vc, entry, in_off, buf[pos:pos + n])
+                pos += n
+
+    # -- write ---------------------------------------------------------------------
+
+    async def _co_write(self, offset: int, data: memoryview) -> None:
+        async with self._lock:
+            await self._mark_dirty()
+            await self._write_locked(offset, data)
+
+    async def _write_locked(self, offset: int, data: memoryview) -> None:
+        pos = 0
+        while pos < len(data):
+            vc, in_off = divmod(offset + pos, self.cs)
+            n = min(self.cs - in_off, len(data) - pos)
+            await self._write_cluster(vc, in_off, data[pos:pos + n])
+            pos += n
+
+    def _depend(self) -> None:
+        if not self.lazy:
+            self.l2_cache.set_dependency(self.refcounts.cache)
+
+    async def _l2_for_write(self, vc: int) -> tuple[int, int]:
+        """(L2 table offset, index) for ``vc``, allocating or copying the table."""
+        l1i, l2i = divmod(vc, self.l2_entries)
+        l1e = self.l1[l1i]
+        old = l1e & fmt.L1E_OFFSET_MASK
+        if old and l1e & fmt.OFLAG_COPIED:
+            return old, l2i
+        content = bytearray(self.cs) if not old else bytearray(await self.l2_cache.get(old))
+        new = await self.refcounts.alloc(1)
+        if not self.lazy:
+            await self.refcounts.cache.flush()
+        await self.file.write(new, memoryview(bytes(content)))
+        await self.file.flush()
+        await self.file.write(self.header.l1_table_offset + l1i * 8,
+                              memoryview(struct.pack(">Q", new | fmt.OFLAG_COPIED)))
+        self.l1[l1i] = new | fmt.OFLAG_COPIED
+        self.l2_cache.put_clean(new, content)
+        if old:
+            await self.file.flush()
+            await self.refcounts.free(old)
+        return new, l2i
+
+    async def _set_entry(self, table_off: int, l2i: int, entry: int) -> None:
+        table = await self.l2_cache.get(table_off)
+        struct.pack_into(">Q", table, l2i * 8, entry)
+        self.l2_cache.mark_dirty(table_off)
+
+    async def _free_entries(self, entries: list[int]) -> None:
+        """Drop the clusters old L2 entries held, once the L2 change is on disk."""
+        entries = [e for e in entries if self._kind(e) in (_DATA, _COMPRESSED)
+                   or (e & fmt.L2E_OFFSET_MASK)]
+        if not entries:
+            return
+        await self.l2_cache.flush()
+        for e in entries:
+            if e & fmt.OFLAG_COMPRESSED:
+                for c in fmt.compressed_clusters(e, self.header.cluster_bits):
+                    await self.refcounts.update(c, -1)
+            else:
+                await self.refcounts.free(e & fmt.L2E_OFFSET_MASK)
+
+    async def _write_cluster(self, vc: int, in_off: int, chunk: memoryview) -> None:
+        table_off, l2i = await self._l2_for_write(vc)
+        entry = await self._entry(vc)
+        kind = self._kind(entry)
+        if kind == _DATA and entry & fmt.OFLAG_COPIED:
+            await self.file.write((entry & fmt.L2E_OFFSET_MASK) + in_off, chunk)
+            return
+        full = bytearray(self.cs)
+        if len(chunk) < self.cs:
+            await self._read_in_cluster(vc, entry, 0, memoryview(full))
+        full[in_off:in_off + len(chunk)] = chunk
+        if kind == _ZERO and entry & fmt.L2E_OFFSET_MASK and entry & fmt.OFLAG_COPIED:
+            # Preallocated zero cluster: fill it in place, then drop the flag.
+            host = entry & fmt.L2E_OFFSET_MASK
+            await self.file.write(host, memoryview(bytes(full)))
+            await self._set_entry(table_off, l2i, host | fmt.OFLAG_COPIED)
+            return
+        host = await self.refcounts.alloc(1)
+        await self.file.write(host, memoryview(bytes(full)))
+        self._depend()
+        await self._set_entry(table_off, l2i, host | fmt.OFLAG_COPIED)
+        await self._free_entries([entry])
+
+    # -- zeroes, discard -------------------------------------------------------------
+
+    def _reads_zero_unallocated(self, vc: int) -> bool:
+        backing = self.backing
+        return backing is None or vc * self.cs >= backing.total_size
+
+    async def _co_write_zeroes(self, offset: int, length: int, may_unmap: bool) -> None:
+        async with self._lock:
+            await self._mark_dirty()
+            end = offset + length
+            freed: list[int] = []
+            while offset < end:
+                vc, in_off = divmod(offset, self.cs)
+                n = min(self.cs - in_off, end - offset)
+                entry = await self._entry(vc)
+                kind = self._kind(entry)
+                if kind == _ZERO or (kind == _UNALLOC and self._reads_zero_unallocated(vc)):
+                    pass
+                elif n < self.cs or self.header.version < 3:
+                    await self._write_cluster(vc, in_off, memoryview(bytes(n)))
+                else:
+                    table_off, l2i = await self._l2_for_write(vc)
+                    entry = await self._entry(vc)
+                    if self._kind(entry) == _DATA and entry & fmt.OFLAG_COPIED and not may_unmap:
+                        await self._set_entry(table_off, l2i, entry | fmt.OFLAG_ZERO)
+                    else:
+                        await self._set_entry(table_off, l2i, fmt.OFLAG_ZERO)
+                        freed.append(entry)
+                offset += n
+            await self._free_entries(freed)
+
+    async def _co_discard(self, offset: int, length: int) -> None:
+        async with self._lock:
+            await self._mark_dirty()
+            end = offset + length
+            first, last = -(-offset // self.cs), end // self.cs
+            if end == self.total_size and end % self.cs:
+                last += 1
+            freed: list[int] = []
+            for vc in range(first, last):
+                l1i = vc // self.l2_entries
+                if l1i >= len(self.l1) or not self.l1[l1i] & fmt.L1E_OFFSET_MASK:
+                    continue
+                entry = await self._entry(vc)
+                new = fmt.OFLAG_ZERO if self.header.version >= 3 and self.backing is not None else 0
+                if entry != new:
+                    table_off, l2i = await self._l2_for_write(vc)
+                    entry = await self._entry(vc)
+                    await self._set_entry(table_off, l2i, new)
+                    freed.append(entry)
+            await self._free_entries(freed)
+
+    # -- flush, resize -------------------------------------------------------------
+
+    async def _flush_locked(self) -> None:
+        await self.l2_cache.flush()
+        await self.refcounts.cache.flush()
+        await self.file.flush()
+
+    async def _co_flush(self) -> None:
+        if self.read_only:
+            return
+        async with self._lock:
+            await self._flush_locked()
+
+    async def _co_truncate(self, size: int) -> None:
+        async with self._lock:
+            if size % 512:
+                raise QMPError("The new size must be a multiple of 512")
+            if size < self.header.size:
+                raise QMPError("qcow2 doesn't support shrinking images yet")
+            await self._mark_dirty()
+            needed = -(-size // (self.cs * self.l2_entries))
+            if needed > len(self.l1):
+                await self._grow_l1(needed)
+            await self.file.write(fmt.OFF_SIZE, memoryview(struct.pack(">Q", size)))
+            await self.file.flush()
+            self.header.size = size
+            self.total_size = size
+
+    async def _grow_l1(self, entries: int) -> None:
+        h = self.header
+        old_off, old_bytes = h.l1_table_offset, len(self.l1) * 8
+        clusters = -(-entries * 8 // self.cs)
+        new_off = await self.refcounts.alloc(clusters)
+        await self.refcounts.cache.flush()
+        table = self.l1 + [0] * (entries - len(self.l1))
+        await self.file.write(new_off, memoryview(struct.pack(f">{entries}Q", *table)))
+        await self.file.flush()
+        await self.file.write(fmt.OFF_L1, memoryview(struct.pack(">IQ", entries, new_off)))
+        await self.file.flush()
+        self.l1 = table
+        h.l1_size, h.l1_table_offset = entries, new_off
+        if old_bytes:
+            await self.refcounts.free(old_off, -(-old_bytes // self.cs))
+
+    # -- block status ------------------------------------------------------------
+
+    async def _co_block_status(self, offset: int, length: int) -> Extent:
+        async with self._lock:
+            vc, in_off = divmod(offset, self.cs)
+            entry = await self._entry(vc)
+            kind = self._kind(entry)
+            host = entry & fmt.L2E_OFFSET_MASK
+            n = min(self.cs - in_off, length)
+            k = 1
+            while n < length and k < self.l2_entries:
+                nxt = await self._entry(vc + k)
+                if self._kind(nxt) != kind:
+                    break
+                nxt_host = nxt & fmt.L2E_OFFSET_MASK
+                if kind in (_DATA, _ZERO) and bool(host) != bool(nxt_host):
+                    break  # a preallocated zero cluster does not merge with a plain one
+                if kind in (_DATA, _ZERO) and host and nxt_host != host + k * self.cs:
+                    break
+                n += min(self.cs, length - n)
+                k += 1
+        if kind == _DATA:
+            return Extent(n, Status.DATA | Status.ALLOCATED, host + in_off)
+        if kind == _COMPRESSED:
+            return Extent(n, Status.DATA | Status.ALLOCATED)
+        if kind == _ZERO:
+            # A preallocated zero cluster still says where it lies (QEMU: OFFSET_VALID).
+            return Extent(n, Status.ZERO | Status.ALLOCATED, host + in_off if host else None)
+        return Extent(n, Status.ZERO if self.backing is None else Status(0))
+
+
+async def open_image(path: str, *, read_only: bool = False, backing: bool = True,
+                     lazy_refcounts: bool | None = None, node_name: str = "") -> Qcow2Node:
+    """Open a qcow2 file (and its backing chain, read-only) without a graph."""
+    from vmd.block.drivers.file import FileNode
+    file = FileNode(f"{node_name or path}-file", path, read_only=read_only)
+    await file.open()
+    node = Qcow2Node(node_name or path, file, read_only=read_only, lazy_refcounts=lazy_refcounts)
+    try:
+        await node.open()
+        if backing and node.backing_file:
+            node.set_backing(await open_backing(node, path))
+    except BaseException:
+        await file.close()
+        raise
+    return node
+
+
+def backing_path(node: Qcow2Node, overlay_path: str) -> str:
+    name = node.backing_file or ""
+    if os.path.isabs(name) or ":" in name.split("/")[0]:
+        return name
+    return os.path.join(os.path.dirname(overlay_path), name)
+
+
+async def open_backing(node: Qcow2Node, overlay_path: str) -> BlockNode:
+    """The backing file named in the header, read-only, with its format."""
+    from vmd.block.drivers.file import FileNode
+    path = backing_path(node, overlay_path)
+    try:
+        fmt_name = node.backing_fmt
+        if fmt_name is None:
+            with open(path, "rb") as probe:
+                fmt_name = "qcow2" if probe.read(4) == fmt.MAGIC else "raw"
+        if fmt_name == "qcow2":
+            return await open_image(path, read_only=True)
+        if fmt_name == "raw":
+            file = FileNode(path, path, read_only=True)
+            await file.open()
+            return file
+        raise QMPError(f"Unknown driver '{fmt_name}'")
+    except QMPError as error:
+        raise QMPError(f"Could not open backing file: {error.desc}") from None
+    except OSError as error:
+        raise QMPError(f"Could not open backing file: Could not open '{path}': "
+                       f"{os.strerror(error.errno or 5)}") from None
+
+
+async def close_image(node: BlockNode) -> None:
+    """Close a tree made by ``open_image`` (node, its file, its backing chain)."""
+    await node.close()
+    for child in list(node.children.values()):
+        await close_image(child)

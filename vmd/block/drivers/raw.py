@@ -1,0 +1,151 @@
+"""The ``raw`` format: the ``file`` child's bytes, optionally a window of them.
+
+With ``offset`` and ``size`` the node shows ``size`` bytes of its child
+starting at ``offset`` (QEMU's checks and error texts); without them it is
+a plain pass-through. Everything (reads, writes, zero writes, discards,
+flushes, block status) goes straight to the child, shifted by ``offset``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from vmd.block.drivers.file import check_force_share
+from vmd.block.graph import BlockGraph, driver, node_name_of
+from vmd.block.node import BlockNode, Extent
+from vmd.qmp.errors import QMPError
+
+SECTOR_SIZE = 512
+
+
+class RawNode(BlockNode):
+    driver = "raw"
+
+    def __init__(self, node_name: str, file: BlockNode, *, offset: int = 0,
+                 size: int | None = None, read_only: bool = False,
+                 unmap: bool = False) -> None:
+        super().__init__(node_name, read_only=read_only)
+        self.offset = offset
+        self.size = size
+        self.has_size = size is not None
+        self.unmap = unmap
+        self.attach_child("file", file)
+
+    async def open(self) -> None:
+        """QEMU's raw_apply_options: the window must lie inside the file."""
+        file = self.file
+        if not self.read_only and file.read_only:
+            raise QMPError("Block node is read-only")
+        real_size = file.total_size
+        if self.offset > real_size:
+            raise QMPError(f"Offset ({self.offset}) cannot be greater than "
+                           f"size of the containing file ({real_size})")
+        if self.size is not None:
+            if real_size - self.offset < self.size:
+                raise QMPError(f"The sum of offset ({self.offset}) and size ({self.size}) "
+                               f"has to be smaller or equal to the  actual size of the "
+                               f"containing file ({real_size})")
+            if self.size % SECTOR_SIZE:
+                raise QMPError(f"Specified size is not multiple of {SECTOR_SIZE}")
+        else:
+            self.size = real_size - self.offset
+
+    @property  # type: ignore[override]
+    def total_size(self) -> int:
+        """QEMU's raw_getlength: follows the file, within the window."""
+        size = self.size or 0
+        if not self.children:
+            return size
+        length = self.file.total_size
+        if length < self.offset:
+            return 0
+        if self.has_size:
+            return min(size, length - self.offset)
+        return length - self.offset
+
+    @total_size.setter
+    def total_size(self, value: int) -> None:
+        """Set by ``BlockNode.__init__``; the size comes from the file."""
+
+    def format_info(self) -> dict[str, Any]:
+        return {}
+
+    # -- I/O: shift by the offset and hand to the file ------------------------
+
+    async def _co_read(self, offset: int, buf: memoryview) -> None:
+        await self.file.read(offset + self.offset, buf)
+
+    async def _co_write(self, offset: int, data: memoryview) -> None:
+        await self.file.write(offset + self.offset, data)
+
+    async def _co_write_zeroes(self, offset: int, length: int, may_unmap: bool) -> None:
+        await self.file.write_zeroes(offset + self.offset, length, may_unmap and self.unmap)
+
+    async def _co_discard(self, offset: int, length: int) -> None:
+        if self.unmap:
+            await self.file.discard(offset + self.offset, length)
+
+    async def _co_truncate(self, size: int) -> None:
+        if self.has_size:
+            raise QMPError("Cannot resize fixed-size raw disks")
+        await self.file.truncate(size + self.offset)
+        self.size = size
+
+    async def _co_block_status(self, offset: int, length: int) -> Extent:
+        extent = await self.file.block_status(offset + self.offset, length)
+        return Extent(extent.length, extent.status, offset + self.offset)
+
+
+#: Options a child opened inline takes from its parent unless it sets them
+#: (QEMU's bdrv_inherited_options; detect-zeroes is not inherited).
+_INHERITED = ("read_only", "discard", "force_share", "auto_read_only")
+
+
+def inherit_options(parent: Any, child: Any) -> None:
+    """Fill the unset base options of an inline child from its parent."""
+    for name in _INHERITED:
+        if getattr(child, name, None) is None and getattr(parent, name, None) is not None:
+            setattr(child, name, getattr(parent, name))
+    parent_cache = getattr(parent, "cache", None)
+    if parent_cache is None:
+        return
+    child_cache = getattr(child, "cache", None)
+    if child_cache is None:
+        child.cache = type(parent_cache)(direct=parent_cache.direct, no_flush=parent_cache.no_flush)
+        return
+    for name in ("direct", "no_flush"):
+        if getattr(child_cache, name, None) is None:
+            setattr(child_cache, name, getattr(parent_cache, name, None))
+
+
+async def open_child_file(options: Any, graph: BlockGraph, node_name: str) -> tuple[BlockNode, bool]:
+    """Open the ``file`` child; returns it and whether it was opened inline."""
+    ref = options.u.file
+    inline = not isinstance(ref, str)
+    if inline:
+        inherit_options(options, ref)
+    return await graph.open_child(ref, node_name, "file"), inline
+
+
+@driver("raw")
+async def open_raw(options: Any, graph: BlockGraph) -> BlockNode:
+    check_force_share(options)
+    node_name = node_name_of(options)
+    child, inline = await open_child_file(options, graph, node_name)
+    branch = options.u
+    node: RawNode | None = None
+    try:
+        node = RawNode(node_name, child,
+                       offset=int(getattr(branch, "offset", None) or 0),
+                       size=getattr(branch, "size", None),
+                       read_only=bool(getattr(options, "read_only", False)),
+                       unmap=str(getattr(options, "discard", None) or "ignore") == "unmap")
+        await node.open()
+    except BaseException:
+        if node is not None:
+            node.detach_children()
+        if inline and not child.parents:
+            # QEMU drops a child it opened for a parent that failed to open.
+            await graph._close_tree(child)
+        raise
+    return node

@@ -1,0 +1,52 @@
+"""Running QMP commands for the command line (``-blockdev``, ...).
+
+QEMU builds ``-blockdev`` nodes with the same code as ``blockdev-add``;
+vmd does too, literally: each option becomes a QMP request that goes
+through the dispatcher, so validation, error texts and behaviour are those
+of the command. Dotted-key options are typed by the schema first, like
+QEMU's keyval visitor.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from vmd.cli.errors import OptionError
+from vmd.qapi_keyval import command_arguments
+from vmd.qmp.errors import QMPError
+from vmd.system.process import StartupError
+
+if TYPE_CHECKING:
+    from vmd.cli.config import Config
+    from vmd.daemon import Daemon
+
+
+@dataclass
+class _StartupContext:
+    """What a handler sees as ``ctx`` when the command line calls it."""
+
+    daemon: Daemon
+
+
+async def execute(daemon: Daemon, command: str, arguments: dict[str, Any], option: str) -> Any:
+    """Run ``command``; a failure becomes a start-up error naming ``option``."""
+    response = daemon.dispatcher.dispatch(
+        {"execute": command, "arguments": arguments}, _StartupContext(daemon), oob_allowed=False)
+    if inspect.isawaitable(response):
+        response = await response
+    if "error" in response:
+        raise StartupError(f"{option}: {response['error']['desc']}")
+    return response["return"]
+
+
+async def create_blockdevs(daemon: Daemon, config: Config) -> None:
+    """``-blockdev`` options, in order, as ``blockdev-add``."""
+    for blockdev in config.blockdevs:
+        option = "-blockdev " + str(blockdev.options.get("node-name", ""))
+        try:
+            arguments = blockdev.options if blockdev.from_json else command_arguments("blockdev-add", blockdev.options)
+        except (OptionError, QMPError) as error:
+            raise StartupError(f"{option}: {error}") from None
+        await execute(daemon, "blockdev-add", arguments, option)
