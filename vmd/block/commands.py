@@ -42,7 +42,7 @@ def qmp_query_block(ctx: Any) -> list[dict[str, Any]]:
 def device_info(node: BlockNode, *, flat: bool) -> dict[str, Any]:
     """``BlockDeviceInfo`` of one node."""
     depth, below = 0, node.backing
-    while below is not None:
+    while below is not None and not flat:  # QEMU reports 0 in flat mode
         depth, below = depth + 1, below.backing
     info: dict[str, Any] = {
         "file": node.filename(), "node-name": node.node_name, "ro": node.read_only, "drv": node.driver,

@@ -75,9 +75,21 @@ class BlockGraph:
         opener = _OPENERS.get(str(options.driver))
         if opener is None:
             raise QMPError(f"Driver '{options.driver}' is not supported by vmd")
-        node = await opener(options, self)
+        before = set(self._nodes)
+        try:
+            node = await opener(options, self)
+        except BaseException:
+            await self._forget_since(before)
+            raise
         self._nodes[node.node_name] = node
         return node
+
+    async def _forget_since(self, before: set[str]) -> None:
+        """A failed open: close the children it opened, newest first."""
+        for name in reversed([name for name in self._nodes if name not in before]):
+            node = self._nodes.pop(name)
+            node.detach_children()
+            await node.close()
 
     def adopt(self, node: BlockNode, node_name: str | None = None) -> None:
         """Register a node opened outside ``open`` (and its new children).
@@ -111,10 +123,10 @@ class BlockGraph:
             raise QMPError(f"Failed to find node with node-name='{node_name}'")
         if node not in self.roots:
             raise QMPError(f"Node {node_name} is not owned by the monitor")
-        if node.in_use:
-            raise QMPError(f"Node '{node_name}' is busy: node is used as backing hd of "
-                           f"'{node.parents[0][0].node_name}'" if node.parents
-                           else f"Node '{node_name}' is busy: block device is in use by {node.users[0]}")
+        if node.users:
+            raise QMPError(f"Node {node_name} is in use")
+        if node.parents:
+            raise QMPError(f"Block device {node_name} is in use")
         self.roots.remove(node)
         await self._close_tree(node)
 

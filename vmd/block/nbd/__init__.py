@@ -1,0 +1,1 @@
+"""The NBD server: ``protocol`` (pure), ``server`` (asyncio), ``commands`` (QMP)."""

@@ -1,0 +1,197 @@
+"""QMP commands of the NBD server and block exports (QEMU 7.2's block-export.json).
+
+``nbd-server-start``/``nbd-server-stop`` run the one NBD server of the
+daemon; ``block-export-add``/``block-export-del``/``query-block-exports``
+manage exports by id, and the older ``nbd-server-add``/``nbd-server-remove``
+are the same with the export name as id, as in QEMU 7.2. Error texts and
+the order of checks are QEMU's (checked against qemu-storage-daemon 7.2).
+
+The state lives in one ``NBDExports`` object on the daemon
+(``ctx.daemon.nbd``), created on first use by ``nbd_state``. Only exports of
+type ``nbd`` exist in vmd. Removing an export disconnects its clients at
+once, then emits ``BLOCK_EXPORT_DELETED``; QEMU's ``shutting-down`` state is
+therefore never seen by a later command.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from vmd.block.nbd import protocol
+from vmd.block.nbd.server import Export, NBDServer
+from vmd.cli.qemu_opts import is_valid_id
+from vmd.qmp.errors import QMPError
+
+
+class NBDExports:
+    """The NBD server (when running) and the block exports, by id."""
+
+    def __init__(self) -> None:
+        self.server: NBDServer | None = None
+        #: In creation order; query-block-exports lists the newest first.
+        self.exports: dict[str, Export] = {}
+
+
+def nbd_state(daemon: Any) -> NBDExports:
+    state = getattr(daemon, "nbd", None)
+    if state is None:
+        state = NBDExports()
+        daemon.nbd = state
+    return state
+
+
+def _running_server(state: NBDExports) -> NBDServer:
+    if state.server is None:
+        raise QMPError("NBD server not running")
+    return state.server
+
+
+def _member(value: Any, name: str, default: Any = None) -> Any:
+    """An optional member of a generated QAPI object (absent means None)."""
+    return getattr(value, name, default) if value is not None else default
+
+
+def _deleted(ctx: Any, export_id: str) -> None:
+    ctx.daemon.events.emit("BLOCK_EXPORT_DELETED", {"id": export_id})
+
+
+# -- the server -------------------------------------------------------------------
+
+async def qmp_nbd_server_start(ctx: Any, addr: Any, tls_creds: str | None = None,
+                               tls_authz: str | None = None,
+                               max_connections: int | None = None) -> None:
+    state = nbd_state(ctx.daemon)
+    if state.server is not None:
+        raise QMPError("NBD server already running")
+    if tls_creds is not None:
+        # vmd has no TLS credential objects, so none can be found.
+        raise QMPError(f"No TLS credentials with id '{tls_creds}'")
+    address: str | tuple[str, int]
+    kind = str(addr.type)
+    data: Any = addr.u.data if addr.u is not None else None
+    if kind == "unix":
+        if _member(data, "abstract"):
+            raise QMPError("Abstract Unix sockets are not supported by vmd")
+        address = data.path
+    elif kind == "inet":
+        try:
+            port = int(data.port)
+        except ValueError:
+            raise QMPError(f"Service '{data.port}' is not supported by vmd; "
+                           "use a port number") from None
+        address = (data.host, port)
+    else:
+        raise QMPError(f"Socket address type '{kind}' is not supported by vmd")
+    server = NBDServer(max_connections=max_connections or 0)
+    await server.start(address)
+    state.server = server
+
+
+async def qmp_nbd_server_stop(ctx: Any) -> None:
+    state = nbd_state(ctx.daemon)
+    server = _running_server(state)
+    state.server = None
+    await server.stop()
+    for export_id in [export_id for export_id in state.exports]:
+        del state.exports[export_id]
+        _deleted(ctx, export_id)
+
+
+# -- block exports ----------------------------------------------------------------
+
+def qmp_block_export_add(ctx: Any, options: Any) -> None:
+    state = nbd_state(ctx.daemon)
+    export_id: str = options.id
+    if not is_valid_id(export_id):
+        raise QMPError("Invalid block export id")
+    if export_id in state.exports:
+        raise QMPError(f"Block export id '{export_id}' is already in use")
+    if str(options.type) != "nbd":
+        raise QMPError("No driver found for the requested export type")
+    node = ctx.daemon.block.find(options.node_name)
+    writable = bool(_member(options, "writable", False))
+    if writable and node.read_only:
+        raise QMPError("Cannot export read-only node as writable")
+    server = _running_server(state)
+    nbd = options.u
+    name: str = _member(nbd, "name") or options.node_name
+    description: str | None = _member(nbd, "description")
+    if len(name.encode()) > protocol.MAX_STRING:
+        raise QMPError(f"export name '{name}' too long")
+    if description is not None and len(description.encode()) > protocol.MAX_STRING:
+        raise QMPError(f"description '{description}' too long")
+    if name in server.exports:
+        raise QMPError(f"NBD server already has export named '{name}'")
+    for bitmap in _member(nbd, "bitmaps") or []:
+        bitmap_name = bitmap if isinstance(bitmap, str) else _member(bitmap, "name", str(bitmap))
+        raise QMPError(f"Bitmap '{bitmap_name}' is not found")
+    if _member(nbd, "allocation_depth"):
+        raise QMPError("Export of qemu:allocation-depth is not supported by vmd")
+    export = Export(name, node, writable=writable, description=description)
+    server.add_export(export)
+    state.exports[export_id] = export
+
+
+async def qmp_block_export_del(ctx: Any, id: str, mode: Any = None) -> None:
+    state = nbd_state(ctx.daemon)
+    export = state.exports.get(id)
+    if export is None:
+        raise QMPError(f"Export '{id}' is not found")
+    if (mode is None or str(mode) == "safe") and export.clients:
+        raise QMPError(f"export '{id}' still in use")
+    del state.exports[id]
+    if state.server is not None and state.server.exports.get(export.name) is export:
+        await state.server.remove_export(export.name)
+    else:
+        export.detach()
+    _deleted(ctx, id)
+
+
+def qmp_query_block_exports(ctx: Any) -> list[dict[str, Any]]:
+    state = nbd_state(ctx.daemon)
+    return [{"type": "nbd", "id": export_id, "node-name": export.node.node_name,
+             "shutting-down": False}
+            for export_id, export in reversed(state.exports.items())]
+
+
+# -- the older commands -------------------------------------------------------------
+
+def qmp_nbd_server_add(ctx: Any, device: str, name: str | None = None,
+                       description: str | None = None, writable: bool | None = None,
+                       bitmap: str | None = None) -> None:
+    node = ctx.daemon.block.get(device)
+    if node is None:
+        raise QMPError(f"Cannot find device='{device}' nor node-name='{device}'")
+    name = name or device
+    # nbd-server-add quietly exports a read-only node read-only.
+    options = _AddOptions(id=name, node_name=node.node_name,
+                          writable=bool(writable) and not node.read_only,
+                          u=_NbdOptions(name=name, description=description,
+                                        bitmaps=[bitmap] if bitmap is not None else None))
+    qmp_block_export_add(ctx, options)
+
+
+async def qmp_nbd_server_remove(ctx: Any, name: str, mode: Any = None) -> None:
+    await qmp_block_export_del(ctx, name, mode)
+
+
+class _NbdOptions:
+    """The ``u`` branch of BlockExportOptions that nbd-server-add builds."""
+
+    def __init__(self, name: str, description: str | None, bitmaps: list[str] | None) -> None:
+        self.name = name
+        self.description = description
+        self.bitmaps = bitmaps
+        self.allocation_depth = None
+
+
+class _AddOptions:
+    """The BlockExportOptions that nbd-server-add amounts to."""
+
+    type = "nbd"
+
+    def __init__(self, id: str, node_name: str, writable: bool, u: _NbdOptions) -> None:
+        self.id = id
+        self.node_name = node_name
+        self.writable = writable
+        self.u = u

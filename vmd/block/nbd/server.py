@@ -1,0 +1,376 @@
+"""An NBD server on the event loop: named exports of block nodes.
+
+``NBDServer`` listens on a Unix or TCP socket. Each connection runs the
+handshake of ``protocol.ServerConnection``, then serves requests
+concurrently: every checked request becomes a task, and replies go out in
+whatever order the tasks finish (each request is answered by one write of
+all its chunks, so replies never interleave). The receive loop stops
+reading while a client has ``MAX_REQUESTS`` requests or ``MAX_BYTES`` of
+data in flight, so a client cannot make the server buffer more than that
+(plus one request); a task holds its share until the reply is written.
+
+A client that goes away costs the requests it already had in flight, whose
+replies are dropped; requests not yet started are skipped.
+
+Exports register as users of their node (writers if writable), so a node
+being exported cannot be removed and has a single writer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import os
+import socket
+from collections.abc import Sequence
+from contextlib import suppress
+
+from vmd.block.nbd import protocol as p
+from vmd.block.node import BlockNode, Status
+from vmd.qmp.errors import QMPError
+
+log = logging.getLogger(__name__)
+
+#: Requests in flight per client (QEMU's MAX_NBD_REQUESTS).
+MAX_REQUESTS = 16
+#: Read/write bytes in flight per client; one request is always admitted.
+MAX_BYTES = 64 << 20
+_READ_SIZE = 256 << 10
+
+Address = str | tuple[str, int]
+
+
+class Export:
+    """One named export of a node."""
+
+    def __init__(self, name: str, node: BlockNode, writable: bool = False,
+                 description: str | None = None) -> None:
+        self.name = name
+        self.node = node
+        self.writable = writable
+        self.description = description
+        # As in QEMU, the size is fixed while the export exists.
+        self.size = node.total_size
+        self.clients: set[_Client] = set()
+        self._user = f"NBD export '{name}'"
+        self._attached = False
+
+    def info(self) -> p.ExportInfo:
+        return p.ExportInfo(
+            name=self.name, size=self.size, read_only=not self.writable,
+            description=self.description,
+            min_block=max(1, self.node.request_alignment),
+            max_block=p.MAX_PAYLOAD,
+            # Fast zeroing is offered; requests the node cannot do fast fail
+            # at once with ENOTSUP, as the specification allows.
+            fast_zero=True)
+
+    def attach(self) -> None:
+        """Register with the node; raises QMPError if it is refused."""
+        self.node.add_user(self._user, write=self.writable)
+        self._attached = True
+
+    def detach(self) -> None:
+        if self._attached:
+            self.node.remove_user(self._user)
+            self._attached = False
+
+
+class NBDServer:
+    """A listening socket and the exports it offers."""
+
+    def __init__(self, max_connections: int = 0) -> None:
+        self.max_connections = max_connections
+        self.exports: dict[str, Export] = {}
+        self._servers: list[asyncio.Server] = []
+        self._clients: set[_Client] = set()
+        self._unix_path: str | None = None
+        self._room = asyncio.Condition()
+
+    # -- catalog (protocol.Catalog) ------------------------------------------------
+
+    def find_export(self, name: str) -> p.ExportInfo | None:
+        export = self.exports.get(name)
+        return export.info() if export is not None else None
+
+    def list_exports(self) -> Sequence[p.ExportInfo]:
+        return [export.info() for export in self.exports.values()]
+
+    # -- life cycle ----------------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        return bool(self._servers)
+
+    async def start(self, address: Address) -> None:
+        """Listen on a Unix socket path or a (host, port) pair."""
+        try:
+            if isinstance(address, str):
+                server = await asyncio.start_unix_server(self._accept, path=address)
+                self._unix_path = address
+            else:
+                host, port = address
+                server = await asyncio.start_server(self._accept, host=host, port=port,
+                                                    reuse_address=True)
+        except OSError as error:
+            where = f" to {address}" if isinstance(address, str) else ""
+            reason = os.strerror(error.errno) if error.errno else str(error)
+            raise QMPError(f"Failed to bind socket{where}: {reason}") from None
+        self._servers.append(server)
+
+    def sockets(self) -> list[socket.socket]:
+        return [sock for server in self._servers for sock in server.sockets]
+
+    async def stop(self) -> list[Export]:
+        """Stop listening, disconnect every client, drop every export."""
+        for server in self._servers:
+            server.close()
+        for server in self._servers:
+            await server.wait_closed()
+        self._servers.clear()
+        if self._unix_path is not None:
+            with suppress(OSError):
+                os.unlink(self._unix_path)
+            self._unix_path = None
+        await self._disconnect(list(self._clients))
+        removed = list(self.exports.values())
+        for export in removed:
+            export.detach()
+        self.exports.clear()
+        return removed
+
+    # -- exports -------------------------------------------------------------------
+
+    def add_export(self, export: Export) -> None:
+        if export.name in self.exports:
+            raise QMPError(f"NBD server already has export named '{export.name}'")
+        export.attach()
+        self.exports[export.name] = export
+
+    async def remove_export(self, name: str) -> Export:
+        """Withdraw an export and disconnect its clients."""
+        export = self.exports.pop(name)
+        await self._disconnect(list(export.clients))
+        export.detach()
+        return export
+
+    async def _disconnect(self, clients: list[_Client]) -> None:
+        for client in clients:
+            client.abort()
+        async with self._room:
+            self._room.notify_all()
+        for client in clients:
+            await client.finished.wait()
+
+    # -- connections -----------------------------------------------------------------
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        client = _Client(self, reader, writer)
+        self._clients.add(client)
+        try:
+            if self.max_connections:
+                # Like QEMU, a client over the limit waits for a free slot.
+                async with self._room:
+                    await self._room.wait_for(lambda: self._serving() < self.max_connections
+                                              or client.aborted)
+            if not client.aborted:
+                client.serving = True
+                await client.run()
+        finally:
+            self._clients.discard(client)
+            if client.export is not None:
+                client.export.clients.discard(client)
+            await client.close()
+            async with self._room:
+                self._room.notify_all()
+
+    def _serving(self) -> int:
+        return sum(1 for client in self._clients if client.serving)
+
+
+class _Client:
+    """One connection: the receive loop and its request tasks."""
+
+    def __init__(self, server: NBDServer, reader: asyncio.StreamReader,
+                 writer: asyncio.StreamWriter) -> None:
+        self.server = server
+        self.reader = reader
+        self.writer = writer
+        self.conn = p.ServerConnection(server)
+        self.export: Export | None = None
+        self.serving = False
+        self.aborted = False
+        self.finished = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._requests = 0
+        self._bytes = 0
+        self._capacity = asyncio.Event()
+        self._capacity.set()
+
+    def abort(self) -> None:
+        """Hang up now (export removed, server stopped)."""
+        self.aborted = True
+        self.writer.transport.abort()
+        self._capacity.set()
+
+    async def run(self) -> None:
+        try:
+            await self._loop()
+        except (ConnectionError, OSError) as error:
+            log.debug("NBD client lost: %s", error)
+        finally:
+            if self._tasks:
+                await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def close(self) -> None:
+        self.aborted = True
+        self.writer.close()
+        with suppress(ConnectionError, OSError):
+            await self.writer.wait_closed()
+        self.finished.set()
+
+    async def _send(self, data: bytes) -> None:
+        if data and not self.writer.is_closing():
+            self.writer.write(data)
+            await self.writer.drain()
+
+    async def _loop(self) -> None:
+        conn = self.conn
+        await self._send(conn.data_to_send())
+        while not self.aborted:
+            await self._capacity.wait()
+            event = conn.next_event()
+            await self._send(conn.data_to_send())
+            if event is p.NEED_DATA:
+                data = await self.reader.read(_READ_SIZE)
+                conn.receive_data(data)
+            elif isinstance(event, p.Request):
+                self._admit(event)
+            elif isinstance(event, p.Ready):
+                export = self.server.exports.get(event.export.name)
+                if export is None:
+                    return
+                self.export = export
+                export.clients.add(self)
+            elif isinstance(event, p.Closed):
+                if not event.clean:
+                    log.debug("NBD client dropped: %s", event.reason)
+                return
+
+    # -- requests ------------------------------------------------------------------
+
+    def _admit(self, request: p.Request) -> None:
+        cost = request.length if request.command in (p.Cmd.READ, p.Cmd.WRITE) else 0
+        self._requests += 1
+        self._bytes += cost
+        if self._requests >= MAX_REQUESTS or self._bytes >= MAX_BYTES:
+            self._capacity.clear()
+        task = asyncio.get_running_loop().create_task(self._serve(request, cost))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _serve(self, request: p.Request, cost: int) -> None:
+        try:
+            if self.aborted or self.writer.is_closing():
+                return
+            try:
+                reply = await self._execute(request)
+            except OSError as error:
+                code = p.nbd_error(error.errno or errno.EIO)
+                reply = [self.conn.reply_error(request, code, os.strerror(error.errno or errno.EIO))]
+            except QMPError as error:
+                reply = [self.conn.reply_error(request, p.EIO, error.desc)]
+            if not self.writer.is_closing():
+                self.writer.writelines(reply)
+                await self.writer.drain()
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            self._requests -= 1
+            self._bytes -= cost
+            if self._requests < MAX_REQUESTS and self._bytes < MAX_BYTES:
+                self._capacity.set()
+
+    async def _execute(self, request: p.Request) -> list[bytes | memoryview]:
+        assert self.export is not None
+        node = self.export.node
+        command = request.command
+        fua = bool(request.flags & p.CMD_FLAG_FUA)
+        if command == p.Cmd.READ:
+            if fua:
+                await node.flush()
+            return await self._read(request)
+        if command == p.Cmd.WRITE:
+            assert request.data is not None
+            await node.write(request.offset, request.data)
+        elif command == p.Cmd.WRITE_ZEROES:
+            if request.flags & p.CMD_FLAG_FAST_ZERO and not getattr(node, "fast_zeroes", False):
+                return [self.conn.reply_error(request, p.ENOTSUP, "writing to file failed")]
+            await node.write_zeroes(request.offset, request.length,
+                                    may_unmap=not request.flags & p.CMD_FLAG_NO_HOLE)
+        elif command == p.Cmd.TRIM:
+            await node.discard(request.offset, request.length)
+        elif command == p.Cmd.FLUSH:
+            fua = True
+        elif command == p.Cmd.BLOCK_STATUS:
+            return [await self._block_status(request)]
+        if fua:
+            await node.flush()
+        return [self.conn.reply_ok(request)]
+
+    async def _read(self, request: p.Request) -> list[bytes | memoryview]:
+        assert self.export is not None
+        node = self.export.node
+        cookie, offset, length = request.cookie, request.offset, request.length
+        buf = memoryview(bytearray(length))
+        if not self.conn.structured:
+            await node.read(offset, buf)
+            return [p.simple_reply(cookie), buf]
+        if length == 0:
+            return [p.none_chunk(cookie)]
+        if request.flags & p.CMD_FLAG_DF:
+            await node.read(offset, buf)
+            return p.offset_data_chunk(cookie, offset, buf, True)
+        # A sparse read: holes are described, not sent.
+        segments: list[list[int]] = []    # [start, length, is_data]
+        pos = 0
+        while pos < length:
+            extent = await node.block_status(offset + pos, length - pos)
+            size = min(extent.length, length - pos) if extent.length > 0 else length - pos
+            is_data = 0 if extent.status & Status.ZERO else 1
+            if segments and segments[-1][2] == is_data:
+                segments[-1][1] += size
+            else:
+                segments.append([pos, size, is_data])
+            pos += size
+        parts: list[bytes | memoryview] = []
+        for index, (start, size, is_data) in enumerate(segments):
+            done = index == len(segments) - 1
+            if is_data:
+                piece = buf[start:start + size]
+                await node.read(offset + start, piece)
+                parts += p.offset_data_chunk(cookie, offset + start, piece, done)
+            else:
+                parts.append(p.offset_hole_chunk(cookie, offset + start, size, done))
+        return parts
+
+    async def _block_status(self, request: p.Request) -> bytes:
+        assert self.export is not None
+        node = self.export.node
+        limit = 1 if request.flags & p.CMD_FLAG_REQ_ONE else p.MAX_EXTENTS
+        extents: list[tuple[int, int]] = []
+        pos, end = request.offset, request.offset + request.length
+        while pos < end:
+            extent = await node.block_status(pos, end - pos)
+            size = min(extent.length, end - pos) if extent.length > 0 else end - pos
+            flags = (0 if extent.status & Status.DATA else p.STATE_HOLE) | \
+                    (p.STATE_ZERO if extent.status & Status.ZERO else 0)
+            if extents and extents[-1][1] == flags and extents[-1][0] + size <= 0xFFFFFFFF:
+                extents[-1] = (extents[-1][0] + size, flags)
+            elif len(extents) < limit:
+                extents.append((size, flags))
+            else:
+                break
+            pos += size
+        return p.block_status_chunk(request.cookie, p.BASE_ALLOCATION_ID, extents, True)
