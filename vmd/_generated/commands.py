@@ -316,6 +316,61 @@ def marshal_block_set_write_threshold(
     return {}
 
 
+async def marshal_nbd_server_start(
+        handler: Handler, ctx: Any, arguments: dict[str, Any],
+) -> Any:
+    kwargs = rt.args_dict(arguments, t.members_q_obj_nbd_server_start_arg)
+    await handler(ctx, **kwargs)
+    return {}
+
+
+def marshal_nbd_server_add(
+        handler: Handler, ctx: Any, arguments: dict[str, Any],
+) -> Any:
+    obj = t.visit_NbdServerAddOptions(arguments, None, '')
+    handler(ctx, obj)
+    return {}
+
+
+async def marshal_nbd_server_remove(
+        handler: Handler, ctx: Any, arguments: dict[str, Any],
+) -> Any:
+    kwargs = rt.args_dict(arguments, t.members_q_obj_nbd_server_remove_arg)
+    await handler(ctx, **kwargs)
+    return {}
+
+
+async def marshal_nbd_server_stop(
+        handler: Handler, ctx: Any, arguments: dict[str, Any],
+) -> Any:
+    rt.no_args(arguments)
+    await handler(ctx)
+    return {}
+
+
+def marshal_block_export_add(
+        handler: Handler, ctx: Any, arguments: dict[str, Any],
+) -> Any:
+    obj = t.visit_BlockExportOptions(arguments, None, '')
+    handler(ctx, obj)
+    return {}
+
+
+async def marshal_block_export_del(
+        handler: Handler, ctx: Any, arguments: dict[str, Any],
+) -> Any:
+    kwargs = rt.args_dict(arguments, t.members_q_obj_block_export_del_arg)
+    await handler(ctx, **kwargs)
+    return {}
+
+
+def marshal_query_block_exports(
+        handler: Handler, ctx: Any, arguments: dict[str, Any],
+) -> Any:
+    rt.no_args(arguments)
+    return rt.to_wire(handler(ctx))
+
+
 COMMANDS: dict[str, rt.CommandDef] = {
     "qmp_capabilities": rt.CommandDef(
         name="qmp_capabilities",
@@ -672,6 +727,69 @@ COMMANDS: dict[str, rt.CommandDef] = {
         name="block-set-write-threshold",
         handler_name="qmp_block_set_write_threshold",
         marshal=marshal_block_set_write_threshold,
+        allow_oob=False,
+        allow_preconfig=True,
+        coroutine=False,
+        features=(),
+    ),
+    "nbd-server-start": rt.CommandDef(
+        name="nbd-server-start",
+        handler_name="qmp_nbd_server_start",
+        marshal=marshal_nbd_server_start,
+        allow_oob=False,
+        allow_preconfig=True,
+        coroutine=True,
+        features=(),
+    ),
+    "nbd-server-add": rt.CommandDef(
+        name="nbd-server-add",
+        handler_name="qmp_nbd_server_add",
+        marshal=marshal_nbd_server_add,
+        allow_oob=False,
+        allow_preconfig=True,
+        coroutine=False,
+        features=("deprecated",),
+    ),
+    "nbd-server-remove": rt.CommandDef(
+        name="nbd-server-remove",
+        handler_name="qmp_nbd_server_remove",
+        marshal=marshal_nbd_server_remove,
+        allow_oob=False,
+        allow_preconfig=True,
+        coroutine=True,
+        features=("deprecated",),
+    ),
+    "nbd-server-stop": rt.CommandDef(
+        name="nbd-server-stop",
+        handler_name="qmp_nbd_server_stop",
+        marshal=marshal_nbd_server_stop,
+        allow_oob=False,
+        allow_preconfig=True,
+        coroutine=True,
+        features=(),
+    ),
+    "block-export-add": rt.CommandDef(
+        name="block-export-add",
+        handler_name="qmp_block_export_add",
+        marshal=marshal_block_export_add,
+        allow_oob=False,
+        allow_preconfig=True,
+        coroutine=False,
+        features=(),
+    ),
+    "block-export-del": rt.CommandDef(
+        name="block-export-del",
+        handler_name="qmp_block_export_del",
+        marshal=marshal_block_export_del,
+        allow_oob=False,
+        allow_preconfig=True,
+        coroutine=True,
+        features=(),
+    ),
+    "query-block-exports": rt.CommandDef(
+        name="query-block-exports",
+        handler_name="qmp_query_block_exports",
+        marshal=marshal_query_block_exports,
         allow_oob=False,
         allow_preconfig=True,
         coroutine=False,

@@ -79,6 +79,15 @@ def qapi_event_send_block_write_threshold(
     )))
 
 
+def qapi_event_send_block_export_deleted(
+        emitter: Any,
+        *,
+        id: str) -> None:
+    emitter.emit("BLOCK_EXPORT_DELETED", rt.members_to_wire((
+        ("id", id, False),
+    )))
+
+
 EVENTS: tuple[str, ...] = (
     "SHUTDOWN",
     "POWERDOWN",
@@ -88,4 +97,5 @@ EVENTS: tuple[str, ...] = (
     "VSERPORT_CHANGE",
     "JOB_STATUS_CHANGE",
     "BLOCK_WRITE_THRESHOLD",
+    "BLOCK_EXPORT_DELETED",
 )

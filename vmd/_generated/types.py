@@ -328,6 +328,15 @@ class Qcow2CompressionType(enum.StrEnum):
     ZSTD = "zstd"
 
 
+class BlockExportRemoveMode(enum.StrEnum):
+    SAFE = "safe"
+    HARD = "hard"
+
+
+class BlockExportType(enum.StrEnum):
+    NBD = "nbd"
+
+
 @dataclass(slots=True, kw_only=True)
 class String:
     str: str
@@ -1542,6 +1551,77 @@ class BlockDirtyBitmap:
     _qapi_members: ClassVar[Members] = (
         ("node", "node", False),
         ("name", "name", False),
+    )
+
+
+@dataclass(slots=True, kw_only=True)
+class BlockExportOptionsNbdBase:
+    name: str | None = None
+    description: str | None = None
+    _qapi_members: ClassVar[Members] = (
+        ("name", "name", True),
+        ("description", "description", True),
+    )
+
+
+@dataclass(slots=True, kw_only=True)
+class BlockExportOptionsNbd(BlockExportOptionsNbdBase):
+    bitmaps: list[BlockDirtyBitmapOrStr] | None = None
+    allocation_depth: bool | None = None
+    _qapi_members: ClassVar[Members] = (
+        ("name", "name", True),
+        ("description", "description", True),
+        ("bitmaps", "bitmaps", True),
+        ("allocation_depth", "allocation-depth", True),
+    )
+
+
+@dataclass(slots=True, kw_only=True)
+class NbdServerAddOptions(BlockExportOptionsNbdBase):
+    device: str
+    writable: bool | None = None
+    bitmap: str | None = None
+    _qapi_members: ClassVar[Members] = (
+        ("name", "name", True),
+        ("description", "description", True),
+        ("device", "device", False),
+        ("writable", "writable", True),
+        ("bitmap", "bitmap", True),
+    )
+
+
+@dataclass(slots=True, kw_only=True)
+class BlockExportOptions:
+    type: BlockExportType
+    id: str
+    fixed_iothread: bool | None = None
+    iothread: str | None = None
+    node_name: str
+    writable: bool | None = None
+    writethrough: bool | None = None
+    u: BlockExportOptionsNbd | None = None
+    _qapi_members: ClassVar[Members] = (
+        ("type", "type", False),
+        ("id", "id", False),
+        ("fixed_iothread", "fixed-iothread", True),
+        ("iothread", "iothread", True),
+        ("node_name", "node-name", False),
+        ("writable", "writable", True),
+        ("writethrough", "writethrough", True),
+    )
+
+
+@dataclass(slots=True, kw_only=True)
+class BlockExportInfo:
+    id: str
+    type: BlockExportType
+    node_name: str
+    shutting_down: bool
+    _qapi_members: ClassVar[Members] = (
+        ("id", "id", False),
+        ("type", "type", False),
+        ("node_name", "node-name", False),
+        ("shutting_down", "shutting-down", False),
     )
 
 
@@ -3140,6 +3220,116 @@ def members_q_obj_block_set_write_threshold_arg(obj: dict[str, Any], path: str, 
     }
 
 
+def members_q_obj_nbd_server_start_arg(obj: dict[str, Any], path: str, seen: set[str]) -> dict[str, Any]:
+    return {
+        "addr": rt.member(obj, "addr", path, seen, visit_SocketAddressLegacy),
+        "tls_creds": rt.member(obj, "tls-creds", path, seen, rt.visit_str, optional=True),
+        "tls_authz": rt.member(obj, "tls-authz", path, seen, rt.visit_str, optional=True),
+        "max_connections": rt.member(obj, "max-connections", path, seen, rt.visit_uint32, optional=True),
+    }
+
+
+def members_BlockExportOptionsNbdBase(obj: dict[str, Any], path: str, seen: set[str]) -> dict[str, Any]:
+    return {
+        "name": rt.member(obj, "name", path, seen, rt.visit_str, optional=True),
+        "description": rt.member(obj, "description", path, seen, rt.visit_str, optional=True),
+    }
+
+
+def visit_BlockExportOptionsNbdBase(value: Any, name: str | None, path: str) -> BlockExportOptionsNbdBase:
+    return rt.visit_struct(value, path, members_BlockExportOptionsNbdBase, BlockExportOptionsNbdBase)
+
+
+def members_BlockExportOptionsNbd(obj: dict[str, Any], path: str, seen: set[str]) -> dict[str, Any]:
+    return {
+        **members_BlockExportOptionsNbdBase(obj, path, seen),
+        "bitmaps": rt.member(obj, "bitmaps", path, seen, visit_BlockDirtyBitmapOrStrList, optional=True),
+        "allocation_depth": rt.member(obj, "allocation-depth", path, seen, rt.visit_bool, optional=True),
+    }
+
+
+def visit_BlockExportOptionsNbd(value: Any, name: str | None, path: str) -> BlockExportOptionsNbd:
+    return rt.visit_struct(value, path, members_BlockExportOptionsNbd, BlockExportOptionsNbd)
+
+
+def members_NbdServerAddOptions(obj: dict[str, Any], path: str, seen: set[str]) -> dict[str, Any]:
+    return {
+        **members_BlockExportOptionsNbdBase(obj, path, seen),
+        "device": rt.member(obj, "device", path, seen, rt.visit_str),
+        "writable": rt.member(obj, "writable", path, seen, rt.visit_bool, optional=True),
+        "bitmap": rt.member(obj, "bitmap", path, seen, rt.visit_str, optional=True),
+    }
+
+
+def visit_NbdServerAddOptions(value: Any, name: str | None, path: str) -> NbdServerAddOptions:
+    return rt.visit_struct(value, path, members_NbdServerAddOptions, NbdServerAddOptions)
+
+
+def visit_BlockExportRemoveMode(value: Any, name: str | None, path: str) -> BlockExportRemoveMode:
+    return rt.visit_enum(value, name, path, BlockExportRemoveMode)
+
+
+def members_q_obj_nbd_server_remove_arg(obj: dict[str, Any], path: str, seen: set[str]) -> dict[str, Any]:
+    return {
+        "name": rt.member(obj, "name", path, seen, rt.visit_str),
+        "mode": rt.member(obj, "mode", path, seen, visit_BlockExportRemoveMode, optional=True),
+    }
+
+
+def visit_BlockExportType(value: Any, name: str | None, path: str) -> BlockExportType:
+    return rt.visit_enum(value, name, path, BlockExportType)
+
+
+def members_q_obj_BlockExportOptions_base(obj: dict[str, Any], path: str, seen: set[str]) -> dict[str, Any]:
+    return {
+        "type": rt.member(obj, "type", path, seen, visit_BlockExportType),
+        "id": rt.member(obj, "id", path, seen, rt.visit_str),
+        "fixed_iothread": rt.member(obj, "fixed-iothread", path, seen, rt.visit_bool, optional=True),
+        "iothread": rt.member(obj, "iothread", path, seen, rt.visit_str, optional=True),
+        "node_name": rt.member(obj, "node-name", path, seen, rt.visit_str),
+        "writable": rt.member(obj, "writable", path, seen, rt.visit_bool, optional=True),
+        "writethrough": rt.member(obj, "writethrough", path, seen, rt.visit_bool, optional=True),
+    }
+
+
+def members_BlockExportOptions(obj: dict[str, Any], path: str, seen: set[str]) -> dict[str, Any]:
+    return {
+        **members_q_obj_BlockExportOptions_base(obj, path, seen),
+    }
+
+
+def visit_BlockExportOptions(value: Any, name: str | None, path: str) -> BlockExportOptions:
+    return rt.visit_union(
+        value, path, members_BlockExportOptions, "type",
+        _BlockExportOptions_BRANCHES, BlockExportOptions)
+
+
+def members_q_obj_block_export_del_arg(obj: dict[str, Any], path: str, seen: set[str]) -> dict[str, Any]:
+    return {
+        "id": rt.member(obj, "id", path, seen, rt.visit_str),
+        "mode": rt.member(obj, "mode", path, seen, visit_BlockExportRemoveMode, optional=True),
+    }
+
+
+def members_q_obj_BLOCK_EXPORT_DELETED_arg(obj: dict[str, Any], path: str, seen: set[str]) -> dict[str, Any]:
+    return {
+        "id": rt.member(obj, "id", path, seen, rt.visit_str),
+    }
+
+
+def members_BlockExportInfo(obj: dict[str, Any], path: str, seen: set[str]) -> dict[str, Any]:
+    return {
+        "id": rt.member(obj, "id", path, seen, rt.visit_str),
+        "type": rt.member(obj, "type", path, seen, visit_BlockExportType),
+        "node_name": rt.member(obj, "node-name", path, seen, rt.visit_str),
+        "shutting_down": rt.member(obj, "shutting-down", path, seen, rt.visit_bool),
+    }
+
+
+def visit_BlockExportInfo(value: Any, name: str | None, path: str) -> BlockExportInfo:
+    return rt.visit_struct(value, path, members_BlockExportInfo, BlockExportInfo)
+
+
 def visit_QMPCapabilityList(value: Any, name: str | None, path: str) -> list[QMPCapability]:
     return rt.visit_list(value, path, visit_QMPCapability)
 
@@ -3232,6 +3422,14 @@ def visit_XDbgBlockGraphEdgeList(value: Any, name: str | None, path: str) -> lis
     return rt.visit_list(value, path, visit_XDbgBlockGraphEdge)
 
 
+def visit_BlockDirtyBitmapOrStrList(value: Any, name: str | None, path: str) -> list[BlockDirtyBitmapOrStr]:
+    return rt.visit_list(value, path, visit_BlockDirtyBitmapOrStr)
+
+
+def visit_BlockExportInfoList(value: Any, name: str | None, path: str) -> list[BlockExportInfo]:
+    return rt.visit_list(value, path, visit_BlockExportInfo)
+
+
 _SchemaInfo_BRANCHES: dict[str, rt.Branch] = {
     "builtin": (SchemaInfoBuiltin, members_SchemaInfoBuiltin),
     "enum": (SchemaInfoEnum, members_SchemaInfoEnum),
@@ -3308,4 +3506,9 @@ _BlockdevOptions_BRANCHES: dict[str, rt.Branch] = {
 _BlockdevCreateOptions_BRANCHES: dict[str, rt.Branch] = {
     "file": (BlockdevCreateOptionsFile, members_BlockdevCreateOptionsFile),
     "qcow2": (BlockdevCreateOptionsQcow2, members_BlockdevCreateOptionsQcow2),
+}
+
+
+_BlockExportOptions_BRANCHES: dict[str, rt.Branch] = {
+    "nbd": (BlockExportOptionsNbd, members_BlockExportOptionsNbd),
 }

@@ -110,10 +110,18 @@ class BlockGraph:
         self.roots.append(node)
         return node
 
-    async def open_child(self, ref: Any, parent: str, role: str) -> BlockNode:
-        """Resolve a ``BlockdevRef``: a node name or inline options."""
+    async def open_child(self, ref: Any, parent: Any, role: str) -> BlockNode:
+        """Resolve a ``BlockdevRef``: a node name or inline options.
+
+        Inline children inherit the parent's unset options (``parent`` is
+        the parent's ``BlockdevOptions``); a backing child is read-only
+        unless it says otherwise, as in QEMU.
+        """
         if isinstance(ref, str):
             return self.lookup(ref)
+        if role == "backing" and ref.read_only is None:
+            ref.read_only = True
+        inherit_options(parent, ref)
         return await self.open(ref)
 
     async def remove(self, node_name: str) -> None:
@@ -146,3 +154,25 @@ class BlockGraph:
             top = next((node for node in self.roots if not node.parents), self.roots[0])
             self.roots.remove(top)
             await self._close_tree(top)
+
+
+#: Options a child opened inline takes from its parent unless it sets them
+#: (QEMU's bdrv_inherited_options; detect-zeroes is not inherited).
+_INHERITED = ("read_only", "discard", "force_share", "auto_read_only")
+
+
+def inherit_options(parent: Any, child: Any) -> None:
+    """Fill the unset base options of an inline child from its parent."""
+    for name in _INHERITED:
+        if getattr(child, name, None) is None and getattr(parent, name, None) is not None:
+            setattr(child, name, getattr(parent, name))
+    parent_cache = getattr(parent, "cache", None)
+    if parent_cache is None:
+        return
+    child_cache = getattr(child, "cache", None)
+    if child_cache is None:
+        child.cache = type(parent_cache)(direct=parent_cache.direct, no_flush=parent_cache.no_flush)
+        return
+    for name in ("direct", "no_flush"):
+        if getattr(child_cache, name, None) is None:
+            setattr(child_cache, name, getattr(parent_cache, name, None))

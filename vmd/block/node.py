@@ -212,3 +212,19 @@ class BlockNode:
             threshold, self.write_threshold = self.write_threshold, 0
             if self.on_threshold is not None:
                 self.on_threshold(self, threshold, end)
+
+
+async def block_status_above(node: BlockNode, offset: int, length: int) -> Extent:
+    """What a reader of ``node`` sees at ``offset``, down the backing chain.
+
+    A range the node leaves unallocated reads from its backing node (and as
+    zeroes past the backing node's end), as QEMU's bdrv_block_status_above.
+    """
+    extent = await node.block_status(offset, length)
+    backing = node.backing
+    if extent.status & (Status.ALLOCATED | Status.ZERO | Status.DATA) or backing is None:
+        return extent
+    if offset >= backing.total_size:
+        return Extent(extent.length, Status.ZERO)
+    below = await block_status_above(backing, offset, min(extent.length, backing.total_size - offset))
+    return Extent(below.length, below.status & ~Status.ALLOCATED, below.file_offset)

@@ -23,6 +23,7 @@ HANDLER_MODULES = (
     "vmd.block.commands",
     "vmd.block.threshold",
     "vmd.block.create",
+    "vmd.block.nbd.commands",
     "vmd.job.commands",
 )
 

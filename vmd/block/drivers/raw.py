@@ -96,35 +96,10 @@ class RawNode(BlockNode):
         return Extent(extent.length, extent.status, offset + self.offset)
 
 
-#: Options a child opened inline takes from its parent unless it sets them
-#: (QEMU's bdrv_inherited_options; detect-zeroes is not inherited).
-_INHERITED = ("read_only", "discard", "force_share", "auto_read_only")
-
-
-def inherit_options(parent: Any, child: Any) -> None:
-    """Fill the unset base options of an inline child from its parent."""
-    for name in _INHERITED:
-        if getattr(child, name, None) is None and getattr(parent, name, None) is not None:
-            setattr(child, name, getattr(parent, name))
-    parent_cache = getattr(parent, "cache", None)
-    if parent_cache is None:
-        return
-    child_cache = getattr(child, "cache", None)
-    if child_cache is None:
-        child.cache = type(parent_cache)(direct=parent_cache.direct, no_flush=parent_cache.no_flush)
-        return
-    for name in ("direct", "no_flush"):
-        if getattr(child_cache, name, None) is None:
-            setattr(child_cache, name, getattr(parent_cache, name, None))
-
-
 async def open_child_file(options: Any, graph: BlockGraph, node_name: str) -> tuple[BlockNode, bool]:
     """Open the ``file`` child; returns it and whether it was opened inline."""
     ref = options.u.file
-    inline = not isinstance(ref, str)
-    if inline:
-        inherit_options(options, ref)
-    return await graph.open_child(ref, node_name, "file"), inline
+    return await graph.open_child(ref, options, "file"), not isinstance(ref, str)
 
 
 @driver("raw")

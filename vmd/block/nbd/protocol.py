@@ -16,7 +16,10 @@ by the ``*_chunk``/``simple_reply`` functions and the connection's
 Only the fixed-newstyle handshake is offered (as QEMU does); a client
 without the fixed-newstyle flag may still use ``NBD_OPT_EXPORT_NAME``.
 Metadata context ``base:allocation`` is the only one served. TLS and
-extended headers are not offered.
+extended headers are not offered. Errors found while parsing a request use
+the error values the specification asks for (a write to a read-only export
+is ``NBD_EPERM``, one past the end ``NBD_ENOSPC``); QEMU 7.2 sends
+``NBD_EINVAL`` for all of these, with the same texts.
 
 The caller pulls one event at a time, so it can stop pulling while too many
 requests are in flight; the bytes held here are then one request (a write
@@ -205,7 +208,7 @@ class ExportInfo:
     fast_zero: bool = True
 
     def transmission_flags(self, structured: bool) -> int:
-        flags = FLAG_HAS_FLAGS | FLAG_SEND_FLUSH | FLAG_SEND_FUA
+        flags = FLAG_HAS_FLAGS | FLAG_SEND_FLUSH | FLAG_SEND_FUA | FLAG_SEND_CACHE
         if self.read_only:
             # Several connections see the same data only if none writes.
             flags |= FLAG_READ_ONLY | FLAG_CAN_MULTI_CONN
@@ -640,7 +643,8 @@ class ServerConnection:
         request = Request(cookie, command, flags, offset, length)
         if command in (Cmd.READ, Cmd.WRITE, Cmd.CACHE) and length > MAX_PAYLOAD:
             self._pos += REQUEST_SIZE
-            self._reply_error_now(request, EINVAL, f"len ({length}) is larger than max len ({MAX_PAYLOAD})")
+            # QEMU 7.2's text, stray space included.
+            self._reply_error_now(request, EINVAL, f"len ({length} ) is larger than max len ({MAX_PAYLOAD})")
             if command == Cmd.WRITE:
                 # The payload cannot be skipped safely: hang up, as QEMU does.
                 return self._close("Request handling failed in intermediate state")
@@ -683,7 +687,7 @@ class ServerConnection:
                 return EINVAL, "need non-zero length"
             if not self.base_allocation:
                 return EINVAL, "CMD_BLOCK_STATUS not negotiated"
-        elif command not in (Cmd.READ, Cmd.WRITE, Cmd.FLUSH, Cmd.TRIM, Cmd.WRITE_ZEROES):
+        elif command not in (Cmd.READ, Cmd.WRITE, Cmd.FLUSH, Cmd.TRIM, Cmd.WRITE_ZEROES, Cmd.CACHE):
             return EINVAL, f"invalid request type ({command}) received"
         return None
 

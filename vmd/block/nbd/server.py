@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from contextlib import suppress
 
 from vmd.block.nbd import protocol as p
-from vmd.block.node import BlockNode, Status
+from vmd.block.node import BlockNode, Status, block_status_above
 from vmd.qmp.errors import QMPError
 
 log = logging.getLogger(__name__)
@@ -313,6 +313,7 @@ class _Client:
             await node.discard(request.offset, request.length)
         elif command == p.Cmd.FLUSH:
             fua = True
+        # NBD_CMD_CACHE is a hint; nodes have no cache to fill, so it succeeds.
         elif command == p.Cmd.BLOCK_STATUS:
             return [await self._block_status(request)]
         if fua:
@@ -336,7 +337,7 @@ class _Client:
         segments: list[list[int]] = []    # [start, length, is_data]
         pos = 0
         while pos < length:
-            extent = await node.block_status(offset + pos, length - pos)
+            extent = await block_status_above(node, offset + pos, length - pos)
             size = min(extent.length, length - pos) if extent.length > 0 else length - pos
             is_data = 0 if extent.status & Status.ZERO else 1
             if segments and segments[-1][2] == is_data:
@@ -362,7 +363,7 @@ class _Client:
         extents: list[tuple[int, int]] = []
         pos, end = request.offset, request.offset + request.length
         while pos < end:
-            extent = await node.block_status(pos, end - pos)
+            extent = await block_status_above(node, pos, end - pos)
             size = min(extent.length, end - pos) if extent.length > 0 else end - pos
             flags = (0 if extent.status & Status.DATA else p.STATE_HOLE) | \
                     (p.STATE_ZERO if extent.status & Status.ZERO else 0)

@@ -23,7 +23,7 @@ async def open_qcow2(options: Any, graph: BlockGraph) -> BlockNode:
     ``backing`` naming a node or nested options uses that node."""
     u = options.u
     name = node_name_of(options)
-    file = await graph.open_child(u.file, name, "file")
+    file = await graph.open_child(u.file, options, "file")
     lazy = getattr(u, "lazy_refcounts", None)
     node = Qcow2Node(name, file, read_only=bool(options.read_only), lazy_refcounts=lazy)
     await node.open()
@@ -31,7 +31,7 @@ async def open_qcow2(options: Any, graph: BlockGraph) -> BlockNode:
     if backing_ref is JSON_NULL:
         pass  # "backing": null: no backing file, whatever the header says
     elif backing_ref is not None:
-        node.set_backing(await graph.open_child(backing_ref, name, "backing"))
+        node.set_backing(await graph.open_child(backing_ref, options, "backing"))
     elif node.backing_file:
         filename = file.filename()
         if not filename:
