@@ -186,3 +186,59 @@ def test_blockdev_on_the_command_line(tmp_path: Path, images: Path) -> None:
         names = {node["node-name"]: node for node in nodes}
         assert names["cli"]["image"]["backing-image"]["virtual-size"] == 4 << 20
         assert names["cli2"]["drv"] == "raw"
+
+
+def test_read_only_file_opened_writable(daemons: tuple[Path, Path]) -> None:
+    # /proc files refuse writing even to root, like a read-only file would.
+    compare(daemons, [add(driver="file", **{"node-name": "ro"}, filename="/proc/version")])
+
+
+def test_corrupt_refcount_table_is_refused_or_reported(tmp_path: Path) -> None:
+    """A refcount table entry pointing into the header: errors, never a crash."""
+    image = tmp_path / "loop.qcow2"
+    qemu_img("create", "-f", "qcow2", str(image), "4M")
+    data = bytearray(image.read_bytes())
+    refcount_table = int.from_bytes(data[48:56], "big")
+    data[refcount_table:refcount_table + 8] = (0).to_bytes(8, "big")  # block 0 -> offset 0 (the header)
+    data[refcount_table + 8:refcount_table + 16] = refcount_table.to_bytes(8, "big")  # points at itself
+    image.write_bytes(bytes(data))
+    with running_vmd(tmp_path) as vmd, RawQMP(vmd.qmp_path) as qmp:
+        qmp.negotiate()
+        reply = qmp.command(qcow2("loop", image))
+        if "return" in reply:
+            reply = qmp.command({"execute": "block_resize", "arguments": {"node-name": "loop", "size": 1 << 30}})
+        assert qmp.command({"execute": "query-name"}) == {"return": {}}
+    assert vmd.process.returncode is None or vmd.process.returncode in (0, -9)
+
+
+def test_snapshot_sync_and_write_threshold_event(tmp_path: Path) -> None:
+    base = tmp_path / "base.qcow2"
+    qemu_img("create", "-f", "qcow2", str(base), "4M")
+    overlay = tmp_path / "overlay.qcow2"
+    nbd = tmp_path / "nbd.sock"
+    with running_vmd(tmp_path) as vmd, RawQMP(vmd.qmp_path) as qmp:
+        qmp.negotiate()
+        assert qmp.command(qcow2("base", base)) == {"return": {}}
+        assert qmp.command({"execute": "blockdev-snapshot-sync", "arguments": {
+            "node-name": "base", "snapshot-file": str(overlay), "snapshot-node-name": "top",
+            "format": "qcow2"}}) == {"return": {}}
+        nodes = {n["node-name"]: n for n in qmp.command({"execute": "query-named-block-nodes"})["return"]}
+        assert nodes["top"]["image"]["backing-image"]["filename"] == str(base)
+        assert qmp.command({"execute": "block-set-write-threshold",
+                            "arguments": {"node-name": "top", "write-threshold": 1 << 20}}) == {"return": {}}
+        qmp.command({"execute": "nbd-server-start", "arguments": {"addr": {"type": "unix",
+                                                                          "data": {"path": str(nbd)}}}})
+        assert qmp.command({"execute": "block-export-add", "arguments": {
+            "type": "nbd", "id": "e", "node-name": "top", "writable": True}}) == {"return": {}}
+        subprocess.run(["qemu-io", "-f", "raw", "-c", "write -P 7 1M 64k", f"nbd+unix:///top?socket={nbd}"],
+                       check=True, capture_output=True)
+        event = qmp.read()
+        assert event["event"] == "BLOCK_WRITE_THRESHOLD"
+        assert event["data"] == {"node-name": "top", "amount-exceeded": 65536, "write-threshold": 1 << 20}
+        qmp.send(b'{"execute":"quit"}')
+    vmd.process.wait(20)
+    check = subprocess.run(["qemu-img", "check", str(overlay)], capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout
+    info = json.loads(subprocess.run(["qemu-img", "info", "--output=json", str(overlay)], capture_output=True,
+                                     text=True, check=True).stdout)
+    assert info["backing-filename"] == str(base)

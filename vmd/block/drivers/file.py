@@ -433,7 +433,10 @@ def _open_file(path: str, read_only: bool, direct: bool,
         if not stat.S_ISREG(info.st_mode):
             raise QMPError(f"'file' driver requires '{path}' to be a regular file")
         align, mem_align = _probe_alignment(fd) if direct else (1, 1)
-        size = os.lseek(fd, 0, os.SEEK_END)
+        try:
+            size = os.lseek(fd, 0, os.SEEK_END)
+        except OSError as error:
+            raise QMPError(f"Could not refresh total sector count: {os.strerror(error.errno or errno.EIO)}") from None
     except BaseException:
         os.close(fd)
         raise
