@@ -15,6 +15,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from tests.qemu_tools import qimg, qio, run
 from vmd.block.drivers.file import FileNode
 from vmd.block.drivers.qcow2 import Qcow2Node, create_qcow2, open_image
 from vmd.block.drivers.qcow2.node import close_image
@@ -29,22 +30,8 @@ pytestmark = [
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def run(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(a) for a in args], capture_output=True, text=True, check=False)
 
 
-def qimg(*args: str | Path) -> str:
-    result = run("qemu-img", *args)
-    assert result.returncode == 0, result.stderr
-    return result.stdout
-
-
-def qio(path: Path, *cmds: str) -> None:
-    args: list[str] = []
-    for c in cmds:
-        args += ["-c", c]
-    result = run("qemu-io", *args, path)
-    assert result.returncode == 0 and "error" not in result.stdout.lower(), result.stdout + result.stderr
 
 
 def to_raw(path: Path) -> bytes:

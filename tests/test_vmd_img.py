@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.qemu_tools import qimg, qio
+
 ROOT = Path(__file__).resolve().parent.parent
 HAVE_QEMU = shutil.which("qemu-img") is not None and shutil.which("qemu-io") is not None
 needs_qemu = pytest.mark.skipif(not HAVE_QEMU, reason="qemu-img/qemu-io not installed")
@@ -24,18 +26,6 @@ def vimg(*args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProc
                           check=False, cwd=cwd, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
 
 
-def qimg(*args: str | Path) -> str:
-    result = run("qemu-img", *args)
-    assert result.returncode == 0, result.stderr
-    return result.stdout
-
-
-def qio(path: Path, *cmds: str) -> None:
-    args: list[str] = []
-    for c in cmds:
-        args += ["-c", c]
-    result = run("qemu-io", *args, path)
-    assert result.returncode == 0 and "error" not in result.stdout.lower(), result.stdout + result.stderr
 
 
 def same_json(a: object, b: object) -> None:
