@@ -22,6 +22,7 @@ import pytest
 from vmd.block.drivers.file import FileNode
 from vmd.block.nbd import protocol as p
 from vmd.block.nbd.commands import (
+    NBDExports,
     nbd_state,
     qmp_block_export_add,
     qmp_block_export_del,
@@ -699,7 +700,7 @@ async def test_qmp_commands(tmp_path: Path) -> None:
     ro = FileNode("ro", str(tmp_path / "b.raw"), read_only=True)
     await rw.open()
     await ro.open()
-    ctx = SimpleNamespace(daemon=SimpleNamespace(block=Graph(rw, ro), events=Events()))
+    ctx = SimpleNamespace(daemon=SimpleNamespace(block=Graph(rw, ro), events=Events(), nbd=NBDExports()))
     sock = str(tmp_path / "nbd.sock")
 
     async def fails(text: str, call: Any) -> None:

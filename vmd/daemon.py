@@ -17,6 +17,7 @@ from vmd import version
 from vmd._generated import events
 from vmd._generated.types import ShutdownCause
 from vmd.block.graph import BlockGraph
+from vmd.block.nbd.commands import NBDExports
 from vmd.chardev.registry import ChardevRegistry
 from vmd.cli.config import Config
 from vmd.job.registry import JobRegistry
@@ -38,6 +39,7 @@ class Daemon:
         self.monitors: list[Any] = []
         self.chardevs = ChardevRegistry()
         self.block = BlockGraph()
+        self.nbd = NBDExports()
         self.chardevs.quit_handler = self.request_shutdown
         self.jobs = JobRegistry(self.events)
         self._shutdown = loop.create_future()

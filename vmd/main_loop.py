@@ -63,6 +63,7 @@ async def run(config: Config, daemonizer: Daemonizer | None,
         await daemon.wait_for_shutdown()
     finally:
         await daemon.chardevs.close_all()
+        await daemon.nbd.stop()
         await daemon.block.close_all()
         if pidfile is not None:
             pidfile.remove()

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from vmd._generated import events
 from vmd.block.nbd import protocol
 from vmd.block.nbd.server import Export, NBDServer
 from vmd.cli.qemu_opts import is_valid_id
@@ -32,11 +33,16 @@ class NBDExports:
         self.exports: dict[str, Export] = {}
 
 
+    async def stop(self) -> None:
+        """Shut down: disconnect clients and release the nodes."""
+        if self.server is not None:
+            server, self.server = self.server, None
+            await server.stop()
+        self.exports.clear()
+
+
 def nbd_state(daemon: Any) -> NBDExports:
-    state = getattr(daemon, "nbd", None)
-    if state is None:
-        state = NBDExports()
-        daemon.nbd = state
+    state: NBDExports = daemon.nbd
     return state
 
 
@@ -52,7 +58,7 @@ def _member(value: Any, name: str, default: Any = None) -> Any:
 
 
 def _deleted(ctx: Any, export_id: str) -> None:
-    ctx.daemon.events.emit("BLOCK_EXPORT_DELETED", {"id": export_id})
+    events.qapi_event_send_block_export_deleted(ctx.daemon.events, id=export_id)
 
 
 # -- the server -------------------------------------------------------------------
