@@ -311,17 +311,19 @@ class Sample:
 
     mib_s: float
     iops: float
-    server_cpu: float  # share of one CPU over the client's wall time
+    # CPU seconds of the whole client run divided by the I/O time the client reports
+    # (start-up and NBD handshake excluded from the time, not from the CPU: a slight
+    # overestimate, mostly on the client side), as a share of one CPU.
+    server_cpu: float
     client_cpu: float
 
 
 def measured(server: Server, run: Callable[[], tuple[str, float, float]]
-             ) -> tuple[str, float, float, float]:
-    """Run a client, returning its output, wall time and server/client CPU shares."""
+             ) -> tuple[str, float, float]:
+    """Run a client, returning its output and the CPU seconds the server and it used."""
     cpu0 = server.cpu_seconds()
-    out, wall, client_cpu = run()
-    server_cpu = server.cpu_seconds() - cpu0
-    return out, wall, server_cpu / wall, client_cpu / wall
+    out, _wall, client_cpu = run()
+    return out, server.cpu_seconds() - cpu0, client_cpu
 
 
 RUN_COMPLETED = re.compile(r"Run completed in ([0-9.]+) seconds")
@@ -338,12 +340,12 @@ def sequential(server: Server, tools: Tools, runner: Runner, size: int, depth: i
     argv = [tools.qemu_img, "bench", "-f", "raw", *(["-w"] if write else []), "-t", "none",
             "-s", "1M", "-d", str(depth), "-c", str(count), server.uri]
     what = f"qemu-img bench ({'write' if write else 'read'}) against {server.label}"
-    out, _wall, server_cpu, client_cpu = measured(server, lambda: runner.run(argv, what))
+    out, server_cpu, client_cpu = measured(server, lambda: runner.run(argv, what))
     match = RUN_COMPLETED.search(out)
     if match is None:
         raise BenchError(f"{what}: no 'Run completed' line in:\n{out}")
-    seconds = float(match.group(1))
-    return Sample(count / seconds, count / seconds, server_cpu, client_cpu)
+    seconds = max(float(match.group(1)), 0.001)  # printed with 3 decimals
+    return Sample(count / seconds, count / seconds, server_cpu / seconds, client_cpu / seconds)
 
 
 def random_4k(server: Server, tools: Tools, runner: Runner, size: int, depth: int,
@@ -359,7 +361,7 @@ def random_4k(server: Server, tools: Tools, runner: Runner, size: int, depth: in
             f"--rw={rw}", "--bs=4k", f"--iodepth={depth}", f"--size={size}",
             "--time_based", f"--runtime={duration:g}", "--output-format=json"]
     what = f"fio {rw} against {server.label}"
-    out, _wall, server_cpu, client_cpu = measured(server, lambda: runner.run(argv, what))
+    out, server_cpu, client_cpu = measured(server, lambda: runner.run(argv, what))
     try:
         job = json.loads(out[out.index("{"):])["jobs"][0]
     except (ValueError, KeyError, IndexError):
@@ -367,7 +369,9 @@ def random_4k(server: Server, tools: Tools, runner: Runner, size: int, depth: in
     stats = job["write" if write else "read"]
     if job.get("error"):
         raise BenchError(f"{what}: fio reports error {job['error']}")
-    return Sample(stats["bw_bytes"] / MIB, stats["iops"], server_cpu, client_cpu)
+    seconds = stats["runtime"] / 1000  # ms of I/O, without fio's start-up and handshake
+    return Sample(stats["bw_bytes"] / MIB, stats["iops"], server_cpu / seconds,
+                  client_cpu / seconds)
 
 
 def warm_up(server: Server, tools: Tools, runner: Runner) -> None:
@@ -456,9 +460,15 @@ def one_round(label: str, run_index: int, tests: list[Test], template: Path, tmp
                 create_image(image, tools, runner)
             with contextlib.ExitStack() as cleanup:
                 server = start_server(label, tools, image, tmp, runner, args.timeout, cleanup)
-                warm_up(server, tools, runner)
-                for test in group_tests:
-                    sample = run_test(test, server, tools, runner, args)
+                try:
+                    warm_up(server, tools, runner)
+                    samples = [(test, run_test(test, server, tools, runner, args))
+                               for test in group_tests]
+                except BenchError as error:  # the server's log is about to be deleted
+                    log = log_tail(tmp / f"{label}.log") or "(empty)"
+                    raise BenchError(f"{error}\n--- end of the {label} server log:\n"
+                                     f"{log}") from None
+                for test, sample in samples:
                     record(test, label, sample)
                     rate = f"{sample.mib_s:.1f} MiB/s" + (
                         f", {sample.iops:.0f} IOPS" if test.random else "")
@@ -539,18 +549,18 @@ def ratio(metric: Metric) -> float | None:
 
 
 def bottleneck_notes(metrics: list[Metric]) -> list[str]:
-    """Say which server looks CPU-bound: a single busy thread shows as ~100% of one CPU."""
-    notes = []
+    """Say where each server looks CPU-bound: a busy main loop shows as ~100% of one CPU."""
+    busy: dict[str, list[str]] = {}
     for metric in metrics:
-        if not metric.name.endswith("server CPU"):
+        if not metric.name.endswith(": server CPU"):
             continue
         for label in ("vmd", "qemu"):
             share = metric.value(label)
             if share is not None and share >= CPU_BOUND_SHARE * 100:
-                test = metric.name.removesuffix(": server CPU")
-                notes.append(f"{label} used {share:.0f}% of a CPU during {test}: "
-                             f"the {label} server is CPU-bound there")
-    return notes
+                busy.setdefault(label, []).append(
+                    f"{metric.name.removesuffix(': server CPU')} ({share:.0f}%)")
+    return [f"{label} server at >= {CPU_BOUND_SHARE * 100:.0f}% of one CPU, i.e. CPU-bound, "
+            f"in: {', '.join(tests)}" for label, tests in busy.items()]
 
 
 def print_table(metrics: list[Metric], notes: list[str]) -> None:
@@ -569,7 +579,7 @@ def print_table(metrics: list[Metric], notes: list[str]) -> None:
         print(f"{m.name + ' (' + m.unit + ')':<34} {cell(m.value('vmd'), m.fmt):>10} "
               f"{cell(m.value('qemu'), m.fmt):>10} {cell(r, '.2f') + ('x' if r else ''):>17}"
               f"  {pct(m.spread('vmd'))}/{pct(m.spread('qemu'))}")
-    print("\nMiB/s and IOPS: higher is better; CPU is % of one CPU over the client's run; "
+    print("\nMiB/s and IOPS: higher is better; CPU is % of one CPU over the I/O time; "
           "spread = (max-min)/median over the runs")
     for note in notes:
         print(f"note: {note}")
@@ -608,7 +618,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="qemu-storage-daemon binary name or path (default: %(default)s)")
     parser.add_argument("--fio", default="fio",
                         help="fio binary name or path (default: %(default)s)")
-    parser.add_argument("--timeout", type=float, default=300.0,
+    parser.add_argument("--timeout", type=float, default=120.0,
                         help="seconds to wait for a server to start or a client to finish "
                              "(default: %(default)s)")
     parser.add_argument("--json", action="store_true",

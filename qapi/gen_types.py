@@ -2,10 +2,11 @@
 
 * enum -> ``enum.StrEnum`` (members: upper-cased c_name, '_' before a
   leading digit);
-* struct -> ``@dataclass(slots=True, kw_only=True)``; a named base type
+* struct -> a class deriving from ``rt.QAPIObject`` (keyword construction,
+  equality and repr from the member table; slots); a named base type
   becomes the Python base class;
-* union -> dataclass with the base members plus ``u``, the branch's struct
-  (None for a branch without members);
+* union -> such a class with the base members plus ``u``, the branch's
+  struct (None for a branch without members);
 * alternate -> a type alias; values are the branch value itself;
 * array -> ``list``.
 
@@ -35,12 +36,12 @@ _IMPORTS = '''\
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
 from typing import Any, ClassVar, TypeAlias
 
 from vmd import qapi_runtime as rt
 
 Members: TypeAlias = tuple[tuple[str, str, bool], ...]
+Fields: TypeAlias = tuple[str, ...]
 '''
 
 
@@ -55,7 +56,7 @@ def members_func(typ: QAPISchemaObjectType) -> str:
 
 
 def is_class(typ: QAPISchemaObjectType) -> bool:
-    """Object types that get a dataclass (not the implicit ones)."""
+    """Object types that get a class (not the implicit ones)."""
     return not typ.is_implicit()
 
 
@@ -121,7 +122,7 @@ class TypesGenerator:
 
     def _object(self, typ: QAPISchemaObjectType) -> None:
         if is_class(typ):
-            self.classes.append(self._dataclass(typ))
+            self.classes.append(self._class(typ))
         self.visitors.append(self._members_func(typ))
         if not is_class(typ):
             return
@@ -139,21 +140,27 @@ class TypesGenerator:
             self.tables.append(self._branch_table(name, typ.variants))
         self.visitors.append(head + body)
 
-    def _dataclass(self, typ: QAPISchemaObjectType) -> str:
-        """The dataclass; own members only, the rest is inherited."""
+    def _class(self, typ: QAPISchemaObjectType) -> str:
+        """The class; own members only, the rest is inherited."""
         name = py_type(typ.name)
         base = typ.base
         if base is not None and is_class(base):
             own = typ.local_members
-            parent = f"({py_type(base.name)})"
+            parent = py_type(base.name)
         else:
             own = typ.members
-            parent = ""
-        lines = ["@dataclass(slots=True, kw_only=True)\n",
-                 f"class {name}{parent}:\n"]
+            parent = "rt.QAPIObject"
+        slots = [py_member(m.name) for m in own]
+        lines = [f"class {name}({parent}):\n"]
         lines += [self._field(m) for m in own]
         if typ.variants is not None:
             lines.append(self._u_field(typ.variants))
+            slots.append("u")
+        lines.append(f"    __slots__ = ({''.join(q(s) + ', ' for s in slots)})\n")
+        fields = [py_member(m.name) for m in typ.members]
+        if typ.variants is not None:
+            fields.append("u")
+        lines.append(f"    _qapi_fields: ClassVar[Fields] = ({''.join(q(f) + ', ' for f in fields)})\n")
         lines.append(self._wire_table(typ.members))
         return "".join(lines)
 
@@ -161,7 +168,7 @@ class TypesGenerator:
     def _field(member: QAPISchemaMember) -> str:
         ann = annotation(member.resolved())
         if member.optional:
-            return f"    {py_member(member.name)}: {ann} | None = None\n"
+            return f"    {py_member(member.name)}: {ann} | None\n"
         return f"    {py_member(member.name)}: {ann}\n"
 
     @staticmethod
@@ -171,7 +178,7 @@ class TypesGenerator:
         for v in variants.variants:
             if not v.implicit and py_type(v.type_name) not in names:
                 names.append(py_type(v.type_name))
-        return f"    u: {' | '.join(names + ['None'])} = None\n"
+        return f"    u: {' | '.join(names + ['None'])}\n"
 
     @staticmethod
     def _wire_table(members: list[QAPISchemaMember]) -> str:

@@ -16,11 +16,10 @@ Errors are :class:`~vmd.qmp.errors.QMPError` with QEMU 7.2's texts.
 
 from __future__ import annotations
 
-import dataclasses
 import enum
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from vmd.qmp.errors import QMPError
 
@@ -31,6 +30,45 @@ Visitor = Callable[[Any, "str | None", str], Any]
 # A generated dataclass lists its wire members as (python name, wire name,
 # optional) in this class attribute; unions also carry a 'u' field.
 WIRE_MEMBERS = "_qapi_members"
+
+
+class QAPIObject:
+    """Base of the generated struct and union classes.
+
+    Gives keyword construction, equality and a repr from the class's
+    member table, as ``@dataclass`` would. Not using dataclasses is on
+    purpose: the schema has about a hundred classes, and generating their
+    methods with ``exec`` at import cost some 150 ms of start-up.
+    ``_qapi_fields`` lists every attribute (members, and ``u`` for a union);
+    optional members default to None.
+    """
+
+    __slots__ = ()
+    _qapi_members: ClassVar[tuple[tuple[str, str, bool], ...]] = ()
+    _qapi_fields: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, **kwargs: Any) -> None:
+        for py, _wire, optional in self._qapi_members:
+            if py in kwargs:
+                setattr(self, py, kwargs.pop(py))
+            elif optional:
+                setattr(self, py, None)
+            else:
+                raise TypeError(f"{type(self).__name__}() needs the argument '{py}'")
+        if "u" in self._qapi_fields:
+            setattr(self, "u", kwargs.pop("u", None))  # noqa: B010 - the subclass's slot
+        if kwargs:
+            raise TypeError(f"{type(self).__name__}() got unexpected arguments {sorted(kwargs)}")
+
+    def __eq__(self, other: object) -> bool:
+        return type(self) is type(other) and all(
+            getattr(self, name) == getattr(other, name) for name in self._qapi_fields)
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, like a dataclass
+
+    def __repr__(self) -> str:
+        members = ", ".join(f"{name}={getattr(self, name)!r}" for name in self._qapi_fields)
+        return f"{type(self).__name__}({members})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -346,7 +384,7 @@ def to_wire(value: Any) -> Any:
         return value.value
     if value is JSON_NULL:
         return None
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+    if isinstance(value, QAPIObject):
         return _object_to_wire(value)
     if isinstance(value, (list, tuple)):
         return [to_wire(v) for v in value]

@@ -4,12 +4,12 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
 from typing import Any, ClassVar, TypeAlias
 
 from vmd import qapi_runtime as rt
 
 Members: TypeAlias = tuple[tuple[str, str, bool], ...]
+Fields: TypeAlias = tuple[str, ...]
 
 
 class IoOperationType(enum.StrEnum):
@@ -337,27 +337,30 @@ class BlockExportType(enum.StrEnum):
     NBD = "nbd"
 
 
-@dataclass(slots=True, kw_only=True)
-class String:
+class String(rt.QAPIObject):
     str: str
+    __slots__ = ("str", )
+    _qapi_fields: ClassVar[Fields] = ("str", )
     _qapi_members: ClassVar[Members] = (
         ("str", "str", False),
     )
 
 
-@dataclass(slots=True, kw_only=True)
-class HumanReadableText:
+class HumanReadableText(rt.QAPIObject):
     human_readable_text: str
+    __slots__ = ("human_readable_text", )
+    _qapi_fields: ClassVar[Fields] = ("human_readable_text", )
     _qapi_members: ClassVar[Members] = (
         ("human_readable_text", "human-readable-text", False),
     )
 
 
-@dataclass(slots=True, kw_only=True)
-class VersionTriple:
+class VersionTriple(rt.QAPIObject):
     major: int
     minor: int
     micro: int
+    __slots__ = ("major", "minor", "micro", )
+    _qapi_fields: ClassVar[Fields] = ("major", "minor", "micro", )
     _qapi_members: ClassVar[Members] = (
         ("major", "major", False),
         ("minor", "minor", False),
@@ -365,29 +368,32 @@ class VersionTriple:
     )
 
 
-@dataclass(slots=True, kw_only=True)
-class VersionInfo:
+class VersionInfo(rt.QAPIObject):
     qemu: VersionTriple
     package: str
+    __slots__ = ("qemu", "package", )
+    _qapi_fields: ClassVar[Fields] = ("qemu", "package", )
     _qapi_members: ClassVar[Members] = (
         ("qemu", "qemu", False),
         ("package", "package", False),
     )
 
 
-@dataclass(slots=True, kw_only=True)
-class CommandInfo:
+class CommandInfo(rt.QAPIObject):
     name: str
+    __slots__ = ("name", )
+    _qapi_fields: ClassVar[Fields] = ("name", )
     _qapi_members: ClassVar[Members] = (
         ("name", "name", False),
     )
 
 
-@dataclass(slots=True, kw_only=True)
-class StatusInfo:
+class StatusInfo(rt.QAPIObject):
     running: bool
     singlestep: bool
     status: RunState
+    __slots__ = ("running", "singlestep", "status", )
+    _qapi_fields: ClassVar[Fields] = ("running", "singlestep", "status", )
     _qapi_members: ClassVar[Members] = (
         ("running", "running", False),
         ("singlestep", "singlestep", False),
@@ -395,20 +401,22 @@ class StatusInfo:
     )
 
 
-@dataclass(slots=True, kw_only=True)
-class NameInfo:
-    name: str | None = None
+class NameInfo(rt.QAPIObject):
+    name: str | None
+    __slots__ = ("name", )
+    _qapi_fields: ClassVar[Fields] = ("name", )
     _qapi_members: ClassVar[Members] = (
         ("name", "name", True),
     )
 
 
-@dataclass(slots=True, kw_only=True)
-class SchemaInfo:
+class SchemaInfo(rt.QAPIObject):
     name: str
     meta_type: SchemaMetaType
-    features: list[str] | None = None
-    u: SchemaInfoBuiltin | SchemaInfoEnum | SchemaInfoArray | SchemaInfoObject | SchemaInfoAlternate | SchemaInfoCommand | SchemaInfoEvent | None = None
+    features: list[str] | None
+    u: SchemaInfoBuiltin | SchemaInfoEnum | SchemaInfoArray | SchemaInfoObject | SchemaInfoAlternate | SchemaInfoCommand | SchemaInfoEvent | None
+    __slots__ = ("name", "meta_type", "features", "u", )
+    _qapi_fields: ClassVar[Fields] = ("name", "meta_type", "features", "u", )
     _qapi_members: ClassVar[Members] = (
         ("name", "name", False),
         ("meta_type", "meta-type", False),
@@ -416,47 +424,52 @@ class SchemaInfo:
     )
 
 
-@dataclass(slots=True, kw_only=True)
-class SchemaInfoBuiltin:
+class SchemaInfoBuiltin(rt.QAPIObject):
     json_type: JSONType
+    __slots__ = ("json_type", )
+    _qapi_fields: ClassVar[Fields] = ("json_type", )
     _qapi_members: ClassVar[Members] = (
         ("json_type", "json-type", False),
     )
 
 
-@dataclass(slots=True, kw_only=True)
-class SchemaInfoEnum:
+class SchemaInfoEnum(rt.QAPIObject):
     members: list[SchemaInfoEnumMember]
     values: list[str]
+    __slots__ = ("members", "values", )
+    _qapi_fields: ClassVar[Fields] = ("members", "values", )
     _qapi_members: ClassVar[Members] = (
         ("members", "members", False),
         ("values", "values", False),
     )
 
 
-@dataclass(slots=True, kw_only=True)
-class SchemaInfoEnumMember:
+class SchemaInfoEnumMember(rt.QAPIObject):
     name: str
-    features: list[str] | None = None
+    features: list[str] | None
+    __slots__ = ("name", "features", )
+    _qapi_fields: ClassVar[Fields] = ("name", "features", )
     _qapi_members: ClassVar[Members] = (
         ("name", "name", False),
         ("features", "features", True),
     )
 
 
-@dataclass(slots=True, kw_only=True)
-class SchemaInfoArray:
+class SchemaInfoArray(rt.QAPIObject):
     element_type: str
+    __slots__ = ("element_type", )
+    _qapi_fields: ClassVar[Fields] = ("element_type", )
     _qapi_members: ClassVar[Members] = (
         ("element_type", "element-type", False),
     )
 
 
-@dataclass(slots=True, kw_only=True)
-class SchemaInfoObject:
+class SchemaInfoObject(rt.QAPIObject):
     members: list[SchemaInfoObjectMember]
-    tag: str | None = None
-    variants: list[SchemaInfoObjectVariant] | None = None
+    tag: str | None
+    variants: list[SchemaInfoObjectVariant] | None
+    __slots__ = ("members", "tag", "variants", )
+    _qapi_fields: ClassVar[Fields] = ("members", "tag", "variants", )
     _qapi_members: ClassVar[Members] = (
         ("members", "members", False),
         ("tag", "tag", True),
@@ -464,12 +477,13 @@ class SchemaInfoObject:
     )
 
 
-@dataclass(slots=True, kw_only=True)
-class SchemaInfoObjectMember:
+class SchemaInfoObjectMember(rt.QAPIObject):
     name: str
     type: str
-    default: Any | None = None
-    features: list[str] | None = None
+    default: Any | None
+    features: list[str] | None
+    __slots__ = ("name", "type", "default", "features", )
+    _qapi_fields: ClassVar[Fields] = ("name", "type", "default", "features", )
     _qapi_members: ClassVar[Members] = (
         ("name", "name", False),
         ("type", "type", False),
@@ -478,37 +492,41 @@ class SchemaInfoObjectMember:
     )
 
 
-@dataclass(slots=True, kw_only=True)
-class SchemaInfoObjectVariant:
+class SchemaInfoObjectVariant(rt.QAPIObject):
     case: str
     type: str
+    __slots__ = ("case", "type", )
+    _qapi_fields: ClassVar[Fields] = ("case", "type", )
     _qapi_members: ClassVar[Members] = (
         ("case", "case", False),
         ("type", "type", False),
     )
 
 
-@dataclass(slots=True, kw_only=True)
-class SchemaInfoAlternate:
+class SchemaInfoAlternate(rt.QAPIObject):
     members: list[SchemaInfoAlternateMember]
+    __slots__ = ("members", )
+    _qapi_fields: ClassVar[Fields] = ("members", )
     _qapi_members: ClassVar[Members] = (
         ("members", "members", False),
     )
 
 
-@dataclass(slots=True, kw_only=True)
-class SchemaInfoAlternateMember:
+class SchemaInfoAlternateMember(rt.QAPIObject):
     type: str
+    __slots__ = ("type", )
+    _qapi_fields: ClassVar[Fields] = ("type", )
     _qapi_members: ClassVar[Members] = (
         ("type", "type", False),
     )
 
 
-@dataclass(slots=True, kw_only=True)
-class SchemaInfoCommand:
+class SchemaInfoCommand(rt.QAPIObject):
     arg_type: str
     ret_type: str
-    allow_oob: bool | None = None
+    allow_oob: bool | None
+    __slots__ = ("arg_type", "ret_type", "allow_oob", )
+    _qapi_fields: ClassVar[Fields] = ("arg_type", "ret_type", "allow_oob", )
     _qapi_members: ClassVar[Members] = (
         ("arg_type", "arg-type", False),
         ("ret_type", "ret-type", False),
@@ -516,56 +534,62 @@ class SchemaInfoCommand:
     )
 
 
-@dataclass(slots=True, kw_only=True)
-class SchemaInfoEvent:
+class SchemaInfoEvent(rt.QAPIObject):
     arg_type: str
+    __slots__ = ("arg_type", )
+    _qapi_fields: ClassVar[Fields] = ("arg_type", )
     _qapi_members: ClassVar[Members] = (
         ("arg_type", "arg-type", False),
     )
 
 
-@dataclass(slots=True, kw_only=True)
-class YankInstanceBlockNode:
+class YankInstanceBlockNode(rt.QAPIObject):
     node_name: str
+    __slots__ = ("node_name", )
+    _qapi_fields: ClassVar[Fields] = ("node_name", )
     _qapi_members: ClassVar[Members] = (
         ("node_name", "node-name", False),
     )
 
 
-@dataclass(slots=True, kw_only=True)
-class YankInstanceChardev:
+class YankInstanceChardev(rt.QAPIObject):
     id: str
+    __slots__ = ("id", )
+    _qapi_fields: ClassVar[Fields] = ("id", )
     _qapi_members: ClassVar[Members] = (
         ("id", "id", False),
     )
 
 
-@dataclass(slots=True, kw_only=True)
-class YankInstance:
+class YankInstance(rt.QAPIObject):
     type: YankInstanceType
-    u: YankInstanceBlockNode | YankInstanceChardev | None = None
+    u: YankInstanceBlockNode | YankInstanceChardev | None
+    __slots__ = ("type", "u", )
+    _qapi_fields: ClassVar[Fields] = ("type", "u", )
     _qapi_members: ClassVar[Members] = (
         ("type", "type", False),
     )
 
 
-@dataclass(slots=True, kw_only=True)
-class InetSocketAddressBase:
+class InetSocketAddressBase(rt.QAPIObject):
     host: str
     port: str
+    __slots__ = ("host", "port", )
+    _qapi_fields: ClassVar[Fields] = ("host", "port", )
     _qapi_members: ClassVar[Members] = (
         ("host", "host", False),
         ("port", "port", False),
     )
 
 
-@dataclass(slots=True, kw_only=True)
 class InetSocketAddress(InetSocketAddressBase):
-    numeric: bool | None = None
-    to: int | None = None
-    ipv4: bool | None = None
-    ipv6: bool | None = None
-    keep_alive: bool | None = None
+    numeric: bool | None
+    to: int | None
+    ipv4: bool | None
+    ipv6: bool | None
+    keep_alive: bool | None
+    __slots__ = ("numeric", "to", "ipv4", "ipv6", "keep_alive", )
+    _qapi_fields: ClassVar[Fields] = ("host", "port", "numeric", "to", "ipv4", "ipv6", "keep_alive", )
     _qapi_members: ClassVar[Members] = (
         ("host", "host", False),
         ("port", "port", False),
@@ -577,11 +601,12 @@ class InetSocketAddress(InetSocketAddressBase):
     )
 
 
-@dataclass(slots=True, kw_only=True)
-class UnixSocketAddress:
+class UnixSocketAddress(rt.QAPIObject):
     path: str
-    abstract: bool | None = None
-    tight: bool | None = None
+    abstract: bool | None
+    tight: bool | None
+    __slots__ = ("path", "abstract", "tight", )
+    _qapi_fields: ClassVar[Fields] = ("path", "abstract", "tight", )
     _qapi_members: ClassVar[Members] = (
         ("path", "path", False),
         ("abstract", "abstract", True),
@@ -589,62 +614,69 @@ class UnixSocketAddress:
     )
 
 
-@dataclass(slots=True, kw_only=True)
-class VsockSocketAddress:
+class VsockSocketAddress(rt.QAPIObject):
     cid: str
     port: str
+    __slots__ = ("cid", "port", )
+    _qapi_fields: ClassVar[Fields] = ("cid", "port", )
     _qapi_members: ClassVar[Members] = (
         ("cid", "cid", False),
         ("port", "port", False),
     )
 
 
-@dataclass(slots=True, kw_only=True)
-class InetSocketAddressWrapper:
+class InetSocketAddressWrapper(rt.QAPIObject):
     data: InetSocketAddress
+    __slots__ = ("data", )
+    _qapi_fields: ClassVar[Fields] = ("data", )
     _qapi_members: ClassVar[Members] = (
         ("data", "data", False),
     )
 
 
-@dataclass(slots=True, kw_only=True)
-class UnixSocketAddressWrapper:
+class UnixSocketAddressWrapper(rt.QAPIObject):
     data: UnixSocketAddress
+    __slots__ = ("data", )
+    _qapi_fields: ClassVar[Fields] = ("data", )
     _qapi_members: ClassVar[Members] = (
         ("data", "data", False),
     )
 
 
-@dataclass(slots=True, kw_only=True)
-class VsockSocketAddressWrapper:
+class VsockSocketAddressWrapper(rt.QAPIObject):
     data: VsockSocketAddress
+    __slots__ = ("data", )
+    _qapi_fields: ClassVar[Fields] = ("data", )
     _qapi_members: ClassVar[Members] = (
         ("data", "data", False),
     )
 
 
-@dataclass(slots=True, kw_only=True)
-class StringWrapper:
+class StringWrapper(rt.QAPIObject):
     data: String
+    __slots__ = ("data", )
+    _qapi_fields: ClassVar[Fields] = ("data", )
     _qapi_members: ClassVar[Members] = (
         ("data", "data", False),
     )
 
 
-@dataclass(slots=True, kw_only=True)
-class SocketAddressLegacy:
+class SocketAddressLegacy(rt.QAPIObject):
     type: SocketAddressType
-    u: InetSocketAddressWrapper | UnixSocketAddressWrapper | VsockSocketAddressWrapper | StringWrapper | None = None
+    u: InetSocketAddressWrapper | UnixSocketAddressWrapper | VsockSocketAddressWrapper | StringWrapper | None
+    __slots__ = ("type", "u", )
+    _qapi_fields: ClassVar[Fields] = ("type", "u", )
     _qapi_members: ClassVar[Members] = (
         ("type", "type", False),
     )
 
 
-@dataclass(slots=True, kw_only=True)
-class ChardevInfo:
+class ChardevInfo(rt.QAPIObject):
     label: str
     filename: str
     frontend_open: bool
+    __slots__ = ("label", "filename", "frontend_open", )
+    _qapi_fields: ClassVar[Fields] = ("label", "filename", "frontend_open", )
     _qapi_members: ClassVar[Members] = (
         ("label", "label", False),
         ("filename", "filename", False),
@@ -652,29 +684,32 @@ class ChardevInfo:
     )
 
 
-@dataclass(slots=True, kw_only=True)
-class ChardevBackendInfo:
+class ChardevBackendInfo(rt.QAPIObject):
     name: str
+    __slots__ = ("name", )
+    _qapi_fields: ClassVar[Fields] = ("name", )
     _qapi_members: ClassVar[Members] = (
         ("name", "name", False),
     )
 
 
-@dataclass(slots=True, kw_only=True)
-class ChardevCommon:
-    logfile: str | None = None
-    logappend: bool | None = None
+class ChardevCommon(rt.QAPIObject):
+    logfile: str | None
+    logappend: bool | None
+    __slots__ = ("logfile", "logappend", )
+    _qapi_fields: ClassVar[Fields] = ("logfile", "logappend", )
     _qapi_members: ClassVar[Members] = (
         ("logfile", "logfile", True),
         ("logappend", "logappend", True),
     )
 
 
-@dataclass(slots=True, kw_only=True)
 class ChardevFile(ChardevCommon):
-    in_: str | None = None
+    in_: str | None
     out: str
-    append: bool | None = None
+    append: bool | None
+    __slots__ = ("in_", "out", "append", )
+    _qapi_fields: ClassVar[Fields] = ("logfile", "logappend", "in_", "out", "append", )
     _qapi_members: ClassVar[Members] = (
         ("logfile", "logfile", True),
         ("logappend", "logappend", True),
@@ -684,9 +719,10 @@ class ChardevFile(ChardevCommon):
     )
 
 
-@dataclass(slots=True, kw_only=True)
 class ChardevHostdev(ChardevCommon):
     device: str
+    __slots__ = ("device", )
+    _qapi_fields: ClassVar[Fields] = ("logfile", "logappend", "device", )
     _qapi_members: ClassVar[Members] = (
         ("logfile", "logfile", True),
         ("logappend", "logappend", True),
@@ -694,18 +730,19 @@ class ChardevHostdev(ChardevCommon):
     )
 
 
-@dataclass(slots=True, kw_only=True)
 class ChardevSocket(ChardevCommon):
     addr: SocketAddressLegacy
-    tls_creds: str | None = None
-    tls_authz: str | None = None
-    server: bool | None = None
-    wait: bool | None = None
-    nodelay: bool | None = None
-    telnet: bool | None = None
-    tn3270: bool | None = None
-    websocket: bool | None = None
-    reconnect: int | None = None
+    tls_creds: str | None
+    tls_authz: str | None
+    server: bool | None
+    wait: bool | None
+    nodelay: bool | None
+    telnet: bool | None
+    tn3270: bool | None
+    websocket: bool | None
+    reconnect: int | None
+    __slots__ = ("addr", "tls_creds", "tls_authz", "server", "wait", "nodelay", "telnet", "tn3270", "websocket", "reconnect", )
+    _qapi_fields: ClassVar[Fields] = ("logfile", "logappend", "addr", "tls_creds", "tls_authz", "server", "wait", "nodelay", "telnet", "tn3270", "websocket", "reconnect", )
     _qapi_members: ClassVar[Members] = (
         ("logfile", "logfile", True),
         ("logappend", "logappend", True),
@@ -722,10 +759,11 @@ class ChardevSocket(ChardevCommon):
     )
 
 
-@dataclass(slots=True, kw_only=True)
 class ChardevUdp(ChardevCommon):
     remote: SocketAddressLegacy
-    local: SocketAddressLegacy | None = None
+    local: SocketAddressLegacy | None
+    __slots__ = ("remote", "local", )
+    _qapi_fields: ClassVar[Fields] = ("logfile", "logappend", "remote", "local", )
     _qapi_members: ClassVar[Members] = (
         ("logfile", "logfile", True),
         ("logappend", "logappend", True),
@@ -734,9 +772,10 @@ class ChardevUdp(ChardevCommon):
     )
 
 
-@dataclass(slots=True, kw_only=True)
 class ChardevMux(ChardevCommon):
     chardev: str
+    __slots__ = ("chardev", )
+    _qapi_fields: ClassVar[Fields] = ("logfile", "logappend", "chardev", )
     _qapi_members: ClassVar[Members] = (
         ("logfile", "logfile", True),
         ("logappend", "logappend", True),
@@ -744,9 +783,10 @@ class ChardevMux(ChardevCommon):
     )
 
 
-@dataclass(slots=True, kw_only=True)
 class ChardevStdio(ChardevCommon):
-    signal: bool | None = None
+    signal: bool | None
+    __slots__ = ("signal", )
+    _qapi_fields: ClassVar[Fields] = ("logfile", "logappend", "signal", )
     _qapi_members: ClassVar[Members] = (
         ("logfile", "logfile", True),
         ("logappend", "logappend", True),
@@ -754,12 +794,13 @@ class ChardevStdio(ChardevCommon):
     )
 
 
-@dataclass(slots=True, kw_only=True)
 class ChardevVC(ChardevCommon):
-    width: int | None = None
-    height: int | None = None
-    cols: int | None = None
-    rows: int | None = None
+    width: int | None
+    height: int | None
+    cols: int | None
+    rows: int | None
+    __slots__ = ("width", "height", "cols", "rows", )
+    _qapi_fields: ClassVar[Fields] = ("logfile", "logappend", "width", "height", "cols", "rows", )
     _qapi_members: ClassVar[Members] = (
         ("logfile", "logfile", True),
         ("logappend", "logappend", True),
@@ -770,9 +811,10 @@ class ChardevVC(ChardevCommon):
     )
 
 
-@dataclass(slots=True, kw_only=True)
 class ChardevRingbuf(ChardevCommon):
-    size: int | None = None
+    size: int | None
+    __slots__ = ("size", )
+    _qapi_fields: ClassVar[Fields] = ("logfile", "logappend", "size", )
     _qapi_members: ClassVar[Members] = (
         ("logfile", "logfile", True),
         ("logappend", "logappend", True),
@@ -780,103 +822,115 @@ class ChardevRingbuf(ChardevCommon):
     )
 
 
-@dataclass(slots=True, kw_only=True)
-class ChardevFileWrapper:
+class ChardevFileWrapper(rt.QAPIObject):
     data: ChardevFile
+    __slots__ = ("data", )
+    _qapi_fields: ClassVar[Fields] = ("data", )
     _qapi_members: ClassVar[Members] = (
         ("data", "data", False),
     )
 
 
-@dataclass(slots=True, kw_only=True)
-class ChardevHostdevWrapper:
+class ChardevHostdevWrapper(rt.QAPIObject):
     data: ChardevHostdev
+    __slots__ = ("data", )
+    _qapi_fields: ClassVar[Fields] = ("data", )
     _qapi_members: ClassVar[Members] = (
         ("data", "data", False),
     )
 
 
-@dataclass(slots=True, kw_only=True)
-class ChardevSocketWrapper:
+class ChardevSocketWrapper(rt.QAPIObject):
     data: ChardevSocket
+    __slots__ = ("data", )
+    _qapi_fields: ClassVar[Fields] = ("data", )
     _qapi_members: ClassVar[Members] = (
         ("data", "data", False),
     )
 
 
-@dataclass(slots=True, kw_only=True)
-class ChardevUdpWrapper:
+class ChardevUdpWrapper(rt.QAPIObject):
     data: ChardevUdp
+    __slots__ = ("data", )
+    _qapi_fields: ClassVar[Fields] = ("data", )
     _qapi_members: ClassVar[Members] = (
         ("data", "data", False),
     )
 
 
-@dataclass(slots=True, kw_only=True)
-class ChardevCommonWrapper:
+class ChardevCommonWrapper(rt.QAPIObject):
     data: ChardevCommon
+    __slots__ = ("data", )
+    _qapi_fields: ClassVar[Fields] = ("data", )
     _qapi_members: ClassVar[Members] = (
         ("data", "data", False),
     )
 
 
-@dataclass(slots=True, kw_only=True)
-class ChardevMuxWrapper:
+class ChardevMuxWrapper(rt.QAPIObject):
     data: ChardevMux
+    __slots__ = ("data", )
+    _qapi_fields: ClassVar[Fields] = ("data", )
     _qapi_members: ClassVar[Members] = (
         ("data", "data", False),
     )
 
 
-@dataclass(slots=True, kw_only=True)
-class ChardevStdioWrapper:
+class ChardevStdioWrapper(rt.QAPIObject):
     data: ChardevStdio
+    __slots__ = ("data", )
+    _qapi_fields: ClassVar[Fields] = ("data", )
     _qapi_members: ClassVar[Members] = (
         ("data", "data", False),
     )
 
 
-@dataclass(slots=True, kw_only=True)
-class ChardevVCWrapper:
+class ChardevVCWrapper(rt.QAPIObject):
     data: ChardevVC
+    __slots__ = ("data", )
+    _qapi_fields: ClassVar[Fields] = ("data", )
     _qapi_members: ClassVar[Members] = (
         ("data", "data", False),
     )
 
 
-@dataclass(slots=True, kw_only=True)
-class ChardevRingbufWrapper:
+class ChardevRingbufWrapper(rt.QAPIObject):
     data: ChardevRingbuf
+    __slots__ = ("data", )
+    _qapi_fields: ClassVar[Fields] = ("data", )
     _qapi_members: ClassVar[Members] = (
         ("data", "data", False),
     )
 
 
-@dataclass(slots=True, kw_only=True)
-class ChardevBackend:
+class ChardevBackend(rt.QAPIObject):
     type: ChardevBackendKind
-    u: ChardevFileWrapper | ChardevHostdevWrapper | ChardevSocketWrapper | ChardevUdpWrapper | ChardevCommonWrapper | ChardevMuxWrapper | ChardevStdioWrapper | ChardevVCWrapper | ChardevRingbufWrapper | None = None
+    u: ChardevFileWrapper | ChardevHostdevWrapper | ChardevSocketWrapper | ChardevUdpWrapper | ChardevCommonWrapper | ChardevMuxWrapper | ChardevStdioWrapper | ChardevVCWrapper | ChardevRingbufWrapper | None
+    __slots__ = ("type", "u", )
+    _qapi_fields: ClassVar[Fields] = ("type", "u", )
     _qapi_members: ClassVar[Members] = (
         ("type", "type", False),
     )
 
 
-@dataclass(slots=True, kw_only=True)
-class ChardevReturn:
-    pty: str | None = None
+class ChardevReturn(rt.QAPIObject):
+    pty: str | None
+    __slots__ = ("pty", )
+    _qapi_fields: ClassVar[Fields] = ("pty", )
     _qapi_members: ClassVar[Members] = (
         ("pty", "pty", True),
     )
 
 
-@dataclass(slots=True, kw_only=True)
-class JobInfo:
+class JobInfo(rt.QAPIObject):
     id: str
     type: JobType
     status: JobStatus
     current_progress: int
     total_progress: int
-    error: str | None = None
+    error: str | None
+    __slots__ = ("id", "type", "status", "current_progress", "total_progress", "error", )
+    _qapi_fields: ClassVar[Fields] = ("id", "type", "status", "current_progress", "total_progress", "error", )
     _qapi_members: ClassVar[Members] = (
         ("id", "id", False),
         ("type", "type", False),
@@ -887,38 +941,42 @@ class JobInfo:
     )
 
 
-@dataclass(slots=True, kw_only=True)
-class QCryptoBlockOptionsBase:
+class QCryptoBlockOptionsBase(rt.QAPIObject):
     format: QCryptoBlockFormat
+    __slots__ = ("format", )
+    _qapi_fields: ClassVar[Fields] = ("format", )
     _qapi_members: ClassVar[Members] = (
         ("format", "format", False),
     )
 
 
-@dataclass(slots=True, kw_only=True)
-class QCryptoBlockOptionsQCow:
-    key_secret: str | None = None
+class QCryptoBlockOptionsQCow(rt.QAPIObject):
+    key_secret: str | None
+    __slots__ = ("key_secret", )
+    _qapi_fields: ClassVar[Fields] = ("key_secret", )
     _qapi_members: ClassVar[Members] = (
         ("key_secret", "key-secret", True),
     )
 
 
-@dataclass(slots=True, kw_only=True)
-class QCryptoBlockOptionsLUKS:
-    key_secret: str | None = None
+class QCryptoBlockOptionsLUKS(rt.QAPIObject):
+    key_secret: str | None
+    __slots__ = ("key_secret", )
+    _qapi_fields: ClassVar[Fields] = ("key_secret", )
     _qapi_members: ClassVar[Members] = (
         ("key_secret", "key-secret", True),
     )
 
 
-@dataclass(slots=True, kw_only=True)
 class QCryptoBlockCreateOptionsLUKS(QCryptoBlockOptionsLUKS):
-    cipher_alg: QCryptoCipherAlgorithm | None = None
-    cipher_mode: QCryptoCipherMode | None = None
-    ivgen_alg: QCryptoIVGenAlgorithm | None = None
-    ivgen_hash_alg: QCryptoHashAlgorithm | None = None
-    hash_alg: QCryptoHashAlgorithm | None = None
-    iter_time: int | None = None
+    cipher_alg: QCryptoCipherAlgorithm | None
+    cipher_mode: QCryptoCipherMode | None
+    ivgen_alg: QCryptoIVGenAlgorithm | None
+    ivgen_hash_alg: QCryptoHashAlgorithm | None
+    hash_alg: QCryptoHashAlgorithm | None
+    iter_time: int | None
+    __slots__ = ("cipher_alg", "cipher_mode", "ivgen_alg", "ivgen_hash_alg", "hash_alg", "iter_time", )
+    _qapi_fields: ClassVar[Fields] = ("key_secret", "cipher_alg", "cipher_mode", "ivgen_alg", "ivgen_hash_alg", "hash_alg", "iter_time", )
     _qapi_members: ClassVar[Members] = (
         ("key_secret", "key-secret", True),
         ("cipher_alg", "cipher-alg", True),
@@ -930,20 +988,22 @@ class QCryptoBlockCreateOptionsLUKS(QCryptoBlockOptionsLUKS):
     )
 
 
-@dataclass(slots=True, kw_only=True)
 class QCryptoBlockCreateOptions(QCryptoBlockOptionsBase):
-    u: QCryptoBlockOptionsQCow | QCryptoBlockCreateOptionsLUKS | None = None
+    u: QCryptoBlockOptionsQCow | QCryptoBlockCreateOptionsLUKS | None
+    __slots__ = ("u", )
+    _qapi_fields: ClassVar[Fields] = ("format", "u", )
     _qapi_members: ClassVar[Members] = (
         ("format", "format", False),
     )
 
 
-@dataclass(slots=True, kw_only=True)
-class QCryptoBlockInfoLUKSSlot:
+class QCryptoBlockInfoLUKSSlot(rt.QAPIObject):
     active: bool
-    iters: int | None = None
-    stripes: int | None = None
+    iters: int | None
+    stripes: int | None
     key_offset: int
+    __slots__ = ("active", "iters", "stripes", "key_offset", )
+    _qapi_fields: ClassVar[Fields] = ("active", "iters", "stripes", "key_offset", )
     _qapi_members: ClassVar[Members] = (
         ("active", "active", False),
         ("iters", "iters", True),
@@ -952,17 +1012,18 @@ class QCryptoBlockInfoLUKSSlot:
     )
 
 
-@dataclass(slots=True, kw_only=True)
-class QCryptoBlockInfoLUKS:
+class QCryptoBlockInfoLUKS(rt.QAPIObject):
     cipher_alg: QCryptoCipherAlgorithm
     cipher_mode: QCryptoCipherMode
     ivgen_alg: QCryptoIVGenAlgorithm
-    ivgen_hash_alg: QCryptoHashAlgorithm | None = None
+    ivgen_hash_alg: QCryptoHashAlgorithm | None
     hash_alg: QCryptoHashAlgorithm
     payload_offset: int
     master_key_iters: int
     uuid: str
     slots: list[QCryptoBlockInfoLUKSSlot]
+    __slots__ = ("cipher_alg", "cipher_mode", "ivgen_alg", "ivgen_hash_alg", "hash_alg", "payload_offset", "master_key_iters", "uuid", "slots", )
+    _qapi_fields: ClassVar[Fields] = ("cipher_alg", "cipher_mode", "ivgen_alg", "ivgen_hash_alg", "hash_alg", "payload_offset", "master_key_iters", "uuid", "slots", )
     _qapi_members: ClassVar[Members] = (
         ("cipher_alg", "cipher-alg", False),
         ("cipher_mode", "cipher-mode", False),
@@ -976,8 +1037,7 @@ class QCryptoBlockInfoLUKS:
     )
 
 
-@dataclass(slots=True, kw_only=True)
-class SnapshotInfo:
+class SnapshotInfo(rt.QAPIObject):
     id: str
     name: str
     vm_state_size: int
@@ -985,7 +1045,9 @@ class SnapshotInfo:
     date_nsec: int
     vm_clock_sec: int
     vm_clock_nsec: int
-    icount: int | None = None
+    icount: int | None
+    __slots__ = ("id", "name", "vm_state_size", "date_sec", "date_nsec", "vm_clock_sec", "vm_clock_nsec", "icount", )
+    _qapi_fields: ClassVar[Fields] = ("id", "name", "vm_state_size", "date_sec", "date_nsec", "vm_clock_sec", "vm_clock_nsec", "icount", )
     _qapi_members: ClassVar[Members] = (
         ("id", "id", False),
         ("name", "name", False),
@@ -998,34 +1060,37 @@ class SnapshotInfo:
     )
 
 
-@dataclass(slots=True, kw_only=True)
-class ImageInfoSpecificQCow2EncryptionBase:
+class ImageInfoSpecificQCow2EncryptionBase(rt.QAPIObject):
     format: BlockdevQcow2EncryptionFormat
+    __slots__ = ("format", )
+    _qapi_fields: ClassVar[Fields] = ("format", )
     _qapi_members: ClassVar[Members] = (
         ("format", "format", False),
     )
 
 
-@dataclass(slots=True, kw_only=True)
 class ImageInfoSpecificQCow2Encryption(ImageInfoSpecificQCow2EncryptionBase):
-    u: QCryptoBlockInfoLUKS | None = None
+    u: QCryptoBlockInfoLUKS | None
+    __slots__ = ("u", )
+    _qapi_fields: ClassVar[Fields] = ("format", "u", )
     _qapi_members: ClassVar[Members] = (
         ("format", "format", False),
     )
 
 
-@dataclass(slots=True, kw_only=True)
-class ImageInfoSpecificQCow2:
+class ImageInfoSpecificQCow2(rt.QAPIObject):
     compat: str
-    data_file: str | None = None
-    data_file_raw: bool | None = None
-    extended_l2: bool | None = None
-    lazy_refcounts: bool | None = None
-    corrupt: bool | None = None
+    data_file: str | None
+    data_file_raw: bool | None
+    extended_l2: bool | None
+    lazy_refcounts: bool | None
+    corrupt: bool | None
     refcount_bits: int
-    encrypt: ImageInfoSpecificQCow2Encryption | None = None
-    bitmaps: list[Qcow2BitmapInfo] | None = None
+    encrypt: ImageInfoSpecificQCow2Encryption | None
+    bitmaps: list[Qcow2BitmapInfo] | None
     compression_type: Qcow2CompressionType
+    __slots__ = ("compat", "data_file", "data_file_raw", "extended_l2", "lazy_refcounts", "corrupt", "refcount_bits", "encrypt", "bitmaps", "compression_type", )
+    _qapi_fields: ClassVar[Fields] = ("compat", "data_file", "data_file_raw", "extended_l2", "lazy_refcounts", "corrupt", "refcount_bits", "encrypt", "bitmaps", "compression_type", )
     _qapi_members: ClassVar[Members] = (
         ("compat", "compat", False),
         ("data_file", "data-file", True),
@@ -1040,39 +1105,42 @@ class ImageInfoSpecificQCow2:
     )
 
 
-@dataclass(slots=True, kw_only=True)
-class ImageInfoSpecificQCow2Wrapper:
+class ImageInfoSpecificQCow2Wrapper(rt.QAPIObject):
     data: ImageInfoSpecificQCow2
+    __slots__ = ("data", )
+    _qapi_fields: ClassVar[Fields] = ("data", )
     _qapi_members: ClassVar[Members] = (
         ("data", "data", False),
     )
 
 
-@dataclass(slots=True, kw_only=True)
-class ImageInfoSpecific:
+class ImageInfoSpecific(rt.QAPIObject):
     type: ImageInfoSpecificKind
-    u: ImageInfoSpecificQCow2Wrapper | None = None
+    u: ImageInfoSpecificQCow2Wrapper | None
+    __slots__ = ("type", "u", )
+    _qapi_fields: ClassVar[Fields] = ("type", "u", )
     _qapi_members: ClassVar[Members] = (
         ("type", "type", False),
     )
 
 
-@dataclass(slots=True, kw_only=True)
-class ImageInfo:
+class ImageInfo(rt.QAPIObject):
     filename: str
     format: str
-    dirty_flag: bool | None = None
-    actual_size: int | None = None
+    dirty_flag: bool | None
+    actual_size: int | None
     virtual_size: int
-    cluster_size: int | None = None
-    encrypted: bool | None = None
-    compressed: bool | None = None
-    backing_filename: str | None = None
-    full_backing_filename: str | None = None
-    backing_filename_format: str | None = None
-    snapshots: list[SnapshotInfo] | None = None
-    backing_image: ImageInfo | None = None
-    format_specific: ImageInfoSpecific | None = None
+    cluster_size: int | None
+    encrypted: bool | None
+    compressed: bool | None
+    backing_filename: str | None
+    full_backing_filename: str | None
+    backing_filename_format: str | None
+    snapshots: list[SnapshotInfo] | None
+    backing_image: ImageInfo | None
+    format_specific: ImageInfoSpecific | None
+    __slots__ = ("filename", "format", "dirty_flag", "actual_size", "virtual_size", "cluster_size", "encrypted", "compressed", "backing_filename", "full_backing_filename", "backing_filename_format", "snapshots", "backing_image", "format_specific", )
+    _qapi_fields: ClassVar[Fields] = ("filename", "format", "dirty_flag", "actual_size", "virtual_size", "cluster_size", "encrypted", "compressed", "backing_filename", "full_backing_filename", "backing_filename_format", "snapshots", "backing_image", "format_specific", )
     _qapi_members: ClassVar[Members] = (
         ("filename", "filename", False),
         ("format", "format", False),
@@ -1091,11 +1159,12 @@ class ImageInfo:
     )
 
 
-@dataclass(slots=True, kw_only=True)
-class BlockdevCacheInfo:
+class BlockdevCacheInfo(rt.QAPIObject):
     writeback: bool
     direct: bool
     no_flush: bool
+    __slots__ = ("writeback", "direct", "no_flush", )
+    _qapi_fields: ClassVar[Fields] = ("writeback", "direct", "no_flush", )
     _qapi_members: ClassVar[Members] = (
         ("writeback", "writeback", False),
         ("direct", "direct", False),
@@ -1103,13 +1172,12 @@ class BlockdevCacheInfo:
     )
 
 
-@dataclass(slots=True, kw_only=True)
-class BlockDeviceInfo:
+class BlockDeviceInfo(rt.QAPIObject):
     file: str
-    node_name: str | None = None
+    node_name: str | None
     ro: bool
     drv: str
-    backing_file: str | None = None
+    backing_file: str | None
     backing_file_depth: int
     encrypted: bool
     detect_zeroes: BlockdevDetectZeroesOptions
@@ -1120,23 +1188,25 @@ class BlockDeviceInfo:
     iops_rd: int
     iops_wr: int
     image: ImageInfo
-    bps_max: int | None = None
-    bps_rd_max: int | None = None
-    bps_wr_max: int | None = None
-    iops_max: int | None = None
-    iops_rd_max: int | None = None
-    iops_wr_max: int | None = None
-    bps_max_length: int | None = None
-    bps_rd_max_length: int | None = None
-    bps_wr_max_length: int | None = None
-    iops_max_length: int | None = None
-    iops_rd_max_length: int | None = None
-    iops_wr_max_length: int | None = None
-    iops_size: int | None = None
-    group: str | None = None
+    bps_max: int | None
+    bps_rd_max: int | None
+    bps_wr_max: int | None
+    iops_max: int | None
+    iops_rd_max: int | None
+    iops_wr_max: int | None
+    bps_max_length: int | None
+    bps_rd_max_length: int | None
+    bps_wr_max_length: int | None
+    iops_max_length: int | None
+    iops_rd_max_length: int | None
+    iops_wr_max_length: int | None
+    iops_size: int | None
+    group: str | None
     cache: BlockdevCacheInfo
     write_threshold: int
-    dirty_bitmaps: list[BlockDirtyInfo] | None = None
+    dirty_bitmaps: list[BlockDirtyInfo] | None
+    __slots__ = ("file", "node_name", "ro", "drv", "backing_file", "backing_file_depth", "encrypted", "detect_zeroes", "bps", "bps_rd", "bps_wr", "iops", "iops_rd", "iops_wr", "image", "bps_max", "bps_rd_max", "bps_wr_max", "iops_max", "iops_rd_max", "iops_wr_max", "bps_max_length", "bps_rd_max_length", "bps_wr_max_length", "iops_max_length", "iops_rd_max_length", "iops_wr_max_length", "iops_size", "group", "cache", "write_threshold", "dirty_bitmaps", )
+    _qapi_fields: ClassVar[Fields] = ("file", "node_name", "ro", "drv", "backing_file", "backing_file_depth", "encrypted", "detect_zeroes", "bps", "bps_rd", "bps_wr", "iops", "iops_rd", "iops_wr", "image", "bps_max", "bps_rd_max", "bps_wr_max", "iops_max", "iops_rd_max", "iops_wr_max", "bps_max_length", "bps_rd_max_length", "bps_wr_max_length", "iops_max_length", "iops_rd_max_length", "iops_wr_max_length", "iops_size", "group", "cache", "write_threshold", "dirty_bitmaps", )
     _qapi_members: ClassVar[Members] = (
         ("file", "file", False),
         ("node_name", "node-name", True),
@@ -1173,15 +1243,16 @@ class BlockDeviceInfo:
     )
 
 
-@dataclass(slots=True, kw_only=True)
-class BlockDirtyInfo:
-    name: str | None = None
+class BlockDirtyInfo(rt.QAPIObject):
+    name: str | None
     count: int
     granularity: int
     recording: bool
     busy: bool
     persistent: bool
-    inconsistent: bool | None = None
+    inconsistent: bool | None
+    __slots__ = ("name", "count", "granularity", "recording", "busy", "persistent", "inconsistent", )
+    _qapi_fields: ClassVar[Fields] = ("name", "count", "granularity", "recording", "busy", "persistent", "inconsistent", )
     _qapi_members: ClassVar[Members] = (
         ("name", "name", True),
         ("count", "count", False),
@@ -1193,11 +1264,12 @@ class BlockDirtyInfo:
     )
 
 
-@dataclass(slots=True, kw_only=True)
-class Qcow2BitmapInfo:
+class Qcow2BitmapInfo(rt.QAPIObject):
     name: str
     granularity: int
     flags: list[Qcow2BitmapInfoFlags]
+    __slots__ = ("name", "granularity", "flags", )
+    _qapi_fields: ClassVar[Fields] = ("name", "granularity", "flags", )
     _qapi_members: ClassVar[Members] = (
         ("name", "name", False),
         ("granularity", "granularity", False),
@@ -1205,16 +1277,17 @@ class Qcow2BitmapInfo:
     )
 
 
-@dataclass(slots=True, kw_only=True)
-class BlockInfo:
+class BlockInfo(rt.QAPIObject):
     device: str
-    qdev: str | None = None
+    qdev: str | None
     type: str
     removable: bool
     locked: bool
-    inserted: BlockDeviceInfo | None = None
-    tray_open: bool | None = None
-    io_status: BlockDeviceIoStatus | None = None
+    inserted: BlockDeviceInfo | None
+    tray_open: bool | None
+    io_status: BlockDeviceIoStatus | None
+    __slots__ = ("device", "qdev", "type", "removable", "locked", "inserted", "tray_open", "io_status", )
+    _qapi_fields: ClassVar[Fields] = ("device", "qdev", "type", "removable", "locked", "inserted", "tray_open", "io_status", )
     _qapi_members: ClassVar[Members] = (
         ("device", "device", False),
         ("qdev", "qdev", True),
@@ -1227,8 +1300,7 @@ class BlockInfo:
     )
 
 
-@dataclass(slots=True, kw_only=True)
-class BlockJobInfo:
+class BlockJobInfo(rt.QAPIObject):
     type: str
     device: str
     len: int
@@ -1241,7 +1313,9 @@ class BlockJobInfo:
     status: JobStatus
     auto_finalize: bool
     auto_dismiss: bool
-    error: str | None = None
+    error: str | None
+    __slots__ = ("type", "device", "len", "offset", "busy", "paused", "speed", "io_status", "ready", "status", "auto_finalize", "auto_dismiss", "error", )
+    _qapi_fields: ClassVar[Fields] = ("type", "device", "len", "offset", "busy", "paused", "speed", "io_status", "ready", "status", "auto_finalize", "auto_dismiss", "error", )
     _qapi_members: ClassVar[Members] = (
         ("type", "type", False),
         ("device", "device", False),
@@ -1259,14 +1333,15 @@ class BlockJobInfo:
     )
 
 
-@dataclass(slots=True, kw_only=True)
-class BlockdevSnapshotSync:
-    device: str | None = None
-    node_name: str | None = None
+class BlockdevSnapshotSync(rt.QAPIObject):
+    device: str | None
+    node_name: str | None
     snapshot_file: str
-    snapshot_node_name: str | None = None
-    format: str | None = None
-    mode: NewImageMode | None = None
+    snapshot_node_name: str | None
+    format: str | None
+    mode: NewImageMode | None
+    __slots__ = ("device", "node_name", "snapshot_file", "snapshot_node_name", "format", "mode", )
+    _qapi_fields: ClassVar[Fields] = ("device", "node_name", "snapshot_file", "snapshot_node_name", "format", "mode", )
     _qapi_members: ClassVar[Members] = (
         ("device", "device", True),
         ("node_name", "node-name", True),
@@ -1277,21 +1352,23 @@ class BlockdevSnapshotSync:
     )
 
 
-@dataclass(slots=True, kw_only=True)
-class BlockdevSnapshot:
+class BlockdevSnapshot(rt.QAPIObject):
     node: str
     overlay: str
+    __slots__ = ("node", "overlay", )
+    _qapi_fields: ClassVar[Fields] = ("node", "overlay", )
     _qapi_members: ClassVar[Members] = (
         ("node", "node", False),
         ("overlay", "overlay", False),
     )
 
 
-@dataclass(slots=True, kw_only=True)
-class XDbgBlockGraphNode:
+class XDbgBlockGraphNode(rt.QAPIObject):
     id: int
     type: XDbgBlockGraphNodeType
     name: str
+    __slots__ = ("id", "type", "name", )
+    _qapi_fields: ClassVar[Fields] = ("id", "type", "name", )
     _qapi_members: ClassVar[Members] = (
         ("id", "id", False),
         ("type", "type", False),
@@ -1299,13 +1376,14 @@ class XDbgBlockGraphNode:
     )
 
 
-@dataclass(slots=True, kw_only=True)
-class XDbgBlockGraphEdge:
+class XDbgBlockGraphEdge(rt.QAPIObject):
     parent: int
     child: int
     name: str
     perm: list[BlockPermission]
     shared_perm: list[BlockPermission]
+    __slots__ = ("parent", "child", "name", "perm", "shared_perm", )
+    _qapi_fields: ClassVar[Fields] = ("parent", "child", "name", "perm", "shared_perm", )
     _qapi_members: ClassVar[Members] = (
         ("parent", "parent", False),
         ("child", "child", False),
@@ -1315,35 +1393,38 @@ class XDbgBlockGraphEdge:
     )
 
 
-@dataclass(slots=True, kw_only=True)
-class XDbgBlockGraph:
+class XDbgBlockGraph(rt.QAPIObject):
     nodes: list[XDbgBlockGraphNode]
     edges: list[XDbgBlockGraphEdge]
+    __slots__ = ("nodes", "edges", )
+    _qapi_fields: ClassVar[Fields] = ("nodes", "edges", )
     _qapi_members: ClassVar[Members] = (
         ("nodes", "nodes", False),
         ("edges", "edges", False),
     )
 
 
-@dataclass(slots=True, kw_only=True)
-class BlockdevCacheOptions:
-    direct: bool | None = None
-    no_flush: bool | None = None
+class BlockdevCacheOptions(rt.QAPIObject):
+    direct: bool | None
+    no_flush: bool | None
+    __slots__ = ("direct", "no_flush", )
+    _qapi_fields: ClassVar[Fields] = ("direct", "no_flush", )
     _qapi_members: ClassVar[Members] = (
         ("direct", "direct", True),
         ("no_flush", "no-flush", True),
     )
 
 
-@dataclass(slots=True, kw_only=True)
-class BlockdevOptionsFile:
+class BlockdevOptionsFile(rt.QAPIObject):
     filename: str
-    pr_manager: str | None = None
-    locking: OnOffAuto | None = None
-    aio: BlockdevAioOptions | None = None
-    aio_max_batch: int | None = None
-    drop_cache: bool | None = None
-    x_check_cache_dropped: bool | None = None
+    pr_manager: str | None
+    locking: OnOffAuto | None
+    aio: BlockdevAioOptions | None
+    aio_max_batch: int | None
+    drop_cache: bool | None
+    x_check_cache_dropped: bool | None
+    __slots__ = ("filename", "pr_manager", "locking", "aio", "aio_max_batch", "drop_cache", "x_check_cache_dropped", )
+    _qapi_fields: ClassVar[Fields] = ("filename", "pr_manager", "locking", "aio", "aio_max_batch", "drop_cache", "x_check_cache_dropped", )
     _qapi_members: ClassVar[Members] = (
         ("filename", "filename", False),
         ("pr_manager", "pr-manager", True),
@@ -1355,11 +1436,12 @@ class BlockdevOptionsFile:
     )
 
 
-@dataclass(slots=True, kw_only=True)
-class BlockdevOptionsNull:
-    size: int | None = None
-    latency_ns: int | None = None
-    read_zeroes: bool | None = None
+class BlockdevOptionsNull(rt.QAPIObject):
+    size: int | None
+    latency_ns: int | None
+    read_zeroes: bool | None
+    __slots__ = ("size", "latency_ns", "read_zeroes", )
+    _qapi_fields: ClassVar[Fields] = ("size", "latency_ns", "read_zeroes", )
     _qapi_members: ClassVar[Members] = (
         ("size", "size", True),
         ("latency_ns", "latency-ns", True),
@@ -1367,35 +1449,38 @@ class BlockdevOptionsNull:
     )
 
 
-@dataclass(slots=True, kw_only=True)
-class BlockdevOptionsGenericFormat:
+class BlockdevOptionsGenericFormat(rt.QAPIObject):
     file: BlockdevRef
+    __slots__ = ("file", )
+    _qapi_fields: ClassVar[Fields] = ("file", )
     _qapi_members: ClassVar[Members] = (
         ("file", "file", False),
     )
 
 
-@dataclass(slots=True, kw_only=True)
 class BlockdevOptionsGenericCOWFormat(BlockdevOptionsGenericFormat):
-    backing: BlockdevRefOrNull | None = None
+    backing: BlockdevRefOrNull | None
+    __slots__ = ("backing", )
+    _qapi_fields: ClassVar[Fields] = ("file", "backing", )
     _qapi_members: ClassVar[Members] = (
         ("file", "file", False),
         ("backing", "backing", True),
     )
 
 
-@dataclass(slots=True, kw_only=True)
-class Qcow2OverlapCheckFlags:
-    template: Qcow2OverlapCheckMode | None = None
-    main_header: bool | None = None
-    active_l1: bool | None = None
-    active_l2: bool | None = None
-    refcount_table: bool | None = None
-    refcount_block: bool | None = None
-    snapshot_table: bool | None = None
-    inactive_l1: bool | None = None
-    inactive_l2: bool | None = None
-    bitmap_directory: bool | None = None
+class Qcow2OverlapCheckFlags(rt.QAPIObject):
+    template: Qcow2OverlapCheckMode | None
+    main_header: bool | None
+    active_l1: bool | None
+    active_l2: bool | None
+    refcount_table: bool | None
+    refcount_block: bool | None
+    snapshot_table: bool | None
+    inactive_l1: bool | None
+    inactive_l2: bool | None
+    bitmap_directory: bool | None
+    __slots__ = ("template", "main_header", "active_l1", "active_l2", "refcount_table", "refcount_block", "snapshot_table", "inactive_l1", "inactive_l2", "bitmap_directory", )
+    _qapi_fields: ClassVar[Fields] = ("template", "main_header", "active_l1", "active_l2", "refcount_table", "refcount_block", "snapshot_table", "inactive_l1", "inactive_l2", "bitmap_directory", )
     _qapi_members: ClassVar[Members] = (
         ("template", "template", True),
         ("main_header", "main-header", True),
@@ -1410,29 +1495,31 @@ class Qcow2OverlapCheckFlags:
     )
 
 
-@dataclass(slots=True, kw_only=True)
-class BlockdevQcow2Encryption:
+class BlockdevQcow2Encryption(rt.QAPIObject):
     format: BlockdevQcow2EncryptionFormat
-    u: QCryptoBlockOptionsQCow | QCryptoBlockOptionsLUKS | None = None
+    u: QCryptoBlockOptionsQCow | QCryptoBlockOptionsLUKS | None
+    __slots__ = ("format", "u", )
+    _qapi_fields: ClassVar[Fields] = ("format", "u", )
     _qapi_members: ClassVar[Members] = (
         ("format", "format", False),
     )
 
 
-@dataclass(slots=True, kw_only=True)
 class BlockdevOptionsQcow2(BlockdevOptionsGenericCOWFormat):
-    lazy_refcounts: bool | None = None
-    pass_discard_request: bool | None = None
-    pass_discard_snapshot: bool | None = None
-    pass_discard_other: bool | None = None
-    overlap_check: Qcow2OverlapChecks | None = None
-    cache_size: int | None = None
-    l2_cache_size: int | None = None
-    l2_cache_entry_size: int | None = None
-    refcount_cache_size: int | None = None
-    cache_clean_interval: int | None = None
-    encrypt: BlockdevQcow2Encryption | None = None
-    data_file: BlockdevRef | None = None
+    lazy_refcounts: bool | None
+    pass_discard_request: bool | None
+    pass_discard_snapshot: bool | None
+    pass_discard_other: bool | None
+    overlap_check: Qcow2OverlapChecks | None
+    cache_size: int | None
+    l2_cache_size: int | None
+    l2_cache_entry_size: int | None
+    refcount_cache_size: int | None
+    cache_clean_interval: int | None
+    encrypt: BlockdevQcow2Encryption | None
+    data_file: BlockdevRef | None
+    __slots__ = ("lazy_refcounts", "pass_discard_request", "pass_discard_snapshot", "pass_discard_other", "overlap_check", "cache_size", "l2_cache_size", "l2_cache_entry_size", "refcount_cache_size", "cache_clean_interval", "encrypt", "data_file", )
+    _qapi_fields: ClassVar[Fields] = ("file", "backing", "lazy_refcounts", "pass_discard_request", "pass_discard_snapshot", "pass_discard_other", "overlap_check", "cache_size", "l2_cache_size", "l2_cache_entry_size", "refcount_cache_size", "cache_clean_interval", "encrypt", "data_file", )
     _qapi_members: ClassVar[Members] = (
         ("file", "file", False),
         ("backing", "backing", True),
@@ -1451,10 +1538,11 @@ class BlockdevOptionsQcow2(BlockdevOptionsGenericCOWFormat):
     )
 
 
-@dataclass(slots=True, kw_only=True)
 class BlockdevOptionsRaw(BlockdevOptionsGenericFormat):
-    offset: int | None = None
-    size: int | None = None
+    offset: int | None
+    size: int | None
+    __slots__ = ("offset", "size", )
+    _qapi_fields: ClassVar[Fields] = ("file", "offset", "size", )
     _qapi_members: ClassVar[Members] = (
         ("file", "file", False),
         ("offset", "offset", True),
@@ -1462,17 +1550,18 @@ class BlockdevOptionsRaw(BlockdevOptionsGenericFormat):
     )
 
 
-@dataclass(slots=True, kw_only=True)
-class BlockdevOptions:
+class BlockdevOptions(rt.QAPIObject):
     driver: BlockdevDriver
-    node_name: str | None = None
-    discard: BlockdevDiscardOptions | None = None
-    cache: BlockdevCacheOptions | None = None
-    read_only: bool | None = None
-    auto_read_only: bool | None = None
-    force_share: bool | None = None
-    detect_zeroes: BlockdevDetectZeroesOptions | None = None
-    u: BlockdevOptionsFile | BlockdevOptionsNull | BlockdevOptionsQcow2 | BlockdevOptionsRaw | None = None
+    node_name: str | None
+    discard: BlockdevDiscardOptions | None
+    cache: BlockdevCacheOptions | None
+    read_only: bool | None
+    auto_read_only: bool | None
+    force_share: bool | None
+    detect_zeroes: BlockdevDetectZeroesOptions | None
+    u: BlockdevOptionsFile | BlockdevOptionsNull | BlockdevOptionsQcow2 | BlockdevOptionsRaw | None
+    __slots__ = ("driver", "node_name", "discard", "cache", "read_only", "auto_read_only", "force_share", "detect_zeroes", "u", )
+    _qapi_fields: ClassVar[Fields] = ("driver", "node_name", "discard", "cache", "read_only", "auto_read_only", "force_share", "detect_zeroes", "u", )
     _qapi_members: ClassVar[Members] = (
         ("driver", "driver", False),
         ("node_name", "node-name", True),
@@ -1485,13 +1574,14 @@ class BlockdevOptions:
     )
 
 
-@dataclass(slots=True, kw_only=True)
-class BlockdevCreateOptionsFile:
+class BlockdevCreateOptionsFile(rt.QAPIObject):
     filename: str
     size: int
-    preallocation: PreallocMode | None = None
-    nocow: bool | None = None
-    extent_size_hint: int | None = None
+    preallocation: PreallocMode | None
+    nocow: bool | None
+    extent_size_hint: int | None
+    __slots__ = ("filename", "size", "preallocation", "nocow", "extent_size_hint", )
+    _qapi_fields: ClassVar[Fields] = ("filename", "size", "preallocation", "nocow", "extent_size_hint", )
     _qapi_members: ClassVar[Members] = (
         ("filename", "filename", False),
         ("size", "size", False),
@@ -1501,22 +1591,23 @@ class BlockdevCreateOptionsFile:
     )
 
 
-@dataclass(slots=True, kw_only=True)
-class BlockdevCreateOptionsQcow2:
+class BlockdevCreateOptionsQcow2(rt.QAPIObject):
     file: BlockdevRef
-    data_file: BlockdevRef | None = None
-    data_file_raw: bool | None = None
-    extended_l2: bool | None = None
+    data_file: BlockdevRef | None
+    data_file_raw: bool | None
+    extended_l2: bool | None
     size: int
-    version: BlockdevQcow2Version | None = None
-    backing_file: str | None = None
-    backing_fmt: BlockdevDriver | None = None
-    encrypt: QCryptoBlockCreateOptions | None = None
-    cluster_size: int | None = None
-    preallocation: PreallocMode | None = None
-    lazy_refcounts: bool | None = None
-    refcount_bits: int | None = None
-    compression_type: Qcow2CompressionType | None = None
+    version: BlockdevQcow2Version | None
+    backing_file: str | None
+    backing_fmt: BlockdevDriver | None
+    encrypt: QCryptoBlockCreateOptions | None
+    cluster_size: int | None
+    preallocation: PreallocMode | None
+    lazy_refcounts: bool | None
+    refcount_bits: int | None
+    compression_type: Qcow2CompressionType | None
+    __slots__ = ("file", "data_file", "data_file_raw", "extended_l2", "size", "version", "backing_file", "backing_fmt", "encrypt", "cluster_size", "preallocation", "lazy_refcounts", "refcount_bits", "compression_type", )
+    _qapi_fields: ClassVar[Fields] = ("file", "data_file", "data_file_raw", "extended_l2", "size", "version", "backing_file", "backing_fmt", "encrypt", "cluster_size", "preallocation", "lazy_refcounts", "refcount_bits", "compression_type", )
     _qapi_members: ClassVar[Members] = (
         ("file", "file", False),
         ("data_file", "data-file", True),
@@ -1535,39 +1626,43 @@ class BlockdevCreateOptionsQcow2:
     )
 
 
-@dataclass(slots=True, kw_only=True)
-class BlockdevCreateOptions:
+class BlockdevCreateOptions(rt.QAPIObject):
     driver: BlockdevDriver
-    u: BlockdevCreateOptionsFile | BlockdevCreateOptionsQcow2 | None = None
+    u: BlockdevCreateOptionsFile | BlockdevCreateOptionsQcow2 | None
+    __slots__ = ("driver", "u", )
+    _qapi_fields: ClassVar[Fields] = ("driver", "u", )
     _qapi_members: ClassVar[Members] = (
         ("driver", "driver", False),
     )
 
 
-@dataclass(slots=True, kw_only=True)
-class BlockDirtyBitmap:
+class BlockDirtyBitmap(rt.QAPIObject):
     node: str
     name: str
+    __slots__ = ("node", "name", )
+    _qapi_fields: ClassVar[Fields] = ("node", "name", )
     _qapi_members: ClassVar[Members] = (
         ("node", "node", False),
         ("name", "name", False),
     )
 
 
-@dataclass(slots=True, kw_only=True)
-class BlockExportOptionsNbdBase:
-    name: str | None = None
-    description: str | None = None
+class BlockExportOptionsNbdBase(rt.QAPIObject):
+    name: str | None
+    description: str | None
+    __slots__ = ("name", "description", )
+    _qapi_fields: ClassVar[Fields] = ("name", "description", )
     _qapi_members: ClassVar[Members] = (
         ("name", "name", True),
         ("description", "description", True),
     )
 
 
-@dataclass(slots=True, kw_only=True)
 class BlockExportOptionsNbd(BlockExportOptionsNbdBase):
-    bitmaps: list[BlockDirtyBitmapOrStr] | None = None
-    allocation_depth: bool | None = None
+    bitmaps: list[BlockDirtyBitmapOrStr] | None
+    allocation_depth: bool | None
+    __slots__ = ("bitmaps", "allocation_depth", )
+    _qapi_fields: ClassVar[Fields] = ("name", "description", "bitmaps", "allocation_depth", )
     _qapi_members: ClassVar[Members] = (
         ("name", "name", True),
         ("description", "description", True),
@@ -1576,11 +1671,12 @@ class BlockExportOptionsNbd(BlockExportOptionsNbdBase):
     )
 
 
-@dataclass(slots=True, kw_only=True)
 class NbdServerAddOptions(BlockExportOptionsNbdBase):
     device: str
-    writable: bool | None = None
-    bitmap: str | None = None
+    writable: bool | None
+    bitmap: str | None
+    __slots__ = ("device", "writable", "bitmap", )
+    _qapi_fields: ClassVar[Fields] = ("name", "description", "device", "writable", "bitmap", )
     _qapi_members: ClassVar[Members] = (
         ("name", "name", True),
         ("description", "description", True),
@@ -1590,16 +1686,17 @@ class NbdServerAddOptions(BlockExportOptionsNbdBase):
     )
 
 
-@dataclass(slots=True, kw_only=True)
-class BlockExportOptions:
+class BlockExportOptions(rt.QAPIObject):
     type: BlockExportType
     id: str
-    fixed_iothread: bool | None = None
-    iothread: str | None = None
+    fixed_iothread: bool | None
+    iothread: str | None
     node_name: str
-    writable: bool | None = None
-    writethrough: bool | None = None
-    u: BlockExportOptionsNbd | None = None
+    writable: bool | None
+    writethrough: bool | None
+    u: BlockExportOptionsNbd | None
+    __slots__ = ("type", "id", "fixed_iothread", "iothread", "node_name", "writable", "writethrough", "u", )
+    _qapi_fields: ClassVar[Fields] = ("type", "id", "fixed_iothread", "iothread", "node_name", "writable", "writethrough", "u", )
     _qapi_members: ClassVar[Members] = (
         ("type", "type", False),
         ("id", "id", False),
@@ -1611,12 +1708,13 @@ class BlockExportOptions:
     )
 
 
-@dataclass(slots=True, kw_only=True)
-class BlockExportInfo:
+class BlockExportInfo(rt.QAPIObject):
     id: str
     type: BlockExportType
     node_name: str
     shutting_down: bool
+    __slots__ = ("id", "type", "node_name", "shutting_down", )
+    _qapi_fields: ClassVar[Fields] = ("id", "type", "node_name", "shutting_down", )
     _qapi_members: ClassVar[Members] = (
         ("id", "id", False),
         ("type", "type", False),
