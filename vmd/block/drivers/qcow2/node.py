@@ -275,8 +275,59 @@ class Qcow2Node(BlockNode):
         while pos < len(data):
             vc, in_off = divmod(offset + pos, self.cs)
             n = min(self.cs - in_off, len(data) - pos)
+            if in_off == 0 and n == self.cs:
+                pos += await self._write_full_clusters(vc, data[pos:])
+                continue
             await self._write_cluster(vc, in_off, data[pos:pos + n])
             pos += n
+
+    async def _write_full_clusters(self, vc: int, data: memoryview) -> int:
+        """Write whole clusters from ``vc`` as one host write; returns bytes done.
+
+        A run ends at the end of ``data``, of the L2 table, or where the
+        clusters stop being alike: either all already ours and contiguous on
+        the host (overwritten in place), or all needing a new cluster (given
+        one contiguous allocation, as QEMU does). Anything else goes
+        through ``_write_cluster`` one cluster at a time. The data goes
+        straight from the caller's buffer, without a copy.
+        """
+        table_off, l2i = await self._l2_for_write(vc)
+        limit = min(len(data) // self.cs, self.l2_entries - l2i)
+        first = await self._entry(vc)
+        in_place = self._kind(first) == _DATA and bool(first & fmt.OFLAG_COPIED)
+        if not in_place and not self._needs_new_cluster(first):
+            await self._write_cluster(vc, 0, data[:self.cs])
+            return self.cs
+        entries = [first]
+        while len(entries) < limit:
+            entry = await self._entry(vc + len(entries))
+            if in_place:
+                if not (self._kind(entry) == _DATA and entry & fmt.OFLAG_COPIED
+                        and entry & fmt.L2E_OFFSET_MASK == (first & fmt.L2E_OFFSET_MASK) + len(entries) * self.cs):
+                    break
+            elif not self._needs_new_cluster(entry):
+                break
+            entries.append(entry)
+        length = len(entries) * self.cs
+        if in_place:
+            await self.file.write(first & fmt.L2E_OFFSET_MASK, data[:length])
+            return length
+        host = await self.refcounts.alloc(len(entries))
+        await self.file.write(host, data[:length])
+        self._depend()
+        for i in range(len(entries)):
+            await self._set_entry(table_off, l2i + i, (host + i * self.cs) | fmt.OFLAG_COPIED)
+        await self._free_entries(entries)
+        return length
+
+    def _needs_new_cluster(self, entry: int) -> bool:
+        """Whether a full overwrite of this cluster takes a fresh cluster."""
+        kind = self._kind(entry)
+        if kind == _DATA:
+            return not entry & fmt.OFLAG_COPIED
+        if kind == _ZERO:
+            return not (entry & fmt.L2E_OFFSET_MASK and entry & fmt.OFLAG_COPIED)
+        return True
 
     def _depend(self) -> None:
         if not self.lazy:
