@@ -36,7 +36,10 @@ log = logging.getLogger(__name__)
 MAX_REQUESTS = 16
 #: Read/write bytes in flight per client; one request is always admitted.
 MAX_BYTES = 64 << 20
-_READ_SIZE = 256 << 10
+# One read takes up to a whole 1 MiB write request and more; small reads
+# cost a loop iteration and a copy each (measured: 256 KiB reads left
+# sequential writes at 0.6x of QEMU, 4 MiB brings them level).
+_READ_SIZE = 4 << 20
 
 Address = str | tuple[str, int]
 
@@ -107,12 +110,12 @@ class NBDServer:
         """Listen on a Unix socket path or a (host, port) pair."""
         try:
             if isinstance(address, str):
-                server = await asyncio.start_unix_server(self._accept, path=address)
+                server = await asyncio.start_unix_server(self._accept, path=address, limit=_READ_SIZE)
                 self._unix_path = address
             else:
                 host, port = address
                 server = await asyncio.start_server(self._accept, host=host, port=port,
-                                                    reuse_address=True)
+                                                    reuse_address=True, limit=_READ_SIZE)
         except OSError as error:
             where = f" to {address}" if isinstance(address, str) else ""
             reason = os.strerror(error.errno) if error.errno else str(error)
