@@ -27,11 +27,15 @@ stamp=".venv/.vmd-setup-$(cat pyproject.toml | sha256sum | cut -c1-16)"
 if [ ! -f "$stamp" ]; then
     echo "setup: creating .venv"
     [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
-    .venv/bin/python -m pip install -q --upgrade pip >/dev/null
     # "compat" editable mode adds the source tree to sys.path with a .pth
     # file; the default import hook costs ~10 ms at every vmd start.
-    .venv/bin/python -m pip install -q -e '.[test]' \
-        --config-settings editable_mode=compat
+    if ! { .venv/bin/python -m pip install -q --upgrade pip &&
+           .venv/bin/python -m pip install -q -e '.[test]' \
+               --config-settings editable_mode=compat; } >.venv/setup.log 2>&1; then
+        cat .venv/setup.log
+        echo "setup: pip install failed (log above, also in .venv/setup.log)" >&2
+        exit 1
+    fi
     rm -f .venv/.vmd-setup-*
     touch "$stamp"
 fi
