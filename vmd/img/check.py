@@ -12,7 +12,7 @@ from typing import Any
 
 from vmd.block.drivers.qcow2.check import CheckResult, check_qcow2
 from vmd.block.drivers.qcow2.node import Qcow2Node
-from vmd.img.common import ImgError, getopt, open_image, output_format, qemu_json, run, usage_error, write_messages
+from vmd.img.common import ImgError, getopt, open_image, qemu_json, run, split_common, usage_error, write_messages
 from vmd.img.progress import Progress
 
 USAGE = "check [-q] [-f fmt] [--output=ofmt] [-p] [-U] filename"
@@ -113,23 +113,13 @@ async def check_image(path: str, fmt: str | None, progress: Progress) -> tuple[s
 
 def main(argv: list[str]) -> int:
     opts, args = getopt(argv, "hf:qr:pUT:", ["help", "output=", "quiet", "force-share", "repair="])
-    fmt: str | None = None
-    out = "human"
-    quiet = False
-    show_progress: bool | None = None
-    for opt, value in opts:
-        if opt in ("-h", "--help"):
-            print(HELP, end="")
-            return 0
-        if opt == "-f":
-            fmt = value
-        elif opt == "--output":
-            out = output_format(value)
-        elif opt in ("-q", "--quiet"):
-            quiet = True
-        elif opt == "-p":
-            show_progress = True
-        elif opt in ("-r", "--repair"):
+    common, rest = split_common(opts)
+    if common.help:
+        print(HELP, end="")
+        return 0
+    fmt, out, quiet, show_progress = common.fmt, common.output, common.quiet, common.progress
+    for opt, value in rest:
+        if opt in ("-r", "--repair"):
             if value not in ("leaks", "all"):
                 raise ImgError("Invalid opt for -r")
             raise ImgError("Repairing images (-r) is not supported yet; vmd-img check only reads the image")

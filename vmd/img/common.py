@@ -235,6 +235,37 @@ def allocated_file_size(path: str) -> int | None:
 # -- option parsing ---------------------------------------------------------------
 
 
+@dataclass
+class CommonOptions:
+    """The options the subcommands share, in qemu-img's spelling."""
+
+    help: bool = False
+    fmt: str | None = None
+    output: str = "human"
+    quiet: bool = False
+    progress: bool | None = None
+
+
+def split_common(opts: list[tuple[str, str]]) -> tuple[CommonOptions, list[tuple[str, str]]]:
+    """Take the shared options out of ``opts``; the rest is the subcommand's."""
+    common = CommonOptions()
+    rest = []
+    for opt, value in opts:
+        if opt in ("-h", "--help"):
+            common.help = True
+        elif opt == "-f":
+            common.fmt = value
+        elif opt == "--output":
+            common.output = output_format(value)
+        elif opt in ("-q", "--quiet"):
+            common.quiet = True
+        elif opt == "-p":
+            common.progress = True
+        elif opt not in ("-U", "--force-share"):  # locks are not taken by vmd-img
+            rest.append((opt, value))
+    return common, rest
+
+
 def getopt(argv: list[str], short: str, long: list[str]) -> tuple[list[tuple[str, str]], list[str]]:
     """GNU-style option parsing (options may follow file names), qemu-img's messages."""
     import getopt as _getopt

@@ -6,7 +6,7 @@ import os
 import sys
 from dataclasses import dataclass, field
 
-from vmd.img.common import ImgError, getopt, open_image, parse_size, run, usage_error
+from vmd.img.common import ImgError, getopt, open_image, parse_size, run, split_common, usage_error
 from vmd.img.progress import Progress
 from vmd.qmp.errors import QMPError
 
@@ -248,19 +248,17 @@ def _options_help(fmt: str) -> str:
 
 def main(argv: list[str]) -> int:
     opts, args = getopt(argv, "hf:o:b:F:uqp", ["help", "quiet"])
-    fmt = "raw"
+    common, rest = split_common(opts)
+    if common.help:
+        print(HELP, end="")
+        return 0
+    fmt, quiet, show_progress = common.fmt or "raw", common.quiet, common.progress
     option_text: list[str] = []
     backing: str | None = None
     backing_fmt: str | None = None
-    unsafe = quiet = False
-    show_progress: bool | None = None
-    for opt, value in opts:
-        if opt in ("-h", "--help"):
-            print(HELP, end="")
-            return 0
-        if opt == "-f":
-            fmt = value
-        elif opt == "-o":
+    unsafe = False
+    for opt, value in rest:
+        if opt == "-o":
             option_text.append(value)
         elif opt == "-b":
             backing = value
@@ -268,10 +266,6 @@ def main(argv: list[str]) -> int:
             backing_fmt = value
         elif opt == "-u":
             unsafe = True
-        elif opt in ("-q", "--quiet"):
-            quiet = True
-        elif opt == "-p":
-            show_progress = True
     if fmt not in OPTIONS:
         raise ImgError(f"Unknown file format '{fmt}'")
     joined = ",".join(option_text)

@@ -13,11 +13,11 @@ from vmd.img.common import (
     allocated_file_size,
     getopt,
     open_image,
-    output_format,
     qdict_order,
     qemu_json,
     run,
     size_to_str,
+    split_common,
     usage_error,
 )
 
@@ -119,19 +119,12 @@ async def collect(path: str, fmt: str | None, chain: bool) -> list[dict[str, Any
 
 def main(argv: list[str]) -> int:
     opts, args = getopt(argv, "hf:U", ["help", "output=", "backing-chain", "force-share"])
-    fmt: str | None = None
-    out = "human"
-    chain = False
-    for opt, value in opts:
-        if opt in ("-h", "--help"):
-            print(HELP, end="")
-            return 0
-        if opt == "-f":
-            fmt = value
-        elif opt == "--output":
-            out = output_format(value)
-        elif opt == "--backing-chain":
-            chain = True
+    common, rest = split_common(opts)
+    if common.help:
+        print(HELP, end="")
+        return 0
+    fmt, out = common.fmt, common.output
+    chain = ("--backing-chain", "") in rest
     if len(args) != 1:
         raise usage_error("Expecting one image file name")
     infos = run(lambda: collect(args[0], fmt, chain))

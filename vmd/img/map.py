@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from vmd.block.drivers.qcow2.node import Qcow2Node
 from vmd.block.node import BlockNode, Status
-from vmd.img.common import ImgError, getopt, open_image, output_format, parse_size, run, usage_error
+from vmd.img.common import ImgError, getopt, open_image, parse_size, run, split_common, usage_error
 
 USAGE = "map [-f fmt] [--start-offset=offset] [--max-length=len] [--output=ofmt] [-U] filename"
 HELP = f"""usage: vmd-img {USAGE}
@@ -185,32 +185,28 @@ def _hex(value: int) -> str:
     return f"{value:#x}" if value else "0"
 
 
+def _size_option(value: str, what: str) -> int:
+    try:
+        return parse_size(value)
+    except ValueError:
+        raise ImgError(f"Invalid {what} specified! You may use k, M, G, T, P or E suffixes for "
+                       "kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.") from None
+
+
 def main(argv: list[str]) -> int:
     opts, args = getopt(argv, "hf:U", ["help", "output=", "start-offset=", "max-length=", "force-share"])
-    fmt: str | None = None
-    out = "human"
+    common, rest = split_common(opts)
+    if common.help:
+        print(HELP, end="")
+        return 0
+    fmt, out = common.fmt, common.output
     start = 0
     max_length: int | None = None
-    for opt, value in opts:
-        if opt in ("-h", "--help"):
-            print(HELP, end="")
-            return 0
-        if opt == "-f":
-            fmt = value
-        elif opt == "--output":
-            out = output_format(value)
-        elif opt == "--start-offset":
-            try:
-                start = parse_size(value)
-            except ValueError:
-                raise ImgError("Invalid start offset specified! You may use k, M, G, T, P or E suffixes for "
-                               "kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.") from None
+    for opt, value in rest:
+        if opt == "--start-offset":
+            start = _size_option(value, "start offset")
         elif opt == "--max-length":
-            try:
-                max_length = parse_size(value)
-            except ValueError:
-                raise ImgError("Invalid max length specified! You may use k, M, G, T, P or E suffixes for "
-                               "kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.") from None
+            max_length = _size_option(value, "max length")
     if len(args) != 1:
         raise usage_error("Expecting one image file name")
     entries = run(lambda: build_map(args[0], fmt, start, max_length))
