@@ -26,20 +26,20 @@ import re
 import resource
 import shlex
 import shutil
-import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
-CLK_TCK = os.sysconf("SC_CLK_TCK")
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # also for python -m bench.nbd_io
+import common
+from common import REPO, BenchError, Metric, cpu_seconds, interleaved, log_tail, progress_printer, stop
+
 MIB = 1 << 20
 VIRTUAL_SIZE = "1G"
 VIRTUAL_BYTES = 1 << 30
@@ -48,10 +48,6 @@ EXPORT_ID = "e"
 FILL_PATTERN = "0x5a"
 CONNECT_POLL_S = 0.005
 CPU_BOUND_SHARE = 0.85  # server CPU / wall above this: the server is the bottleneck
-
-
-class BenchError(Exception):
-    """A server or client could not be started or misbehaved; the message says which."""
 
 
 class Unsupported(BenchError):
@@ -66,30 +62,6 @@ class Tools:
     qemu_io: str
     qsd: str | None
     fio: str | None
-
-
-@dataclass
-class Metric:
-    """One table row: per-server samples reduced by the median."""
-
-    name: str
-    unit: str
-    fmt: str
-    samples: dict[str, list[float]] = field(default_factory=dict)
-
-    def add(self, label: str, value: float) -> None:
-        self.samples.setdefault(label, []).append(value)
-
-    def value(self, label: str) -> float | None:
-        values = self.samples.get(label)
-        return statistics.median(values) if values else None
-
-    def spread(self, label: str) -> float | None:
-        """(max - min) / median: a quick variance indicator."""
-        values = self.samples.get(label)
-        if not values or len(values) < 2 or not statistics.median(values):
-            return None
-        return (max(values) - min(values)) / statistics.median(values)
 
 
 class Runner:
@@ -183,12 +155,6 @@ class Server:
     qmp: QmpClient
     uri: str
 
-    def cpu_seconds(self) -> float:
-        """User + system CPU time of the server (all threads), from /proc/PID/stat."""
-        stat = Path(f"/proc/{self.proc.pid}/stat").read_text()
-        fields = stat.rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
 
 def blockdev_args(image: Path) -> str:
     return f"driver=qcow2,node-name={NODE},file.driver=file,file.filename={image}"
@@ -201,18 +167,6 @@ def server_argv(label: str, tools: Tools, image: Path, qmp_path: Path) -> list[s
     assert tools.qsd is not None
     return [tools.qsd, "--chardev", f"socket,id=m,path={qmp_path},server=on,wait=off",
             "--monitor", "m", "--blockdev", blockdev_args(image)]
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    """Kill a server and reap it; safe to call twice."""
-    if proc.poll() is None:
-        proc.kill()
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(timeout=5)
-
-
-def log_tail(log: Path) -> str:
-    return log.read_text(errors="replace")[-2000:].strip()
 
 
 def wait_notify(notify: socket.socket, proc: subprocess.Popen[bytes], log: Path,
@@ -321,9 +275,9 @@ class Sample:
 def measured(server: Server, run: Callable[[], tuple[str, float, float]]
              ) -> tuple[str, float, float]:
     """Run a client, returning its output and the CPU seconds the server and it used."""
-    cpu0 = server.cpu_seconds()
+    cpu0 = cpu_seconds(server.proc.pid)
     out, _wall, client_cpu = run()
-    return out, server.cpu_seconds() - cpu0, client_cpu
+    return out, cpu_seconds(server.proc.pid) - cpu0, client_cpu
 
 
 RUN_COMPLETED = re.compile(r"Run completed in ([0-9.]+) seconds")
@@ -428,13 +382,6 @@ def run_test(test: Test, server: Server, tools: Tools, runner: Runner,
     return sequential(server, tools, runner, args.size, args.depth, test.write)
 
 
-def interleaved(labels: list[str], runs: int) -> Iterator[tuple[int, str]]:
-    """Alternate which server goes first each run, so slow drift favours neither."""
-    for i in range(runs):
-        for label in labels if i % 2 == 0 else labels[::-1]:
-            yield i, label
-
-
 def one_round(label: str, run_index: int, tests: list[Test], template: Path, tmp: Path,
               tools: Tools, runner: Runner, args: argparse.Namespace,
               progress: Callable[[str], None]) -> None:
@@ -519,8 +466,7 @@ def run(args: argparse.Namespace, notes: list[str]) -> list[Metric]:
     runner = Runner(args.verbose, args.timeout)
     tools = find_tools(args, notes)
     tests = make_tests(args, tools.fio is not None)
-    progress: Callable[[str], None] = (lambda _msg: None) if args.quiet else (
-        lambda msg: print(msg, file=sys.stderr, flush=True))
+    progress = progress_printer(args.quiet)
     with tempfile.TemporaryDirectory(prefix="nbd-io-") as tmpdir:
         tmp = Path(tmpdir)
         labels: list[str] = []
@@ -543,11 +489,6 @@ def run(args: argparse.Namespace, notes: list[str]) -> list[Metric]:
     return [metric for test in tests for metric in test.rows]
 
 
-def ratio(metric: Metric) -> float | None:
-    vmd, qemu = metric.value("vmd"), metric.value("qemu")
-    return vmd / qemu if vmd is not None and qemu else None
-
-
 def bottleneck_notes(metrics: list[Metric]) -> list[str]:
     """Say where each server looks CPU-bound: a busy main loop shows as ~100% of one CPU."""
     busy: dict[str, list[str]] = {}
@@ -561,28 +502,6 @@ def bottleneck_notes(metrics: list[Metric]) -> list[str]:
                     f"{metric.name.removesuffix(': server CPU')} ({share:.0f}%)")
     return [f"{label} server at >= {CPU_BOUND_SHARE * 100:.0f}% of one CPU, i.e. CPU-bound, "
             f"in: {', '.join(tests)}" for label, tests in busy.items()]
-
-
-def print_table(metrics: list[Metric], notes: list[str]) -> None:
-    def cell(value: float | None, fmt: str) -> str:
-        return "-" if value is None else format(value, fmt)
-
-    def pct(value: float | None) -> str:
-        return "-" if value is None else f"{value * 100:.0f}%"
-
-    header = (f"{'metric':<34} {'vmd':>10} {'qemu':>10} {'ratio (vmd/qemu)':>17}"
-              f"  spread vmd/qemu")
-    print(header)
-    print("-" * len(header))
-    for m in metrics:
-        r = ratio(m)
-        print(f"{m.name + ' (' + m.unit + ')':<34} {cell(m.value('vmd'), m.fmt):>10} "
-              f"{cell(m.value('qemu'), m.fmt):>10} {cell(r, '.2f') + ('x' if r else ''):>17}"
-              f"  {pct(m.spread('vmd'))}/{pct(m.spread('qemu'))}")
-    print("\nMiB/s and IOPS: higher is better; CPU is % of one CPU over the I/O time; "
-          "spread = (max-min)/median over the runs")
-    for note in notes:
-        print(f"note: {note}")
 
 
 SIZE_SUFFIXES = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
@@ -621,11 +540,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--timeout", type=float, default=120.0,
                         help="seconds to wait for a server to start or a client to finish "
                              "(default: %(default)s)")
-    parser.add_argument("--json", action="store_true",
-                        help="print machine-readable JSON instead of the table")
-    parser.add_argument("--verbose", action="store_true",
-                        help="print every command (servers, QMP, clients) on stderr")
-    parser.add_argument("--quiet", action="store_true", help="no progress messages on stderr")
+    common.add_output_options(
+        parser, verbose_help="print every command (servers, QMP, clients) on stderr")
     args = parser.parse_args(argv)
     defaults = {"size": (128 * MIB, 512 * MIB), "runs": (1, 3), "duration": (2.0, 5.0)}
     for name, (quick, full) in defaults.items():
@@ -640,34 +556,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    notes: list[str] = []
-    # Turn SIGTERM into SystemExit so the same cleanup as for Ctrl-C runs.
-    signal.signal(signal.SIGTERM, lambda _sig, _frame: sys.exit(143))
-    try:
-        metrics = run(args, notes)
-    except BenchError as error:
-        print(f"nbd_io: {error}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:  # servers, clients and the temp dir are already gone
-        print("nbd_io: interrupted", file=sys.stderr)
-        return 130
-    notes += bottleneck_notes(metrics)
-    if args.json:
-        json.dump({
-            "params": {k: v for k, v in vars(args).items()
-                       if k not in ("json", "quiet", "verbose")},
-            "python": sys.version.split()[0],
-            "cpus": os.cpu_count(),
-            "metrics": [{"name": m.name, "unit": m.unit, "vmd": m.value("vmd"),
-                         "qemu": m.value("qemu"), "ratio": ratio(m), "samples": m.samples}
-                        for m in metrics],
-            "notes": notes,
-        }, sys.stdout, indent=2)
-        print()
-    else:
-        print_table(metrics, notes)
-    return 0
+    legend = ("MiB/s and IOPS: higher is better; CPU is % of one CPU over the I/O time; "
+              "spread = (max-min)/median over the runs")
+    return common.main("nbd_io", parse_args(argv), run, name_width=34, legend=legend,
+                       more_notes=bottleneck_notes)
 
 
 if __name__ == "__main__":

@@ -17,26 +17,21 @@ import contextlib
 import json
 import os
 import shutil
-import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # also for python -m bench.qmp_rtt
+import common
+from common import REPO, BenchError, Metric, cpu_seconds, interleaved, log_tail, progress_printer, stop
+
 QUERY = b'{"execute":"query-status"}'  # no newline, as qmp-shell/QMPClient send it
 CONNECT_POLL_S = 0.0005
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-class BenchError(Exception):
-    """A daemon could not be started or misbehaved; the message says which."""
 
 
 @dataclass
@@ -106,36 +101,7 @@ class Daemon:
     greeting_s: float
 
 
-@dataclass
-class Metric:
-    """One table row: per-server samples reduced by the median."""
-
-    name: str
-    unit: str
-    fmt: str
-    samples: dict[str, list[float]] = field(default_factory=dict)
-
-    def value(self, label: str) -> float | None:
-        values = self.samples.get(label)
-        return statistics.median(values) if values else None
-
-    def spread(self, label: str) -> float | None:
-        """(max - min) / median: a quick variance indicator."""
-        values = self.samples.get(label)
-        if not values or len(values) < 2 or not statistics.median(values):
-            return None
-        return (max(values) - min(values)) / statistics.median(values)
-
-
 # --- process handling ------------------------------------------------------
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    """Kill a daemon and reap it; safe to call twice."""
-    if proc.poll() is None:
-        proc.kill()
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(timeout=5)
 
 
 def spawn(server: Server, sock: Path, log: Path, timeout: float,
@@ -160,9 +126,8 @@ def spawn(server: Server, sock: Path, log: Path, timeout: float,
             break
         except (FileNotFoundError, ConnectionRefusedError):
             if proc.poll() is not None:
-                tail = log.read_text(errors="replace")[-2000:].strip()
                 raise BenchError(f"{server.label} exited with status {proc.returncode} "
-                                 f"before listening on {sock}:\n{tail}") from None
+                                 f"before listening on {sock}:\n{log_tail(log)}") from None
             if time.perf_counter() - start > timeout:
                 raise BenchError(f"{server.label} did not listen on {sock} "
                                  f"within {timeout:.0f} s") from None
@@ -174,12 +139,6 @@ def spawn(server: Server, sock: Path, log: Path, timeout: float,
     if b'"QMP"' not in greeting:
         raise BenchError(f"{server.label}: not a QMP greeting: {greeting!r}")
     return Daemon(server, proc, client, start, elapsed)
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process (all threads), from /proc/PID/stat."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
 def rss_mib(pid: int) -> float:
@@ -279,13 +238,6 @@ def find_servers(args: argparse.Namespace) -> tuple[Server, Server | None, Serve
     return vmd, script, qemu
 
 
-def interleaved(labels: list[str], rounds: int) -> Iterator[str]:
-    """Alternate which server goes first each round so slow drift (thermal,
-    other load) does not systematically favour one side."""
-    for i in range(rounds):
-        yield from (labels if i % 2 == 0 else labels[::-1])
-
-
 def run(args: argparse.Namespace, notes: list[str]) -> list[Metric]:
     vmd, script, qemu = find_servers(args)
     if qemu is None:
@@ -295,8 +247,7 @@ def run(args: argparse.Namespace, notes: list[str]) -> list[Metric]:
         notes.append("no installed 'vmd' console script found; skipped its start-up time")
     servers = {s.label: s for s in (vmd, script, qemu) if s is not None}
     main_labels = [s.label for s in (vmd, qemu) if s is not None]
-    progress: Callable[[str], None] = (lambda _msg: None) if args.quiet else (
-        lambda msg: print(msg, file=sys.stderr, flush=True))
+    progress = progress_printer(args.quiet)
 
     greet = {"vmd": Metric("start-to-greeting", "ms", ".1f"),
              "vmd-script": Metric("start-to-greeting (vmd script)", "ms", ".1f")}
@@ -314,12 +265,12 @@ def run(args: argparse.Namespace, notes: list[str]) -> list[Metric]:
         progress(f"start-to-greeting: {args.starts} runs each (+1 warm-up)")
         for server in servers.values():  # warm-up: page cache, .pyc files
             start_up(server, tmp, args.timeout)
-        for label in interleaved(list(servers), args.starts):
+        for _, label in interleaved(list(servers), args.starts):
             greeting_s, ready_s = start_up(servers[label], tmp, args.timeout)
             # QEMU's samples go to the "vmd" rows; the script rows share them below.
             row, column = ("vmd", "qemu") if label == "qemu" else (label, "vmd")
-            greet[row].samples.setdefault(column, []).append(greeting_s * 1000)
-            ready[row].samples.setdefault(column, []).append(ready_s * 1000)
+            greet[row].add(column, greeting_s * 1000)
+            ready[row].add(column, ready_s * 1000)
         for metric in (greet, ready):
             if "qemu" in metric["vmd"].samples:
                 metric["vmd-script"].samples["qemu"] = metric["vmd"].samples["qemu"]
@@ -331,49 +282,22 @@ def run(args: argparse.Namespace, notes: list[str]) -> list[Metric]:
             daemon.client.command(QUERY)  # warm-up: first dispatch of the command
 
         progress(f"round trips: {args.rounds} x {args.duration:g} s each")
-        for label in interleaved(main_labels, args.rounds):
+        for _, label in interleaved(main_labels, args.rounds):
             rate, s_cpu, c_cpu = round_trips(daemons[label], args.duration)
-            rtt.samples.setdefault(label, []).append(rate)
-            server_cpu.samples.setdefault(label, []).append(s_cpu * 100)
-            client_cpu.samples.setdefault(label, []).append(c_cpu * 100)
+            rtt.add(label, rate)
+            server_cpu.add(label, s_cpu * 100)
+            client_cpu.add(label, c_cpu * 100)
         for label, daemon in daemons.items():
             rss.samples[label] = [rss_mib(daemon.proc.pid)]
 
         progress(f"burst: {args.rounds} x {args.burst} pipelined requests")
-        for label in interleaved(main_labels, args.rounds):
-            burst_rate.samples.setdefault(label, []).append(burst(daemons[label], args.burst))
+        for _, label in interleaved(main_labels, args.rounds):
+            burst_rate.add(label, burst(daemons[label], args.burst))
 
     metrics = [rtt, burst_rate, greet["vmd"], ready["vmd"]]
     if script is not None:
         metrics += [greet["vmd-script"], ready["vmd-script"]]
     return [*metrics, rss, server_cpu, client_cpu]
-
-
-def ratio(metric: Metric) -> float | None:
-    vmd, qemu = metric.value("vmd"), metric.value("qemu")
-    return vmd / qemu if vmd is not None and qemu else None
-
-
-def print_table(metrics: list[Metric], notes: list[str]) -> None:
-    def cell(value: float | None, fmt: str) -> str:
-        return "-" if value is None else format(value, fmt)
-
-    def pct(value: float | None) -> str:
-        return "-" if value is None else f"{value * 100:.0f}%"
-
-    header = (f"{'metric':<40} {'vmd':>10} {'qemu':>10} {'ratio (vmd/qemu)':>17}"
-              f"  spread vmd/qemu")
-    print(header)
-    print("-" * len(header))
-    for m in metrics:
-        r = ratio(m)
-        print(f"{m.name + ' (' + m.unit + ')':<40} {cell(m.value('vmd'), m.fmt):>10} "
-              f"{cell(m.value('qemu'), m.fmt):>10} {cell(r, '.2f') + ('x' if r else ''):>17}"
-              f"  {pct(m.spread('vmd'))}/{pct(m.spread('qemu'))}")
-    print("\nrates: higher is better; ms and MiB: lower is better; "
-          "spread = (max-min)/median over the runs")
-    for note in notes:
-        print(f"note: {note}")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -394,9 +318,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--timeout", type=float, default=30.0,
                         help="seconds to wait for a daemon to start or answer "
                              "(default: %(default)s)")
-    parser.add_argument("--json", action="store_true",
-                        help="print machine-readable JSON instead of the table")
-    parser.add_argument("--quiet", action="store_true", help="no progress messages on stderr")
+    common.add_output_options(parser)
     args = parser.parse_args(argv)
     if min(args.rounds, args.burst, args.starts) < 1 or args.duration <= 0:
         parser.error("--rounds, --burst, --starts and --duration must be positive")
@@ -404,32 +326,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    notes: list[str] = []
-    # Turn SIGTERM into SystemExit so the same cleanup as for Ctrl-C runs.
-    signal.signal(signal.SIGTERM, lambda _sig, _frame: sys.exit(143))
-    try:
-        metrics = run(args, notes)
-    except BenchError as error:
-        print(f"qmp_rtt: {error}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:  # processes and sockets are already cleaned up
-        print("qmp_rtt: interrupted", file=sys.stderr)
-        return 130
-    if args.json:
-        json.dump({
-            "params": {k: v for k, v in vars(args).items() if k not in ("json", "quiet")},
-            "python": sys.version.split()[0],
-            "cpus": os.cpu_count(),
-            "metrics": [{"name": m.name, "unit": m.unit, "vmd": m.value("vmd"),
-                         "qemu": m.value("qemu"), "ratio": ratio(m), "samples": m.samples}
-                        for m in metrics],
-            "notes": notes,
-        }, sys.stdout, indent=2)
-        print()
-    else:
-        print_table(metrics, notes)
-    return 0
+    legend = ("rates: higher is better; ms and MiB: lower is better; "
+              "spread = (max-min)/median over the runs")
+    return common.main("qmp_rtt", parse_args(argv), run, name_width=40, legend=legend)
 
 
 if __name__ == "__main__":
