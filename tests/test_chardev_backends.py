@@ -550,3 +550,27 @@ def test_qmp_pty_path_is_usable(vmd: VmdProcess) -> None:
         finally:
             os.close(fd)
         assert call(client, "chardev-remove", id="t0") == {}
+
+
+@on_uvloop
+async def test_change_swaps_the_backend_under_a_live_front_end(tmp_path: Path) -> None:
+    """chardev-change: the same front end now writes to the new backend."""
+    registry = ChardevRegistry()
+    old, frontend = await attach(registry, "c0", "ringbuf", size=64)
+    assert old.write(b"before") == 6
+    new = await registry.change("c0", visit_ChardevBackend(
+        {"type": "file", "data": {"out": str(tmp_path / "after.log")}}, None, ""))
+    assert registry.get("c0") is new and new.frontend is frontend
+    assert (frontend.closed, frontend.opened) == (1, 2)  # the old peer left, the new one came
+    assert new.write(b"after") == 5
+    await registry.close_all()
+    assert (tmp_path / "after.log").read_bytes() == b"after"
+
+
+@on_uvloop
+async def test_a_chardev_in_use_cannot_be_removed() -> None:
+    registry = ChardevRegistry()
+    await attach(registry, "busy", "null")
+    with pytest.raises(QMPError, match="Chardev 'busy' is busy"):
+        await registry.remove("busy")
+    await registry.close_all()
