@@ -69,6 +69,10 @@ _WHITESPACE_RUN = re.compile(rb"[ \t\r\n]+")
 _FAST_SPECIAL = re.compile(rb"[][{}\"'\\]|[^\t\n\r\x20-\x7e]")
 _FAST_STRING_END = re.compile(rb"[\"'\\]|[^\x20-\x7e]")
 _LONG_NUMBER = re.compile(rb"[0-9]{19}")
+# The usual request, an object without nested objects or arrays, in one
+# match (strings may hold brackets); anything else is scanned bracket by
+# bracket below.
+_FLAT_OBJECT = re.compile(rb'\{(?:"[^"\\\x00-\x1f\x7f-\xff]*"|[^{}\[\]"\'\\\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\xff])*\}')
 _NEED_MORE, _NOT_FAST = -1, -2
 
 
@@ -158,7 +162,9 @@ class JSONStreamParser:
             return start
         if buf[start] != 0x7B:  # '{'
             return _NOT_FAST
-        end = self._fast_scan(start)
+        # Small input only: a partial message is matched again on every feed.
+        flat = _FLAT_OBJECT.match(buf, start) if self._scan is None and len(buf) - start <= 65536 else None
+        end = flat.end() if flat is not None else self._fast_scan(start)
         if end < 0:
             return end
         text = buf[start:end]
