@@ -388,11 +388,11 @@ class Qcow2Node(BlockNode):
         if kind == _ZERO and entry & fmt.L2E_OFFSET_MASK and entry & fmt.OFLAG_COPIED:
             # Preallocated zero cluster: fill it in place, then drop the flag.
             host = entry & fmt.L2E_OFFSET_MASK
-            await self.file.write(host, memoryview(bytes(full)))
+            await self.file.write(host, memoryview(full))  # full is ours alone: no copy
             await self._set_entry(table_off, l2i, host | fmt.OFLAG_COPIED)
             return
         host = await self.refcounts.alloc(1)
-        await self.file.write(host, memoryview(bytes(full)))
+        await self.file.write(host, memoryview(full))  # full is ours alone: no copy
         self._depend()
         await self._set_entry(table_off, l2i, host | fmt.OFLAG_COPIED)
         await self._free_entries([entry])
