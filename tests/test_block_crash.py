@@ -66,16 +66,16 @@ def run_round(workdir: Path, image: Path, durable: list[int], first: int, kill_a
     vmd = start_vmd(workdir, "-blockdev",
                     f"driver=qcow2,node-name=disk,file.driver=file,file.filename={image}")
     nbd = workdir / "nbd.sock"
-    with RawQMP(vmd.qmp_path) as qmp:
-        qmp.negotiate()
-        assert qmp.command({"execute": "nbd-server-start", "arguments": {
-            "addr": {"type": "unix", "data": {"path": str(nbd)}}}}) == {"return": {}}
-        assert qmp.command({"execute": "block-export-add", "arguments": {
-            "type": "nbd", "id": "e", "node-name": "disk", "writable": True}}) == {"return": {}}
     killer = threading.Timer(kill_after, vmd.process.send_signal, (signal.SIGKILL,))
-    killer.start()
     index = first
     try:
+        with RawQMP(vmd.qmp_path) as qmp:
+            qmp.negotiate()
+            assert qmp.command({"execute": "nbd-server-start", "arguments": {
+                "addr": {"type": "unix", "data": {"path": str(nbd)}}}}) == {"return": {}}
+            assert qmp.command({"execute": "block-export-add", "arguments": {
+                "type": "nbd", "id": "e", "node-name": "disk", "writable": True}}) == {"return": {}}
+        killer.start()
         while vmd.process.poll() is None and index < IMAGE_SIZE // REGION - WRITES_PER_BATCH:
             batch = list(range(index, index + WRITES_PER_BATCH))
             index += WRITES_PER_BATCH

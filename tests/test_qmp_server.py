@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import ROOT, RawQMP, VmdProcess, rss_kib, running_vmd, start_vmd, vmd_command
+from tests.harness import ROOT, RawQMP, VmdProcess, rss_kib, running_vmd, vmd_command
 from vmd.qmp.json_writer import encode_message
 from vmd.version import greeting_line, version_info
 
@@ -124,27 +124,25 @@ def test_flooding_client_does_not_starve_others(vmd: VmdProcess) -> None:
 
 
 def test_sigterm_emits_shutdown_and_exits_zero(tmp_path: Path) -> None:
-    vmd = start_vmd(tmp_path)
-    with RawQMP(vmd.qmp_path) as client:
+    with running_vmd(tmp_path) as vmd, RawQMP(vmd.qmp_path) as client:
         client.negotiate()
         vmd.process.send_signal(signal.SIGTERM)
         event = client.read()
         assert event["event"] == "SHUTDOWN"
         assert event["data"] == {"guest": False, "reason": "host-signal"}
-    assert vmd.process.wait(10) == 0
+        assert vmd.process.wait(10) == 0
     assert not vmd.qmp_path.exists()
 
 
 def test_quit_replies_then_closes(tmp_path: Path) -> None:
-    vmd = start_vmd(tmp_path)
-    with RawQMP(vmd.qmp_path) as client:
+    with running_vmd(tmp_path) as vmd, RawQMP(vmd.qmp_path) as client:
         client.negotiate()
         client.send(b'{"execute":"quit","id":"q"}')
         assert client.read()["event"] == "SHUTDOWN"
         assert client.read() == {"return": {}, "id": "q"}
         with pytest.raises(EOFError):
             client.read()
-    assert vmd.process.wait(10) == 0
+        assert vmd.process.wait(10) == 0
 
 
 def test_start_paused_then_cont(tmp_path: Path) -> None:
