@@ -8,6 +8,7 @@ sleeps to wait for it. QEMU has no such signal; it is started with
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -16,7 +17,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -174,6 +175,14 @@ def rss_kib(pid: int) -> int:
     raise AssertionError(f"no VmRSS for {pid}")
 
 
-def wait_for_exit(process: subprocess.Popen[bytes], timeout: float) -> int:
+async def until(condition: Callable[[], Any], timeout: float = 10.0) -> None:
+    """Wait on the running loop until ``condition()`` holds, or fail.
+
+    For state that changes inside the event loop under test (a front end's
+    counters, a transport's buffer), which has no event of its own to await.
+    """
     deadline = time.monotonic() + timeout
-    return process.wait(max(0.0, deadline - time.monotonic()))
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.002)

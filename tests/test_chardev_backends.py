@@ -12,7 +12,6 @@ import asyncio
 import errno
 import functools
 import os
-import time
 from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ from typing import Any
 import pytest
 import uvloop
 
-from tests.harness import RawQMP, VmdProcess
+from tests.harness import RawQMP, VmdProcess, until
 from vmd._generated.types import DataFormat, visit_ChardevBackend
 from vmd.chardev.base import OUTPUT_LIMIT, Chardev
 from vmd.chardev.pty import PtyChardev
@@ -70,14 +69,6 @@ class Recorder:
 
     def chr_break(self) -> None:
         self.breaks += 1
-
-
-async def until(condition: Callable[[], Any], timeout: float = DEADLINE) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.002)
 
 
 async def add(registry: ChardevRegistry, chardev_id: str, kind: str, **data: Any) -> Chardev:

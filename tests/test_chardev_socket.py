@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import uvloop
 
-from tests.harness import RawQMP, VmdProcess
+from tests.harness import RawQMP, VmdProcess, until
 from vmd._generated.types import visit_ChardevBackend
 from vmd.chardev.base import OUTPUT_LIMIT
 from vmd.chardev.registry import ChardevRegistry
@@ -310,19 +310,12 @@ async def _open(data: dict[str, Any], chardev_id: str = "s0") -> SocketChardev:
     return chardev
 
 
-async def _until(condition: Callable[[], bool]) -> None:
-    deadline = time.monotonic() + DEADLINE
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.005)
-
-
 async def _server_and_client(path: Path, frontend: Recorder
                              ) -> tuple[SocketChardev, asyncio.StreamReader, asyncio.StreamWriter]:
     chardev = await _open({"addr": {"type": "unix", "data": {"path": str(path)}}})
     chardev.attach(frontend)
     reader, writer = await asyncio.open_unix_connection(str(path))
-    await _until(lambda: chardev.connected)
+    await until(lambda: chardev.connected)
     assert frontend.events == ["open"] and chardev.frontend_open
     return chardev, reader, writer
 
@@ -347,7 +340,7 @@ def test_bytes_flow_both_ways_in_order(run: Runner, tmp_path: Path) -> None:
         expected_in = b"".join(b"in%03d," % i for i in range(100))
         expected_out = b"".join(b"out%03d," % i for i in range(100))
         assert await reader.readexactly(len(expected_out)) == expected_out
-        await _until(lambda: len(frontend.received) >= len(expected_in))
+        await until(lambda: len(frontend.received) >= len(expected_in))
         assert bytes(frontend.received) == expected_in
         writer.close()
         await chardev.close()
@@ -363,7 +356,7 @@ def test_full_front_end_stops_input_without_loss(run: Runner, tmp_path: Path) ->
         sent = bytes(range(251)) * 8000  # 2 MB: more than the kernel buffers hold
         writer.write(sent)
         drain = asyncio.ensure_future(writer.drain())
-        await _until(lambda: len(frontend.received) == 10)
+        await until(lambda: len(frontend.received) == 10)
         for _ in range(50):
             await asyncio.sleep(0)
         assert len(frontend.received) == 10  # nothing more while chr_can_receive() is 0
@@ -372,10 +365,10 @@ def test_full_front_end_stops_input_without_loss(run: Runner, tmp_path: Path) ->
         assert not drain.done()  # the sender is held back by the kernel
         frontend.room = 1000
         chardev.accept_input()
-        await _until(lambda: len(frontend.received) == 1010)
+        await until(lambda: len(frontend.received) == 1010)
         frontend.room = len(sent)
         chardev.accept_input()
-        await _until(lambda: len(frontend.received) == len(sent))
+        await until(lambda: len(frontend.received) == len(sent))
         assert bytes(frontend.received) == sent
         await drain
         writer.close()
@@ -434,10 +427,10 @@ def test_disconnect_closes_front_end_and_drops_output(run: Runner, tmp_path: Pat
         assert chardev.write(b"x" * 1_000_000) == 1_000_000  # dropped, as in QEMU
         # The listener is polled again: the next client is served.
         _, writer2 = await asyncio.open_unix_connection(str(tmp_path / "x.sock"))
-        await _until(lambda: chardev.connected)
+        await until(lambda: chardev.connected)
         assert frontend.events == ["open", "close", "open"]
         writer2.close()
-        await _until(lambda: not chardev.connected)
+        await until(lambda: not chardev.connected)
         await chardev.close()
     run(main())
 
@@ -447,7 +440,7 @@ def test_server_wait_awaits_the_first_client(run: Runner, tmp_path: Path) -> Non
     async def main() -> None:
         path = tmp_path / "w.sock"
         opening = asyncio.ensure_future(_open({"addr": {"type": "unix", "data": {"path": str(path)}}, "wait": True}))
-        await _until(path.exists)
+        await until(path.exists)
         for _ in range(20):
             await asyncio.sleep(0)
         assert not opening.done()
@@ -483,7 +476,7 @@ def test_tcp_client_reconnect_in_process(run: Runner) -> None:
         assert chardev.filename().endswith(f" <-> 127.0.0.1:{port}")
         peers[0].close()
         await asyncio.wait_for(frontend.closed.wait(), DEADLINE)
-        await _until(lambda: chardev.connected)  # reconnected after a period
+        await until(lambda: chardev.connected)  # reconnected after a period
         assert frontend.events == ["open", "close", "open"]
         await chardev.close()
         server.close()

@@ -45,7 +45,7 @@ class BlockdevCreateJob(Job):
         for name, value in unsupported.items():
             if value is not None:
                 raise QMPError(f"qcow2 option '{name}' is not supported by vmd")
-        file = self.graph.lookup(u.file) if isinstance(u.file, str) else await self.graph.open(u.file)
+        file = self.graph.find(u.file) if isinstance(u.file, str) else await self.graph.open(u.file)
         if file.read_only:
             raise QMPError("Block node is read-only")
         version = 2 if str(u.version or "v3") == "v2" else 3

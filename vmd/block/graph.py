@@ -60,13 +60,6 @@ class BlockGraph:
             raise QMPError(f"Cannot find device='' nor node-name='{node_name}'")
         return node
 
-    def lookup(self, node_name: str) -> BlockNode:
-        """A node named in a reference (``file: "name"``)."""
-        node = self._nodes.get(node_name)
-        if node is None:
-            raise QMPError(f"Cannot find device='' nor node-name='{node_name}'")
-        return node
-
     async def open(self, options: Any) -> BlockNode:
         """Open a node tree from ``BlockdevOptions`` and name its nodes."""
         _load_drivers()
@@ -118,7 +111,7 @@ class BlockGraph:
         unless it says otherwise, as in QEMU.
         """
         if isinstance(ref, str):
-            return self.lookup(ref)
+            return self.find(ref)
         if role == "backing" and ref.read_only is None:
             ref.read_only = True
         inherit_options(parent, ref)

@@ -104,10 +104,6 @@ class BlockNode:
         if user in self.writers:
             self.writers.remove(user)
 
-    @property
-    def in_use(self) -> bool:
-        return bool(self.users or self.parents)
-
     # -- life cycle ----------------------------------------------------------
 
     async def open(self) -> None:

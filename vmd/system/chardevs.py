@@ -12,6 +12,7 @@ from __future__ import annotations
 import sys
 from typing import TYPE_CHECKING
 
+from vmd._generated.types import ChardevBackend, ChardevSocketWrapper
 from vmd.chardev.cli import backend_spec
 from vmd.cli.config import ChardevConfig, Config
 from vmd.cli.errors import OptionError
@@ -66,6 +67,8 @@ async def _open(daemon: Daemon, chardev: ChardevConfig) -> None:
         raise StartupError(f"-chardev {chardev.id}: {error}") from None
 
 
-def _waits(spec: object) -> bool:
-    data = getattr(getattr(spec, "u", None), "data", None)
-    return bool(getattr(data, "server", False) and getattr(data, "wait", False))
+def _waits(spec: ChardevBackend) -> bool:
+    """A server socket that holds start-up until its first client."""
+    if not isinstance(spec.u, ChardevSocketWrapper):
+        return False
+    return bool(spec.u.data.server and spec.u.data.wait)
