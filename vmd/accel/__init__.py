@@ -1,0 +1,1 @@
+"""Accelerators: the KVM binding (``abi``: layouts, ``kvm``: descriptors, ``cpuid``: CPU models)."""
