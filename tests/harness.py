@@ -47,8 +47,11 @@ class VmdProcess:
 
 
 def start_vmd(tmp_path: Path, *extra: str, qmp: bool = True,
-              env: dict[str, str] | None = None) -> VmdProcess:
-    """Start vmd with a QMP socket in ``tmp_path``; wait until READY=1."""
+              env: dict[str, str] | None = None, stderr: Any = None) -> VmdProcess:
+    """Start vmd with a QMP socket in ``tmp_path``; wait until READY=1.
+
+    ``stderr`` is passed to ``subprocess.Popen`` (a file to check for tracebacks).
+    """
     qmp_path = tmp_path / "vmd-qmp.sock"
     args = [f"unix:{qmp_path},server=on,wait=off"] if qmp else []
     argv = vmd_command(*(["-qmp", *args] if qmp else []), *extra)
@@ -59,7 +62,7 @@ def start_vmd(tmp_path: Path, *extra: str, qmp: bool = True,
         process_env = dict(os.environ if env is None else env)
         process_env["NOTIFY_SOCKET"] = str(notify_path)
         process_env.setdefault("PYTHONPATH", str(ROOT))
-        process = subprocess.Popen(argv, env=process_env)
+        process = subprocess.Popen(argv, env=process_env, stderr=stderr)
         try:
             _wait_ready(notify, process)
         except BaseException:

@@ -680,6 +680,13 @@ class Graph:
         return self.nodes[name]
 
 
+def nbd_server_add(ctx: Any, **arguments: Any) -> None:
+    """``nbd-server-add`` through its generated marshaller (its arguments are boxed)."""
+    from vmd._generated.commands import COMMANDS
+    wire = {key.replace("_", "-"): value for key, value in arguments.items()}
+    COMMANDS["nbd-server-add"].marshal(qmp_nbd_server_add, ctx, wire)
+
+
 def unix(path: str) -> Any:
     return SimpleNamespace(type="unix", u=SimpleNamespace(data=SimpleNamespace(path=path)))
 
@@ -712,7 +719,7 @@ async def test_qmp_commands(tmp_path: Path) -> None:
 
     await fails("NBD server not running", lambda: qmp_nbd_server_stop(ctx))
     await fails("NBD server not running", lambda: qmp_block_export_add(ctx, export_options("e1", "f")))
-    await fails("NBD server not running", lambda: qmp_nbd_server_add(ctx, "f"))
+    await fails("NBD server not running", lambda: nbd_server_add(ctx, device="f"))
     await fails("Export 'x' is not found", lambda: qmp_nbd_server_remove(ctx, "x"))
     await qmp_nbd_server_start(ctx, unix(sock))
     await fails("NBD server already running", lambda: qmp_nbd_server_start(ctx, unix(sock + "2")))
@@ -725,11 +732,11 @@ async def test_qmp_commands(tmp_path: Path) -> None:
     await fails("Cannot find device='' nor node-name='nope'",
                 lambda: qmp_block_export_add(ctx, export_options("e6", "nope")))
     await fails("Invalid block export id", lambda: qmp_block_export_add(ctx, export_options("bad id!", "f")))
-    await fails("Cannot find device='nope' nor node-name='nope'", lambda: qmp_nbd_server_add(ctx, "nope"))
+    await fails("Cannot find device='nope' nor node-name='nope'", lambda: nbd_server_add(ctx, device="nope"))
     await fails(f"export name '{'x' * 5000}' too long",
                 lambda: qmp_block_export_add(ctx, export_options("e7", "f", name="x" * 5000)))
-    qmp_nbd_server_add(ctx, "ro", name="ro1", writable=True)   # quietly read-only
-    await fails("Block export id 'ro1' is already in use", lambda: qmp_nbd_server_add(ctx, "ro", name="ro1"))
+    nbd_server_add(ctx, device="ro", name="ro1", writable=True)   # quietly read-only
+    await fails("Block export id 'ro1' is already in use", lambda: nbd_server_add(ctx, device="ro", name="ro1"))
     assert qmp_query_block_exports(ctx) == [
         {"type": "nbd", "id": "ro1", "node-name": "ro", "shutting-down": False},
         {"type": "nbd", "id": "e1", "node-name": "f", "shutting-down": False}]

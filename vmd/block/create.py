@@ -68,6 +68,8 @@ def create_empty_file(path: str, size: int) -> None:
         raise QMPError(f"Could not create '{path}': {os.strerror(error.errno or errno.EIO)}") from None
     try:
         os.ftruncate(fd, size)
+    except OSError as error:
+        raise QMPError(f"Could not resize file: {os.strerror(error.errno or errno.EIO)}") from None
     finally:
         os.close(fd)
 

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from vmd.block.limits import check_offset
 from vmd.qmp.errors import QMPError
 
 
@@ -138,6 +139,7 @@ class BlockNode:
         await self._co_flush()
 
     async def truncate(self, size: int) -> None:
+        check_offset(size)
         if self.read_only:
             raise QMPError("Block node is read-only")
         await self._co_truncate(size)

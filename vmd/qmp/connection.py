@@ -70,7 +70,14 @@ class QMPConnection(asyncio.Protocol):
         self._on_close(self)
 
     def data_received(self, data: bytes) -> None:
-        for message in self._parser.feed(data):
+        try:
+            messages = self._parser.feed(data)
+        except Exception:  # a parser bug must not reach the transport
+            log.exception("QMP input could not be parsed; dropping %d pending bytes",
+                          self._parser.pending_bytes())
+            self._parser = JSONStreamParser()
+            messages = [Message(error="internal error: QMP input could not be parsed")]
+        for message in messages:
             if self.session.oob_enabled and is_oob_request(message.value):
                 self._answer(message)
             else:

@@ -13,6 +13,14 @@ module reproduces that trio's observable behaviour, errors included:
 * errors read ``JSON parse error, ...`` with QEMU's texts, and the limits on
   token size, token count and nesting are QEMU's.
 
+One departure, for bounded memory: QEMU keeps lexing a token that never
+ends (a string without its closing quote) into an ever larger buffer and
+checks the size limit only once the token is complete. Here the limit is
+checked as the token grows: the error is reported as soon as it is
+exceeded, and the rest of that token is skipped without being stored, so
+the messages are QEMU's (the error, then whatever follows the token) while
+memory stays within the limit.
+
 Nothing here does I/O: ``JSONStreamParser.feed`` takes bytes and returns
 ``Message`` objects, so the framing is tested byte by byte.
 
@@ -74,6 +82,10 @@ _LONG_NUMBER = re.compile(rb"[0-9]{19}")
 # bracket below.
 _FLAT_OBJECT = re.compile(rb'\{(?:"[^"\\\x00-\x1f\x7f-\xff]*"|[^{}\[\]"\'\\\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\xff])*\}')
 _NEED_MORE, _NOT_FAST = -1, -2
+#: An unfinished object the fast path waits for is held whole in the input
+#: buffer; past this size the exact path takes over, which keeps only the
+#: tokens (and bounds the one being lexed).
+_FAST_WAIT_LIMIT = 1 << 20
 
 
 def _fast_within_limits(text: bytearray) -> bool:
@@ -122,6 +134,8 @@ class JSONStreamParser:
         self._braces = 0
         self._brackets = 0
         self._scan: tuple[int, int, int, bool] | None = None
+        #: The token being lexed outgrew the size limit: drop its bytes.
+        self._skipping = False
 
     def feed(self, data: bytes) -> list[Message]:
         """Consume ``data``; return the messages it completed, in order."""
@@ -149,7 +163,7 @@ class JSONStreamParser:
 
     def pending_bytes(self) -> int:
         """Bytes held for an incomplete message (for flood accounting)."""
-        return len(self._buf) - self._pos + self._token_size
+        return len(self._buf) - self._pos + self._token_size + len(self._token)
 
     # -- fast path ---------------------------------------------------------
 
@@ -225,7 +239,7 @@ class JSONStreamParser:
                    in_string: bool) -> int:
         """Remember how far the scan got, so more input resumes it."""
         offset = len(self._buf) - start
-        if offset > MAX_TOKEN_SIZE:
+        if offset > _FAST_WAIT_LIMIT:
             return _NOT_FAST  # let the exact path apply QEMU's limits
         self._scan = (offset, braces, brackets, in_string)
         return _NEED_MORE
@@ -246,7 +260,7 @@ class JSONStreamParser:
         if state in (DQ, SQ):
             match = (_DQ_RUN if state == DQ else _SQ_RUN).match(buf, pos)
             if match:
-                self._token += buf[pos:match.end()]
+                self._grow_token(buf[pos:match.end()], out)
                 return match.end()
         elif state == RECOVERY:
             match = _RECOVERY_RUN.match(buf, pos)
@@ -259,22 +273,37 @@ class JSONStreamParser:
         char = buf[pos]
         action = self._transition(state, char)
         if action is None:  # stay or move to a non-final state
-            self._token.append(char)
+            self._grow_token(buf[pos:pos + 1], out)
             return pos + 1
         if action == "error":
             self._token.append(char)
+            self._skipping = False
             self._error_token(out)
             return pos + 1
         if action == "recovered":
             self._state = START
             return pos
         kind, consumed = action
-        if consumed:
-            self._token.append(char)
-        self._emit_token(kind, bytes(self._token), out)
+        if self._skipping:  # its error was reported when it grew too big
+            self._skipping = False
+        else:
+            if consumed:
+                self._token.append(char)
+            self._emit_token(kind, bytes(self._token), out)
         self._token.clear()
         self._state = START
         return pos + 1 if consumed else pos
+
+    def _grow_token(self, data: bytearray, out: list[Message]) -> None:
+        """Add lexed bytes to the current token, within the size limit."""
+        if self._skipping:
+            return
+        self._token += data
+        if self._token_size + len(self._token) + 1 > MAX_TOKEN_SIZE:
+            self._token.clear()
+            self._skipping = True
+            self._reset_message()
+            out.append(Message(error="JSON token size limit exceeded"))
 
     def _transition(self, state: int, char: int) -> Any:
         """Apply one byte. Returns None (consumed, no token), "error",
@@ -490,7 +519,13 @@ def _keyword(text: bytes) -> Any:
 
 
 def _integer(text: bytes) -> int | float:
-    """int64 or uint64 stay exact; anything larger becomes a double."""
+    """int64 or uint64 stay exact; anything larger becomes a double.
+
+    Only up to 20 digits go through ``int``, whose conversion is limited
+    to 4300 digits (and quadratic); longer ones are out of range anyway.
+    """
+    if len(text) > 21:
+        return float(text)
     value = int(text)
     if -(1 << 63) <= value < (1 << 64):
         return value

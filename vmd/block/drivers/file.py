@@ -349,7 +349,10 @@ class FileNode(BlockNode):
         if not self.perm & PERM_RESIZE:
             # Like QEMU, resizing needs the "resize" permission (and its lock).
             self.set_perm(self.perm | PERM_RESIZE, self.shared_perm)
-        await aio.run(os.ftruncate, self.fd, size)
+        try:
+            await aio.run(os.ftruncate, self.fd, size)
+        except OSError as error:
+            raise QMPError(f"Could not resize file: {os.strerror(error.errno or errno.EIO)}") from None
         self.total_size = size
 
     async def _co_block_status(self, offset: int, length: int) -> Extent:

@@ -11,6 +11,7 @@ import asyncio
 import json
 from typing import Any
 
+from vmd.block import limits
 from vmd.block.drivers.file import check_force_share
 from vmd.block.graph import BlockGraph, driver, node_name_of
 from vmd.block.node import BlockNode, Extent, Status
@@ -73,6 +74,7 @@ async def open_null(options: Any, graph: BlockGraph) -> BlockNode:
     check_force_share(options)
     branch = options.u
     size = getattr(branch, "size", None)
+    limits.check_length(DEFAULT_SIZE if size is None else int(size))
     read_zeroes = getattr(branch, "read_zeroes", None)
     node = NullNode(node_name_of(options),
                     size=DEFAULT_SIZE if size is None else int(size),

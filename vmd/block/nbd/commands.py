@@ -162,19 +162,20 @@ def qmp_query_block_exports(ctx: Any) -> list[dict[str, Any]]:
 
 # -- the older commands -------------------------------------------------------------
 
-def qmp_nbd_server_add(ctx: Any, device: str, name: str | None = None,
-                       description: str | None = None, writable: bool | None = None,
-                       bitmap: str | None = None) -> None:
+def qmp_nbd_server_add(ctx: Any, options: Any) -> None:
+    """The older way to add an export; its arguments come boxed (``NbdServerAddOptions``)."""
+    device: str = options.device
     node = ctx.daemon.block.get(device)
     if node is None:
         raise QMPError(f"Cannot find device='{device}' nor node-name='{device}'")
-    name = name or device
+    name: str = _member(options, "name") or device
+    bitmap: str | None = _member(options, "bitmap")
     # nbd-server-add quietly exports a read-only node read-only.
-    options = _AddOptions(id=name, node_name=node.node_name,
-                          writable=bool(writable) and not node.read_only,
-                          u=_NbdOptions(name=name, description=description,
-                                        bitmaps=[bitmap] if bitmap is not None else None))
-    qmp_block_export_add(ctx, options)
+    add = _AddOptions(id=name, node_name=node.node_name,
+                      writable=bool(_member(options, "writable")) and not node.read_only,
+                      u=_NbdOptions(name=name, description=_member(options, "description"),
+                                    bitmaps=[bitmap] if bitmap is not None else None))
+    qmp_block_export_add(ctx, add)
 
 
 async def qmp_nbd_server_remove(ctx: Any, name: str, mode: Any = None) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import struct
 
+from vmd.block import limits
 from vmd.block.drivers.qcow2 import format as fmt
 from vmd.block.drivers.qcow2.node import Qcow2Node
 from vmd.block.node import BlockNode
@@ -37,6 +38,7 @@ async def create_qcow2(file: BlockNode, size: int, *, cluster_size: int = 65536,
     if size % 512:
         raise QMPError("Image size must be a multiple of 512 bytes")
     cs = cluster_size
+    _check_size(size, cs)
     h = fmt.Header(version=version, cluster_bits=cs.bit_length() - 1, size=0,
                    refcount_table_offset=cs, refcount_table_clusters=1,
                    refcount_order=refcount_bits.bit_length() - 1,
@@ -61,3 +63,14 @@ async def create_qcow2(file: BlockNode, size: int, *, cluster_size: int = 65536,
         await node.flush()
     finally:
         node.detach_children()
+
+
+def _check_size(size: int, cluster_size: int) -> None:
+    """Refuse, before writing anything, a size the resize after creation
+    would refuse (QEMU writes the empty image first, then fails to grow)."""
+    try:
+        limits.check_offset(size)
+        if fmt.l1_entries_for(size, cluster_size) > fmt.MAX_L1_ENTRIES:
+            raise QMPError("Failed to grow the L1 table: File too large")
+    except QMPError as error:
+        raise QMPError(f"Could not resize image: {error.desc}") from None

@@ -18,6 +18,12 @@ MAGIC = b"QFI\xfb"
 MIN_CLUSTER_BITS = 9
 MAX_CLUSTER_BITS = 21
 
+#: QEMU's QCOW_MAX_L1_SIZE and QCOW_MAX_REFTABLE_SIZE (bytes) and QCOW_MAX_SNAPSHOTS:
+#: images beyond them are refused before a table is read or grown.
+MAX_L1_ENTRIES = (32 << 20) // 8
+MAX_REFTABLE_BYTES = 8 << 20
+MAX_SNAPSHOTS = 65536
+
 EXT_END = 0
 EXT_BACKING_FORMAT = 0xE2792ACA
 EXT_FEATURE_TABLE = 0x6803F857
@@ -196,13 +202,20 @@ def parse_header(buf: bytes, file_size: int) -> Header:
         raise _err(f"Unsupported encryption method {h.crypt_method}")
     if h.refcount_table_clusters == 0:
         raise _err("Image does not contain a reference count table")
+    if h.refcount_table_clusters > MAX_REFTABLE_BYTES >> cluster_bits:
+        raise _err("Reference count table too large")
+    if h.nb_snapshots > MAX_SNAPSHOTS:
+        raise _err("Snapshot table too large")
+    if h.l1_size > MAX_L1_ENTRIES:
+        raise _err("Active L1 table too large")
     _validate_table(cs, file_size, h.refcount_table_offset, h.refcount_table_clusters * cs,
                     "Reference count table")
     if h.nb_snapshots:
         _validate_table(cs, file_size, h.snapshots_offset, 0, "Snapshot table")
     _validate_table(cs, file_size, h.l1_table_offset, h.l1_size * 8, "Active L1 table")
-    l2_entries = cs // 8
-    needed = -(-size // (cs * l2_entries))
+    needed = l1_entries_for(size, cs)
+    if needed > 0x7FFFFFFF:
+        raise _err("Image is too big")
     if h.l1_size < needed:
         raise _err("L1 table is too small")
     if bfo:
@@ -210,6 +223,11 @@ def parse_header(buf: bytes, file_size: int) -> Header:
             raise _err("Backing file name too long")
         h.backing_file = bytes(buf[bfo:bfo + bfs]).decode("utf-8", "replace")
     return h
+
+
+def l1_entries_for(size: int, cluster_size: int) -> int:
+    """L1 entries an image of ``size`` bytes needs (QEMU's size_to_l1)."""
+    return -(-size // (cluster_size * (cluster_size // 8)))
 
 
 def _feature_text(bits: int) -> str:

@@ -468,8 +468,10 @@ class Qcow2Node(BlockNode):
                 raise QMPError("The new size must be a multiple of 512")
             if size < self.header.size:
                 raise QMPError("qcow2 doesn't support shrinking images yet")
+            needed = fmt.l1_entries_for(size, self.cs)
+            if needed > fmt.MAX_L1_ENTRIES:
+                raise QMPError("Failed to grow the L1 table: File too large")
             await self._mark_dirty()
-            needed = -(-size // (self.cs * self.l2_entries))
             if needed > len(self.l1):
                 await self._grow_l1(needed)
             await self.file.write(fmt.OFF_SIZE, memoryview(struct.pack(">Q", size)))
