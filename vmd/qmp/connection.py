@@ -9,8 +9,10 @@ strictly in order: a coroutine command holds back the requests behind it
 Resource bounds, so one client cannot hurt the others:
 * input: one message may hold at most the parser's limits (64 MiB); a queue
   of waiting requests stops reading from the socket;
-* output: when the client does not read its replies, reading its requests
-  stops too (``pause_writing``); if unread output still grows past
+* time: at most ``MAX_ANSWERS_PER_TURN`` requests are answered before the
+  other clients get their turn;
+* output: when the client does not read its replies, answering and reading
+  its requests stop too (``pause_writing``); if unread output still grows past
   ``MAX_UNREAD_OUTPUT`` (events keep coming), the client is disconnected.
 """
 
@@ -31,6 +33,8 @@ from vmd.qmp.session import QMPSession
 log = logging.getLogger(__name__)
 
 MAX_QUEUED_REQUESTS = 8
+#: Requests of one client answered in one turn of the event loop.
+MAX_ANSWERS_PER_TURN = 8
 WRITE_BUFFER_HIGH = 1 << 20
 MAX_UNREAD_OUTPUT = 16 << 20
 
@@ -50,6 +54,7 @@ class QMPConnection(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._reading_paused = False
         self._writing_paused = False
+        self._queue_scheduled = False
 
     # -- asyncio.Protocol --------------------------------------------------
 
@@ -91,6 +96,7 @@ class QMPConnection(asyncio.Protocol):
     def resume_writing(self) -> None:
         self._writing_paused = False
         self._update_reading()
+        self._schedule_queue()
 
     # -- events --------------------------------------------------------------
 
@@ -123,13 +129,27 @@ class QMPConnection(asyncio.Protocol):
         self._write(response)
 
     def _run_queue(self) -> None:
-        while self._queue and self._running is None:
+        """Answer queued requests: a few per turn of the loop, none while the
+        client is not reading its replies (so its output stays bounded and
+        the other clients are served in between)."""
+        self._queue_scheduled = False
+        answered = 0
+        while self._queue and self._running is None and not self._writing_paused:
+            if answered == MAX_ANSWERS_PER_TURN:
+                self._schedule_queue()
+                break
             response = self.session.handle(self._queue.popleft())
+            answered += 1
             if inspect.isawaitable(response):
                 self._running = asyncio.ensure_future(self._finish(response))
             else:
                 self._write(response)
         self._update_reading()
+
+    def _schedule_queue(self) -> None:
+        if self._transport is not None and not self._queue_scheduled:
+            self._queue_scheduled = True
+            asyncio.get_running_loop().call_soon(self._run_queue)
 
     async def _finish(self, pending: Awaitable[Response]) -> None:
         response = await pending
