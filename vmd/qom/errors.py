@@ -1,0 +1,10 @@
+"""The error the type system raises; the text is QEMU's, shown as is.
+
+It lives here, below the monitors and the command line, so that device
+code never imports the QMP server to fail: QMP handlers turn it into a
+``GenericError`` and the command line prints it after the option.
+"""
+
+
+class QOMError(Exception):
+    """Creating or configuring an object failed."""
