@@ -23,12 +23,14 @@ from typing import Any
 
 import pytest
 
+from vmd.block.backend import BlockBackend
 from vmd.block.drivers import file as file_driver
 from vmd.block.drivers.file import FileNode, LockError
 from vmd.block.drivers.null import NullNode
 from vmd.block.drivers.raw import RawNode
 from vmd.block.graph import BlockGraph
 from vmd.block.node import Status
+from vmd.block.perm import ALL, NONE, Perm
 from vmd.qmp.errors import QMPError
 
 MiB = 1 << 20
@@ -50,6 +52,22 @@ async def opened(node: Any) -> AsyncIterator[Any]:
     try:
         yield node
     finally:
+        await node.close()
+
+
+@asynccontextmanager
+async def in_use(node: FileNode, *, resize: bool = False) -> AsyncIterator[BlockBackend]:
+    """Open ``node`` and use it as qemu-io does: read, and write unless it is
+    read-only, sharing reads and unchanged writes (everything with
+    force-share); the locks come with the user's edge."""
+    await node.open()
+    perm = Perm.CONSISTENT_READ | (NONE if node.read_only else Perm.WRITE) | (Perm.RESIZE if resize else NONE)
+    backend = BlockBackend(perm, ALL if node.force_share else Perm.CONSISTENT_READ | Perm.WRITE_UNCHANGED)
+    try:
+        backend.attach(node)
+        yield backend
+    finally:
+        backend.detach()
         await node.close()
 
 
@@ -321,44 +339,54 @@ async def test_block_status(tmp_path: Path) -> None:
 # -- file: locking against QEMU ---------------------------------------------------------
 
 
-async def test_locking_between_vmd_nodes(tmp_path: Path) -> None:
+async def test_a_node_without_users_holds_no_lock(tmp_path: Path) -> None:
     path = make_image(tmp_path / "a.img")
     async with opened(FileNode("f", str(path))):
+        assert not any(lock_byte_taken(path, byte) for byte in (100, 101, 102, 103, 200, 201, 202, 203))
+        async with in_use(FileNode("g", str(path))):
+            assert lock_byte_taken(path, 101) and lock_byte_taken(path, 201)
+
+
+async def test_locking_between_vmd_nodes(tmp_path: Path) -> None:
+    path = make_image(tmp_path / "a.img")
+    async with in_use(FileNode("f", str(path))):
         for read_only, text in ((False, 'Failed to get "write" lock'),
                                 (True, 'Failed to get shared "write" lock')):
             with pytest.raises(LockError) as info:
-                await FileNode("g", str(path), read_only=read_only).open()
+                async with in_use(FileNode("g", str(path), read_only=read_only)):
+                    pass
             assert info.value.desc == text
             assert info.value.hint == f"Is another process using the image [{path}]?"
-        async with opened(FileNode("g", str(path), read_only=True, force_share=True)):
+        async with in_use(FileNode("g", str(path), read_only=True, force_share=True)):
             pass
-        async with opened(FileNode("g", str(path), locking=False)):
+        async with in_use(FileNode("g", str(path), locking=False)):
             pass
-    async with opened(FileNode("f", str(path), read_only=True)):
+    async with in_use(FileNode("f", str(path), read_only=True)):
         with pytest.raises(LockError, match='^Failed to get "write" lock$'):
-            await FileNode("g", str(path)).open()
-        async with opened(FileNode("g", str(path), read_only=True)):
+            async with in_use(FileNode("g", str(path))):
+                pass
+        async with in_use(FileNode("g", str(path), read_only=True)):
             pass
 
 
 async def test_set_perm_restores_locks_on_conflict(tmp_path: Path) -> None:
     path = make_image(tmp_path / "a.img")
-    async with opened(FileNode("f", str(path), read_only=True, force_share=True)) as reader:
+    async with in_use(FileNode("f", str(path), read_only=True, force_share=True)) as reader:
         assert not lock_byte_taken(path, 201)
-        async with opened(FileNode("g", str(path))):
+        async with in_use(FileNode("g", str(path))):
             with pytest.raises(LockError, match='^Failed to get shared "write" lock$'):
-                reader.set_perm(file_driver.PERM_CONSISTENT_READ, file_driver.PERM_CONSISTENT_READ)
-            assert reader.shared_perm == file_driver.PERM_ALL
-        reader.set_perm(file_driver.PERM_CONSISTENT_READ, file_driver.PERM_CONSISTENT_READ)
+                reader.set_perm(Perm.CONSISTENT_READ, Perm.CONSISTENT_READ)
+            assert reader.shared == ALL and reader.node.shared_perm == ALL
+        reader.set_perm(Perm.CONSISTENT_READ, Perm.CONSISTENT_READ)
         assert lock_byte_taken(path, 201)
-        reader.set_perm(file_driver.PERM_CONSISTENT_READ, file_driver.PERM_ALL)
+        reader.set_perm(Perm.CONSISTENT_READ, ALL)
         assert not lock_byte_taken(path, 201)
 
 
 @pytest.mark.skipif(QEMU_IO is None, reason="qemu-io is not installed")
 async def test_qemu_io_cannot_write_an_image_vmd_holds(tmp_path: Path) -> None:
     path = make_image(tmp_path / "a.img")
-    async with opened(FileNode("f", str(path))):
+    async with in_use(FileNode("f", str(path))):
         result = await asyncio.to_thread(qemu_io, "-c", "read 0 512", "-f", "raw", str(path))
         assert result.returncode != 0
         assert result.stderr == (f"qemu-io: can't open device {path}: Failed to get \"write\" lock\n"
@@ -382,12 +410,14 @@ async def test_vmd_cannot_open_an_image_qemu_storage_daemon_exports(tmp_path: Pa
         # The export shares writes but holds "write": vmd, which does not
         # share writes, is refused.
         with pytest.raises(LockError) as info:
-            await FileNode("f", str(path)).open()
+            async with in_use(FileNode("f", str(path))):
+                pass
         assert info.value.desc == 'Failed to get shared "write" lock'
         assert info.value.hint == f"Is another process using the image [{path}]?"
-        async with opened(FileNode("f", str(path), read_only=True, force_share=True)):
+        async with in_use(FileNode("f", str(path), read_only=True, force_share=True)):
             pass
-    async with opened(FileNode("f", str(path))) as node:
+    async with in_use(FileNode("f", str(path)), resize=True) as user:
+        node = user.node
         await node.truncate(2 * MiB)
         assert lock_byte_taken(path, 103)
 
@@ -400,7 +430,8 @@ async def test_vmd_cannot_write_an_image_a_qemu_guest_holds(tmp_path: Path) -> N
             "-drive", f"file={path},format=raw,if=none,id=d0", "-device", "virtio-blk-pci,drive=d0"]
     with running(args, path, 201):
         with pytest.raises(LockError, match='^Failed to get "write" lock$'):
-            await FileNode("f", str(path)).open()
+            async with in_use(FileNode("f", str(path))):
+                pass
         assert not lock_byte_taken(path, 103)     # nothing left behind
 
 
@@ -541,9 +572,14 @@ async def test_openers(tmp_path: Path) -> None:
         assert isinstance(file, FileNode)
         assert file.direct and file.unmap and not file.read_only and file.node_name.startswith("#block")
         assert graph.get(file.node_name) is file
-        # The child is in use: a second writer is refused by the lock.
-        with pytest.raises(LockError):
-            await graph.add(options("file", "f2", filename=str(path), locking=None, aio=None))
+        # Nobody uses r0, so its file holds no lock and a second node opens
+        # (as in QEMU); a writer on r0 then keeps other writers out.
+        second = await graph.add(options("file", "f2", filename=str(path), locking=None, aio=None))
+        writer = graph.backend(Perm.CONSISTENT_READ | Perm.WRITE, Perm.CONSISTENT_READ | Perm.WRITE_UNCHANGED)
+        writer.attach(raw)
+        with pytest.raises(LockError, match='^Failed to get shared "write" lock$'):
+            graph.backend(Perm.CONSISTENT_READ, Perm.CONSISTENT_READ).attach(second)
+        writer.detach()
         await graph.add(options("file", "f3", filename=str(path), locking="off", aio=None))
         with pytest.raises(QMPError, match="^force-share=on can only be used with read-only images$"):
             await graph.add(options("file", "f4", filename=str(path), locking=None, aio=None,

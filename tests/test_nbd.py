@@ -34,6 +34,7 @@ from vmd.block.nbd.commands import (
 )
 from vmd.block.nbd.server import Export, NBDServer
 from vmd.block.node import Extent, Status
+from vmd.qapi_runtime import to_wire
 from vmd.qmp.errors import QMPError
 
 SIZE = 4 << 20
@@ -443,10 +444,10 @@ async def nbd(tmp_path: Path) -> AsyncIterator[Setup]:
     server = NBDServer()
     sock = str(tmp_path / "nbd.sock")
     await server.start(sock)
-    server.add_export(Export("exp", node, writable=True, description="test disk"))
+    server.add_export(Export.of("exp", node, writable=True, description="test disk"))
     yield Setup(server=server, sock=sock, image=image, node=node)
     await server.stop()
-    assert node.users == [] and node.writers == []
+    assert node.parents == []
     assert not os.path.exists(sock)
     await node.close()
 
@@ -500,19 +501,17 @@ async def test_discard_and_write_zeroes(nbd: Setup) -> None:
 
 @needs_qemu
 async def test_read_only_export_refuses_writes(nbd: Setup, tmp_path: Path) -> None:
-    nbd.server.add_export(Export("ro", nbd.node, writable=False))
+    nbd.server.add_export(Export.of("ro", nbd.node, writable=False))
     before = nbd.image.read_bytes()
     code, out = await run("qemu-io", "-f", "raw", "-c", "write -P 1 0 512", nbd.uri("ro"))
     assert code != 0 or "failed" in out, out
     assert nbd.image.read_bytes() == before
     code, out = await run("qemu-io", "-r", "-f", "raw", "-c", f"read -P 0 0 {MiB}", nbd.uri("ro"))
     assert code == 0 and "verification failed" not in out, out
-    # A second writer is refused by the node.
-    with pytest.raises(QMPError, match="Conflicts with use by NBD export 'exp'"):
-        nbd.server.add_export(Export("rw2", nbd.node, writable=True))
-    assert "rw2" not in nbd.server.exports
+    # Each export holds its own root edge; removing one drops only its edge.
+    assert [edge.name for edge in nbd.node.parents] == ["root", "root"]
     await nbd.server.remove_export("ro")
-    assert nbd.node.users == ["NBD export 'exp'"]
+    assert [edge.parent for edge in nbd.node.parents] == [nbd.server.exports["exp"].backend]
 
 
 @needs_qemu
@@ -521,9 +520,9 @@ async def test_several_exports(nbd: Setup, tmp_path: Path) -> None:
     other.write_bytes(b"\xee" * 65536)
     node = FileNode("disk1", str(other), read_only=True)
     await node.open()
-    nbd.server.add_export(Export("other", node))
+    nbd.server.add_export(Export.of("other", node))
     with pytest.raises(QMPError, match="NBD server already has export named 'other'"):
-        nbd.server.add_export(Export("other", node))
+        nbd.server.add_export(Export.of("other", node))
     results = await asyncio.gather(run("qemu-img", "compare", nbd.uri(), str(nbd.image)),
                                    run("qemu-img", "compare", nbd.uri("other"), str(other)))
     assert all(code == 0 for code, _ in results), results
@@ -625,7 +624,7 @@ async def test_removing_an_export_disconnects_its_clients(nbd: Setup) -> None:
     assert len(nbd.server.exports["exp"].clients) == 1
     await nbd.server.remove_export("exp")
     assert await reader.read() == b""
-    assert nbd.node.users == []
+    assert nbd.node.parents == []
     writer.close()
 
 
@@ -649,7 +648,7 @@ async def test_nbdinfo(nbd: Setup) -> None:
     assert code == 0, out
     assert [line.split()[:3] for line in out.splitlines()] == [
         ["0", str(MiB), "3"], [str(MiB), "65536", "0"], [str(MiB + 65536), str(SIZE - MiB - 65536), "3"]]
-    nbd.server.add_export(Export("ro", nbd.node))
+    nbd.server.add_export(Export.of("ro", nbd.node))
     code, out = await run("nbdinfo", "--list", "--json", f"nbd+unix://?socket={nbd.sock}")
     assert code == 0, out
     exports = {e["export-name"]: e for e in json.loads(out)["exports"]}
@@ -670,6 +669,7 @@ class Events:
 class Graph:
     def __init__(self, *nodes: FileNode) -> None:
         self.nodes = {node.node_name: node for node in nodes}
+        self.backends: list[Any] = []
 
     def get(self, name: str) -> FileNode | None:
         return self.nodes.get(name)
@@ -737,7 +737,7 @@ async def test_qmp_commands(tmp_path: Path) -> None:
                 lambda: qmp_block_export_add(ctx, export_options("e7", "f", name="x" * 5000)))
     nbd_server_add(ctx, device="ro", name="ro1", writable=True)   # quietly read-only
     await fails("Block export id 'ro1' is already in use", lambda: nbd_server_add(ctx, device="ro", name="ro1"))
-    assert qmp_query_block_exports(ctx) == [
+    assert to_wire(qmp_query_block_exports(ctx)) == [
         {"type": "nbd", "id": "ro1", "node-name": "ro", "shutting-down": False},
         {"type": "nbd", "id": "e1", "node-name": "f", "shutting-down": False}]
     assert nbd_state(ctx.daemon).exports["ro1"].writable is False
@@ -754,9 +754,9 @@ async def test_qmp_commands(tmp_path: Path) -> None:
     await fails("Export 'e1' is not found", lambda: qmp_block_export_del(ctx, "e1"))
     qmp_block_export_add(ctx, export_options("e3", "f", writable=True, name="w"))
     await qmp_nbd_server_stop(ctx)
-    assert qmp_query_block_exports(ctx) == []
+    assert to_wire(qmp_query_block_exports(ctx)) == []
     assert ctx.daemon.events.sent == [("BLOCK_EXPORT_DELETED", {"id": i}) for i in ("ro1", "e1", "e3")]
-    assert rw.users == [] and ro.users == []
+    assert rw.parents == [] and ro.parents == [] and ctx.daemon.block.backends == []
     await fails(f"Failed to bind socket to {tmp_path}/no/such.sock: No such file or directory",
                 lambda: qmp_nbd_server_start(ctx, unix(str(tmp_path / "no/such.sock"))))
     inet = SimpleNamespace(type="inet", u=SimpleNamespace(data=SimpleNamespace(host="127.0.0.1", port="0")))

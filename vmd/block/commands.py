@@ -1,8 +1,8 @@
 """QMP commands of the block layer (block-core.json), QEMU's blockdev.c.
 
-Handlers reach the graph as ``ctx.daemon.block``. Replies are built as
-plain wire dictionaries in QEMU's shapes (``BlockDeviceInfo``,
-``ImageInfo``, ``XDbgBlockGraph``).
+Handlers reach the graph as ``ctx.daemon.block``. Replies of the node
+queries are wire dictionaries in QEMU's shapes (``BlockDeviceInfo``,
+``ImageInfo``); the graph is returned as the generated ``XDbgBlockGraph``.
 """
 
 from __future__ import annotations
@@ -10,11 +10,20 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from vmd._generated.types import (
+    XDbgBlockGraph,
+    XDbgBlockGraphEdge,
+    XDbgBlockGraphNode,
+    XDbgBlockGraphNodeType,
+    visit_BlockdevOptions,
+)
 from vmd.block import aio
 from vmd.block.create import create_empty_file
-from vmd.block.graph import BlockGraph
+from vmd.block.edge import Transaction, add_edge, cumulative_perms, drained, refresh_perms, replace_node
+from vmd.block.graph import BlockGraph, check_not_backing
 from vmd.block.node import BlockNode
-from vmd.qmp.errors import QMPError
+from vmd.block.perm import ALL, Perm, Role, perm_qapi
+from vmd.errors import QMPError
 
 
 def _graph(ctx: Any) -> BlockGraph:
@@ -85,19 +94,25 @@ def _actual_size(node: BlockNode) -> int | None:
         return None
 
 
-def qmp_x_debug_query_block_graph(ctx: Any) -> dict[str, Any]:
-    """Nodes and parent-to-child edges, QEMU's XDbgBlockGraph."""
+def qmp_x_debug_query_block_graph(ctx: Any) -> XDbgBlockGraph:
+    """Users, nodes and every edge with its permissions (XDbgBlockGraph).
+
+    As QEMU: ids count from 1 over the users, then the nodes; both lists
+    come out newest first because QEMU builds them by prepending.
+    """
     graph = _graph(ctx)
+    holders: list[Any] = list(graph.backends)
     nodes = list(graph)
-    ids = {id(node): index for index, node in enumerate(nodes)}
-    result_nodes = [{"id": ids[id(node)], "type": "block-driver", "name": node.node_name} for node in nodes]
-    edges = []
-    for node in nodes:
-        for role, child in node.children.items():
-            edges.append({"parent": ids[id(node)], "child": ids[id(child)], "name": role,
-                          "perm": ["consistent-read"] + (["write"] if not node.read_only else []),
-                          "shared-perm": ["consistent-read", "write-unchanged", "resize"]})
-    return {"nodes": result_nodes, "edges": edges}
+    ids = {id(item): number for number, item in enumerate(holders + nodes, start=1)}
+    out_nodes = [XDbgBlockGraphNode(id=ids[id(holder)], type=holder.kind, name=holder.name) for holder in holders]
+    out_nodes += [XDbgBlockGraphNode(id=ids[id(node)], type=XDbgBlockGraphNodeType.BLOCK_DRIVER, name=node.node_name)
+                  for node in nodes]
+    edges = [holder.edge for holder in holders if holder.edge is not None]
+    edges += [edge for node in nodes for edge in reversed(node.children.values())]
+    out_edges = [XDbgBlockGraphEdge(parent=ids[id(edge.parent)], child=ids[id(edge.child)], name=edge.name,
+                                    perm=perm_qapi(edge.perm), shared_perm=perm_qapi(edge.shared))
+                 for edge in edges if id(edge.child) in ids]
+    return XDbgBlockGraph(nodes=out_nodes[::-1], edges=out_edges[::-1])
 
 
 async def qmp_block_resize(ctx: Any, device: str | None, node_name: str | None, size: int) -> None:
@@ -107,32 +122,69 @@ async def qmp_block_resize(ctx: Any, device: str | None, node_name: str | None, 
     node = graph.find(node_name) if node_name is not None else graph.find(device or "")
     if size < 0:
         raise QMPError("Parameter 'size' expects a >0 size")
-    await node.truncate(size)
+    # As QEMU: a short-lived user that holds "resize" for the call.
+    backend = graph.backend(Perm.RESIZE, ALL)
+    backend.attach(node)
+    try:
+        await node.truncate(size)
+    finally:
+        backend.detach()
+
+
+def _lookup(graph: BlockGraph, name: str) -> BlockNode:
+    node = graph.get(name)
+    if node is None:
+        raise QMPError(f"Cannot find device='{name}' nor node-name='{name}'")
+    return node
+
+
+def _check_overlay(overlay: BlockNode) -> None:
+    """What QEMU's external_snapshot_prepare asks of a new overlay: nobody
+    reads it yet (a write-only user such as a mirror target may)."""
+    if cumulative_perms(overlay)[0] & Perm.CONSISTENT_READ:
+        raise QMPError("The overlay is already in use")
+    if overlay.is_filter():
+        raise QMPError("Filters cannot be used as overlays")
+    if overlay.backing is not None:
+        raise QMPError("The overlay already has a backing image")
+    if not overlay.supports_backing:
+        raise QMPError("The overlay does not support backing images")
+
+
+async def _append(base: BlockNode, overlay: BlockNode) -> None:
+    """Put ``overlay`` over ``base`` and move base's users and parents to it
+    (QEMU's bdrv_append), then make ``base`` read-only as QEMU's snapshot
+    commit does."""
+    async with drained(base, overlay):
+        with Transaction() as tran:
+            add_edge(overlay, base, "backing", Role.COW, tran)
+            replace_node(base, overlay, tran)
+    overlay.backing_file = base.filename()
+    overlay.backing_fmt = base.driver
+    if not base.read_only:
+        await base.reopen_read_only()
+        with Transaction() as tran:
+            refresh_perms([overlay], tran)
 
 
 async def qmp_blockdev_snapshot(ctx: Any, node: str, overlay: str) -> None:
-    """Put ``overlay`` (opened without backing) on top of ``node``."""
+    """Put an existing overlay (opened without backing) on top of ``node``."""
     graph = _graph(ctx)
-    base = graph.find(node)
-    top = graph.find(overlay)
-    if top.backing is not None:
-        raise QMPError(f"The overlay '{overlay}' already has a backing image")
-    if top.read_only:
-        raise QMPError(f"The overlay '{overlay}' is not writable")
-    if base in graph.roots:
-        graph.roots.remove(base)
-    top.attach_child("backing", base)
-    top.backing_file = base.filename()
-    top.backing_fmt = base.driver
+    base = _lookup(graph, node)
+    check_not_backing(base)
+    top = _lookup(graph, overlay)
+    _check_overlay(top)
+    await _append(base, top)
 
 
 async def qmp_blockdev_snapshot_sync(ctx: Any, device: str | None, node_name: str | None, snapshot_file: str,
                                      snapshot_node_name: str | None, format: str | None, mode: Any) -> None:
-    """Create a qcow2 overlay file over a node and make it the new top."""
+    """Create a qcow2 overlay file over a node, open it, make it the new top."""
     from vmd.block.drivers.file import FileNode
-    from vmd.block.drivers.qcow2 import Qcow2Node, create_qcow2
+    from vmd.block.drivers.qcow2 import create_qcow2
     graph = _graph(ctx)
     base = graph.find(node_name or device or "")
+    check_not_backing(base)
     if (format or "qcow2") != "qcow2":
         raise QMPError(f"Unsupported snapshot format '{format}'; vmd creates qcow2 overlays")
     if snapshot_node_name and graph.get(snapshot_node_name) is not None:
@@ -141,17 +193,21 @@ async def qmp_blockdev_snapshot_sync(ctx: Any, device: str | None, node_name: st
         await aio.run(create_empty_file, snapshot_file, 0)
         file = FileNode("", snapshot_file)
         await file.open()
-        await create_qcow2(file, base.total_size, backing_file=base.filename(), backing_fmt=base.driver)
-        await file.close()
-    file = FileNode("", snapshot_file)
-    await file.open()
-    overlay = Qcow2Node("", file)
-    await overlay.open()
-    graph.adopt(file)
-    graph.adopt(overlay, snapshot_node_name)
-    overlay.set_backing(base)
-    if base in graph.roots:
-        graph.roots[graph.roots.index(base)] = overlay
+        try:
+            await create_qcow2(file, base.total_size, backing_file=base.filename(), backing_fmt=base.driver)
+        finally:
+            await file.close()
+    wire: dict[str, Any] = {"driver": "qcow2", "file": {"driver": "file", "filename": snapshot_file},
+                            "backing": None}
+    if snapshot_node_name:
+        wire["node-name"] = snapshot_node_name
+    overlay = await graph.open(visit_BlockdevOptions(wire, None, ""))
+    try:
+        _check_overlay(overlay)
+        await _append(base, overlay)
+    except BaseException:
+        await graph.close_tree(overlay)
+        raise
 
 
 def qmp_query_block_jobs(ctx: Any) -> list[Any]:

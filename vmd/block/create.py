@@ -16,8 +16,8 @@ from typing import Any
 from vmd._generated.types import BlockdevCreateOptions, BlockdevCreateOptionsFile, BlockdevCreateOptionsQcow2, JobType
 from vmd.block import aio
 from vmd.block.graph import BlockGraph
+from vmd.errors import QMPError
 from vmd.job.core import Job
-from vmd.qmp.errors import QMPError
 
 
 class BlockdevCreateJob(Job):

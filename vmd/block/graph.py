@@ -5,7 +5,10 @@
 both. Each driver module registers an opener with ``@driver("name")``:
 ``async def opener(options, graph) -> BlockNode``, where ``options`` is the
 generated ``BlockdevOptions`` object (base members plus the driver's
-branch in ``options.u``). Nodes belong to the event loop thread.
+branch in ``options.u``). The edges between nodes and their permissions
+are ``vmd.block.edge``'s; this module names nodes, knows which ones the
+monitor owns, and opens and closes trees. Nodes belong to the event loop
+thread.
 """
 
 from __future__ import annotations
@@ -14,8 +17,11 @@ import itertools
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
+from vmd.block.backend import BlockBackend
+from vmd.block.edge import RootHolder, drained, topological
 from vmd.block.node import BlockNode
-from vmd.qmp.errors import QMPError
+from vmd.block.perm import Perm, Role
+from vmd.errors import QMPError
 
 Opener = Callable[[Any, "BlockGraph"], Awaitable[BlockNode]]
 _OPENERS: dict[str, Opener] = {}
@@ -42,11 +48,16 @@ def node_name_of(options: Any) -> str:
 
 
 class BlockGraph:
-    """All named nodes; the roots are what ``blockdev-add`` created."""
+    """All named nodes, the users' backends, and the nodes the monitor owns."""
 
     def __init__(self) -> None:
         self._nodes: dict[str, BlockNode] = {}
-        self.roots: list[BlockNode] = []
+        #: Nodes added by ``blockdev-add`` (QEMU's monitor_bdrv_states).
+        self.owned: list[BlockNode] = []
+        #: Every user's root edge holder, oldest first.
+        self.backends: list[BlockBackend] = []
+        #: Nodes registered by the ``open`` under way (closed if it fails).
+        self._opening: list[BlockNode] | None = None
 
     def __iter__(self) -> Iterator[BlockNode]:
         return iter(list(self._nodes.values()))
@@ -60,47 +71,61 @@ class BlockGraph:
             raise QMPError(f"Cannot find device='' nor node-name='{node_name}'")
         return node
 
+    def backend(self, perm: Perm, shared: Perm) -> BlockBackend:
+        """A new anonymous user, listed in ``x-debug-query-block-graph``."""
+        return BlockBackend(perm, shared, registry=self.backends)
+    # -- opening -------------------------------------------------------------------
+
     async def open(self, options: Any) -> BlockNode:
-        """Open a node tree from ``BlockdevOptions`` and name its nodes."""
+        """Open a node tree from ``BlockdevOptions`` and name its nodes.
+
+        If it fails, the nodes this call opened are closed again (and only
+        those), newest first, as QEMU drops a half-opened tree.
+        """
         _load_drivers()
         if options.node_name and options.node_name in self._nodes:
             raise QMPError(f"Duplicate nodes with node-name='{options.node_name}'")
         opener = _OPENERS.get(str(options.driver))
         if opener is None:
             raise QMPError(f"Driver '{options.driver}' is not supported by vmd")
-        before = set(self._nodes)
+        outermost = self._opening is None
+        if outermost:
+            self._opening = []
         try:
             node = await opener(options, self)
+            node.force_share = node.force_share or bool(getattr(options, "force_share", False))
+            self._register(node, node.node_name)
         except BaseException:
-            await self._forget_since(before)
+            if outermost:
+                opened, self._opening = self._opening or [], None
+                for node in reversed(opened):
+                    await self._close_one(node)
             raise
-        self._nodes[node.node_name] = node
+        if outermost:
+            self._opening = None
         return node
 
-    async def _forget_since(self, before: set[str]) -> None:
-        """A failed open: close the children it opened, newest first."""
-        for name in reversed([name for name in self._nodes if name not in before]):
-            node = self._nodes.pop(name)
-            node.detach_children()
-            await node.close()
+    def _register(self, node: BlockNode, node_name: str) -> None:
+        node.node_name = node_name
+        self._nodes[node_name] = node
+        if self._opening is not None:
+            self._opening.append(node)
 
     def adopt(self, node: BlockNode, node_name: str | None = None) -> None:
-        """Register a node opened outside ``open`` (and its new children).
-
-        It gets ``node_name``, or an implicit ``#blockNNN`` name.
-        """
-        for child in node.children.values():
-            if self._nodes.get(child.node_name) is not child:
-                self.adopt(child)
-        node.node_name = node_name or f"#block{next(_implicit_names):03d}"
-        self._nodes[node.node_name] = node
+        """Register a node opened outside ``open`` and its unregistered
+        children (``node_name``, or an implicit ``#blockNNN`` name)."""
+        for below in reversed(topological([node])):
+            if self._nodes.get(below.node_name) is not below:
+                below.opened_inline = below is not node
+                self._register(below, node_name if below is node and node_name
+                               else f"#block{next(_implicit_names):03d}")
 
     async def add(self, options: Any) -> BlockNode:
-        """``blockdev-add``: open, and keep as a root."""
+        """``blockdev-add``: open, and keep as owned by the monitor."""
         if not options.node_name:
             raise QMPError("node-name is required at the top level of blockdev-add")
         node = await self.open(options)
-        self.roots.append(node)
+        self.owned.append(node)
         return node
 
     async def open_child(self, ref: Any, parent: Any, role: str) -> BlockNode:
@@ -115,38 +140,67 @@ class BlockGraph:
         if role == "backing" and ref.read_only is None:
             ref.read_only = True
         inherit_options(parent, ref)
-        return await self.open(ref)
+        node = await self.open(ref)
+        node.opened_inline = True
+        return node
+
+    # -- removing ------------------------------------------------------------------
 
     async def remove(self, node_name: str) -> None:
-        """``blockdev-del``: only roots that nobody uses."""
+        """``blockdev-del``, with QEMU's checks and texts in QEMU's order."""
         node = self._nodes.get(node_name)
         if node is None:
             raise QMPError(f"Failed to find node with node-name='{node_name}'")
-        if node not in self.roots:
-            raise QMPError(f"Node {node_name} is not owned by the monitor")
-        if node.users:
+        if any(isinstance(edge.parent, RootHolder) for edge in node.parents):
             raise QMPError(f"Node {node_name} is in use")
+        check_not_backing(node)
+        if node not in self.owned:
+            raise QMPError(f"Node {node_name} is not owned by the monitor")
         if node.parents:
             raise QMPError(f"Block device {node_name} is in use")
-        self.roots.remove(node)
-        await self._close_tree(node)
+        self.owned.remove(node)
+        async with drained(node):
+            await self.close_tree(node)
 
-    async def _close_tree(self, node: BlockNode) -> None:
-        """Close ``node`` and the children that nothing else holds."""
-        await node.close()
-        del self._nodes[node.node_name]
-        children = list(node.children.values())
-        node.detach_children()
-        for child in children:
-            if not child.parents and child not in self.roots and not child.users:
-                await self._close_tree(child)
+    async def close_tree(self, top: BlockNode) -> None:
+        """Close ``top`` and the nodes below that nothing else holds, each
+        parent before the children it flushes into (no recursion)."""
+        stack = [top]
+        while stack:
+            node = stack.pop()
+            children = [edge.child for edge in node.children.values()]
+            await self._close_one(node)
+            stack.extend(child for child in reversed(children)
+                         if not child.parents and child not in self.owned)
+
+    async def _close_one(self, node: BlockNode) -> None:
+        """Close one node and drop its child edges (its children stay open)."""
+        try:
+            await node.close()
+        finally:
+            node.detach_children()
+            if self._nodes.get(node.node_name) is node:
+                del self._nodes[node.node_name]
 
     async def close_all(self) -> None:
-        """Close everything, parents before the children they flush into."""
-        while self.roots:
-            top = next((node for node in self.roots if not node.parents), self.roots[0])
-            self.roots.remove(top)
-            await self._close_tree(top)
+        """Close everything: users first let go, then nodes top down."""
+        for backend in list(self.backends):
+            backend.detach()
+        while self._nodes:
+            top = next((node for node in self._nodes.values() if not node.parents), None)
+            if top is None:  # pragma: no cover - the graph has no cycles
+                raise AssertionError("block graph without a top node")
+            if top in self.owned:
+                self.owned.remove(top)
+            await self.close_tree(top)
+
+
+def check_not_backing(node: BlockNode) -> None:
+    """QEMU's op blocker on a backing node (``Node 'x' is busy: ...``)."""
+    for edge in node.parents:
+        if edge.role & Role.COW and not isinstance(edge.parent, RootHolder):
+            raise QMPError(f"Node '{node.node_name}' is busy: node is used as backing hd of "
+                           f"'{edge.parent.node_name}'")
 
 
 #: Options a child opened inline takes from its parent unless it sets them

@@ -10,7 +10,7 @@ table in memory and a 137 GB sparse file).
 
 from __future__ import annotations
 
-from vmd.qmp.errors import QMPError
+from vmd.errors import QMPError
 
 #: QEMU's BDRV_MAX_LENGTH: INT64_MAX aligned down to 1 GiB (BDRV_MAX_ALIGNMENT).
 MAX_LENGTH = ((1 << 63) - 1) & ~((1 << 30) - 1)

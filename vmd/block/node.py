@@ -6,10 +6,13 @@ worker threads of ``vmd.block.aio``, so the loop never waits on a disk.
 Reads fill a caller's buffer in place (``memoryview``), so data is copied
 once, from the kernel into that buffer.
 
-A node has children (``file`` for the protocol under a format, ``backing``
-for the image below in a chain). Parents and users (a QMP job, an export, a
-guest device) are recorded so that a node in use cannot be removed and a
-node has at most one writer.
+A node has child edges (``file`` for the protocol under a format,
+``backing`` for the image below in a chain) and parent edges: from the nodes
+above it and from its users (an export, a job, a guest device), each with
+the permissions it holds (``vmd.block.edge``). A driver says what it needs
+from each child given what its own parents need (``child_perm``) and takes
+what the graph grants it (``check_perm``, then ``commit_perm`` or
+``abort_perm``: a file takes and drops its lock bytes there).
 
 Thread ownership: nodes belong to the event loop thread. Only the bytes of
 a buffer cross to a worker thread, for the duration of one system call.
@@ -22,8 +25,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from vmd.block import perm as perms
+from vmd.block.edge import Edge, attach, detach
 from vmd.block.limits import check_offset
-from vmd.qmp.errors import QMPError
+from vmd.block.perm import Perm, Role
+from vmd.errors import QMPError
 
 
 class Status(enum.IntFlag):
@@ -50,14 +56,22 @@ class BlockNode:
     driver = ""
     #: Whether writes past the end extend the node (protocol drivers).
     grows_on_write = False
+    #: Whether the format can have a backing child (blockdev-snapshot).
+    supports_backing = False
 
     def __init__(self, node_name: str, *, read_only: bool = False) -> None:
         self.node_name = node_name
         self.read_only = read_only
-        self.children: dict[str, BlockNode] = {}
-        self.parents: list[tuple[BlockNode, str]] = []
-        self.users: list[str] = []
-        self.writers: list[str] = []
+        #: Child edges by name; parent edges, oldest first.
+        self.children: dict[str, Edge] = {}
+        self.parents: list[Edge] = []
+        #: ``force-share``: children of this node share everything with others.
+        self.force_share = False
+        #: Opened for its parent (inline options, or named in an image
+        #: header): it inherits the parent's options, read-only included.
+        self.opened_inline = False
+        #: Drained sections over this node under way.
+        self.quiesce_counter = 0
         self.total_size = 0
         #: Requests must be multiples of this (O_DIRECT files: 512 or 4096).
         self.request_alignment = 1
@@ -70,40 +84,57 @@ class BlockNode:
 
     # -- graph -------------------------------------------------------------
 
-    def attach_child(self, role: str, child: BlockNode) -> None:
-        self.children[role] = child
-        child.parents.append((self, role))
+    def attach_child(self, name: str, child: BlockNode, role: Role) -> Edge:
+        """Add a child edge with the permissions this driver needs from it."""
+        return attach(self, child, name, role)
 
     def detach_children(self) -> None:
-        for role, child in self.children.items():
-            child.parents.remove((self, role))
-        self.children.clear()
+        for edge in list(self.children.values()):
+            detach(edge)
+
+    def child(self, name: str) -> BlockNode | None:
+        edge = self.children.get(name)
+        return edge.child if edge is not None else None
 
     @property
     def file(self) -> BlockNode:
-        return self.children["file"]
+        return self.children["file"].child
 
     @property
     def backing(self) -> BlockNode | None:
-        return self.children.get("backing")
+        edge = self.children.get("backing")
+        return edge.child if edge is not None else None
 
-    def add_user(self, user: str, *, write: bool) -> None:
-        """Record a user; refuse a second writer, as QEMU's permissions do."""
-        if write:
-            if self.read_only:
-                raise QMPError("Block node is read-only")
-            if self.writers:
-                raise QMPError(
-                    f"Conflicts with use by {self.writers[0]} as 'root', "
-                    f"which does not allow 'write' on {self.node_name}")
-            self.writers.append(user)
-        self.users.append(user)
+    def filtered(self) -> BlockNode | None:
+        """The child a filter passes through, or the backing child
+        (QEMU's bdrv_filter_or_cow_bs)."""
+        for edge in self.children.values():
+            if edge.role & (Role.FILTERED | Role.COW):
+                return edge.child
+        return None
 
-    def remove_user(self, user: str) -> None:
-        if user in self.users:
-            self.users.remove(user)
-        if user in self.writers:
-            self.writers.remove(user)
+    def is_filter(self) -> bool:
+        return any(edge.role & Role.FILTERED for edge in self.children.values())
+
+    # -- permissions (QEMU's bdrv_child_perm, bdrv_check_perm) ----------------------------
+
+    def parent_desc(self) -> str:
+        """How this node is named in permission errors as a parent."""
+        return f"node '{self.node_name}'"
+
+    def child_perm(self, edge: Edge, perm: Perm, shared: Perm) -> tuple[Perm, Perm]:
+        """What this node needs from ``edge``'s child when its own parents
+        hold ``perm`` and share ``shared``."""
+        return perms.default_perms(not self.read_only, edge.role, perm, shared)
+
+    def check_perm(self, perm: Perm, shared: Perm) -> None:
+        """Prepare to hold ``perm`` and share ``shared``; raise if impossible."""
+
+    def commit_perm(self) -> None:
+        """The prepared permissions are final."""
+
+    def abort_perm(self) -> None:
+        """Go back to the permissions held before ``check_perm``."""
 
     # -- life cycle ----------------------------------------------------------
 
@@ -112,6 +143,24 @@ class BlockNode:
 
     async def close(self) -> None:
         """Flush what must be flushed and release host resources."""
+
+    async def reopen_read_only(self) -> None:
+        """Become read-only (the old top after a snapshot), with the
+        children that inherit from this node; a format writes back what it
+        still holds first (``_co_flush``). Permissions are then refreshed
+        by the caller."""
+        stack: list[BlockNode] = [self]
+        while stack:
+            node = stack.pop()
+            if not node.read_only:
+                await node.flush()
+                await node._co_make_read_only()
+                node.read_only = True
+            stack.extend(edge.child for edge in node.children.values()
+                         if edge.child.opened_inline and len(edge.child.parents) == 1)
+
+    async def _co_make_read_only(self) -> None:
+        """Hook: what a driver does before it stops writing."""
 
     # -- I/O -------------------------------------------------------------------
 
@@ -153,7 +202,7 @@ class BlockNode:
 
     def filename(self) -> str:
         """The image's file name as QEMU reports it."""
-        file = self.children.get("file")
+        file = self.child("file")
         return file.filename() if file is not None else ""
 
     def format_info(self) -> dict[str, Any]:
@@ -181,8 +230,8 @@ class BlockNode:
         """Discard is advisory; drivers that cannot simply ignore it."""
 
     async def _co_flush(self) -> None:
-        for child in self.children.values():
-            await child.flush()
+        for edge in self.children.values():
+            await edge.child.flush()
 
     async def _co_truncate(self, size: int) -> None:
         raise QMPError(f"Image format '{self.driver}' does not support resize")
@@ -216,13 +265,21 @@ async def block_status_above(node: BlockNode, offset: int, length: int) -> Exten
     """What a reader of ``node`` sees at ``offset``, down the backing chain.
 
     A range the node leaves unallocated reads from its backing node (and as
-    zeroes past the backing node's end), as QEMU's bdrv_block_status_above.
+    zeroes past the backing node's end), as QEMU's bdrv_block_status_above;
+    filters pass through. A loop, not recursion: chains may be deep.
     """
-    extent = await node.block_status(offset, length)
-    backing = node.backing
-    if extent.status & (Status.ALLOCATED | Status.ZERO | Status.DATA) or backing is None:
-        return extent
-    if offset >= backing.total_size:
-        return Extent(extent.length, Status.ZERO)
-    below = await block_status_above(backing, offset, min(extent.length, backing.total_size - offset))
-    return Extent(below.length, below.status & ~Status.ALLOCATED, below.file_offset)
+    top_status: Status | None = None
+    while True:
+        below = node.filtered() if node.is_filter() else None
+        if below is not None:
+            node = below
+            continue
+        extent = await node.block_status(offset, length)
+        status = extent.status if top_status is None else extent.status & ~Status.ALLOCATED
+        backing = node.backing
+        if extent.status & (Status.ALLOCATED | Status.ZERO | Status.DATA) or backing is None:
+            return Extent(extent.length, status, extent.file_offset)
+        if offset >= backing.total_size:
+            return Extent(extent.length, Status.ZERO)
+        top_status = status
+        node, length = backing, min(extent.length, backing.total_size - offset)

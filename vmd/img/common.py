@@ -17,8 +17,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from vmd.block.backend import BlockBackend
 from vmd.block.node import BlockNode
-from vmd.qmp.errors import QMPError
+from vmd.block.perm import Perm
+from vmd.errors import QMPError
 
 PROGRAM = "vmd-img"
 T = TypeVar("T")
@@ -162,17 +164,14 @@ class Image:
     fmt: str
     node: BlockNode
     file: BlockNode
+    #: What qemu-img holds on an image it reads: read, sharing reads and
+    #: unchanged writes (so a writer elsewhere is refused, both ways).
+    user: BlockBackend
 
     async def close(self) -> None:
-        await close_tree(self.node)
-
-
-async def close_tree(node: BlockNode) -> None:
-    await node.close()
-    children = list(node.children.values())
-    node.detach_children()
-    for child in children:
-        await close_tree(child)
+        from vmd.block.drivers.qcow2.node import close_image
+        self.user.detach()
+        await close_image(self.node)
 
 
 async def _precheck_qcow2(path: str, file: BlockNode) -> None:
@@ -191,7 +190,7 @@ async def _precheck_qcow2(path: str, file: BlockNode) -> None:
 async def open_image(path: str, fmt: str | None, *, backing: bool) -> Image:
     """Open ``path`` read-only as ``fmt`` (probed when None), QEMU's error texts."""
     from vmd.block.drivers.file import FileNode
-    from vmd.block.drivers.qcow2.node import Qcow2Node, open_backing
+    from vmd.block.drivers.qcow2.node import Qcow2Node, close_image, open_chain
     from vmd.block.drivers.raw import RawNode
 
     check_format(fmt)
@@ -203,25 +202,26 @@ async def open_image(path: str, fmt: str | None, *, backing: bool) -> Image:
         raise _os_error(path, error) from None
     except QMPError as error:
         raise ImgError(f"Could not open '{path}': {error.desc}") from None
-    node: BlockNode
+    node: BlockNode = file  # the top opened so far, closed on failure
     try:
         if name == "qcow2":
             await _precheck_qcow2(path, file)
-            qnode = Qcow2Node(path, file, read_only=True)
-            node = qnode
+            node = qnode = Qcow2Node(path, file, read_only=True)
             await qnode.open()
-            if backing and qnode.backing_file:
-                qnode.set_backing(await open_backing(qnode, path))
+            if backing:
+                await open_chain(qnode, path)
         else:
             node = RawNode(path, file, read_only=True)
             await node.open()
+        user = BlockBackend(Perm.CONSISTENT_READ, Perm.CONSISTENT_READ | Perm.WRITE_UNCHANGED)
+        user.attach(node)
     except QMPError as error:
-        await close_tree(file)
+        await close_image(node)
         raise ImgError(f"Could not open '{path}': {error.desc}") from None
     except OSError as error:
-        await close_tree(file)
+        await close_image(node)
         raise ImgError(f"Could not open '{path}': {os.strerror(error.errno or 5)}") from None
-    return Image(path, name, node, file)
+    return Image(path, name, node, file, user)
 
 
 def allocated_file_size(path: str) -> int | None:

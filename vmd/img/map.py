@@ -137,7 +137,7 @@ class Mapper:
             depth += 1
         filename = None
         if where is not None:
-            file = node.children.get("file")
+            file = node.child("file")
             filename = (file or node).filename()
         return MapEntry(offset, length, depth, bool(status & Status.ALLOCATED), bool(status & Status.ZERO),
                         bool(status & Status.DATA), where, filename)

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 from vmd._generated import events
 from vmd._generated.types import JobInfo, JobStatus, JobType, JobVerb
-from vmd.qmp.errors import QMPError
+from vmd.errors import QMPError
 
 if TYPE_CHECKING:
     from vmd.job.registry import JobRegistry

@@ -6,8 +6,8 @@ from collections.abc import Iterator
 from typing import Any
 
 from vmd._generated.types import JobInfo, JobStatus
+from vmd.errors import QMPError
 from vmd.job.core import Job
-from vmd.qmp.errors import QMPError
 
 
 class JobRegistry:

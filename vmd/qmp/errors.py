@@ -1,26 +1,10 @@
-"""The one exception type a QMP command reports failure with.
+"""QMP's error type, re-exported from ``vmd.errors`` for the QMP modules.
 
-QEMU sends only a handful of error classes (qapi/error.json): everything is
-``GenericError`` except a few legacy cases. A handler raises ``QMPError`` with
-the human-readable text; the dispatcher turns it into
-``{"error": {"class": ..., "desc": ...}}``.
+The type lives at the bottom of the package so that the block layer and
+jobs raise it without importing anything of the QMP server.
 """
 
-GENERIC_ERROR = "GenericError"
-COMMAND_NOT_FOUND = "CommandNotFound"
-DEVICE_NOT_ACTIVE = "DeviceNotActive"
-DEVICE_NOT_FOUND = "DeviceNotFound"
-KVM_MISSING_CAP = "KVMMissingCap"
+from vmd.errors import COMMAND_NOT_FOUND, DEVICE_NOT_ACTIVE, DEVICE_NOT_FOUND, GENERIC_ERROR, KVM_MISSING_CAP, QMPError
 
-
-class QMPError(Exception):
-    """A command failed; ``desc`` is shown to the user as is."""
-
-    def __init__(self, desc: str, error_class: str = GENERIC_ERROR) -> None:
-        super().__init__(desc)
-        self.desc = desc
-        self.error_class = error_class
-
-    def to_wire(self) -> dict[str, str]:
-        """The value of the ``error`` member of a QMP reply."""
-        return {"class": self.error_class, "desc": self.desc}
+__all__ = ["COMMAND_NOT_FOUND", "DEVICE_NOT_ACTIVE", "DEVICE_NOT_FOUND", "GENERIC_ERROR", "KVM_MISSING_CAP",
+           "QMPError"]

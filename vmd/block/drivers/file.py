@@ -13,14 +13,13 @@ partial writes to one block cannot undo each other.
 
 Locking uses QEMU's open-file-description byte locks, so QEMU and vmd see
 each other's claims: byte ``100 + i`` is held (read lock) by whoever has
-permission bit ``i``, byte ``200 + i`` by whoever does not share it. Before
-taking a permission, a user tests that nobody holds the byte saying the
-permission is not shared, and, for each permission it does not share, that
-nobody holds the byte saying it has that permission. vmd has no per-user
-permission graph yet, so a node takes at open what a format driver's file
-child or a guest disk takes: read (and write when writable; resize from the
-first truncate on), and shares only reads and unchanged writes. ``set_perm``
-changes that later.
+permission bit ``i``, byte ``200 + i`` by whoever does not share it. The
+bytes follow the node's cumulative permissions exactly, as QEMU's
+raw_check_perm / raw_set_perm / raw_abort_perm_update: ``check_perm`` adds
+the new bytes to the held ones and tests that nobody holds a byte saying a
+wanted permission is not shared, nor a byte saying an unshared permission
+is held; ``commit_perm`` drops what is no longer needed; ``abort_perm``
+goes back. A file node nobody uses holds no lock at all.
 
 Without O_DIRECT, a request of up to 256 KiB first tries preadv/pwritev
 with RWF_NOWAIT on the loop thread: what the page cache can serve at once
@@ -51,21 +50,9 @@ from cffi import FFI
 from vmd.block import aio
 from vmd.block.graph import BlockGraph, driver, node_name_of
 from vmd.block.node import BlockNode, Extent, Status
-from vmd.qmp.errors import QMPError
+from vmd.block.perm import ALL, NONE, Perm, perm_text
+from vmd.errors import QMPError
 
-# -- QEMU's permissions (include/block/block-common.h, BLK_PERM_*) ----------
-
-PERM_CONSISTENT_READ = 0x01
-PERM_WRITE = 0x02
-PERM_WRITE_UNCHANGED = 0x04
-PERM_RESIZE = 0x08
-PERM_ALL = 0x0F
-PERM_NAMES = {
-    PERM_CONSISTENT_READ: "consistent read",
-    PERM_WRITE: "write",
-    PERM_WRITE_UNCHANGED: "write unchanged",
-    PERM_RESIZE: "resize",
-}
 #: Byte ``LOCK_PERM_BASE + i``: someone holds permission bit ``i``.
 LOCK_PERM_BASE = 100
 #: Byte ``LOCK_SHARED_BASE + i``: someone does not share permission bit ``i``.
@@ -108,10 +95,6 @@ def fallocate(fd: int, mode: int, offset: int, length: int) -> None:
         raise OSError(code, os.strerror(code))
 
 
-def perm_names(perm: int) -> str:
-    return ", ".join(name for bit, name in PERM_NAMES.items() if perm & bit)
-
-
 @dataclass(slots=True)
 class _Caps:
     """What the file system turned out to support (shared with workers)."""
@@ -142,8 +125,10 @@ class FileNode(BlockNode):
         self.auto_read_only = auto_read_only
         self.force_share = force_share
         self.mem_alignment = 1
-        self.perm = 0
-        self.shared_perm = PERM_ALL
+        #: The committed cumulative permissions; ``_prepared`` is being checked.
+        self.perm = NONE
+        self.shared_perm = ALL
+        self._prepared: tuple[Perm, Perm] | None = None
         self._locked_perm = 0
         self._locked_shared = 0
         self._caps = _Caps()
@@ -165,16 +150,6 @@ class FileNode(BlockNode):
         self.total_size = size
         self.request_alignment = align
         self.mem_alignment = mem_align
-        perm = PERM_CONSISTENT_READ
-        if not self.read_only:
-            perm |= PERM_WRITE
-        shared = PERM_ALL if self.force_share else PERM_CONSISTENT_READ | PERM_WRITE_UNCHANGED
-        try:
-            self.set_perm(perm, shared)
-        except BaseException:
-            os.close(self.fd)
-            self.fd = -1
-            raise
 
     async def close(self) -> None:
         if self.fd >= 0:
@@ -188,28 +163,37 @@ class FileNode(BlockNode):
 
     # -- locking ------------------------------------------------------------------
 
-    def set_perm(self, perm: int, shared: int) -> None:
-        """Take ``perm`` and share ``shared``, or raise ``LockError``.
+    def check_perm(self, perm: Perm, shared: Perm) -> None:
+        """Hold the lock bytes of both the old and the new permissions and
+        test the new ones; on a conflict go back and raise ``LockError``."""
+        self._prepared = (perm, shared)
+        if not self.use_lock or self.fd < 0:
+            return
+        if not perm & ~self.perm and not self.shared_perm & ~shared:
+            return  # nothing new to take: no test needed
+        try:
+            self._apply_lock_bytes(self.perm | perm, ~self.shared_perm | ~shared, unlock=False)
+            self._check_lock_bytes(perm, shared)
+        except QMPError as error:
+            self.abort_perm()
+            if isinstance(error, LockError):
+                raise
+            raise LockError(error.desc, self._lock_hint()) from None
 
-        QEMU's prepare / commit / abort on the lock bytes: first add the new
-        bytes to the held ones and test for conflicts, then drop what is no
-        longer needed; on a conflict, go back to what was held.
-        """
-        perm &= PERM_ALL
-        shared &= PERM_ALL
+    def commit_perm(self) -> None:
+        """Keep exactly the bytes of the checked permissions."""
+        if self._prepared is None:
+            return
+        perm, shared = self._prepared
+        self._prepared = None
         if self.use_lock and self.fd >= 0:
-            if (self.perm | perm) != self.perm or (self.shared_perm & shared) != self.shared_perm:
-                try:
-                    self._apply_lock_bytes(self.perm | perm, ~self.shared_perm | ~shared, unlock=False)
-                    self._check_lock_bytes(perm, shared)
-                except QMPError as error:
-                    self._apply_lock_bytes(self.perm, ~self.shared_perm, unlock=True)
-                    if isinstance(error, LockError):
-                        raise
-                    raise LockError(error.desc, self._lock_hint()) from None
             self._apply_lock_bytes(perm, ~shared, unlock=True)
-        self.perm = perm
-        self.shared_perm = shared
+        self.perm, self.shared_perm = perm, shared
+
+    def abort_perm(self) -> None:
+        self._prepared = None
+        if self.use_lock and self.fd >= 0:
+            self._apply_lock_bytes(self.perm, ~self.shared_perm, unlock=True)
 
     def _lock_hint(self) -> str:
         return f"Is another process using the image [{self.path}]?"
@@ -218,7 +202,7 @@ class FileNode(BlockNode):
         for base, wanted, attr in ((LOCK_PERM_BASE, perm, "_locked_perm"),
                                    (LOCK_SHARED_BASE, unshared, "_locked_shared")):
             held = getattr(self, attr)
-            for i in range(PERM_ALL.bit_length()):
+            for i in range(ALL.bit_length()):
                 bit = 1 << i
                 if wanted & bit and not held & bit:
                     try:
@@ -236,14 +220,14 @@ class FileNode(BlockNode):
                 setattr(self, attr, held)
 
     def _check_lock_bytes(self, perm: int, shared: int) -> None:
-        for i in range(PERM_ALL.bit_length()):
-            bit = 1 << i
+        for i in range(ALL.bit_length()):
+            bit = Perm(1 << i)
             if perm & bit and _ofd_taken(self.fd, LOCK_SHARED_BASE + i):
-                raise LockError(f'Failed to get "{PERM_NAMES[bit]}" lock', self._lock_hint())
-        for i in range(PERM_ALL.bit_length()):
-            bit = 1 << i
+                raise LockError(f'Failed to get "{perm_text(bit)}" lock', self._lock_hint())
+        for i in range(ALL.bit_length()):
+            bit = Perm(1 << i)
             if not shared & bit and _ofd_taken(self.fd, LOCK_PERM_BASE + i):
-                raise LockError(f'Failed to get shared "{PERM_NAMES[bit]}" lock', self._lock_hint())
+                raise LockError(f'Failed to get shared "{perm_text(bit)}" lock', self._lock_hint())
 
     # -- I/O ------------------------------------------------------------------------
 
@@ -346,9 +330,7 @@ class FileNode(BlockNode):
             raise
 
     async def _co_truncate(self, size: int) -> None:
-        if not self.perm & PERM_RESIZE:
-            # Like QEMU, resizing needs the "resize" permission (and its lock).
-            self.set_perm(self.perm | PERM_RESIZE, self.shared_perm)
+        # The caller's edge holds "resize" (block_resize takes it for the call).
         try:
             await aio.run(os.ftruncate, self.fd, size)
         except OSError as error:

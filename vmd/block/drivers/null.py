@@ -15,7 +15,7 @@ from vmd.block import limits
 from vmd.block.drivers.file import check_force_share
 from vmd.block.graph import BlockGraph, driver, node_name_of
 from vmd.block.node import BlockNode, Extent, Status
-from vmd.qmp.errors import QMPError
+from vmd.errors import QMPError
 
 DEFAULT_SIZE = 1 << 30
 _ZEROES = memoryview(bytes(1 << 20))

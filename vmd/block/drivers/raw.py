@@ -13,7 +13,8 @@ from typing import Any
 from vmd.block.drivers.file import check_force_share
 from vmd.block.graph import BlockGraph, driver, node_name_of
 from vmd.block.node import BlockNode, Extent
-from vmd.qmp.errors import QMPError
+from vmd.block.perm import Perm, Role
+from vmd.errors import QMPError
 
 SECTOR_SIZE = 512
 
@@ -29,7 +30,9 @@ class RawNode(BlockNode):
         self.size = size
         self.has_size = size is not None
         self.unmap = unmap
-        self.attach_child("file", file)
+        # Without a window raw is a filter of its file (QEMU's raw_open).
+        role = Role.DATA if offset or size is not None else Role.FILTERED
+        self.attach_child("file", file, role | Role.PRIMARY)
 
     async def open(self) -> None:
         """QEMU's raw_apply_options: the window must lie inside the file."""
@@ -70,6 +73,12 @@ class RawNode(BlockNode):
     def format_info(self) -> dict[str, Any]:
         return {}
 
+    def child_perm(self, edge: Any, perm: Perm, shared: Perm) -> tuple[Perm, Perm]:
+        """QEMU's raw_child_perm: write and resize only when a parent asks."""
+        child_perm, child_shared = super().child_perm(edge, perm, shared)
+        keep = Perm.WRITE | Perm.RESIZE
+        return (child_perm & ~keep) | (perm & keep), child_shared
+
     # -- I/O: shift by the offset and hand to the file ------------------------
 
     async def _co_read(self, offset: int, buf: memoryview) -> None:
@@ -96,31 +105,20 @@ class RawNode(BlockNode):
         return Extent(extent.length, extent.status, offset + self.offset)
 
 
-async def open_child_file(options: Any, graph: BlockGraph, node_name: str) -> tuple[BlockNode, bool]:
-    """Open the ``file`` child; returns it and whether it was opened inline."""
-    ref = options.u.file
-    return await graph.open_child(ref, options, "file"), not isinstance(ref, str)
-
-
 @driver("raw")
 async def open_raw(options: Any, graph: BlockGraph) -> BlockNode:
     check_force_share(options)
     node_name = node_name_of(options)
-    child, inline = await open_child_file(options, graph, node_name)
+    child = await graph.open_child(options.u.file, options, "file")
     branch = options.u
-    node: RawNode | None = None
+    node = RawNode(node_name, child,
+                   offset=int(getattr(branch, "offset", None) or 0),
+                   size=getattr(branch, "size", None),
+                   read_only=bool(getattr(options, "read_only", False)),
+                   unmap=str(getattr(options, "discard", None) or "ignore") == "unmap")
     try:
-        node = RawNode(node_name, child,
-                       offset=int(getattr(branch, "offset", None) or 0),
-                       size=getattr(branch, "size", None),
-                       read_only=bool(getattr(options, "read_only", False)),
-                       unmap=str(getattr(options, "discard", None) or "ignore") == "unmap")
         await node.open()
     except BaseException:
-        if node is not None:
-            node.detach_children()
-        if inline and not child.parents:
-            # QEMU drops a child it opened for a parent that failed to open.
-            await graph._close_tree(child)
+        node.detach_children()  # the graph closes the children it opened
         raise
     return node

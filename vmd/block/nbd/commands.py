@@ -18,10 +18,11 @@ from __future__ import annotations
 from typing import Any
 
 from vmd._generated import events
+from vmd._generated.types import BlockExportInfo, BlockExportType
 from vmd.block.nbd import protocol
 from vmd.block.nbd.server import Export, NBDServer
 from vmd.cli.qemu_opts import is_valid_id
-from vmd.qmp.errors import QMPError
+from vmd.errors import QMPError
 
 
 class NBDExports:
@@ -32,12 +33,13 @@ class NBDExports:
         #: In creation order; query-block-exports lists the newest first.
         self.exports: dict[str, Export] = {}
 
-
     async def stop(self) -> None:
         """Shut down: disconnect clients and release the nodes."""
         if self.server is not None:
             server, self.server = self.server, None
             await server.stop()
+        for export in self.exports.values():
+            export.detach()
         self.exports.clear()
 
 
@@ -133,7 +135,7 @@ def qmp_block_export_add(ctx: Any, options: Any) -> None:
         raise QMPError(f"Bitmap '{bitmap_name}' is not found")
     if _member(nbd, "allocation_depth"):
         raise QMPError("Export of qemu:allocation-depth is not supported by vmd")
-    export = Export(name, node, writable=writable, description=description)
+    export = Export.of(name, node, writable=writable, description=description, registry=ctx.daemon.block.backends)
     server.add_export(export)
     state.exports[export_id] = export
 
@@ -153,10 +155,10 @@ async def qmp_block_export_del(ctx: Any, id: str, mode: Any = None) -> None:
     _deleted(ctx, id)
 
 
-def qmp_query_block_exports(ctx: Any) -> list[dict[str, Any]]:
+def qmp_query_block_exports(ctx: Any) -> list[BlockExportInfo]:
     state = nbd_state(ctx.daemon)
-    return [{"type": "nbd", "id": export_id, "node-name": export.node.node_name,
-             "shutting-down": False}
+    return [BlockExportInfo(id=export_id, type=BlockExportType.NBD, node_name=export.node.node_name,
+                            shutting_down=False)
             for export_id, export in reversed(state.exports.items())]
 
 

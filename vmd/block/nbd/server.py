@@ -12,8 +12,10 @@ data in flight, so a client cannot make the server buffer more than that
 A client that goes away costs the requests it already had in flight, whose
 replies are dropped; requests not yet started are skipped.
 
-Exports register as users of their node (writers if writable), so a node
-being exported cannot be removed and has a single writer.
+An export reaches its node through a ``BlockBackend`` (a root edge holding
+read, and write when writable, sharing all but resize, as QEMU's exports
+do), so a snapshot or a job's pivot moves the export with the edge; each
+request waits while the backend is drained and counts as in flight.
 """
 
 from __future__ import annotations
@@ -26,9 +28,11 @@ import socket
 from collections.abc import Sequence
 from contextlib import suppress
 
+from vmd.block.backend import BlockBackend
 from vmd.block.nbd import protocol as p
 from vmd.block.node import BlockNode, Status, block_status_above
-from vmd.qmp.errors import QMPError
+from vmd.block.perm import NONE, Perm
+from vmd.errors import QMPError
 
 log = logging.getLogger(__name__)
 
@@ -43,21 +47,38 @@ _READ_SIZE = 4 << 20
 
 Address = str | tuple[str, int]
 
+#: What an export holds on its node: read, and write when writable; others
+#: may do anything but resize it while it is exported.
+EXPORT_PERM = Perm.CONSISTENT_READ
+EXPORT_SHARED = Perm.CONSISTENT_READ | Perm.WRITE | Perm.WRITE_UNCHANGED
+
 
 class Export:
-    """One named export of a node."""
+    """One named export of the node under ``backend``."""
 
-    def __init__(self, name: str, node: BlockNode, writable: bool = False,
+    def __init__(self, name: str, backend: BlockBackend, writable: bool = False,
                  description: str | None = None) -> None:
         self.name = name
-        self.node = node
+        self.backend = backend
         self.writable = writable
         self.description = description
         # As in QEMU, the size is fixed while the export exists.
-        self.size = node.total_size
+        self.size = backend.node.total_size
         self.clients: set[_Client] = set()
-        self._user = f"NBD export '{name}'"
-        self._attached = False
+
+    @classmethod
+    def of(cls, name: str, node: BlockNode, *, writable: bool = False, description: str | None = None,
+           registry: list[BlockBackend] | None = None) -> Export:
+        """An export of ``node`` holding QEMU's export permissions on it
+        (blk_exp_add, nbd_export_create); raises QMPError on a conflict."""
+        backend = BlockBackend(EXPORT_PERM | (Perm.WRITE if writable else NONE), EXPORT_SHARED, registry=registry)
+        backend.attach(node)
+        return cls(name, backend, writable=writable, description=description)
+
+    @property
+    def node(self) -> BlockNode:
+        """The node exported now (it changes when the edge is moved)."""
+        return self.backend.node
 
     def info(self) -> p.ExportInfo:
         return p.ExportInfo(
@@ -69,15 +90,9 @@ class Export:
             # at once with ENOTSUP, as the specification allows.
             fast_zero=True)
 
-    def attach(self) -> None:
-        """Register with the node; raises QMPError if it is refused."""
-        self.node.add_user(self._user, write=self.writable)
-        self._attached = True
-
     def detach(self) -> None:
-        if self._attached:
-            self.node.remove_user(self._user)
-            self._attached = False
+        """Let go of the node."""
+        self.backend.detach()
 
 
 class NBDServer:
@@ -148,7 +163,6 @@ class NBDServer:
     def add_export(self, export: Export) -> None:
         if export.name in self.exports:
             raise QMPError(f"NBD server already has export named '{export.name}'")
-        export.attach()
         self.exports[export.name] = export
 
     async def remove_export(self, name: str) -> Export:
@@ -277,6 +291,9 @@ class _Client:
         try:
             if self.aborted or self.writer.is_closing():
                 return
+            assert self.export is not None
+            backend = self.export.backend
+            await backend.request_begin()
             try:
                 reply = await self._execute(request)
             except OSError as error:
@@ -284,6 +301,8 @@ class _Client:
                 reply = [self.conn.reply_error(request, code, os.strerror(error.errno or errno.EIO))]
             except QMPError as error:
                 reply = [self.conn.reply_error(request, p.EIO, error.desc)]
+            finally:
+                backend.request_end()
             if not self.writer.is_closing():
                 self.writer.writelines(reply)
                 await self.writer.drain()

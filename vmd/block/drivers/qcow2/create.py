@@ -15,7 +15,7 @@ from vmd.block import limits
 from vmd.block.drivers.qcow2 import format as fmt
 from vmd.block.drivers.qcow2.node import Qcow2Node
 from vmd.block.node import BlockNode
-from vmd.qmp.errors import QMPError
+from vmd.errors import QMPError
 
 
 async def create_qcow2(file: BlockNode, size: int, *, cluster_size: int = 65536,

@@ -12,7 +12,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass, field
 
-from vmd.qmp.errors import QMPError
+from vmd.errors import QMPError
 
 MAGIC = b"QFI\xfb"
 MIN_CLUSTER_BITS = 9

@@ -37,13 +37,15 @@ import os
 import struct
 import zlib
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 from vmd.block.drivers.qcow2 import format as fmt
 from vmd.block.drivers.qcow2.cache import TableCache
 from vmd.block.drivers.qcow2.refcount import Refcounts
 from vmd.block.node import BlockNode, Extent, Status
-from vmd.qmp.errors import QMPError
+from vmd.block.perm import IMAGE, Role
+from vmd.errors import QMPError
 
 _UNALLOC, _ZERO, _DATA, _COMPRESSED = range(4)
 _CACHE_BYTES = 4 << 20
@@ -51,11 +53,12 @@ _CACHE_BYTES = 4 << 20
 
 class Qcow2Node(BlockNode):
     driver = "qcow2"
+    supports_backing = True
 
     def __init__(self, node_name: str, file: BlockNode, *, read_only: bool = False,
                  lazy_refcounts: bool | None = None) -> None:
         super().__init__(node_name, read_only=read_only)
-        self.attach_child("file", file)
+        self.attach_child("file", file, IMAGE)
         self._lazy_option = lazy_refcounts
         self.lazy = False
         self.header = fmt.Header()
@@ -112,12 +115,16 @@ class Qcow2Node(BlockNode):
 
     def set_backing(self, backing: BlockNode | None) -> None:
         if backing is not None:
-            self.attach_child("backing", backing)
+            self.attach_child("backing", backing, Role.COW)
 
     async def close(self) -> None:
         if self.read_only or not self.cs:
             return
         await self._flush_locked()
+        await self._co_make_read_only()
+
+    async def _co_make_read_only(self) -> None:
+        """A clean image from here on: the dirty bit goes (lazy refcounts)."""
         if self._marked_dirty:
             await self._set_incompat(self.header.incompatible_features & ~fmt.INCOMPAT_DIRTY)
             self._marked_dirty = False
@@ -527,20 +534,49 @@ class Qcow2Node(BlockNode):
 
 
 async def open_image(path: str, *, read_only: bool = False, backing: bool = True,
-                     lazy_refcounts: bool | None = None, node_name: str = "") -> Qcow2Node:
-    """Open a qcow2 file (and its backing chain, read-only) without a graph."""
+                     lazy_refcounts: bool | None = None, node_name: str = "",
+                     adopt: Callable[[BlockNode], None] | None = None) -> Qcow2Node:
+    """Open a qcow2 file and, with ``backing``, its chain (read-only).
+
+    ``adopt`` is called on every node opened for the chain (a graph names
+    them). On failure everything opened here is closed again.
+    """
     from vmd.block.drivers.file import FileNode
     file = FileNode(f"{node_name or path}-file", path, read_only=read_only)
     await file.open()
-    node = Qcow2Node(node_name or path, file, read_only=read_only, lazy_refcounts=lazy_refcounts)
     try:
-        await node.open()
-        if backing and node.backing_file:
-            node.set_backing(await open_backing(node, path))
+        node = Qcow2Node(node_name or path, file, read_only=read_only, lazy_refcounts=lazy_refcounts)
     except BaseException:
         await file.close()
         raise
+    try:
+        await node.open()
+        if backing:
+            await open_chain(node, path, adopt)
+    except BaseException:
+        await close_image(node)
+        raise
     return node
+
+
+async def open_chain(top: Qcow2Node, top_path: str,
+                     adopt: Callable[[BlockNode], None] | None = None) -> None:
+    """Open the backing files named in the headers below ``top``, one
+    image at a time (a loop: a chain may be thousands of images deep)."""
+    node, path = top, top_path
+    while node.backing_file:
+        below = await open_backing(node, path)
+        below.opened_inline = True
+        try:
+            node.set_backing(below)
+        except BaseException:
+            await close_image(below)
+            raise
+        if adopt is not None:
+            adopt(below)
+        if not isinstance(below, Qcow2Node):
+            return
+        node, path = below, backing_path(node, path)
 
 
 def backing_path(node: Qcow2Node, overlay_path: str) -> str:
@@ -551,7 +587,8 @@ def backing_path(node: Qcow2Node, overlay_path: str) -> str:
 
 
 async def open_backing(node: Qcow2Node, overlay_path: str) -> BlockNode:
-    """The backing file named in the header, read-only, with its format."""
+    """The image named in ``node``'s header, read-only, with its format,
+    without its own backing file."""
     from vmd.block.drivers.file import FileNode
     path = backing_path(node, overlay_path)
     try:
@@ -560,7 +597,7 @@ async def open_backing(node: Qcow2Node, overlay_path: str) -> BlockNode:
             with open(path, "rb") as probe:
                 fmt_name = "qcow2" if probe.read(4) == fmt.MAGIC else "raw"
         if fmt_name == "qcow2":
-            return await open_image(path, read_only=True)
+            return await open_image(path, read_only=True, backing=False)
         if fmt_name == "raw":
             file = FileNode(path, path, read_only=True)
             await file.open()
@@ -573,8 +610,15 @@ async def open_backing(node: Qcow2Node, overlay_path: str) -> BlockNode:
                        f"{os.strerror(error.errno or 5)}") from None
 
 
-async def close_image(node: BlockNode) -> None:
-    """Close a tree made by ``open_image`` (node, its file, its backing chain)."""
-    await node.close()
-    for child in list(node.children.values()):
-        await close_image(child)
+async def close_image(top: BlockNode) -> None:
+    """Close a tree made by ``open_image`` (node, file, backing chain), each
+    node before its children, without recursion."""
+    stack = [top]
+    while stack:
+        node = stack.pop()
+        children = [edge.child for edge in node.children.values()]
+        try:
+            await node.close()
+        finally:
+            node.detach_children()
+        stack.extend(child for child in children if not child.parents)

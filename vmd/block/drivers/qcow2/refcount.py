@@ -19,7 +19,7 @@ import struct
 from vmd.block.drivers.qcow2 import format as fmt
 from vmd.block.drivers.qcow2.cache import TableCache
 from vmd.block.node import BlockNode
-from vmd.qmp.errors import QMPError
+from vmd.errors import QMPError
 
 
 class Refcounts:

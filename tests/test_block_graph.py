@@ -1,0 +1,276 @@
+"""The block graph against QEMU 7.2: edges, permissions, users, error texts.
+
+Each scenario runs the same QMP on ``qemu-system-x86_64 -M none`` and on
+vmd, each over its own copy of the images (the two would lock each other
+out of shared ones), and compares ``x-debug-query-block-graph`` (edges
+with perm and shared-perm; ids mapped to names, QEMU's random implicit
+``#blockNNN`` names mapped to ``parent.edge``), ``query-block-exports``,
+the nodes' ``ro`` flags and every reply, errors included.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.harness import QEMU, RawQMP, running_qemu, running_vmd
+
+pytestmark = pytest.mark.qemu
+
+Scenario = Callable[[Path], list[dict[str, Any]]]
+
+
+def qemu_img(*args: str) -> None:
+    subprocess.run(["qemu-img", *args], check=True, capture_output=True)
+
+
+def make_images(root: Path) -> None:
+    qemu_img("create", "-f", "qcow2", str(root / "base.qcow2"), "1M")
+    qemu_img("create", "-f", "qcow2", "-b", str(root / "base.qcow2"), "-F", "qcow2", str(root / "top.qcow2"))
+    for name in ("a", "b", "c", "ov"):
+        qemu_img("create", "-f", "qcow2", str(root / f"{name}.qcow2"), "1M")
+    qemu_img("create", "-f", "raw", str(root / "plain.raw"), "1M")
+
+
+def cmd(command: str, /, **arguments: Any) -> dict[str, Any]:
+    return {"execute": command, "arguments": arguments}
+
+
+def add(**options: Any) -> dict[str, Any]:
+    return cmd("blockdev-add", **{key.replace("_", "-"): value for key, value in options.items()})
+
+
+def file(root: Path, name: str, **extra: Any) -> dict[str, Any]:
+    return {"driver": "file", "filename": str(root / name), **extra}
+
+
+def export(export_id: str, node: str, writable: bool = False, **extra: Any) -> dict[str, Any]:
+    return cmd("block-export-add", type="nbd", id=export_id, **{"node-name": node}, writable=writable, **extra)
+
+
+def nbd_start(root: Path) -> dict[str, Any]:
+    return cmd("nbd-server-start", addr={"type": "unix", "data": {"path": str(root / "nbd.sock")}})
+
+
+GRAPH = cmd("x-debug-query-block-graph")
+EXPORTS = cmd("query-block-exports")
+NODES = cmd("query-named-block-nodes", flat=True)
+
+
+def normal_graph(graph: dict[str, Any]) -> list[tuple[str, str, str, list[str], list[str]]]:
+    """Edges as (parent, edge, child, perm, shared), names stable across daemons."""
+    names = {node["id"]: node["name"] for node in graph["nodes"]}
+    kinds = {node["id"]: node["type"] for node in graph["nodes"]}
+    edges = graph["edges"]
+    # Implicit nodes get named after the first named parent that holds them.
+    for _ in range(len(edges)):
+        for edge in edges:
+            child = edge["child"]
+            if names[child].startswith("#block") and not names[edge["parent"]].startswith("#block"):
+                names[child] = f"{names[edge['parent']]}.{edge['name']}"
+    for node_id, kind in kinds.items():
+        if kind == "block-backend":
+            names[node_id] = "user:" + ",".join(sorted(names[e["child"]] for e in edges if e["parent"] == node_id))
+    return sorted((names[e["parent"]], e["name"], names[e["child"]], sorted(e["perm"]), sorted(e["shared-perm"]))
+                  for e in edges)
+
+
+def normal(request: dict[str, Any], reply: dict[str, Any]) -> Any:
+    if "return" not in reply:
+        return reply
+    if request is GRAPH:
+        return normal_graph(reply["return"])
+    if request is NODES:
+        return sorted((n["node-name"] if not n["node-name"].startswith("#block") else "#", n["ro"], n["drv"])
+                      for n in reply["return"])
+    return reply
+
+
+@contextmanager
+def daemons(tmp_path: Path) -> Iterator[tuple[tuple[Path, Path], tuple[Path, Path]]]:
+    """(vmd QMP socket, image dir) and (QEMU QMP socket, image dir)."""
+    if QEMU is None:
+        pytest.skip("qemu-system-x86_64 is not installed")
+    with ExitStack() as stack:
+        pairs = []
+        for name in ("vmd", "qemu"):
+            root = tmp_path / f"{name}-images"
+            root.mkdir()
+            make_images(root)
+            where = tmp_path / name
+            where.mkdir()
+            if name == "vmd":
+                sock = stack.enter_context(running_vmd(where)).qmp_path
+            else:
+                sock = stack.enter_context(running_qemu(where))
+            pairs.append((sock, root))
+        yield pairs[0], pairs[1]
+
+
+def run(sock: Path, requests: list[dict[str, Any]]) -> list[Any]:
+    with RawQMP(sock) as qmp:
+        qmp.negotiate()
+        return [normal(request, qmp.command(json.dumps(request))) for request in requests]
+
+
+def compare(tmp_path: Path, scenario: Scenario) -> tuple[list[Any], Path]:
+    """Run ``scenario`` on both; returns vmd's replies and image dir."""
+    with daemons(tmp_path) as ((vmd, vmd_root), (qemu, qemu_root)):
+        ours, theirs = run(vmd, scenario(vmd_root)), run(qemu, scenario(qemu_root))
+        requests = scenario(vmd_root)
+        for request, mine, reference in zip(requests, ours, theirs, strict=True):
+            text = json.dumps(request).replace(str(vmd_root), "ROOT")
+            assert mine == reference, f"{text}:\nvmd  {mine}\nqemu {reference}"
+    return ours, vmd_root
+
+
+def test_chains_read_only_nodes_and_filters(tmp_path: Path) -> None:
+    def scenario(root: Path) -> list[dict[str, Any]]:
+        return [
+            add(driver="qcow2", node_name="top", file=file(root, "top.qcow2")),
+            GRAPH,
+            add(driver="qcow2", node_name="ro", read_only=True, file=file(root, "a.qcow2", **{"node-name": "rof"})),
+            add(driver="raw", node_name="r", file=file(root, "plain.raw")),
+            add(driver="null-co", node_name="n"),
+            GRAPH, NODES,
+        ]
+    compare(tmp_path, scenario)
+
+
+def test_exports_take_their_edges(tmp_path: Path) -> None:
+    def scenario(root: Path) -> list[dict[str, Any]]:
+        return [
+            add(driver="qcow2", node_name="top", file=file(root, "top.qcow2")),
+            add(driver="qcow2", node_name="ro", read_only=True, file=file(root, "a.qcow2")),
+            nbd_start(root),
+            export("e1", "top", writable=True), export("e2", "top", name="again", writable=True),
+            export("e3", "ro"), export("e4", "ro", writable=True, name="w"),
+            GRAPH, EXPORTS,
+            cmd("block_resize", node_name="top", size=2 << 20),
+            cmd("block-export-del", id="e2"), cmd("block-export-del", id="e1"),
+            cmd("block_resize", **{"node-name": "top"}, size=2 << 20),
+            GRAPH, EXPORTS,
+        ]
+    compare(tmp_path, scenario)
+
+
+def test_permission_conflicts(tmp_path: Path) -> None:
+    def scenario(root: Path) -> list[dict[str, Any]]:
+        return [
+            add(driver="file", node_name="af", filename=str(root / "a.qcow2")),
+            add(driver="qcow2", node_name="a", file="af"),
+            nbd_start(root),
+            export("w", "af", writable=True), export("r", "af"),
+            cmd("block_resize", **{"node-name": "af"}, size=4 << 20),
+            GRAPH,
+        ]
+    compare(tmp_path, scenario)
+
+
+def test_two_nodes_on_one_file(tmp_path: Path) -> None:
+    def scenario(root: Path) -> list[dict[str, Any]]:
+        return [
+            # A file node nobody uses holds nothing: a qcow2 node may follow.
+            add(driver="file", node_name="f1", filename=str(root / "a.qcow2")),
+            add(driver="qcow2", node_name="q1", file=file(root, "a.qcow2")),
+            add(driver="qcow2", node_name="q2", file=file(root, "a.qcow2")),
+            add(driver="qcow2", node_name="q3", read_only=True, file=file(root, "a.qcow2")),
+            add(driver="raw", node_name="r1", file=file(root, "plain.raw")),
+            add(driver="raw", node_name="r2", file=file(root, "plain.raw")),
+            GRAPH,
+        ]
+    compare(tmp_path, scenario)
+
+
+def test_blockdev_del_of_busy_nodes(tmp_path: Path) -> None:
+    def scenario(root: Path) -> list[dict[str, Any]]:
+        return [
+            add(driver="file", node_name="bf", filename=str(root / "base.qcow2")),
+            add(driver="qcow2", node_name="base", file="bf", backing=None),
+            add(driver="qcow2", node_name="ov", file=file(root, "ov.qcow2", **{"node-name": "of"}), backing=None),
+            cmd("blockdev-snapshot", node="base", overlay="ov"),
+            cmd("blockdev-del", **{"node-name": "base"}), cmd("blockdev-del", **{"node-name": "bf"}),
+            cmd("blockdev-del", **{"node-name": "of"}), cmd("blockdev-del", **{"node-name": "nope"}),
+            nbd_start(root), export("e", "ov"),
+            cmd("blockdev-del", **{"node-name": "ov"}),
+            cmd("block-export-del", id="e"),
+            cmd("blockdev-del", **{"node-name": "ov"}),
+            cmd("blockdev-del", **{"node-name": "base"}),
+            cmd("blockdev-del", **{"node-name": "bf"}),
+            GRAPH,
+        ]
+    compare(tmp_path, scenario)
+
+
+def test_snapshot_moves_a_writable_export_and_checks_cycles(tmp_path: Path) -> None:
+    def scenario(root: Path) -> list[dict[str, Any]]:
+        return [
+            add(driver="qcow2", node_name="base", file=file(root, "base.qcow2"), backing=None),
+            add(driver="qcow2", node_name="ov", file=file(root, "ov.qcow2"), backing=None),
+            add(driver="qcow2", node_name="a", file=file(root, "a.qcow2"), backing=None),
+            add(driver="null-co", node_name="n0"),
+            cmd("blockdev-snapshot", node="a", overlay="a"),
+            cmd("blockdev-snapshot", node="n0", overlay="n0"),
+            cmd("blockdev-snapshot", node="nope", overlay="a"),
+            nbd_start(root), export("e", "base", writable=True),
+            cmd("blockdev-snapshot", node="base", overlay="base"),
+            cmd("blockdev-snapshot", node="base", overlay="ov"),
+            GRAPH, EXPORTS, NODES,
+            cmd("blockdev-snapshot", node="ov", overlay="base"),
+            cmd("blockdev-snapshot", node="base", overlay="a"),
+            cmd("blockdev-snapshot", node="ov", overlay="a"),
+            cmd("blockdev-snapshot", node="a", overlay="ov"),
+            GRAPH, EXPORTS, NODES,
+        ]
+    compare(tmp_path, scenario)
+
+
+def test_writes_through_a_moved_export_land_in_the_overlay(tmp_path: Path) -> None:
+    with daemons(tmp_path) as ((vmd, root), _):
+        with RawQMP(vmd) as qmp:
+            qmp.negotiate()
+            for request in (add(driver="qcow2", node_name="base", file=file(root, "base.qcow2"), backing=None),
+                            add(driver="qcow2", node_name="ov", file=file(root, "ov.qcow2"), backing=None),
+                            nbd_start(root), export("e", "base", writable=True),
+                            cmd("blockdev-snapshot", node="base", overlay="ov")):
+                assert qmp.command(json.dumps(request)) == {"return": {}}, request
+            uri = f"nbd+unix:///base?socket={root / 'nbd.sock'}"
+            io = subprocess.run(["qemu-io", "-f", "raw", "-c", "write -P 0x77 64k 64k", uri],
+                                capture_output=True, text=True)
+            assert io.returncode == 0 and "wrote 65536" in io.stdout, io
+            for request in (cmd("block-export-del", id="e"), cmd("blockdev-del", **{"node-name": "ov"}),
+                            cmd("blockdev-del", **{"node-name": "base"})):
+                assert qmp.command(json.dumps(request)) == {"return": {}}, request
+        mapped = subprocess.run(["qemu-img", "map", "--output=json", "-f", "qcow2", str(root / "ov.qcow2")],
+                                capture_output=True, text=True, check=True)
+        data = [e for e in json.loads(mapped.stdout) if e["data"]]
+        assert [(e["start"], e["length"], e["depth"]) for e in data] == [(65536, 65536, 0)]
+        base = subprocess.run(["qemu-img", "map", "--output=json", str(root / "base.qcow2")],
+                              capture_output=True, text=True, check=True)
+        assert not any(e["data"] for e in json.loads(base.stdout))
+        check = subprocess.run(["qemu-io", "-r", "-f", "qcow2", "-c", "read -P 0x77 64k 64k", str(root / "ov.qcow2")],
+                               capture_output=True, text=True)
+        assert check.returncode == 0 and "verification failed" not in check.stdout, check
+
+
+def test_graph_changes_refuse_cycles(tmp_path: Path) -> None:
+    """Issue 14: a snapshot onto itself or through a two-node loop used to be
+    accepted and left the next query spinning forever."""
+    def scenario(root: Path) -> list[dict[str, Any]]:
+        return [
+            add(driver="qcow2", node_name="b", file=file(root, "b.qcow2"), backing=None),
+            add(driver="qcow2", node_name="c", file=file(root, "c.qcow2"), backing=None),
+            cmd("blockdev-snapshot", node="b", overlay="b"),
+            cmd("blockdev-snapshot", node="b", overlay="c"),
+            cmd("blockdev-snapshot", node="c", overlay="b"),
+            GRAPH, NODES,
+        ]
+    replies, _ = compare(tmp_path, scenario)
+    assert replies[2]["error"]["desc"] == "Making 'b' a backing child of 'b' would create a cycle"
+    assert replies[4]["error"]["desc"] == "Making 'c' a backing child of 'b' would create a cycle"

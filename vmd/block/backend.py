@@ -1,0 +1,95 @@
+"""A user of the block graph: QEMU's BlockBackend.
+
+An NBD export, ``block_resize``, a job or (later) a guest device reaches a
+node only through a ``BlockBackend``, which holds one ``root`` edge with the
+permissions the user needs. Replacing the node under it (a snapshot, a job's
+pivot) moves the edge, and with it the user.
+
+A backend counts its requests in flight. During a drained section over a
+node below it, new requests wait at ``request_begin`` (QEMU's request
+queuing) and the section starts once those in flight have ended.
+
+Backends belong to the event loop thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from vmd.block.edge import Edge, RootHolder, attach, detach, set_root_perm
+from vmd.block.node import BlockNode
+from vmd.block.perm import NO_ROLE, Perm
+
+
+class BlockBackend(RootHolder):
+    """One user's root edge, its permissions and its requests."""
+
+    def __init__(self, perm: Perm, shared: Perm, *, name: str = "",
+                 registry: list[BlockBackend] | None = None) -> None:
+        self.name = name
+        self.perm = perm
+        self.shared = shared
+        self.edge: Edge | None = None
+        #: The daemon's list of backends (``x-debug-query-block-graph``).
+        self._registry = registry
+        self.in_flight = 0
+        self._quiesce = 0
+        self._resumed = asyncio.Event()
+        self._resumed.set()
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    @property
+    def node(self) -> BlockNode:
+        assert self.edge is not None, "backend without a node"
+        return self.edge.child
+
+    def parent_desc(self) -> str:
+        return f"block device '{self.name}'" if self.name else "an unnamed block device"
+
+    # -- the root edge ---------------------------------------------------------------
+
+    def attach(self, node: BlockNode) -> None:
+        """Take the permissions on ``node``; raises QMPError on a conflict."""
+        self.edge = attach(self, node, "root", NO_ROLE, self.perm, self.shared)
+        if self._registry is not None:
+            self._registry.append(self)
+
+    def detach(self) -> None:
+        if self.edge is None:
+            return
+        edge, self.edge = self.edge, None
+        detach(edge)
+        if self._registry is not None and self in self._registry:
+            self._registry.remove(self)
+
+    def set_perm(self, perm: Perm, shared: Perm) -> None:
+        if self.edge is not None:
+            set_root_perm(self.edge, perm, shared)
+        self.perm, self.shared = perm, shared
+
+    # -- requests and drained sections -----------------------------------------------------
+
+    async def request_begin(self) -> None:
+        """Wait while drained, then count a request in flight."""
+        if self._quiesce:
+            await self._resumed.wait()
+        self.in_flight += 1
+        self._idle.clear()
+
+    def request_end(self) -> None:
+        self.in_flight -= 1
+        if not self.in_flight:
+            self._idle.set()
+
+    def quiesce_begin(self) -> None:
+        self._quiesce += 1
+        self._resumed.clear()
+
+    def quiesce_end(self) -> None:
+        self._quiesce -= 1
+        if not self._quiesce:
+            self._resumed.set()
+
+    async def wait_idle(self) -> None:
+        await self._idle.wait()

@@ -1,0 +1,345 @@
+"""Edges of the block graph and every change made to them (QEMU's BdrvChild).
+
+An ``Edge`` joins a parent to a child node under a name (``file``,
+``backing``, ``root``...) and a role, and carries the permissions the parent
+holds on the child and those it shares with the child's other parents. A
+parent is either another node or a ``RootHolder``: a user of the graph (an
+NBD export, a job, a guest device) that holds one ``root`` edge, never the
+node itself, so that moving the edge moves the user.
+
+Every change (attach, detach, replace) is one transaction: the graph is
+changed, the permissions of the affected subtrees are recomputed top down
+(``refresh_perms``, QEMU's bdrv_refresh_perms) and each node is asked to
+take them (``check_perm``: a file takes its lock bytes); on a conflict
+everything is put back as it was, else each node commits. Graph walks use
+explicit stacks, never recursion: a backing chain may be thousands deep.
+
+``drained`` is QEMU's drained section: every user above the nodes stops
+starting requests and the section begins once their requests in flight
+have finished. Graph changes that move users run inside one.
+
+Everything here belongs to the event loop thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from typing import TYPE_CHECKING
+
+from vmd._generated.types import XDbgBlockGraphNodeType
+from vmd.block.perm import ALL, NONE, Perm, Role, perm_text
+from vmd.errors import QMPError
+
+if TYPE_CHECKING:
+    from vmd.block.node import BlockNode
+
+
+class RootHolder:
+    """A parent that is not a node: one user of the graph (child_root etc.).
+
+    Subclasses say how they are described in permission errors and how they
+    stop and resume their requests for a drained section.
+    """
+
+    kind = XDbgBlockGraphNodeType.BLOCK_BACKEND
+    #: The name shown in ``x-debug-query-block-graph`` ("" when anonymous).
+    name = ""
+
+    def parent_desc(self) -> str:
+        raise NotImplementedError
+
+    def quiesce_begin(self) -> None:
+        """Start no new requests until ``quiesce_end``."""
+
+    def quiesce_end(self) -> None:
+        """Requests may start again."""
+
+    async def wait_idle(self) -> None:
+        """Return once no request of this user is in flight."""
+
+    def child_changed(self, edge: Edge) -> None:
+        """The edge now points at another node (after a replacement)."""
+
+
+class Edge:
+    """One parent-to-child link with its permissions."""
+
+    __slots__ = ("parent", "child", "name", "role", "perm", "shared", "frozen")
+
+    def __init__(self, parent: BlockNode | RootHolder, child: BlockNode, name: str, role: Role,
+                 perm: Perm = NONE, shared: Perm = ALL) -> None:
+        self.parent = parent
+        self.child = child
+        self.name = name
+        self.role = role
+        self.perm = perm
+        self.shared = shared
+        #: A frozen edge may not be moved or removed (a job's chain).
+        self.frozen = False
+
+    def __repr__(self) -> str:
+        return f"<Edge {self.name} -> {self.child.node_name} perm={self.perm!r} shared={self.shared!r}>"
+
+
+class Transaction:
+    """Undo and commit actions of one graph change (QEMU's Transaction).
+
+    Used as a context manager: an exception undoes every action, newest
+    first, and propagates; a normal exit runs the commit actions in order.
+    """
+
+    def __init__(self) -> None:
+        self._undo: list[Callable[[], None]] = []
+        self._commit: list[Callable[[], None]] = []
+
+    def on_abort(self, action: Callable[[], None]) -> None:
+        self._undo.append(action)
+
+    def on_commit(self, action: Callable[[], None]) -> None:
+        self._commit.append(action)
+
+    def __enter__(self) -> Transaction:
+        return self
+
+    def __exit__(self, kind: object, error: object, traceback: object) -> None:
+        actions, self._undo, self._commit = (self._undo[::-1] if error else self._commit), [], []
+        for action in actions:
+            action()
+
+
+# -- walking the graph without recursion ---------------------------------------------
+
+def _is_node(parent: BlockNode | RootHolder) -> bool:
+    return not isinstance(parent, RootHolder)
+
+
+def descendants(start: BlockNode) -> Iterator[BlockNode]:
+    """``start`` and every node below it, each once."""
+    seen = {id(start)}
+    stack = [start]
+    while stack:
+        node = stack.pop()
+        yield node
+        for edge in node.children.values():
+            if id(edge.child) not in seen:
+                seen.add(id(edge.child))
+                stack.append(edge.child)
+
+
+def topological(starts: Iterable[BlockNode]) -> list[BlockNode]:
+    """The nodes below ``starts``, every parent before its children
+    (QEMU's bdrv_topological_dfs)."""
+    seen: set[int] = set()
+    post: list[BlockNode] = []
+    for start in starts:
+        if id(start) in seen:
+            continue
+        seen.add(id(start))
+        stack = [(start, iter(list(start.children.values())))]
+        while stack:
+            node, edges = stack[-1]
+            for edge in edges:
+                if id(edge.child) not in seen:
+                    seen.add(id(edge.child))
+                    stack.append((edge.child, iter(list(edge.child.children.values()))))
+                    break
+            else:
+                stack.pop()
+                post.append(node)
+    return post[::-1]
+
+
+def holders_above(node: BlockNode) -> list[RootHolder]:
+    """Every user reaching ``node`` through any path of edges."""
+    holders: list[RootHolder] = []
+    seen = {id(node)}
+    stack = [node]
+    while stack:
+        for edge in stack.pop().parents:
+            parent = edge.parent
+            if id(parent) in seen:
+                continue
+            seen.add(id(parent))
+            if isinstance(parent, RootHolder):
+                holders.append(parent)
+            else:
+                stack.append(parent)
+    return holders
+
+
+# -- permissions --------------------------------------------------------------------------
+
+def cumulative_perms(node: BlockNode) -> tuple[Perm, Perm]:
+    """What all parents of ``node`` hold, and what all of them share."""
+    perm, shared = NONE, ALL
+    for edge in node.parents:
+        perm |= edge.perm
+        shared &= edge.shared
+    return perm, shared
+
+
+def _check_parent_conflicts(node: BlockNode) -> None:
+    """Every parent must share what every other parent takes (bdrv_a_allow_b)."""
+    name = node.node_name
+    for a in node.parents:
+        for b in node.parents:
+            if a is b or not b.perm & ~a.shared:
+                continue
+            raise QMPError(
+                f"Permission conflict on node '{name}': permissions '{perm_text(b.perm & ~a.shared)}' are "
+                f"both required by {b.parent.parent_desc()} (uses node '{name}' as '{b.name}' child) and "
+                f"unshared by {a.parent.parent_desc()} (uses node '{name}' as '{a.name}' child).")
+
+
+def _set_edge_perm(edge: Edge, perm: Perm, shared: Perm, tran: Transaction) -> None:
+    old = edge.perm, edge.shared
+
+    def undo() -> None:
+        edge.perm, edge.shared = old
+    edge.perm, edge.shared = perm, shared
+    tran.on_abort(undo)
+
+
+def refresh_perms(starts: Iterable[BlockNode], tran: Transaction) -> None:
+    """Recompute the permissions below ``starts``; raise QMPError on a conflict.
+
+    Top down: a node's cumulative permissions are final once its parents
+    are done, so each node is checked, asked to take them, and then its
+    children's edges are set from them.
+    """
+    for node in topological(starts):
+        _check_parent_conflicts(node)
+        perm, shared = cumulative_perms(node)
+        if perm & (Perm.WRITE | Perm.WRITE_UNCHANGED) and node.read_only:
+            raise QMPError("Block node is read-only")
+        node.check_perm(perm, shared)
+        tran.on_abort(node.abort_perm)
+        tran.on_commit(node.commit_perm)
+        for edge in node.children.values():
+            child_perm, child_shared = node.child_perm(edge, perm, shared)
+            if edge.child.force_share:
+                child_shared = ALL
+            _set_edge_perm(edge, child_perm, child_shared, tran)
+
+
+# -- graph changes --------------------------------------------------------------------------
+
+def _link(edge: Edge, tran: Transaction) -> None:
+    parent = edge.parent
+    if _is_node(parent):
+        parent.children[edge.name] = edge  # type: ignore[union-attr]
+    edge.child.parents.append(edge)
+
+    def undo() -> None:
+        _unlink(edge)
+    tran.on_abort(undo)
+
+
+def _unlink(edge: Edge) -> None:
+    parent = edge.parent
+    if _is_node(parent) and parent.children.get(edge.name) is edge:  # type: ignore[union-attr]
+        del parent.children[edge.name]  # type: ignore[union-attr]
+    if edge in edge.child.parents:
+        edge.child.parents.remove(edge)
+
+
+def _set_child(edge: Edge, child: BlockNode, tran: Transaction) -> None:
+    old = edge.child
+
+    def undo() -> None:
+        child.parents.remove(edge)
+        edge.child = old
+        old.parents.append(edge)
+    old.parents.remove(edge)
+    edge.child = child
+    child.parents.append(edge)
+    tran.on_abort(undo)
+
+
+def check_no_cycle(parent: BlockNode, child: BlockNode, name: str) -> None:
+    """Refuse an edge that would make ``parent`` its own descendant."""
+    if any(node is parent for node in descendants(child)):
+        raise QMPError(f"Making '{child.node_name}' a {name} child of '{parent.node_name}' would create a cycle")
+
+
+def add_edge(parent: BlockNode | RootHolder, child: BlockNode, name: str, role: Role, tran: Transaction,
+             perm: Perm = NONE, shared: Perm = ALL) -> Edge:
+    """Link a new edge as part of ``tran`` (permissions are refreshed by the caller)."""
+    if _is_node(parent):
+        check_no_cycle(parent, child, name)  # type: ignore[arg-type]
+    edge = Edge(parent, child, name, role, perm, shared)
+    _link(edge, tran)
+    return edge
+
+
+def attach(parent: BlockNode | RootHolder, child: BlockNode, name: str, role: Role,
+           perm: Perm = NONE, shared: Perm = ALL) -> Edge:
+    """Add an edge and take its permissions, or raise and leave no trace.
+
+    A node parent's edge gets what its driver derives for the role; a root
+    holder's edge gets ``perm``/``shared`` as given.
+    """
+    with Transaction() as tran:
+        edge = add_edge(parent, child, name, role, tran, perm, shared)
+        refresh_perms([parent if _is_node(parent) else child], tran)  # type: ignore[list-item]
+    return edge
+
+
+def detach(edge: Edge) -> None:
+    """Remove an edge; the child gives up what the edge held."""
+    with Transaction() as tran:
+        _unlink(edge)
+        refresh_perms([edge.child], tran)
+
+
+def set_root_perm(edge: Edge, perm: Perm, shared: Perm) -> None:
+    """A root holder changes what it holds (blk_set_perm)."""
+    with Transaction() as tran:
+        _set_edge_perm(edge, perm, shared, tran)
+        refresh_perms([edge.child], tran)
+
+
+def replace_node(old: BlockNode, new: BlockNode, tran: Transaction) -> list[Edge]:
+    """Move the parents of ``old`` to ``new`` (QEMU's bdrv_replace_node).
+
+    Edges from ``new`` or from nodes below it stay (an overlay keeps its
+    backing edge to ``old``); a frozen edge refuses. Returns the moved edges.
+    """
+    below_new = {id(node) for node in descendants(new)}
+    moved = [edge for edge in old.parents if id(edge.parent) not in below_new]
+    for edge in moved:
+        if edge.frozen:
+            raise QMPError(f"Cannot change '{edge.name}' link to '{old.node_name}'")
+    for edge in moved:
+        _set_child(edge, new, tran)
+    refresh_perms([new, old], tran)
+    for edge in moved:
+        if isinstance(edge.parent, RootHolder):
+            tran.on_commit(lambda edge=edge: edge.parent.child_changed(edge))  # type: ignore[union-attr,misc]
+    return moved
+
+
+@contextlib.asynccontextmanager
+async def drained(*nodes: BlockNode) -> AsyncIterator[None]:
+    """A drained section over ``nodes`` (bdrv_drained_begin/end).
+
+    Every user above them stops starting requests, then the section waits
+    until the requests they had in flight have finished.
+    """
+    holders: list[RootHolder] = []
+    for node in nodes:
+        holders.extend(holder for holder in holders_above(node) if holder not in holders)
+    for node in nodes:
+        node.quiesce_counter += 1
+    for holder in holders:
+        holder.quiesce_begin()
+    try:
+        for holder in holders:
+            await holder.wait_idle()
+        yield
+    finally:
+        for node in nodes:
+            node.quiesce_counter -= 1
+        for holder in holders:
+            holder.quiesce_end()
