@@ -34,6 +34,28 @@ def unlink_stale_socket(path: str) -> None:
         pass
 
 
+#: Mode of the QMP Unix sockets vmd creates: whoever can connect can make
+#: vmd open and write files as its own user, so only that user may.
+SOCKET_MODE = 0o600
+
+
+def listen_unix(path: str) -> _socket.socket:
+    """A listening Unix socket at ``path`` that only vmd's user can use.
+
+    The mode is set between bind and listen: until ``listen`` nobody can
+    connect, so there is no moment at which the umask's wider mode counts.
+    """
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+    try:
+        sock.bind(path)
+        os.chmod(path, SOCKET_MODE)
+        sock.listen(128)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
 def qmp_unix_paths(argv: list[str]) -> list[str]:
     """Socket paths of ``-qmp unix:PATH,server=on...`` options in ``argv``."""
     if "-daemonize" in argv or "--daemonize" in argv:
@@ -64,14 +86,11 @@ class EarlyGreeter:
             _thread.start_new_thread(self._serve, ())
 
     def _bind(self, path: str) -> None:
-        sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
         try:
             unlink_stale_socket(path)
-            sock.bind(path)
-            sock.listen(128)
+            sock = listen_unix(path)
         except OSError:
-            sock.close()  # the normal start-up path reports the error
-            return
+            return  # the normal start-up path reports the error
         self.listeners[path] = sock
         self.greeted[path] = []
 

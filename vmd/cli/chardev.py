@@ -16,7 +16,8 @@ from vmd.cli.qemu_opts import OptsSpec, OptType, QemuOpts, parse_bool, parse_opt
 
 _BOOL_KEYS = ("wait", "server", "delay", "nodelay", "telnet", "tn3270", "websocket",
               "ipv4", "ipv6", "mux", "signal", "append", "logappend", "abstract",
-              "tight", "clipboard")
+              "tight", "clipboard",
+              "x-allow-remote")  # vmd's: a monitor may listen beyond loopback
 _STRING_KEYS = ("backend", "path", "host", "port", "fd", "local", "localaddr",
                 "localport", "to", "tls-creds", "tls-authz", "name", "chardev",
                 "logfile", "mouse")

@@ -25,6 +25,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
+from vmd.qmp.access import describe_peer
 from vmd.qmp.dispatch import Response, is_oob_request
 from vmd.qmp.json_stream import JSONStreamParser, Message
 from vmd.qmp.json_writer import encode_message
@@ -62,6 +63,7 @@ class QMPConnection(asyncio.Protocol):
         # uvloop's transports implement asyncio.Transport without subclassing it.
         self._transport = cast(asyncio.Transport, transport)
         self._transport.set_write_buffer_limits(high=WRITE_BUFFER_HIGH)
+        log.info("QMP client connected: %s", describe_peer(transport.get_extra_info("socket")))
         if not self._greeted:  # the early greeter may have sent it already
             self._write(self.session.greeting())
         self.session.daemon.events.add(self)

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from vmd.chardev.base import Chardev
 from vmd.cli.chardev import socket_flags
 from vmd.cli.config import ChardevConfig
-from vmd.early_greeter import EarlyGreeter, unlink_stale_socket
+from vmd.early_greeter import EarlyGreeter, listen_unix, unlink_stale_socket
 from vmd.qmp.connection import QMPConnection
 from vmd.qmp.session import QMPSession
 
@@ -110,7 +110,7 @@ class QMPMonitor:
                 if not await self._adopt_early(path):
                     unlink_stale_socket(path)
                     self._server = await loop.create_unix_server(
-                        self._new_connection, path)
+                        self._new_connection, sock=listen_unix(path))
             else:
                 host = options.get("host") or "0.0.0.0"
                 port = int(options.get("port", "0"))

@@ -17,6 +17,7 @@ from vmd.chardev.cli import backend_spec
 from vmd.cli.config import ChardevConfig, Config
 from vmd.cli.errors import OptionError
 from vmd.early_greeter import EarlyGreeter
+from vmd.qmp.access import check_monitor_listener
 from vmd.qmp.chardev_monitor import QMPChardevMonitor
 from vmd.qmp.errors import QMPError
 from vmd.qmp.server import QMPMonitor
@@ -29,6 +30,11 @@ if TYPE_CHECKING:
 async def create_chardevs(daemon: Daemon, config: Config,
                           early: EarlyGreeter) -> None:
     """Open all chardevs, then start all monitors on them."""
+    for monitor_config in config.monitors:
+        try:
+            check_monitor_listener(_chardev(config, monitor_config.chardev))
+        except OptionError as error:
+            raise StartupError(str(error)) from None
     listeners = {m.chardev for m in config.monitors if m.mode == "control"
                  and QMPMonitor.serves(_chardev(config, m.chardev))}
     for chardev in config.chardevs:
