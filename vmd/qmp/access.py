@@ -57,8 +57,8 @@ def is_loopback(host: str) -> bool:
 
 def describe_peer(sock: Any) -> str:
     """The credentials of a Unix peer, or the address of a TCP one."""
-    if sock is None:  # uvloop hands out a socket-like object, not a socket
-        return "unknown peer"
+    if sock is None:  # a chardev, not a socket
+        return "chardev"
     try:
         if sock.family == socket.AF_UNIX:
             raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)

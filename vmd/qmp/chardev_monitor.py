@@ -38,6 +38,10 @@ class _ChardevTransport:
     def get_write_buffer_size(self) -> int:
         return len(self._pending)
 
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        """A chardev has no socket, hence no peer to describe."""
+        return default
+
     def write(self, data: bytes) -> None:
         if self.closed:
             return

@@ -110,7 +110,7 @@ class QMPMonitor:
                 if not await self._adopt_early(path):
                     unlink_stale_socket(path)
                     self._server = await loop.create_unix_server(
-                        self._new_connection, sock=listen_unix(path))
+                        self._new_connection, sock=socket.socket(fileno=listen_unix(path).detach()))
             else:
                 host = options.get("host") or "0.0.0.0"
                 port = int(options.get("port", "0"))
