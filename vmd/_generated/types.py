@@ -299,6 +299,66 @@ class BlockdevDriver(enum.StrEnum):
     VVFAT = "vvfat"
 
 
+class BlkdebugEvent(enum.StrEnum):
+    L1_UPDATE = "l1_update"
+    L1_GROW_ALLOC_TABLE = "l1_grow_alloc_table"
+    L1_GROW_WRITE_TABLE = "l1_grow_write_table"
+    L1_GROW_ACTIVATE_TABLE = "l1_grow_activate_table"
+    L2_LOAD = "l2_load"
+    L2_UPDATE = "l2_update"
+    L2_UPDATE_COMPRESSED = "l2_update_compressed"
+    L2_ALLOC_COW_READ = "l2_alloc_cow_read"
+    L2_ALLOC_WRITE = "l2_alloc_write"
+    READ_AIO = "read_aio"
+    READ_BACKING_AIO = "read_backing_aio"
+    READ_COMPRESSED = "read_compressed"
+    WRITE_AIO = "write_aio"
+    WRITE_COMPRESSED = "write_compressed"
+    VMSTATE_LOAD = "vmstate_load"
+    VMSTATE_SAVE = "vmstate_save"
+    COW_READ = "cow_read"
+    COW_WRITE = "cow_write"
+    REFTABLE_LOAD = "reftable_load"
+    REFTABLE_GROW = "reftable_grow"
+    REFTABLE_UPDATE = "reftable_update"
+    REFBLOCK_LOAD = "refblock_load"
+    REFBLOCK_UPDATE = "refblock_update"
+    REFBLOCK_UPDATE_PART = "refblock_update_part"
+    REFBLOCK_ALLOC = "refblock_alloc"
+    REFBLOCK_ALLOC_HOOKUP = "refblock_alloc_hookup"
+    REFBLOCK_ALLOC_WRITE = "refblock_alloc_write"
+    REFBLOCK_ALLOC_WRITE_BLOCKS = "refblock_alloc_write_blocks"
+    REFBLOCK_ALLOC_WRITE_TABLE = "refblock_alloc_write_table"
+    REFBLOCK_ALLOC_SWITCH_TABLE = "refblock_alloc_switch_table"
+    CLUSTER_ALLOC = "cluster_alloc"
+    CLUSTER_ALLOC_BYTES = "cluster_alloc_bytes"
+    CLUSTER_FREE = "cluster_free"
+    FLUSH_TO_OS = "flush_to_os"
+    FLUSH_TO_DISK = "flush_to_disk"
+    PWRITEV_RMW_HEAD = "pwritev_rmw_head"
+    PWRITEV_RMW_AFTER_HEAD = "pwritev_rmw_after_head"
+    PWRITEV_RMW_TAIL = "pwritev_rmw_tail"
+    PWRITEV_RMW_AFTER_TAIL = "pwritev_rmw_after_tail"
+    PWRITEV = "pwritev"
+    PWRITEV_ZERO = "pwritev_zero"
+    PWRITEV_DONE = "pwritev_done"
+    EMPTY_IMAGE_PREPARE = "empty_image_prepare"
+    L1_SHRINK_WRITE_TABLE = "l1_shrink_write_table"
+    L1_SHRINK_FREE_L2_CLUSTERS = "l1_shrink_free_l2_clusters"
+    COR_WRITE = "cor_write"
+    CLUSTER_ALLOC_SPACE = "cluster_alloc_space"
+    NONE = "none"
+
+
+class BlkdebugIOType(enum.StrEnum):
+    READ = "read"
+    WRITE = "write"
+    WRITE_ZEROES = "write-zeroes"
+    DISCARD = "discard"
+    FLUSH = "flush"
+    BLOCK_STATUS = "block-status"
+
+
 class Qcow2OverlapCheckMode(enum.StrEnum):
     NONE = "none"
     CONSTANT = "constant"
@@ -1449,6 +1509,71 @@ class BlockdevOptionsNull(rt.QAPIObject):
     )
 
 
+class BlkdebugInjectErrorOptions(rt.QAPIObject):
+    event: BlkdebugEvent
+    state: int | None
+    iotype: BlkdebugIOType | None
+    errno: int | None
+    sector: int | None
+    once: bool | None
+    immediately: bool | None
+    __slots__ = ("event", "state", "iotype", "errno", "sector", "once", "immediately", )
+    _qapi_fields: ClassVar[Fields] = ("event", "state", "iotype", "errno", "sector", "once", "immediately", )
+    _qapi_members: ClassVar[Members] = (
+        ("event", "event", False),
+        ("state", "state", True),
+        ("iotype", "iotype", True),
+        ("errno", "errno", True),
+        ("sector", "sector", True),
+        ("once", "once", True),
+        ("immediately", "immediately", True),
+    )
+
+
+class BlkdebugSetStateOptions(rt.QAPIObject):
+    event: BlkdebugEvent
+    state: int | None
+    new_state: int
+    __slots__ = ("event", "state", "new_state", )
+    _qapi_fields: ClassVar[Fields] = ("event", "state", "new_state", )
+    _qapi_members: ClassVar[Members] = (
+        ("event", "event", False),
+        ("state", "state", True),
+        ("new_state", "new_state", False),
+    )
+
+
+class BlockdevOptionsBlkdebug(rt.QAPIObject):
+    image: BlockdevRef
+    config: str | None
+    align: int | None
+    max_transfer: int | None
+    opt_write_zero: int | None
+    max_write_zero: int | None
+    opt_discard: int | None
+    max_discard: int | None
+    inject_error: list[BlkdebugInjectErrorOptions] | None
+    set_state: list[BlkdebugSetStateOptions] | None
+    take_child_perms: list[BlockPermission] | None
+    unshare_child_perms: list[BlockPermission] | None
+    __slots__ = ("image", "config", "align", "max_transfer", "opt_write_zero", "max_write_zero", "opt_discard", "max_discard", "inject_error", "set_state", "take_child_perms", "unshare_child_perms", )
+    _qapi_fields: ClassVar[Fields] = ("image", "config", "align", "max_transfer", "opt_write_zero", "max_write_zero", "opt_discard", "max_discard", "inject_error", "set_state", "take_child_perms", "unshare_child_perms", )
+    _qapi_members: ClassVar[Members] = (
+        ("image", "image", False),
+        ("config", "config", True),
+        ("align", "align", True),
+        ("max_transfer", "max-transfer", True),
+        ("opt_write_zero", "opt-write-zero", True),
+        ("max_write_zero", "max-write-zero", True),
+        ("opt_discard", "opt-discard", True),
+        ("max_discard", "max-discard", True),
+        ("inject_error", "inject-error", True),
+        ("set_state", "set-state", True),
+        ("take_child_perms", "take-child-perms", True),
+        ("unshare_child_perms", "unshare-child-perms", True),
+    )
+
+
 class BlockdevOptionsGenericFormat(rt.QAPIObject):
     file: BlockdevRef
     __slots__ = ("file", )
@@ -1559,7 +1684,7 @@ class BlockdevOptions(rt.QAPIObject):
     auto_read_only: bool | None
     force_share: bool | None
     detect_zeroes: BlockdevDetectZeroesOptions | None
-    u: BlockdevOptionsFile | BlockdevOptionsNull | BlockdevOptionsQcow2 | BlockdevOptionsRaw | None
+    u: BlockdevOptionsBlkdebug | BlockdevOptionsFile | BlockdevOptionsNull | BlockdevOptionsQcow2 | BlockdevOptionsRaw | None
     __slots__ = ("driver", "node_name", "discard", "cache", "read_only", "auto_read_only", "force_share", "detect_zeroes", "u", )
     _qapi_fields: ClassVar[Fields] = ("driver", "node_name", "discard", "cache", "read_only", "auto_read_only", "force_share", "detect_zeroes", "u", )
     _qapi_members: ClassVar[Members] = (
@@ -3054,6 +3179,63 @@ def visit_BlockdevOptionsNull(value: Any, name: str | None, path: str) -> Blockd
     return rt.visit_struct(value, path, members_BlockdevOptionsNull, BlockdevOptionsNull)
 
 
+def visit_BlkdebugEvent(value: Any, name: str | None, path: str) -> BlkdebugEvent:
+    return rt.visit_enum(value, name, path, BlkdebugEvent)
+
+
+def visit_BlkdebugIOType(value: Any, name: str | None, path: str) -> BlkdebugIOType:
+    return rt.visit_enum(value, name, path, BlkdebugIOType)
+
+
+def members_BlkdebugInjectErrorOptions(obj: dict[str, Any], path: str, seen: set[str]) -> dict[str, Any]:
+    return {
+        "event": rt.member(obj, "event", path, seen, visit_BlkdebugEvent),
+        "state": rt.member(obj, "state", path, seen, rt.visit_int, optional=True),
+        "iotype": rt.member(obj, "iotype", path, seen, visit_BlkdebugIOType, optional=True),
+        "errno": rt.member(obj, "errno", path, seen, rt.visit_int, optional=True),
+        "sector": rt.member(obj, "sector", path, seen, rt.visit_int, optional=True),
+        "once": rt.member(obj, "once", path, seen, rt.visit_bool, optional=True),
+        "immediately": rt.member(obj, "immediately", path, seen, rt.visit_bool, optional=True),
+    }
+
+
+def visit_BlkdebugInjectErrorOptions(value: Any, name: str | None, path: str) -> BlkdebugInjectErrorOptions:
+    return rt.visit_struct(value, path, members_BlkdebugInjectErrorOptions, BlkdebugInjectErrorOptions)
+
+
+def members_BlkdebugSetStateOptions(obj: dict[str, Any], path: str, seen: set[str]) -> dict[str, Any]:
+    return {
+        "event": rt.member(obj, "event", path, seen, visit_BlkdebugEvent),
+        "state": rt.member(obj, "state", path, seen, rt.visit_int, optional=True),
+        "new_state": rt.member(obj, "new_state", path, seen, rt.visit_int),
+    }
+
+
+def visit_BlkdebugSetStateOptions(value: Any, name: str | None, path: str) -> BlkdebugSetStateOptions:
+    return rt.visit_struct(value, path, members_BlkdebugSetStateOptions, BlkdebugSetStateOptions)
+
+
+def members_BlockdevOptionsBlkdebug(obj: dict[str, Any], path: str, seen: set[str]) -> dict[str, Any]:
+    return {
+        "image": rt.member(obj, "image", path, seen, visit_BlockdevRef),
+        "config": rt.member(obj, "config", path, seen, rt.visit_str, optional=True),
+        "align": rt.member(obj, "align", path, seen, rt.visit_int, optional=True),
+        "max_transfer": rt.member(obj, "max-transfer", path, seen, rt.visit_int32, optional=True),
+        "opt_write_zero": rt.member(obj, "opt-write-zero", path, seen, rt.visit_int32, optional=True),
+        "max_write_zero": rt.member(obj, "max-write-zero", path, seen, rt.visit_int32, optional=True),
+        "opt_discard": rt.member(obj, "opt-discard", path, seen, rt.visit_int32, optional=True),
+        "max_discard": rt.member(obj, "max-discard", path, seen, rt.visit_int32, optional=True),
+        "inject_error": rt.member(obj, "inject-error", path, seen, visit_BlkdebugInjectErrorOptionsList, optional=True),
+        "set_state": rt.member(obj, "set-state", path, seen, visit_BlkdebugSetStateOptionsList, optional=True),
+        "take_child_perms": rt.member(obj, "take-child-perms", path, seen, visit_BlockPermissionList, optional=True),
+        "unshare_child_perms": rt.member(obj, "unshare-child-perms", path, seen, visit_BlockPermissionList, optional=True),
+    }
+
+
+def visit_BlockdevOptionsBlkdebug(value: Any, name: str | None, path: str) -> BlockdevOptionsBlkdebug:
+    return rt.visit_struct(value, path, members_BlockdevOptionsBlkdebug, BlockdevOptionsBlkdebug)
+
+
 def members_BlockdevOptionsGenericFormat(obj: dict[str, Any], path: str, seen: set[str]) -> dict[str, Any]:
     return {
         "file": rt.member(obj, "file", path, seen, visit_BlockdevRef),
@@ -3520,6 +3702,14 @@ def visit_XDbgBlockGraphEdgeList(value: Any, name: str | None, path: str) -> lis
     return rt.visit_list(value, path, visit_XDbgBlockGraphEdge)
 
 
+def visit_BlkdebugInjectErrorOptionsList(value: Any, name: str | None, path: str) -> list[BlkdebugInjectErrorOptions]:
+    return rt.visit_list(value, path, visit_BlkdebugInjectErrorOptions)
+
+
+def visit_BlkdebugSetStateOptionsList(value: Any, name: str | None, path: str) -> list[BlkdebugSetStateOptions]:
+    return rt.visit_list(value, path, visit_BlkdebugSetStateOptions)
+
+
 def visit_BlockDirtyBitmapOrStrList(value: Any, name: str | None, path: str) -> list[BlockDirtyBitmapOrStr]:
     return rt.visit_list(value, path, visit_BlockDirtyBitmapOrStr)
 
@@ -3594,6 +3784,7 @@ _BlockdevQcow2Encryption_BRANCHES: dict[str, rt.Branch] = {
 
 
 _BlockdevOptions_BRANCHES: dict[str, rt.Branch] = {
+    "blkdebug": (BlockdevOptionsBlkdebug, members_BlockdevOptionsBlkdebug),
     "file": (BlockdevOptionsFile, members_BlockdevOptionsFile),
     "null-co": (BlockdevOptionsNull, members_BlockdevOptionsNull),
     "qcow2": (BlockdevOptionsQcow2, members_BlockdevOptionsQcow2),

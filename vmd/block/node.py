@@ -198,6 +198,10 @@ class BlockNode:
         self._check_range(offset, length)
         return await self._co_block_status(offset, length)
 
+    def debug_event(self, event: str) -> None:
+        """A parent reports a ``BlkdebugEvent`` here (QEMU's BLKDBG_EVENT);
+        only a blkdebug node acts on it."""
+
     # -- description -------------------------------------------------------
 
     def filename(self) -> str:

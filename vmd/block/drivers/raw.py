@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from vmd._generated.types import BlkdebugEvent
 from vmd.block.drivers.file import check_force_share
 from vmd.block.graph import BlockGraph, driver, node_name_of
 from vmd.block.node import BlockNode, Extent
@@ -82,9 +83,11 @@ class RawNode(BlockNode):
     # -- I/O: shift by the offset and hand to the file ------------------------
 
     async def _co_read(self, offset: int, buf: memoryview) -> None:
+        self.file.debug_event(BlkdebugEvent.READ_AIO)
         await self.file.read(offset + self.offset, buf)
 
     async def _co_write(self, offset: int, data: memoryview) -> None:
+        self.file.debug_event(BlkdebugEvent.WRITE_AIO)
         await self.file.write(offset + self.offset, data)
 
     async def _co_write_zeroes(self, offset: int, length: int, may_unmap: bool) -> None:

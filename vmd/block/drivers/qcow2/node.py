@@ -40,6 +40,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
+from vmd._generated.types import BlkdebugEvent
 from vmd.block.drivers.qcow2 import format as fmt
 from vmd.block.drivers.qcow2.cache import TableCache
 from vmd.block.drivers.qcow2.refcount import Refcounts
@@ -238,6 +239,7 @@ class Qcow2Node(BlockNode):
     async def _read_in_cluster(self, vc: int, entry: int, in_off: int, buf: memoryview) -> None:
         kind = self._kind(entry)
         if kind == _DATA:
+            self.file.debug_event(BlkdebugEvent.READ_AIO)
             await self.file.read((entry & fmt.L2E_OFFSET_MASK) + in_off, buf)
         elif kind == _ZERO:
             buf[:] = bytes(len(buf))
@@ -265,6 +267,7 @@ class Qcow2Node(BlockNode):
                             break
                         vc += 1
                         n += min(self.cs, len(buf) - pos - n)
+                    self.file.debug_event(BlkdebugEvent.READ_AIO)
                     await self.file.read(host, buf[pos:pos + n])
                 else:
                     await self._read_in_cluster(vc, entry, in_off, buf[pos:pos + n])
@@ -317,9 +320,11 @@ class Qcow2Node(BlockNode):
             entries.append(entry)
         length = len(entries) * self.cs
         if in_place:
+            self.file.debug_event(BlkdebugEvent.WRITE_AIO)
             await self.file.write(first & fmt.L2E_OFFSET_MASK, data[:length])
             return length
         host = await self.refcounts.alloc(len(entries))
+        self.file.debug_event(BlkdebugEvent.WRITE_AIO)
         await self.file.write(host, data[:length])
         self._depend()
         for i in range(len(entries)):
@@ -386,6 +391,7 @@ class Qcow2Node(BlockNode):
         entry = await self._entry(vc)
         kind = self._kind(entry)
         if kind == _DATA and entry & fmt.OFLAG_COPIED:
+            self.file.debug_event(BlkdebugEvent.WRITE_AIO)
             await self.file.write((entry & fmt.L2E_OFFSET_MASK) + in_off, chunk)
             return
         full = bytearray(self.cs)
@@ -395,10 +401,12 @@ class Qcow2Node(BlockNode):
         if kind == _ZERO and entry & fmt.L2E_OFFSET_MASK and entry & fmt.OFLAG_COPIED:
             # Preallocated zero cluster: fill it in place, then drop the flag.
             host = entry & fmt.L2E_OFFSET_MASK
+            self.file.debug_event(BlkdebugEvent.WRITE_AIO)
             await self.file.write(host, memoryview(full))  # full is ours alone: no copy
             await self._set_entry(table_off, l2i, host | fmt.OFLAG_COPIED)
             return
         host = await self.refcounts.alloc(1)
+        self.file.debug_event(BlkdebugEvent.WRITE_AIO)
         await self.file.write(host, memoryview(full))  # full is ours alone: no copy
         self._depend()
         await self._set_entry(table_off, l2i, host | fmt.OFLAG_COPIED)
