@@ -178,6 +178,19 @@ def rss_kib(pid: int) -> int:
     raise AssertionError(f"no VmRSS for {pid}")
 
 
+def wait_gone(pid: int, timeout: float = 10.0) -> None:
+    """Wait until process ``pid`` (not our child) has exited; else kill it and fail."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.02)
+    os.kill(pid, signal.SIGKILL)
+    raise AssertionError(f"process {pid} did not exit")
+
+
 async def until(condition: Callable[[], Any], timeout: float = 10.0) -> None:
     """Wait on the running loop until ``condition()`` holds, or fail.
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import ROOT, RawQMP, VmdProcess, rss_kib, running_vmd, vmd_command
+from tests.harness import ROOT, RawQMP, VmdProcess, rss_kib, running_vmd, vmd_command, wait_gone
 from vmd.qmp.json_writer import encode_message
 from vmd.version import greeting_line, version_info
 
@@ -204,20 +204,8 @@ def test_daemonize_and_pidfile(tmp_path: Path) -> None:
             client.read()
             client.read()
     finally:
-        _wait_gone(pid)
+        wait_gone(pid)
     assert not pidfile.exists()
-
-
-def _wait_gone(pid: int, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.02)
-    os.kill(pid, signal.SIGKILL)
-    raise AssertionError("daemon did not exit")
 
 
 @pytest.mark.parametrize("argv, message", [

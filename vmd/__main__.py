@@ -9,11 +9,16 @@ from __future__ import annotations
 import sys
 
 from vmd.early_greeter import EarlyGreeter, qmp_unix_paths
+from vmd.system import argfile
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run vmd with QEMU-style arguments; return the exit status."""
-    args = sys.argv[1:] if argv is None else argv
+    try:
+        args = argfile.expand(sys.argv[1:] if argv is None else argv)
+    except argfile.ArgFileError as error:
+        print(error, file=sys.stderr)
+        return 1
     early = EarlyGreeter(qmp_unix_paths(args))
     from vmd.cli import CliError, HelpRequest, VersionRequest, parse_args
     try:
@@ -38,19 +43,47 @@ def _serve(config, early: EarlyGreeter) -> int:  # type: ignore[no-untyped-def]
 
     from vmd import main_loop
     from vmd.qmp.server import MonitorError
-    from vmd.system.log import setup_logging
+    from vmd.system import listen_fds
+    from vmd.system.log import LogFileError, setup_logging, shutdown_logging
     from vmd.system.process import StartupError, daemonize
+    from vmd.system.sd_notify import Notifier
+    from vmd.system.stop import DEFAULT_GRACE
+    from vmd.system.trace import TraceError
 
-    setup_logging()
+    # What systemd passed is read before -daemonize forks (the pids in it).
+    notifier = Notifier.from_environ()
+    listen_fds.collect_from_environ()
+    grace = DEFAULT_GRACE if config.stop_grace is None else config.stop_grace
     try:
         main_loop.check_supported(config)
-        daemonizer = daemonize() if config.daemonize else None
+        for warning in _apply_trace(config):
+            print(warning, file=sys.stderr)
+        daemonizer = daemonize(notifier) if config.daemonize else None
+        setup_logging(config.logfile, config.log_items)
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            return runner.run(main_loop.run(config, daemonizer, early))
-    except (StartupError, MonitorError) as error:
+            return runner.run(main_loop.run(config, daemonizer, early, notifier, grace))
+    except (StartupError, MonitorError, LogFileError, TraceError) as error:
         early.abandon()
         print(f"vmd: {error}", file=sys.stderr)
         return 1
+    finally:
+        shutdown_logging()
+
+
+def _apply_trace(config) -> list[str]:  # type: ignore[no-untyped-def]
+    """Switch on the -trace/-d trace: events; return warnings to print."""
+    from vmd._generated.commands import COMMANDS
+    from vmd.system import trace
+
+    trace.define_commands(COMMANDS)
+    warnings = []
+    for where, kind, value in config.trace:
+        try:
+            found = trace.enable(value) if kind == "enable" else trace.enable_from_file(value)
+        except trace.TraceError as error:
+            raise trace.TraceError(f"{where}: {error}") from None
+        warnings += [f"vmd: {where}: warning: {text}" for text in found]
+    return warnings
 
 
 if __name__ == "__main__":

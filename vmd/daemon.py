@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from vmd import version
@@ -42,6 +43,9 @@ class Daemon:
         self.nbd = NBDExports()
         self.chardevs.quit_handler = self.request_shutdown
         self.jobs = JobRegistry(self.events)
+        # Set by the machine: press the guest's power button; False when no
+        # guest will act on it. SIGTERM waits for the guest (system/stop.py).
+        self.guest_power_down: Callable[[], bool] | None = None
         self._shutdown = loop.create_future()
 
     @property

@@ -9,7 +9,8 @@ clients see no difference except speed: a greeted client's first command is
 simply answered once the loop runs.
 
 Only the plain ``-qmp unix:`` form is handled here (other monitors start
-normally), and never with ``-daemonize``, whose fork would lose the thread.
+normally), never with ``-daemonize``, whose fork would lose the thread, and
+not under socket activation, where the socket may already exist.
 This module imports only built-in modules.
 """
 
@@ -60,6 +61,8 @@ def qmp_unix_paths(argv: list[str]) -> list[str]:
     """Socket paths of ``-qmp unix:PATH,server=on...`` options in ``argv``."""
     if "-daemonize" in argv or "--daemonize" in argv:
         return []
+    if os.environ.get("LISTEN_FDS"):
+        return []  # systemd may have passed the socket (vmd.system.listen_fds)
     paths = []
     for option, value in zip(argv, argv[1:]):
         if option in _QMP_OPTIONS and value.startswith("unix:"):

@@ -15,19 +15,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import signal
 
 from vmd._generated.commands import COMMANDS
-from vmd._generated.types import ShutdownCause
 from vmd.cli.config import Config
 from vmd.daemon import Daemon
 from vmd.early_greeter import EarlyGreeter
 from vmd.qmp.dispatch import Dispatcher
 from vmd.qmp.handlers import bind_handlers
-from vmd.system import sd_notify
+from vmd.system import listen_fds
 from vmd.system.chardevs import create_chardevs
 from vmd.system.process import Daemonizer, PidFile, StartupError
+from vmd.system.sd_notify import Notifier
 from vmd.system.startup_commands import create_blockdevs
+from vmd.system.stop import StopController
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +41,13 @@ def check_supported(config: Config) -> None:
 
 
 async def run(config: Config, daemonizer: Daemonizer | None,
-              early: EarlyGreeter) -> int:
-    """Start the monitors, serve until shutdown, return the exit status."""
+              early: EarlyGreeter, notifier: Notifier, stop_grace: float) -> int:
+    """Start the monitors, serve until shutdown, return the exit status.
+
+    ``READY=1`` goes out only after everything above it: every QMP socket
+    listens and greets (the loop accepts as soon as this coroutine waits),
+    and the guest is started, or left paused with ``-S``.
+    """
     loop = asyncio.get_running_loop()
     dispatcher = Dispatcher(COMMANDS, bind_handlers(COMMANDS))
     daemon = Daemon(config, dispatcher, loop)
@@ -50,22 +55,29 @@ async def run(config: Config, daemonizer: Daemonizer | None,
     await create_blockdevs(daemon, config)
     await create_chardevs(daemon, config, early)
     early.abandon()  # anything the monitors did not take
+    listen_fds.close_unused()
     for monitor in daemon.monitors:
         await monitor.wait_for_client_if_asked()
     pidfile = PidFile(config.pidfile) if config.pidfile else None
-    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        loop.add_signal_handler(signum, daemon.request_shutdown,
-                                ShutdownCause.HOST_SIGNAL)
+    stopper = StopController(daemon, notifier, stop_grace)
+    stopper.install()
     if daemonizer is not None:
-        daemonizer.ready()
-    sd_notify.notify(f"READY=1\nMAINPID={os.getpid()}")
+        await daemonizer.ready()  # the parent sends READY=1 and MAINPID=
+        notifier.send(STATUS=daemon.runstate.status)
+    else:
+        notifier.send(READY=1, STATUS=daemon.runstate.status, MAINPID=os.getpid())
+    daemon.runstate.add_listener(lambda status: notifier.send(STATUS=status))
+    notifier.start_watchdog(loop)
     try:
         await daemon.wait_for_shutdown()
+        stopper.stopping()
     finally:
+        stopper.close()
         await daemon.chardevs.close_all()
         await daemon.nbd.stop()
         await daemon.block.close_all()
         if pidfile is not None:
             pidfile.remove()
         await asyncio.sleep(0)  # let closing transports flush their output
+        notifier.close()
     return 0

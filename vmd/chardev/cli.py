@@ -68,10 +68,12 @@ def _socket(options: Options) -> dict[str, Any]:
 
 
 def _socket_address(options: Options) -> dict[str, Any]:
-    path, host, port = (options.get(k) for k in ("path", "host", "port"))
+    path, host, port, fd = (options.get(k) for k in ("path", "host", "port", "fd"))
+    if sum(value is not None for value in (path, host, fd)) > 1:
+        raise OptionError("None or one of 'path', 'fd' or 'host' option required.")
+    if fd is not None:
+        return {"type": "fd", "data": {"str": fd}}
     if path is not None:
-        if host is not None:
-            raise OptionError("'host' option is incompatible with 'path'")
         unix: dict[str, Any] = {"path": path}
         _bool(options, "abstract", unix)
         _bool(options, "tight", unix)

@@ -27,9 +27,16 @@ import socket
 import stat
 from typing import Any, cast
 
-from vmd._generated.types import ChardevSocket, SocketAddressType
+from vmd._generated.types import (
+    ChardevSocket,
+    SocketAddressLegacy,
+    SocketAddressType,
+    StringWrapper,
+    visit_SocketAddressLegacy,
+)
 from vmd.chardev.base import OUTPUT_LIMIT, Chardev, ChardevError
 from vmd.chardev.registry import ChardevRegistry, backend
+from vmd.system import listen_fds
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +120,9 @@ class SocketChardev(Chardev):
         reconnect = options.reconnect or 0
         self._reconnect = reconnect if reconnect > 0 and not self._server else 0
         addr = options.addr
+        self._passed: socket.socket | None = None
+        if isinstance(addr.u, StringWrapper):
+            addr = self._take_passed(addr.u.data.str)
         assert addr.u is not None
         self._is_unix = addr.type == SocketAddressType.UNIX
         self._unix: Any = addr.u.data if self._is_unix else None
@@ -141,14 +151,30 @@ class SocketChardev(Chardev):
         if not server and options.wait is not None:
             raise ChardevError("'wait' option is incompatible with socket in client connect mode")
         kind = options.addr.type
-        if kind in (SocketAddressType.VSOCK, SocketAddressType.FD):
-            raise ChardevError(f"socket address type '{kind}' is not supported by vmd (only unix and inet)")
+        if kind == SocketAddressType.VSOCK or (kind == SocketAddressType.FD and not server):
+            raise ChardevError(f"socket address type '{kind}' is not supported by vmd here "
+                               "(unix and inet; fd for servers)")
         unsupported = [("tls-creds", options.tls_creds is not None), ("tls-authz", options.tls_authz is not None),
                        ("telnet", bool(options.telnet)), ("tn3270", bool(options.tn3270)),
                        ("websocket", bool(options.websocket)), ("logfile", options.logfile is not None)]
         for name, used in unsupported:
             if used:
                 raise ChardevError(f"the socket chardev option '{name}' is not supported by vmd")
+
+    def _take_passed(self, spec: str) -> SocketAddressLegacy:
+        """Adopt a socket handed over at start (``fd=``); QEMU then reports
+        (and vmd treats) it by its bound address."""
+        try:
+            self._passed = listen_fds.take(spec)
+        except listen_fds.FdError as error:
+            raise ChardevError(str(error)) from None
+        name = self._passed.getsockname()
+        if self._passed.family == socket.AF_UNIX:
+            path = name.decode(errors="replace") if isinstance(name, bytes) else name
+            wire = {"type": "unix", "data": {"path": path}}
+        else:
+            wire = {"type": "inet", "data": {"host": name[0], "port": str(name[1])}}
+        return visit_SocketAddressLegacy(wire, None, "")
 
     # -- addresses --------------------------------------------------------------
 
@@ -266,7 +292,11 @@ class SocketChardev(Chardev):
     # -- server ------------------------------------------------------------------------
 
     async def _listen(self) -> None:
-        if self._is_unix:
+        if self._passed is not None:
+            self._listener, self._passed = self._passed, None
+            if not self._is_unix:
+                self._disconnected_name = self._describe_address(self._listener.getsockname())
+        elif self._is_unix:
             self._listen_unix()
         else:
             await self._listen_inet()

@@ -103,6 +103,10 @@ class Config:
     initrd: str | None = None
     append: str | None = None
     logfile: str | None = None
+    log_items: list[str] = field(default_factory=list)      # -d, besides trace:
+    # -trace/-d trace: in order: (where, "enable", pattern) or (where, "events", file)
+    trace: list[tuple[str, str, str]] = field(default_factory=list)
+    stop_grace: float | None = None
     chardevs: list[ChardevConfig] = field(default_factory=list)
     monitors: list[MonitorConfig] = field(default_factory=list)
     serials: list[str] = field(default_factory=list)

@@ -325,6 +325,73 @@ def _serial(state: _State, arg: str, where: str) -> None:
         state.config.monitors.append(MonitorConfig(chardev=label, mode="readline"))
 
 
+# --- logging and tracing -------------------------------------------------
+
+TRACE_SPEC = OptsSpec("trace", implied_key="enable",
+                      desc={"enable": "string", "events": "string", "file": "string"})
+
+#: -d items vmd has (QEMU's others are about TCG, which vmd does not have).
+LOG_ITEMS = {
+    "unimp": "log unimplemented functionality",
+    "guest_errors": "log when the guest OS does something invalid (eg accessing a\nnon-existent register)",
+}
+
+
+def _log_items(state: _State, arg: str, where: str) -> HelpRequest | None:
+    """-d item,...: log items and ``trace:PATTERN``, as QEMU's qemu_str_to_log_mask."""
+    for item in arg.split(","):
+        if item.startswith("trace:"):
+            if item == "trace:help":
+                return HelpRequest(trace_help_text())
+            state.config.trace.append((where, "enable", item[len("trace:"):]))
+        elif is_help_option(item):
+            return HelpRequest(log_items_help_text())
+        elif item in LOG_ITEMS:
+            state.config.log_items.append(item)
+        else:
+            raise OptionError(f"unknown log item '{item}' (use -d help for a list)")
+    return None
+
+
+def log_items_help_text() -> str:
+    rows = [f"{name:<15} {text}" for name, text in LOG_ITEMS.items()]
+    rows.append(f"{'trace:PATTERN':<15} enable trace events")
+    return "Log items (comma separated):\n" + "\n".join(rows) + \
+        '\n\nUse "-d trace:help" to get a list of trace events.\n'
+
+
+def _trace(state: _State, arg: str, where: str) -> HelpRequest | None:
+    opts = parse_opts(TRACE_SPEC, arg, state.config.warnings)
+    pattern = opts.get("enable")
+    if pattern is not None and is_help_option(pattern):
+        return HelpRequest(trace_help_text())
+    if pattern:
+        state.config.trace.append((where, "enable", pattern))
+    if opts.get("events"):
+        state.config.trace.append((where, "events", opts.get("events") or ""))
+    if opts.get("file"):
+        state.config.logfile = opts.get("file")
+    return None
+
+
+def trace_help_text() -> str:
+    """``-trace help``: the event names, one a line, as QEMU lists them."""
+    from vmd._generated.commands import COMMANDS
+    from vmd.system import trace
+    trace.define_commands(COMMANDS)
+    return "\n".join(trace.names()) + "\n"
+
+
+def _stop_grace(state: _State, arg: str, _where: str) -> None:
+    try:
+        seconds = float(arg)
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds < 1e9:
+        raise OptionError("expects a number of seconds (0 or more)")
+    state.config.stop_grace = seconds
+
+
 # --- end of command line -------------------------------------------------
 
 def _finish(state: _State) -> None:
@@ -382,6 +449,9 @@ _HANDLERS: dict[str, Callable[[_State, str, str], HelpRequest | VersionRequest |
     "pidfile": _set_string("pidfile"),
     "S": _set_flag("start_paused"),
     "D": _set_string("logfile"),
+    "d": _log_items,
+    "trace": _trace,
+    "stop-grace": _stop_grace,
     "enable-kvm": _enable_kvm,
     "no-reboot": _set_flag("no_reboot"),
     "no-shutdown": _set_flag("no_shutdown"),

@@ -34,7 +34,9 @@ _UCRED = struct.Struct("3i")
 def check_monitor_listener(chardev: ChardevConfig) -> None:
     """Refuse a monitor on a TCP server socket open to other hosts."""
     options = chardev.options
-    if chardev.backend != "socket" or "path" in options or not socket_flags(chardev)[0]:
+    # A passed socket (``fd=``, socket activation) was bound by whoever
+    # passed it, on the address they chose.
+    if chardev.backend != "socket" or "path" in options or "fd" in options or not socket_flags(chardev)[0]:
         return
     host = options.get("host", "")
     if is_loopback(host) or parse_bool(ALLOW_REMOTE, options.get(ALLOW_REMOTE, "off")):

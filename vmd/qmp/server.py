@@ -4,7 +4,9 @@ A QEMU socket chardev serves one client at a time; a vmd QMP monitor on a
 socket serves any number of clients at once, each with its own negotiation
 state, so a second tool can attach without waiting for the first to leave.
 On the command line a server socket waits for its first client before the
-daemon goes on (``wait=on``, QEMU's default), unless ``wait=off``.
+daemon goes on (``wait=on``, QEMU's default), unless ``wait=off``. The
+socket may also be one the daemon was handed at start (``fd=``, or systemd
+socket activation: ``vmd.system.listen_fds``).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from vmd.cli.config import ChardevConfig
 from vmd.early_greeter import EarlyGreeter, listen_unix, unlink_stale_socket
 from vmd.qmp.connection import QMPConnection
 from vmd.qmp.session import QMPSession
+from vmd.system import listen_fds
 
 if TYPE_CHECKING:
     from vmd.daemon import Daemon
@@ -44,6 +47,7 @@ class QMPMonitor:
         self._server: asyncio.AbstractServer | None = None
         self._first_client = asyncio.Event()
         self._unix_path: str | None = None
+        self._address = ""  # of a passed socket, in describe()'s form
 
     async def start(self) -> None:
         """Start listening; register as chardev ``self.chardev.id``."""
@@ -72,8 +76,12 @@ class QMPMonitor:
     def describe(self) -> str:
         """The address in QEMU's chardev filename style."""
         options = self.chardev.options
+        if self._address:
+            return self._address
         if "path" in options:
             return f"unix:{options['path']}"
+        if "fd" in options:
+            return f"fd:{options['fd']}"
         return f"tcp:{options.get('host', '')}:{options.get('port', '')}"
 
     def yank_id(self) -> str:
@@ -104,23 +112,44 @@ class QMPMonitor:
                 "supported yet; use server=on")
         loop = asyncio.get_running_loop()
         try:
-            if "path" in options:
+            if "fd" in options:
+                await self._serve_passed(listen_fds.take(options["fd"]))
+            elif "path" in options:
                 path = options["path"]
-                self._unix_path = path
-                if not await self._adopt_early(path):
-                    unlink_stale_socket(path)
-                    self._server = await loop.create_unix_server(
-                        self._new_connection, sock=socket.socket(fileno=listen_unix(path).detach()))
+                passed = listen_fds.take_bound_to(path)
+                if passed is not None:
+                    await self._serve_passed(passed)
+                else:
+                    self._unix_path = path  # ours: removed at close
+                    if not await self._adopt_early(path):
+                        unlink_stale_socket(path)
+                        self._server = await loop.create_unix_server(
+                            self._new_connection, sock=socket.socket(fileno=listen_unix(path).detach()))
             else:
                 host = options.get("host") or "0.0.0.0"
                 port = int(options.get("port", "0"))
                 self._server = await loop.create_server(
                     self._new_connection, host, port, reuse_address=True,
                     family=socket.AF_UNSPEC)
+        except listen_fds.FdError as error:
+            raise MonitorError(f"-chardev {self.chardev.id}: {error}") from None
         except OSError as error:
             raise MonitorError(
                 f"Failed to bind socket to {self.describe()}: "
                 f"{error.strerror or error}") from None
+
+    async def _serve_passed(self, sock: socket.socket) -> None:
+        """Serve on a socket the daemon was handed; it is not ours to unlink.
+
+        Like QEMU, report it by its bound address from then on.
+        """
+        name = sock.getsockname()
+        if sock.family == socket.AF_UNIX:
+            self._address = f"unix:{name.decode(errors='replace') if isinstance(name, bytes) else name}"
+            self._server = await asyncio.get_running_loop().create_unix_server(self._new_connection, sock=sock)
+        else:
+            self._address = f"tcp:{name[0]}:{name[1]}"
+            self._server = await asyncio.get_running_loop().create_server(self._new_connection, sock=sock)
 
     async def _adopt_early(self, path: str) -> bool:
         """Take over the socket (and clients) the early greeter set up."""

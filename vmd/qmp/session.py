@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from vmd.qmp.dispatch import Dispatcher, Response
 from vmd.qmp.errors import COMMAND_NOT_FOUND, QMPError
 from vmd.qmp.json_stream import Message
+from vmd.system import trace
 
 if TYPE_CHECKING:
     from vmd.daemon import Daemon
@@ -44,11 +45,17 @@ class QMPSession:
         """Answer one input message (or return an awaitable answer)."""
         if message.error is not None:
             return {"error": QMPError(message.error).to_wire()}
+        if trace.qmp_traced:
+            trace.command_enter(message.value)
+            return trace.command_exit(message.value, self._answer(message.value))
+        return self._answer(message.value)
+
+    def _answer(self, request: Any) -> Response | Awaitable[Response]:
         if not self.negotiating:
             return self._dispatcher.dispatch(
-                message.value, self, oob_allowed=self.oob_enabled)
+                request, self, oob_allowed=self.oob_enabled)
         response = self._dispatcher.dispatch(
-            message.value, self, oob_allowed=False,
+            request, self, oob_allowed=False,
             available=NEGOTIATION_COMMANDS)
         assert isinstance(response, dict), "qmp_capabilities is synchronous"
         error = response.get("error")

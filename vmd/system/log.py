@@ -1,31 +1,103 @@
-"""Logging set-up: plain lines on a terminal, priorities under journald.
+"""Logging: one line per message, to stderr, the journal or a ``-D`` file.
 
-Under systemd, stderr is connected to the journal and ``JOURNAL_STREAM``
-names it; then each line starts with a ``<N>`` syslog priority prefix, which
-journald turns into the record's priority. Elsewhere lines read
-``vmd: warning: text``, like QEMU's error_report().
+* On a terminal lines read ``vmd: warning: text``, like QEMU's
+  error_report(); trace events (``vmd.trace``) print bare, as QEMU's log
+  backend prints them.
+* Under systemd stderr is the journal and ``$JOURNAL_STREAM`` names it
+  (``device:inode``); then each line starts with a ``<N>`` syslog priority,
+  which journald turns into the record's priority.
+* ``-D FILE`` sends the same lines to FILE instead; SIGHUP reopens it, so
+  logrotate can move it away.
+
+Every message is one line: newlines inside a message (a traceback, a
+multi-line error) are written as ``\\n``, so journald and ``grep`` see one
+record per message.
+
+Threads: records are formatted where they are logged and queued; one
+writer thread does the writes, so a slow terminal, a full pipe or a slow
+disk never blocks the event loop. ``shutdown_logging`` drains the queue.
 """
 
 from __future__ import annotations
 
 import logging
+import logging.handlers
 import os
+import queue
 import sys
+from typing import TextIO
 
 _PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4,
              logging.ERROR: 3, logging.CRITICAL: 2}
 
 
-class _JournalFormatter(logging.Formatter):
+class _LineFormatter(logging.Formatter):
+    """``vmd: level: text`` (or ``<N>text`` for the journal), on one line."""
+
+    def __init__(self, journal: bool) -> None:
+        super().__init__()
+        self._journal = journal
+
     def format(self, record: logging.LogRecord) -> str:
-        priority = _PRIORITY.get(record.levelno, 6)
-        return f"<{priority}>{super().format(record)}"
+        text = super().format(record).replace("\r", "").replace("\n", "\\n")
+        if self._journal:
+            return f"<{_PRIORITY.get(record.levelno, 6)}>{text}"
+        if record.name == "vmd.trace":
+            return text
+        return f"vmd: {record.levelname.lower()}: {text}"
 
 
-class _PlainFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        record.level = record.levelname.lower()
-        return super().format(record)
+class _ReopenableStream(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to stderr or to a file that ``reopen`` opens anew (SIGHUP)."""
+
+    def __init__(self, path: str | None) -> None:
+        self.path = path
+        super().__init__(self._open() if path else sys.stderr)
+
+    def _open(self) -> TextIO:
+        assert self.path is not None
+        return open(self.path, "a", encoding="utf-8", buffering=1)
+
+    def reopen(self) -> None:
+        if self.path is None:
+            return
+        try:
+            fresh = self._open()
+        except OSError as error:
+            logging.getLogger("vmd").error("cannot reopen log file %s: %s", self.path, error.strerror)
+            return
+        old = self.setStream(fresh)
+        if old is not None:
+            old.close()
+
+    def close(self) -> None:
+        if self.path is not None and self.stream is not None:
+            self.stream.close()
+        super().close()
+
+
+class LogFileError(Exception):
+    """``-D FILE`` cannot be opened; QEMU's wording."""
+
+
+class _Logging:
+    """The handler chain while vmd runs."""
+
+    def __init__(self, path: str | None) -> None:
+        try:
+            self.output = _ReopenableStream(path)
+        except OSError as error:
+            raise LogFileError(f"Error opening logfile {path}: {error.strerror}") from None
+        journal = path is None and _stderr_is_journal()
+        self.output.setFormatter(_LineFormatter(journal))
+        records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+        self.listener = logging.handlers.QueueListener(records, self.output)
+        # QueueHandler merges the arguments into the message where the
+        # record is made (they may change later), the writer thread the rest.
+        self.enqueue = logging.handlers.QueueHandler(records)
+
+
+_active: _Logging | None = None
 
 
 def _stderr_is_journal() -> bool:
@@ -38,13 +110,39 @@ def _stderr_is_journal() -> bool:
     return (info.st_dev, info.st_ino) == (device, inode)
 
 
-def setup_logging(verbose: bool = False) -> None:
-    """Send vmd's log records to stderr in the right format."""
-    handler = logging.StreamHandler(sys.stderr)
-    if _stderr_is_journal():
-        handler.setFormatter(_JournalFormatter("%(message)s"))
-    else:
-        handler.setFormatter(_PlainFormatter("vmd: %(level)s: %(message)s"))
+#: Loggers behind ``-d`` items, off unless asked for: devices report what a
+#: guest does wrong to ``vmd.guest_errors``, what vmd lacks to ``vmd.unimp``.
+LOG_ITEM_LOGGERS = {"guest_errors": "vmd.guest_errors", "unimp": "vmd.unimp"}
+
+
+def setup_logging(logfile: str | None = None, log_items: list[str] | None = None) -> None:
+    """Send vmd's log records through the writer thread; raises LogFileError."""
+    global _active
+    shutdown_logging()
+    active = _Logging(logfile)
     root = logging.getLogger("vmd")
-    root.addHandler(handler)
-    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    root.addHandler(active.enqueue)
+    root.setLevel(logging.INFO)
+    root.propagate = False
+    logging.getLogger("vmd.trace").setLevel(logging.DEBUG)  # each event has its own switch
+    for item, name in LOG_ITEM_LOGGERS.items():
+        logging.getLogger(name).setLevel(logging.DEBUG if item in (log_items or []) else logging.CRITICAL + 1)
+    active.listener.start()
+    _active = active
+
+
+def reopen_log_file() -> None:
+    """SIGHUP: reopen the ``-D`` file; blocks on open(), so not on the loop."""
+    if _active is not None:
+        _active.output.reopen()  # swaps streams under the handler's lock
+
+
+def shutdown_logging() -> None:
+    """Write out what is queued and stop the writer thread."""
+    global _active
+    if _active is None:
+        return
+    active, _active = _active, None
+    logging.getLogger("vmd").removeHandler(active.enqueue)
+    active.listener.stop()
+    active.output.close()

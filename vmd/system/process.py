@@ -1,17 +1,27 @@
 """Process-level duties: ``-daemonize`` and ``-pidfile``.
 
 ``-daemonize`` forks before the event loop exists; the parent waits until
-the child reports that its monitors are listening (or that start-up failed)
-and exits with the matching status, so ``vmd -daemonize ...; qmp-shell``
-in a script never races the socket's creation, as with QEMU.
+the child reports that it is ready (or that start-up failed: the child dies
+and the parent exits 1, the child's error message already on stderr) and
+exits with the matching status, so ``vmd -daemonize ...; qmp-shell`` in a
+script never races the socket's creation, as with QEMU.
+
+Under systemd (``Type=notify``) the parent is the main process systemd
+knows. It announces the daemon with ``MAINPID=`` and ``READY=1`` before it
+exits, and the daemon sends nothing to systemd until the parent is gone, so
+that with ``NotifyAccess=main`` every later message comes from the main pid.
 """
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import fcntl
 import os
+import socket
 import sys
+
+from vmd.system.sd_notify import Notifier
 
 
 class StartupError(Exception):
@@ -21,31 +31,38 @@ class StartupError(Exception):
 class Daemonizer:
     """The child's end of the start-up handshake with its parent."""
 
-    def __init__(self, write_fd: int) -> None:
-        self._write_fd = write_fd
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
 
-    def ready(self) -> None:
-        """Tell the parent start-up succeeded; detach from the terminal."""
-        os.write(self._write_fd, b"\0")
-        os.close(self._write_fd)
+    async def ready(self) -> None:
+        """Tell the parent start-up succeeded, wait until it has exited
+        (having announced us to systemd), then detach from the terminal."""
+        loop = asyncio.get_running_loop()
+        self._sock.setblocking(False)
+        await loop.sock_sendall(self._sock, f"{os.getpid()}\n".encode())
+        await loop.sock_recv(self._sock, 1)  # end of file: the parent is gone
+        self._sock.close()
         null = os.open(os.devnull, os.O_RDWR)
         for fd in (0, 1, 2):
             os.dup2(null, fd)
         os.close(null)
 
 
-def daemonize() -> Daemonizer:
+def daemonize(notifier: Notifier) -> Daemonizer:
     """Fork; the parent exits when the child says ready (or dies)."""
-    read_fd, write_fd = os.pipe()
+    parent_end, child_end = socket.socketpair()
     if os.fork() > 0:
-        os.close(write_fd)
-        status = os.read(read_fd, 1)
-        os._exit(0 if status == b"\0" else 1)
-    os.close(read_fd)
+        child_end.close()
+        reply = parent_end.recv(32)
+        if not reply.endswith(b"\n"):
+            os._exit(1)
+        notifier.send(MAINPID=int(reply), READY=1)
+        os._exit(0)
+    parent_end.close()
     os.setsid()
     if os.fork() > 0:
         os._exit(0)
-    return Daemonizer(write_fd)
+    return Daemonizer(child_end)
 
 
 class PidFile:

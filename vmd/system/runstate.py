@@ -2,15 +2,20 @@
 
 The run state belongs to the event loop thread. ``stop`` and ``cont`` emit
 ``STOP`` and ``RESUME`` before they return, so the event reaches clients
-before the command's reply, as in QEMU.
+before the command's reply, as in QEMU. Every change of ``status`` goes to
+the listeners (the service manager's ``STATUS=``) and to the
+``runstate_set`` trace event.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 from vmd._generated import events
 from vmd._generated.types import RunState
 from vmd.qmp.errors import QMPError
 from vmd.qmp.events import EventBroadcaster
+from vmd.system import trace
 
 # States from which ``cont`` needs a system_reset first.
 _NEEDS_RESET = frozenset({RunState.INTERNAL_ERROR, RunState.SHUTDOWN,
@@ -22,7 +27,28 @@ class RunStateMachine:
 
     def __init__(self, emitter: EventBroadcaster, start_paused: bool) -> None:
         self._emitter = emitter
-        self.status = RunState.PRELAUNCH if start_paused else RunState.RUNNING
+        self._status = RunState.PRELAUNCH if start_paused else RunState.RUNNING
+        self._listeners: list[Callable[[RunState], object]] = []
+
+    @property
+    def status(self) -> RunState:
+        return self._status
+
+    @status.setter
+    def status(self, new: RunState) -> None:
+        if new == self._status:
+            return
+        if trace.is_enabled("runstate_set"):
+            states = list(RunState)
+            trace.event("runstate_set", f"current_run_state {states.index(self._status)} ({self._status})",
+                        f"new_state {states.index(new)} ({new})")
+        self._status = new
+        for listener in list(self._listeners):
+            listener(new)
+
+    def add_listener(self, listener: Callable[[RunState], object]) -> None:
+        """Call ``listener(new_status)`` after each change, on the loop thread."""
+        self._listeners.append(listener)
 
     @property
     def running(self) -> bool:
