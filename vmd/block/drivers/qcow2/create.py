@@ -9,6 +9,8 @@ qemu-img does (it also creates with size 0, then truncates).
 
 from __future__ import annotations
 
+import errno
+import os
 import struct
 
 from vmd.block import limits
@@ -51,10 +53,13 @@ async def create_qcow2(file: BlockNode, size: int, *, cluster_size: int = 65536,
         fmt.set_refcount(refblock, c, h.refcount_order, 1)
     reftable = struct.pack(">Q", 2 * cs).ljust(cs, b"\0")
     await file.truncate(0)
-    await file.write(0, memoryview(head.ljust(cs, b"\0")))
-    await file.write(cs, memoryview(reftable))
-    await file.write(2 * cs, memoryview(bytes(refblock)))
-    await file.flush()
+    try:
+        await file.write(0, memoryview(head.ljust(cs, b"\0")))
+        await file.write(cs, memoryview(reftable))
+        await file.write(2 * cs, memoryview(bytes(refblock)))
+        await file.flush()
+    except OSError as error:  # a full disk, most likely: say what failed, as QEMU
+        raise QMPError(f"Could not write qcow2 header: {os.strerror(error.errno or errno.EIO)}") from None
     node = Qcow2Node("#create", file, lazy_refcounts=False)
     await node.open()
     try:
