@@ -10,6 +10,7 @@ the nodes' ``ro`` flags and every reply, errors included.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 from collections.abc import Callable, Iterator
@@ -18,8 +19,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from qemu.qmp import ExecuteError, QMPClient
 
 from tests.harness import QEMU, RawQMP, running_qemu, running_vmd
+from vmd._generated.types import BlockPermission
+from vmd.qapi_runtime import to_wire
+from vmd.qmp.json_writer import dumps
 
 pytestmark = pytest.mark.qemu
 
@@ -274,3 +279,132 @@ def test_graph_changes_refuse_cycles(tmp_path: Path) -> None:
     replies, _ = compare(tmp_path, scenario)
     assert replies[2]["error"]["desc"] == "Making 'b' a backing child of 'b' would create a cycle"
     assert replies[4]["error"]["desc"] == "Making 'c' a backing child of 'b' would create a cycle"
+
+
+def make_chain(root: Path, depth: int) -> Path:
+    """``depth`` qcow2 images, each the backing file of the next (copies of
+    one small template with the backing name patched: fast to make)."""
+    qemu_img("create", "-f", "qcow2", "-o", "cluster_size=512", str(root / "c00000.qcow2"), "64k")
+    qemu_img("create", "-f", "qcow2", "-o", "cluster_size=512", "-b", "c00000.qcow2", "-F", "qcow2",
+             str(root / "template.qcow2"))
+    template = (root / "template.qcow2").read_bytes()
+    for index in range(1, depth):
+        (root / f"c{index:05d}.qcow2").write_bytes(
+            template.replace(b"c00000.qcow2", f"c{index - 1:05d}.qcow2".encode()))
+    return root / f"c{depth - 1:05d}.qcow2"
+
+
+def test_a_deep_backing_chain_opens_answers_and_closes(tmp_path: Path) -> None:
+    """Issue 14: a 2500-deep chain hit Python's recursion limit (graph walks,
+    chain opening, closing and nested replies now use explicit stacks)."""
+    depth = 2500
+    top = make_chain(tmp_path, depth)
+    (tmp_path / "vmd").mkdir()
+    with running_vmd(tmp_path / "vmd") as vmd, RawQMP(vmd.qmp_path, timeout=120) as qmp:
+        qmp.negotiate()
+        assert qmp.command(add(driver="qcow2", node_name="top", file=file(tmp_path, top.name))) == {"return": {}}
+        nodes = qmp.command(NODES)["return"]
+        assert len(nodes) == 2 * depth and sum(node["ro"] for node in nodes) == 2 * depth - 2
+        edges = qmp.command(GRAPH)["return"]["edges"]
+        assert sum(edge["name"] == "backing" for edge in edges) == depth - 1
+        assert qmp.command(cmd("blockdev-del", **{"node-name": "top"})) == {"return": {}}
+        assert qmp.command(NODES) == {"return": []}
+        assert vmd.stop() == 0
+
+
+def test_replies_nest_deeper_than_the_recursion_limit() -> None:
+    """A chain's non-flat ImageInfo nests once per image; converting and
+    encoding it must not recurse."""
+    deep: dict[str, Any] = {}
+    level = deep
+    for index in range(5000):
+        level["backing-image"] = {"filename": f"c{index}", "format": BlockPermission.WRITE}
+        level = level["backing-image"]
+    text = dumps(to_wire(deep))
+    assert text.count('"backing-image": {"filename": ') == 5000 and text.count('"write"') == 5000
+    assert text.startswith('{"backing-image": {"filename": "c0", "format": "write", "backing-image": ')
+    assert text.endswith('"format": "write"}' + "}" * 5000)
+
+
+# -- one dispatcher: commands of all clients take turns --------------------------------------
+
+
+async def test_two_clients_changing_the_graph_at_once(tmp_path: Path) -> None:
+    """Each round both clients add a node, fail to add a broken one and
+    query; a failing blockdev-add used to close the other client's nodes."""
+    rounds = 15
+    (tmp_path / "vmd").mkdir()
+    for who in ("x", "y"):
+        for index in range(rounds):
+            qemu_img("create", "-q", "-f", "qcow2", str(tmp_path / f"{who}{index}.qcow2"), "1M")
+    (tmp_path / "broken.qcow2").write_bytes(b"not an image" * 100)
+    with running_vmd(tmp_path / "vmd") as vmd:
+        clients = [QMPClient(who) for who in ("x", "y")]
+        for client in clients:
+            await client.connect(str(vmd.qmp_path))
+
+        async def work(client: QMPClient, who: str) -> None:
+            for index in range(rounds):
+                await client.execute("blockdev-add", {
+                    "driver": "qcow2", "node-name": f"{who}{index}",
+                    "file": {"driver": "file", "filename": str(tmp_path / f"{who}{index}.qcow2")}})
+                with pytest.raises(ExecuteError, match="Image is not in qcow2 format"):
+                    await client.execute("blockdev-add", {
+                        "driver": "qcow2", "node-name": f"{who}-broken",
+                        "file": {"driver": "file", "filename": str(tmp_path / "broken.qcow2")}})
+                names = {node["node-name"] for node in await client.execute("query-named-block-nodes")}
+                assert {f"{who}{i}" for i in range(index + 1)} <= names
+
+        await asyncio.gather(work(clients[0], "x"), work(clients[1], "y"))
+        nodes = await clients[0].execute("query-named-block-nodes", {"flat": True})
+        named = sorted(node["node-name"] for node in nodes if not node["node-name"].startswith("#"))
+        assert named == sorted(f"{who}{i}" for who in "xy" for i in range(rounds))
+        assert len(nodes) == 4 * rounds  # each qcow2 node and its file, nothing half-closed
+        for client in clients:
+            await client.disconnect()
+
+
+def test_a_client_that_hangs_up_does_not_cancel_its_command(tmp_path: Path) -> None:
+    (tmp_path / "vmd").mkdir()
+    qemu_img("create", "-q", "-f", "qcow2", str(tmp_path / "a.qcow2"), "1M")
+    with running_vmd(tmp_path / "vmd") as vmd:
+        with RawQMP(vmd.qmp_path) as quitter:
+            quitter.negotiate()
+            quitter.send(json.dumps(add(driver="qcow2", node_name="a", file=file(tmp_path, "a.qcow2"))))
+        with RawQMP(vmd.qmp_path) as qmp:
+            qmp.negotiate()
+            graph = normal_graph(qmp.command(GRAPH)["return"])
+            assert graph == [("a", "file", "a.file", ["consistent-read", "resize", "write"],
+                              ["consistent-read", "write-unchanged"])]
+            assert qmp.command(cmd("blockdev-del", **{"node-name": "a"})) == {"return": {}}
+        assert vmd.stop() == 0
+    check = subprocess.run(["qemu-img", "check", str(tmp_path / "a.qcow2")], capture_output=True, text=True)
+    assert check.returncode == 0, check
+
+
+def test_shutdown_stops_exports_and_leaves_images_clean(tmp_path: Path) -> None:
+    (tmp_path / "vmd").mkdir()
+    qemu_img("create", "-q", "-f", "qcow2", "-o", "lazy_refcounts=on", str(tmp_path / "a.qcow2"), "4M")
+    with running_vmd(tmp_path / "vmd") as vmd, RawQMP(vmd.qmp_path) as qmp:
+        qmp.negotiate()
+        for request in (add(driver="qcow2", node_name="a", file=file(tmp_path, "a.qcow2")),
+                        nbd_start(tmp_path), export("e", "a", writable=True)):
+            assert qmp.command(json.dumps(request)) == {"return": {}}, request
+        uri = f"nbd+unix:///a?socket={tmp_path / 'nbd.sock'}"
+        io = subprocess.run(["qemu-io", "-f", "raw", "-c", "write -P 0x5c 0 1M", uri], capture_output=True, text=True)
+        assert io.returncode == 0, io
+        assert _dirty(tmp_path / "a.qcow2")  # lazy refcounts: dirty while open
+        assert vmd.stop() == 0
+    assert not _dirty(tmp_path / "a.qcow2")
+    check = subprocess.run(["qemu-img", "check", str(tmp_path / "a.qcow2")], capture_output=True, text=True)
+    assert check.returncode == 0 and "No errors were found" in check.stdout, check
+    io = subprocess.run(["qemu-io", "-r", "-c", "read -P 0x5c 0 1M", str(tmp_path / "a.qcow2")],
+                        capture_output=True, text=True)
+    assert io.returncode == 0 and "verification failed" not in io.stdout, io
+
+
+def _dirty(path: Path) -> bool:
+    """The qcow2 header's dirty bit (incompatible feature bit 0)."""
+    with open(path, "rb") as image:
+        image.seek(72)
+        return bool(int.from_bytes(image.read(8), "big") & 1)

@@ -17,12 +17,13 @@ from typing import Any
 from vmd import version
 from vmd._generated import events
 from vmd._generated.types import ShutdownCause
+from vmd.block.edge import drained
 from vmd.block.graph import BlockGraph
 from vmd.block.nbd.commands import NBDExports
 from vmd.chardev.registry import ChardevRegistry
 from vmd.cli.config import Config
 from vmd.job.registry import JobRegistry
-from vmd.qmp.dispatch import Dispatcher
+from vmd.qmp.dispatch import CommandTurns, Dispatcher
 from vmd.qmp.events import EventBroadcaster
 from vmd.system.runstate import RunStateMachine
 
@@ -35,6 +36,8 @@ class Daemon:
                  loop: asyncio.AbstractEventLoop) -> None:
         self.config = config
         self.dispatcher = dispatcher
+        #: In-band commands of all monitors run one at a time.
+        self.turns = CommandTurns()
         self.events = EventBroadcaster(loop)
         self.runstate = RunStateMachine(self.events, config.start_paused)
         self.monitors: list[Any] = []
@@ -64,6 +67,16 @@ class Daemon:
         events.qapi_event_send_shutdown(self.events, guest=guest, reason=cause)
         log.debug("shutting down (%s)", cause)
         self._shutdown.set_result(cause)
+
+    async def close_storage(self) -> None:
+        """Shut the block layer down in QEMU's order: quiesce every user
+        and let its requests in flight finish, cancel the jobs and wait for
+        them, stop the exports, then close the nodes (images are left
+        clean)."""
+        async with drained(*self.block):
+            await self.jobs.cancel_sync_all()
+        await self.nbd.stop()
+        await self.block.close_all()
 
     async def wait_for_shutdown(self) -> ShutdownCause:
         result: ShutdownCause = await self._shutdown

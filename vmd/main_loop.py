@@ -74,8 +74,7 @@ async def run(config: Config, daemonizer: Daemonizer | None,
     finally:
         stopper.close()
         await daemon.chardevs.close_all()
-        await daemon.nbd.stop()
-        await daemon.block.close_all()
+        await daemon.close_storage()
         if pidfile is not None:
             pidfile.remove()
         await asyncio.sleep(0)  # let closing transports flush their output

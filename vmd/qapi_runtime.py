@@ -375,33 +375,48 @@ visit_size = visit_uint64
 def to_wire(value: Any) -> Any:
     """Turn a handler's result into plain JSON-ready data.
 
-    Generated dataclasses become dicts keyed by wire names (absent
-    optional members omitted, a union's branch flattened in), enums
-    become their string values; lists and dicts are converted
-    recursively; other values pass through.
+    Generated classes become dicts keyed by wire names (absent optional
+    members omitted, a union's branch flattened in), enums become their
+    string values; lists and dicts are converted throughout; other values
+    pass through. An explicit stack, not recursion: a reply may nest as
+    deep as a user's backing chain.
     """
-    if isinstance(value, enum.Enum):
-        return value.value
-    if value is JSON_NULL:
-        return None
-    if isinstance(value, QAPIObject):
-        return _object_to_wire(value)
-    if isinstance(value, (list, tuple)):
-        return [to_wire(v) for v in value]
-    if isinstance(value, dict):
-        return {k: to_wire(v) for k, v in value.items()}
-    return value
+    root: list[Any] = [None]
+    stack: list[tuple[Any, Any, Any]] = [(value, root, 0)]
+    while stack:
+        item, container, key = stack.pop()
+        if isinstance(item, enum.Enum):
+            container[key] = item.value
+        elif item is JSON_NULL:
+            container[key] = None
+        elif isinstance(item, (QAPIObject, dict)):
+            out: dict[str, Any] = {}
+            container[key] = out
+            pairs = _object_members(item) if isinstance(item, QAPIObject) else item.items()
+            for wire, member in pairs:
+                out[wire] = None  # keeps the member order
+                stack.append((member, out, wire))
+        elif isinstance(item, (list, tuple)):
+            items: list[Any] = [None] * len(item)
+            container[key] = items
+            stack.extend((member, items, i) for i, member in enumerate(item))
+        else:
+            container[key] = item
+    return root[0]
 
 
-def _object_to_wire(obj: Any) -> dict[str, Any]:
-    """A generated struct or union as a wire object."""
-    result = members_to_wire(
-        (wire, getattr(obj, py), optional)
-        for py, wire, optional in getattr(obj, WIRE_MEMBERS))
+def _object_members(obj: Any) -> list[tuple[str, Any]]:
+    """(wire name, value) of a generated struct or union, absent optional
+    members left out, as QEMU's output visitor does."""
+    members = []
+    for py, wire, optional in getattr(obj, WIRE_MEMBERS):
+        value = getattr(obj, py)
+        if not (optional and value is None):
+            members.append((wire, value))
     branch = getattr(obj, "u", None)
     if branch is not None:
-        result.update(_object_to_wire(branch))
-    return result
+        members += _object_members(branch)
+    return members
 
 
 def members_to_wire(members: Iterable[tuple[str, Any, bool]]

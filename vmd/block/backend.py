@@ -30,6 +30,10 @@ class BlockBackend(RootHolder):
         self.perm = perm
         self.shared = shared
         self.edge: Edge | None = None
+        #: Whether requests wait during drained sections; a job's own
+        #: backend does not (QEMU's blk_set_disable_request_queuing), so it
+        #: can reach its pause point or finish cancelling.
+        self.queue_requests = True
         #: The daemon's list of backends (``x-debug-query-block-graph``).
         self._registry = registry
         self.in_flight = 0
@@ -72,7 +76,7 @@ class BlockBackend(RootHolder):
 
     async def request_begin(self) -> None:
         """Wait while drained, then count a request in flight."""
-        if self._quiesce:
+        if self._quiesce and self.queue_requests:
             await self._resumed.wait()
         self.in_flight += 1
         self._idle.clear()

@@ -68,7 +68,22 @@ def device_info(node: BlockNode, *, flat: bool) -> dict[str, Any]:
 
 
 def image_info(node: BlockNode, *, recurse: bool) -> dict[str, Any]:
-    """``ImageInfo`` of a node (with the backing chain unless ``flat``)."""
+    """``ImageInfo`` of a node, with the backing chain nested in it unless
+    ``flat`` (built in a loop: chains may be thousands deep)."""
+    top: dict[str, Any] = {}
+    above: dict[str, Any] | None = None
+    below: BlockNode | None = node
+    while below is not None:
+        info = _one_image_info(below)
+        if above is None:
+            top = info
+        else:
+            above["backing-image"] = info
+        above, below = info, below.backing if recurse else None
+    return top
+
+
+def _one_image_info(node: BlockNode) -> dict[str, Any]:
     info: dict[str, Any] = {"filename": node.filename(), "format": node.driver, "virtual-size": node.total_size}
     actual = _actual_size(node)
     if actual is not None:
@@ -80,8 +95,6 @@ def image_info(node: BlockNode, *, recurse: bool) -> dict[str, Any]:
         info["full-backing-filename"] = backing.filename() if backing is not None else node.backing_file
         if node.backing_fmt:
             info["backing-filename-format"] = node.backing_fmt
-    if recurse and backing is not None:
-        info["backing-image"] = image_info(backing, recurse=True)
     return info
 
 
@@ -164,7 +177,7 @@ async def _append(base: BlockNode, overlay: BlockNode) -> None:
     if not base.read_only:
         await base.reopen_read_only()
         with Transaction() as tran:
-            refresh_perms([overlay], tran)
+            refresh_perms([base], tran)
 
 
 async def qmp_blockdev_snapshot(ctx: Any, node: str, overlay: str) -> None:

@@ -24,6 +24,7 @@ Everything here belongs to the event loop thread.
 from __future__ import annotations
 
 import contextlib
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from typing import TYPE_CHECKING
 
@@ -150,11 +151,11 @@ def topological(starts: Iterable[BlockNode]) -> list[BlockNode]:
     return post[::-1]
 
 
-def holders_above(node: BlockNode) -> list[RootHolder]:
-    """Every user reaching ``node`` through any path of edges."""
+def holders_above(*nodes: BlockNode) -> list[RootHolder]:
+    """Every user reaching any of ``nodes`` through any path of edges."""
     holders: list[RootHolder] = []
-    seen = {id(node)}
-    stack = [node]
+    seen = {id(node) for node in nodes}
+    stack = list(nodes)
     while stack:
         for edge in stack.pop().parents:
             parent = edge.parent
@@ -204,11 +205,19 @@ def _set_edge_perm(edge: Edge, perm: Perm, shared: Perm, tran: Transaction) -> N
 def refresh_perms(starts: Iterable[BlockNode], tran: Transaction) -> None:
     """Recompute the permissions below ``starts``; raise QMPError on a conflict.
 
-    Top down: a node's cumulative permissions are final once its parents
-    are done, so each node is checked, asked to take them, and then its
-    children's edges are set from them.
+    Top down from ``starts``: each node's parent edges are checked against
+    each other, the node is asked to take its cumulative permissions, and
+    its child edges are set from them. A child is visited again only when
+    one of its edges changed, so closing or extending a deep chain costs
+    what changes, not the whole chain (QEMU walks all of it).
     """
-    for node in topological(starts):
+    starts = list(starts)
+    # Several starts go parents first; one start needs no ordering.
+    queue = deque(topological(starts) if len(starts) > 1 else starts)
+    queued = {id(node) for node in queue}
+    while queue:
+        node = queue.popleft()
+        queued.discard(id(node))
         _check_parent_conflicts(node)
         perm, shared = cumulative_perms(node)
         if perm & (Perm.WRITE | Perm.WRITE_UNCHANGED) and node.read_only:
@@ -220,7 +229,11 @@ def refresh_perms(starts: Iterable[BlockNode], tran: Transaction) -> None:
             child_perm, child_shared = node.child_perm(edge, perm, shared)
             if edge.child.force_share:
                 child_shared = ALL
-            _set_edge_perm(edge, child_perm, child_shared, tran)
+            if (child_perm, child_shared) != (edge.perm, edge.shared):
+                _set_edge_perm(edge, child_perm, child_shared, tran)
+                if id(edge.child) not in queued:
+                    queued.add(id(edge.child))
+                    queue.append(edge.child)
 
 
 # -- graph changes --------------------------------------------------------------------------
@@ -327,9 +340,7 @@ async def drained(*nodes: BlockNode) -> AsyncIterator[None]:
     Every user above them stops starting requests, then the section waits
     until the requests they had in flight have finished.
     """
-    holders: list[RootHolder] = []
-    for node in nodes:
-        holders.extend(holder for holder in holders_above(node) if holder not in holders)
+    holders = holders_above(*nodes)
     for node in nodes:
         node.quiesce_counter += 1
     for holder in holders:

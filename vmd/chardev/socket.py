@@ -36,6 +36,7 @@ from vmd._generated.types import (
 )
 from vmd.chardev.base import OUTPUT_LIMIT, Chardev, ChardevError
 from vmd.chardev.registry import ChardevRegistry, backend
+from vmd.qmp.dispatch import outside_turn
 from vmd.system import listen_fds
 
 log = logging.getLogger(__name__)
@@ -234,7 +235,8 @@ class SocketChardev(Chardev):
                 if self._wait:
                     self._first_client = self._loop.create_future()
                     self._start_accepting()
-                    await self._first_client
+                    async with outside_turn():
+                        await self._first_client
                 else:
                     self._start_accepting()
             elif self._reconnect:

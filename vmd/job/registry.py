@@ -50,3 +50,10 @@ class JobRegistry:
         for job in list(self._jobs):
             if job.status != JobStatus.NULL:
                 job.cancel(True)
+
+    async def cancel_sync_all(self) -> None:
+        """QEMU's job_cancel_sync_all at exit: cancel every job and wait
+        until each has finished (and released what it holds)."""
+        self.cancel_all()
+        for job in list(self._jobs):
+            await job.wait_concluded()

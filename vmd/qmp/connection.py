@@ -4,7 +4,12 @@ The connection feeds received bytes to the stream parser and answers each
 message through its ``QMPSession``. Like QEMU, in-band requests are answered
 strictly in order: a coroutine command holds back the requests behind it
 (up to ``MAX_QUEUED_REQUESTS``, after which input is no longer read), while
-``exec-oob`` requests are answered at once.
+``exec-oob`` requests are answered at once. In-band commands of all clients
+take turns (``dispatch.CommandTurns``): one runs at a time, daemon-wide.
+
+A client that disconnects loses the requests it had queued; the command
+already running completes (a graph change is never left half done) and its
+reply is dropped, as in QEMU.
 
 Resource bounds, so one client cannot hurt the others:
 * input: one message may hold at most the parser's limits (64 MiB); a queue
@@ -51,7 +56,7 @@ class QMPConnection(asyncio.Protocol):
         self._on_close = on_close
         self._parser = JSONStreamParser()
         self._queue: collections.deque[Message] = collections.deque()
-        self._running: asyncio.Task[None] | None = None
+        self._running: asyncio.Future[None] | None = None
         self._transport: asyncio.Transport | None = None
         self._reading_paused = False
         self._writing_paused = False
@@ -71,8 +76,7 @@ class QMPConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.session.daemon.events.remove(self)
         self._queue.clear()
-        if self._running is not None:
-            self._running.cancel()
+        self.session.daemon.turns.leave(self)
         self._transport = None
         self._on_close(self)
 
@@ -135,29 +139,44 @@ class QMPConnection(asyncio.Protocol):
         client is not reading its replies (so its output stays bounded and
         the other clients are served in between)."""
         self._queue_scheduled = False
+        turns = self.session.daemon.turns
         answered = 0
         while self._queue and self._running is None and not self._writing_paused:
             if answered == MAX_ANSWERS_PER_TURN:
                 self._schedule_queue()
                 break
-            response = self.session.handle(self._queue.popleft())
+            if not turns.try_begin(self, self._schedule_queue):
+                break
+            try:
+                response = self.session.handle(self._queue.popleft())
+            except BaseException:
+                turns.end()
+                raise
             answered += 1
             if inspect.isawaitable(response):
-                self._running = asyncio.ensure_future(self._finish(response))
+                self._running = turns.start_task(self._finish(response))
             else:
+                turns.end()
                 self._write(response)
+        if self._writing_paused:
+            turns.leave(self)  # back in line once it reads its replies
         self._update_reading()
 
     def _schedule_queue(self) -> None:
+        """Run the queue soon (also the wake-up of ``CommandTurns``)."""
         if self._transport is not None and not self._queue_scheduled:
             self._queue_scheduled = True
             asyncio.get_running_loop().call_soon(self._run_queue)
 
     async def _finish(self, pending: Awaitable[Response]) -> None:
-        response = await pending
-        self._running = None
+        try:
+            response = await pending
+        finally:
+            self._running = None
+            self.session.daemon.turns.end()
         self._write(response)
-        self._run_queue()
+        if self._transport is not None:
+            self._run_queue()
 
     def _update_reading(self) -> None:
         transport = self._transport

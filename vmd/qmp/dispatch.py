@@ -4,12 +4,20 @@ The dispatcher checks the request envelope (``execute``/``exec-oob``,
 ``arguments``, ``id``), finds the command, lets the generated marshaller
 check the arguments and call the handler, and builds the response. It knows
 nothing about sockets or negotiation; ``session.QMPSession`` adds those.
+
+``CommandTurns`` is QEMU's monitor dispatcher: in-band commands of all
+monitors run one at a time, whoever waits longest goes next (round robin),
+so a command that yields (``blockdev-add`` opening images) never sees
+another client's command change the daemon half-way.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import contextvars
 import logging
-from collections.abc import Awaitable, Callable, Container, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Container, Mapping
 from typing import Any
 
 from vmd.qapi_runtime import CommandDef
@@ -74,6 +82,79 @@ class Dispatcher:
         except Exception as error:
             return _with_id(internal_error(request, error), request)
         return _with_id({"return": result}, request)
+
+
+class CommandTurns:
+    """Who may run an in-band command now (QEMU's monitor_qmp_dispatcher_co).
+
+    A client with a request calls ``try_begin``; if another command is
+    running, or other clients have waited for a turn longer, it is put in
+    line and its ``wake`` callback is called (soon, on the loop) when its
+    turn comes. ``end`` finishes a command; ``leave`` drops a client that
+    went away from the line. OOB commands never take a turn.
+    """
+
+    def __init__(self) -> None:
+        self._busy = False
+        #: Clients waiting for a turn, in arrival order, with their wake-up.
+        self._line: dict[object, Callable[[], None]] = {}
+        self._woken: object | None = None
+
+    def try_begin(self, client: object, wake: Callable[[], None]) -> bool:
+        if self._busy or (self._line and next(iter(self._line)) is not client):
+            self._line.setdefault(client, wake)
+            return False
+        self._line.pop(client, None)
+        self._busy = True
+        return True
+
+    def end(self) -> None:
+        self._busy = False
+        self._wake_next()
+
+    def leave(self, client: object) -> None:
+        if self._line.pop(client, None) is not None and not self._busy:
+            self._wake_next()
+
+    def start_task(self, command: Awaitable[None]) -> asyncio.Future[None]:
+        """Run a command that yields as a task that can find these turns
+        (``outside_turn``)."""
+        token = _CURRENT_TURNS.set(self)
+        try:
+            return asyncio.ensure_future(command)
+        finally:
+            _CURRENT_TURNS.reset(token)
+
+    async def _take_back(self) -> None:
+        key = object()
+        woken = asyncio.Event()
+        while not self.try_begin(key, woken.set):
+            await woken.wait()
+            woken.clear()
+
+    def _wake_next(self) -> None:
+        if self._line:
+            asyncio.get_running_loop().call_soon(next(iter(self._line.values())))
+
+
+_CURRENT_TURNS: contextvars.ContextVar[CommandTurns | None] = contextvars.ContextVar(
+    "vmd_command_turns", default=None)
+
+
+@contextlib.asynccontextmanager
+async def outside_turn() -> AsyncIterator[None]:
+    """Let other clients' commands run while the current command waits for
+    something outside the daemon (a chardev's first client with
+    ``wait: true``; QEMU freezes there), then take the turn back."""
+    turns = _CURRENT_TURNS.get()
+    if turns is None:
+        yield
+        return
+    turns.end()
+    try:
+        yield
+    finally:
+        await turns._take_back()
 
 
 def check_envelope(request: dict[str, Any], oob_allowed: bool

@@ -29,7 +29,10 @@ def _upper_hex(match: re.Match[str]) -> str:
 
 def dumps(value: Any) -> str:
     """Serialize ``value`` as one line of QEMU-style JSON (no line end)."""
-    text = _encoder.encode(value)
+    try:
+        text = _encoder.encode(value)
+    except RecursionError:  # nested deeper than the C encoder recurses
+        text = _encode_deep(value)
     if "Infinity" in text or "NaN" in text:
         text = _encoder.encode(_finite(value))
     if "\\u" in text:
@@ -37,6 +40,39 @@ def dumps(value: Any) -> str:
     if "\x7f" in text:
         text = text.replace("\x7f", "\\u007F")
     return text
+
+
+class _Text(str):
+    """Output text already encoded (a marker on ``_encode_deep``'s stack)."""
+
+
+def _encode_deep(value: Any) -> str:
+    """What the C encoder writes, with an explicit stack instead of
+    recursion (a reply can nest as deep as a user's backing chain)."""
+    parts: list[str] = []
+    stack: list[Any] = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, _Text):
+            parts.append(item)
+        elif isinstance(item, dict):
+            parts.append("{")
+            stack.append(_Text("}"))
+            entries = list(item.items())
+            for index in reversed(range(len(entries))):
+                key, member = entries[index]
+                stack.append(member)
+                stack.append(_Text((", " if index else "") + _encoder.encode(str(key)) + ": "))
+        elif isinstance(item, (list, tuple)):
+            parts.append("[")
+            stack.append(_Text("]"))
+            for index in reversed(range(len(item))):
+                stack.append(item[index])
+                if index:
+                    stack.append(_Text(", "))
+        else:
+            parts.append(_encoder.encode(item))
+    return "".join(parts)
 
 
 def encode_message(value: Any) -> bytes:
