@@ -66,6 +66,7 @@ def nbd_start(root: Path) -> dict[str, Any]:
 GRAPH = cmd("x-debug-query-block-graph")
 EXPORTS = cmd("query-block-exports")
 NODES = cmd("query-named-block-nodes", flat=True)
+DEPTHS = cmd("query-named-block-nodes")
 
 
 def normal_graph(graph: dict[str, Any]) -> list[tuple[str, str, str, list[str], list[str]]]:
@@ -91,6 +92,9 @@ def normal(request: dict[str, Any], reply: dict[str, Any]) -> Any:
         return reply
     if request is GRAPH:
         return normal_graph(reply["return"])
+    if request is DEPTHS:
+        return sorted((n["node-name"], n["backing_file_depth"], n["image"]["format"])
+                      for n in reply["return"] if not n["node-name"].startswith("#block"))
     if request is NODES:
         return sorted((n["node-name"] if not n["node-name"].startswith("#block") else "#", n["ro"], n["drv"])
                       for n in reply["return"])
@@ -408,3 +412,71 @@ def _dirty(path: Path) -> bool:
     with open(path, "rb") as image:
         image.seek(72)
         return bool(int.from_bytes(image.read(8), "big") & 1)
+
+
+def test_copy_on_read_filter(tmp_path: Path) -> None:
+    def scenario(root: Path) -> list[dict[str, Any]]:
+        subprocess.run(["qemu-io", "-c", "write -P 0x11 0 64k", str(root / "base.qcow2")],
+                       check=True, capture_output=True)
+        return [
+            add(driver="qcow2", node_name="top", file=file(root, "top.qcow2")),
+            add(driver="copy-on-read", node_name="cor", file="top"),
+            GRAPH, NODES, DEPTHS,
+            nbd_start(root), export("e", "cor"),
+            GRAPH,
+            add(driver="copy-on-read", node_name="cor2", file={"driver": "null-co"}),
+            cmd("blockdev-snapshot", node="top", overlay="cor2"),
+        ]
+    with daemons(tmp_path) as ((vmd, vmd_root), (qemu, qemu_root)):
+        for sock, root in ((vmd, vmd_root), (qemu, qemu_root)):
+            requests = scenario(root)
+            with RawQMP(sock) as qmp:
+                qmp.negotiate()
+                replies = [normal(request, qmp.command(json.dumps(request))) for request in requests]
+                read = subprocess.run(["qemu-io", "-r", "-f", "raw", "-c", "read -P 0x11 0 64k",
+                                       f"nbd+unix:///cor?socket={root / 'nbd.sock'}"], capture_output=True, text=True)
+                assert read.returncode == 0 and "verification failed" not in read.stdout, read
+                for request in (cmd("block-export-del", id="e"), cmd("blockdev-del", **{"node-name": "cor"}),
+                                cmd("blockdev-del", **{"node-name": "top"})):
+                    assert qmp.command(json.dumps(request)) == {"return": {}}, request
+            if root == vmd_root:
+                ours = replies
+            else:
+                for request, mine, reference in zip(requests, ours, replies, strict=True):
+                    assert mine == reference, f"{request}:\nvmd  {mine}\nqemu {reference}"
+            # The read copied the backing file's data into the top image.
+            mapped = subprocess.run(["qemu-img", "map", "--output=json", str(root / "top.qcow2")],
+                                    capture_output=True, text=True, check=True)
+            assert [(e["start"], e["length"], e["depth"]) for e in json.loads(mapped.stdout)][0] == (0, 65536, 0)
+
+
+def test_locks_exclude_qemu_and_vmd_both_ways(tmp_path: Path) -> None:
+    """The lock bytes follow the permissions: qemu-io, qemu-img and a QEMU
+    process see an image vmd holds as vmd sees one QEMU holds."""
+    with daemons(tmp_path) as ((vmd, _), (qemu, _)):
+        image = tmp_path / "shared.qcow2"
+        qemu_img("create", "-f", "qcow2", str(image), "1M")
+        openers = [add(driver="qcow2", node_name="w", file={"driver": "file", "filename": str(image)}),
+                   add(driver="qcow2", node_name="r", read_only=True,
+                       file={"driver": "file", "filename": str(image)}),
+                   add(driver="file", node_name="f", filename=str(image))]
+        tools = [["qemu-io", "-c", "read 0 512", str(image)], ["qemu-io", "-r", "-c", "read 0 512", str(image)],
+                 ["qemu-img", "info", str(image)]]
+        seen = []
+        for holder, opener in ((vmd, qemu), (qemu, vmd)):
+            with RawQMP(holder) as held, RawQMP(opener) as other:
+                held.negotiate()
+                other.negotiate()
+                assert held.command(json.dumps(openers[0])) == {"return": {}}
+                replies = [other.command(json.dumps(request)) for request in openers]
+                outputs = [subprocess.run(tool, capture_output=True, text=True).stderr for tool in tools]
+                for name in ("w", "r", "f"):
+                    for qmp in (held, other):
+                        qmp.command(json.dumps(cmd("blockdev-del", **{"node-name": name})))
+            seen.append((replies, outputs))
+        assert seen[0] == seen[1]
+        replies, outputs = seen[0]
+        assert replies == [{"error": {"class": "GenericError", "desc": 'Failed to get "write" lock'}},
+                           {"error": {"class": "GenericError", "desc": 'Failed to get shared "write" lock'}},
+                           {"return": {}}]
+        assert outputs[0].startswith(f"qemu-io: can't open device {image}: Failed to get \"write\" lock\n")

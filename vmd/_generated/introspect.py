@@ -472,10 +472,11 @@ SCHEMA_INFO: list[dict[str, Any]] = [
                  {'name': 'detect-zeroes', 'type': '71', 'default': None}],
      'tag': 'driver',
      'variants': [{'case': 'blkdebug', 'type': '80'},
-                  {'case': 'file', 'type': '81'},
-                  {'case': 'null-co', 'type': '82'},
-                  {'case': 'qcow2', 'type': '83'},
-                  {'case': 'raw', 'type': '84'},
+                  {'case': 'copy-on-read', 'type': '81'},
+                  {'case': 'file', 'type': '82'},
+                  {'case': 'null-co', 'type': '83'},
+                  {'case': 'qcow2', 'type': '84'},
+                  {'case': 'raw', 'type': '85'},
                   {'case': 'blklogwrites', 'type': '1'},
                   {'case': 'blkreplay', 'type': '1'},
                   {'case': 'blkverify', 'type': '1'},
@@ -483,7 +484,6 @@ SCHEMA_INFO: list[dict[str, Any]] = [
                   {'case': 'cloop', 'type': '1'},
                   {'case': 'compress', 'type': '1'},
                   {'case': 'copy-before-write', 'type': '1'},
-                  {'case': 'copy-on-read', 'type': '1'},
                   {'case': 'dmg', 'type': '1'},
                   {'case': 'snapshot-access', 'type': '1'},
                   {'case': 'ftp', 'type': '1'},
@@ -521,7 +521,7 @@ SCHEMA_INFO: list[dict[str, Any]] = [
     {'name': '40',
      'meta-type': 'object',
      'members': [{'name': 'job-id', 'type': 'str'},
-                 {'name': 'options', 'type': '85'}]},
+                 {'name': 'options', 'type': '86'}]},
     # "41" = q_obj_BLOCK_WRITE_THRESHOLD-arg
     {'name': '41',
      'meta-type': 'object',
@@ -536,7 +536,7 @@ SCHEMA_INFO: list[dict[str, Any]] = [
     # "43" = q_obj_nbd-server-start-arg
     {'name': '43',
      'meta-type': 'object',
-     'members': [{'name': 'addr', 'type': '86'},
+     'members': [{'name': 'addr', 'type': '87'},
                  {'name': 'tls-creds', 'type': 'str', 'default': None},
                  {'name': 'tls-authz', 'type': 'str', 'default': None},
                  {'name': 'max-connections', 'type': 'int', 'default': None}]},
@@ -552,11 +552,11 @@ SCHEMA_INFO: list[dict[str, Any]] = [
     {'name': '45',
      'meta-type': 'object',
      'members': [{'name': 'name', 'type': 'str'},
-                 {'name': 'mode', 'type': '87', 'default': None}]},
+                 {'name': 'mode', 'type': '88', 'default': None}]},
     # "46" = BlockExportOptions
     {'name': '46',
      'meta-type': 'object',
-     'members': [{'name': 'type', 'type': '88'},
+     'members': [{'name': 'type', 'type': '89'},
                  {'name': 'id', 'type': 'str'},
                  {'name': 'fixed-iothread', 'type': 'bool', 'default': None},
                  {'name': 'iothread', 'type': 'str', 'default': None},
@@ -564,12 +564,12 @@ SCHEMA_INFO: list[dict[str, Any]] = [
                  {'name': 'writable', 'type': 'bool', 'default': None},
                  {'name': 'writethrough', 'type': 'bool', 'default': None}],
      'tag': 'type',
-     'variants': [{'case': 'nbd', 'type': '89'}]},
+     'variants': [{'case': 'nbd', 'type': '90'}]},
     # "47" = q_obj_block-export-del-arg
     {'name': '47',
      'meta-type': 'object',
      'members': [{'name': 'id', 'type': 'str'},
-                 {'name': 'mode', 'type': '87', 'default': None}]},
+                 {'name': 'mode', 'type': '88', 'default': None}]},
     # "48" = q_obj_BLOCK_EXPORT_DELETED-arg
     {'name': '48',
      'meta-type': 'object',
@@ -579,7 +579,7 @@ SCHEMA_INFO: list[dict[str, Any]] = [
     {'name': '49',
      'meta-type': 'object',
      'members': [{'name': 'id', 'type': 'str'},
-                 {'name': 'type', 'type': '88'},
+                 {'name': 'type', 'type': '89'},
                  {'name': 'node-name', 'type': 'str'},
                  {'name': 'shutting-down', 'type': 'bool'}]},
     {'name': '[50]', 'meta-type': 'array', 'element-type': '50'},
@@ -677,11 +677,11 @@ SCHEMA_INFO: list[dict[str, Any]] = [
     # "55" = SchemaInfoBuiltin
     {'name': '55',
      'meta-type': 'object',
-     'members': [{'name': 'json-type', 'type': '90'}]},
+     'members': [{'name': 'json-type', 'type': '91'}]},
     # "56" = SchemaInfoEnum
     {'name': '56',
      'meta-type': 'object',
-     'members': [{'name': 'members', 'type': '[91]'},
+     'members': [{'name': 'members', 'type': '[92]'},
                  {'name': 'values',
                   'type': '[str]',
                   'features': ['deprecated']}]},
@@ -692,13 +692,13 @@ SCHEMA_INFO: list[dict[str, Any]] = [
     # "58" = SchemaInfoObject
     {'name': '58',
      'meta-type': 'object',
-     'members': [{'name': 'members', 'type': '[92]'},
+     'members': [{'name': 'members', 'type': '[93]'},
                  {'name': 'tag', 'type': 'str', 'default': None},
-                 {'name': 'variants', 'type': '[93]', 'default': None}]},
+                 {'name': 'variants', 'type': '[94]', 'default': None}]},
     # "59" = SchemaInfoAlternate
     {'name': '59',
      'meta-type': 'object',
-     'members': [{'name': 'members', 'type': '[94]'}]},
+     'members': [{'name': 'members', 'type': '[95]'}]},
     # "60" = SchemaInfoCommand
     {'name': '60',
      'meta-type': 'object',
@@ -732,22 +732,22 @@ SCHEMA_INFO: list[dict[str, Any]] = [
     # "66" = ChardevBackend
     {'name': '66',
      'meta-type': 'object',
-     'members': [{'name': 'type', 'type': '95'}],
+     'members': [{'name': 'type', 'type': '96'}],
      'tag': 'type',
-     'variants': [{'case': 'file', 'type': '96'},
-                  {'case': 'pipe', 'type': '97'},
-                  {'case': 'socket', 'type': '98'},
-                  {'case': 'udp', 'type': '99'},
-                  {'case': 'pty', 'type': '100'},
-                  {'case': 'null', 'type': '100'},
-                  {'case': 'mux', 'type': '101'},
-                  {'case': 'msmouse', 'type': '100'},
-                  {'case': 'wctablet', 'type': '100'},
-                  {'case': 'testdev', 'type': '100'},
-                  {'case': 'stdio', 'type': '102'},
-                  {'case': 'vc', 'type': '103'},
-                  {'case': 'ringbuf', 'type': '104'},
-                  {'case': 'memory', 'type': '104'}]},
+     'variants': [{'case': 'file', 'type': '97'},
+                  {'case': 'pipe', 'type': '98'},
+                  {'case': 'socket', 'type': '99'},
+                  {'case': 'udp', 'type': '100'},
+                  {'case': 'pty', 'type': '101'},
+                  {'case': 'null', 'type': '101'},
+                  {'case': 'mux', 'type': '102'},
+                  {'case': 'msmouse', 'type': '101'},
+                  {'case': 'wctablet', 'type': '101'},
+                  {'case': 'testdev', 'type': '101'},
+                  {'case': 'stdio', 'type': '103'},
+                  {'case': 'vc', 'type': '104'},
+                  {'case': 'ringbuf', 'type': '105'},
+                  {'case': 'memory', 'type': '105'}]},
     # "67" = JobStatus
     {'name': '67',
      'meta-type': 'enum',
@@ -827,9 +827,9 @@ SCHEMA_INFO: list[dict[str, Any]] = [
                  {'name': 'backing-filename-format',
                   'type': 'str',
                   'default': None},
-                 {'name': 'snapshots', 'type': '[105]', 'default': None},
+                 {'name': 'snapshots', 'type': '[106]', 'default': None},
                  {'name': 'backing-image', 'type': '72', 'default': None},
-                 {'name': 'format-specific', 'type': '106', 'default': None}]},
+                 {'name': 'format-specific', 'type': '107', 'default': None}]},
     # "73" = BlockdevCacheInfo
     {'name': '73',
      'meta-type': 'object',
@@ -852,7 +852,7 @@ SCHEMA_INFO: list[dict[str, Any]] = [
     {'name': '75',
      'meta-type': 'object',
      'members': [{'name': 'id', 'type': 'int'},
-                 {'name': 'type', 'type': '107'},
+                 {'name': 'type', 'type': '108'},
                  {'name': 'name', 'type': 'str'}]},
     {'name': '[76]', 'meta-type': 'array', 'element-type': '76'},
     # "76" = XDbgBlockGraphEdge
@@ -861,8 +861,8 @@ SCHEMA_INFO: list[dict[str, Any]] = [
      'members': [{'name': 'parent', 'type': 'int'},
                  {'name': 'child', 'type': 'int'},
                  {'name': 'name', 'type': 'str'},
-                 {'name': 'perm', 'type': '[108]'},
-                 {'name': 'shared-perm', 'type': '[108]'}]},
+                 {'name': 'perm', 'type': '[109]'},
+                 {'name': 'shared-perm', 'type': '[109]'}]},
     # "77" = BlockdevDriver
     {'name': '77',
      'meta-type': 'enum',
@@ -963,7 +963,7 @@ SCHEMA_INFO: list[dict[str, Any]] = [
     # "80" = BlockdevOptionsBlkdebug
     {'name': '80',
      'meta-type': 'object',
-     'members': [{'name': 'image', 'type': '109'},
+     'members': [{'name': 'image', 'type': '110'},
                  {'name': 'config', 'type': 'str', 'default': None},
                  {'name': 'align', 'type': 'int', 'default': None},
                  {'name': 'max-transfer', 'type': 'int', 'default': None},
@@ -971,39 +971,44 @@ SCHEMA_INFO: list[dict[str, Any]] = [
                  {'name': 'max-write-zero', 'type': 'int', 'default': None},
                  {'name': 'opt-discard', 'type': 'int', 'default': None},
                  {'name': 'max-discard', 'type': 'int', 'default': None},
-                 {'name': 'inject-error', 'type': '[110]', 'default': None},
-                 {'name': 'set-state', 'type': '[111]', 'default': None},
+                 {'name': 'inject-error', 'type': '[111]', 'default': None},
+                 {'name': 'set-state', 'type': '[112]', 'default': None},
                  {'name': 'take-child-perms',
-                  'type': '[108]',
+                  'type': '[109]',
                   'default': None},
                  {'name': 'unshare-child-perms',
-                  'type': '[108]',
+                  'type': '[109]',
                   'default': None}]},
-    # "81" = BlockdevOptionsFile
+    # "81" = BlockdevOptionsCor
     {'name': '81',
+     'meta-type': 'object',
+     'members': [{'name': 'file', 'type': '110'},
+                 {'name': 'bottom', 'type': 'str', 'default': None}]},
+    # "82" = BlockdevOptionsFile
+    {'name': '82',
      'meta-type': 'object',
      'features': ['dynamic-auto-read-only'],
      'members': [{'name': 'filename', 'type': 'str'},
                  {'name': 'pr-manager', 'type': 'str', 'default': None},
-                 {'name': 'locking', 'type': '112', 'default': None},
-                 {'name': 'aio', 'type': '113', 'default': None},
+                 {'name': 'locking', 'type': '113', 'default': None},
+                 {'name': 'aio', 'type': '114', 'default': None},
                  {'name': 'aio-max-batch', 'type': 'int', 'default': None},
                  {'name': 'drop-cache', 'type': 'bool', 'default': None},
                  {'name': 'x-check-cache-dropped',
                   'type': 'bool',
                   'default': None,
                   'features': ['unstable']}]},
-    # "82" = BlockdevOptionsNull
-    {'name': '82',
+    # "83" = BlockdevOptionsNull
+    {'name': '83',
      'meta-type': 'object',
      'members': [{'name': 'size', 'type': 'int', 'default': None},
                  {'name': 'latency-ns', 'type': 'int', 'default': None},
                  {'name': 'read-zeroes', 'type': 'bool', 'default': None}]},
-    # "83" = BlockdevOptionsQcow2
-    {'name': '83',
+    # "84" = BlockdevOptionsQcow2
+    {'name': '84',
      'meta-type': 'object',
-     'members': [{'name': 'file', 'type': '109'},
-                 {'name': 'backing', 'type': '114', 'default': None},
+     'members': [{'name': 'file', 'type': '110'},
+                 {'name': 'backing', 'type': '115', 'default': None},
                  {'name': 'lazy-refcounts', 'type': 'bool', 'default': None},
                  {'name': 'pass-discard-request',
                   'type': 'bool',
@@ -1014,7 +1019,7 @@ SCHEMA_INFO: list[dict[str, Any]] = [
                  {'name': 'pass-discard-other',
                   'type': 'bool',
                   'default': None},
-                 {'name': 'overlap-check', 'type': '115', 'default': None},
+                 {'name': 'overlap-check', 'type': '116', 'default': None},
                  {'name': 'cache-size', 'type': 'int', 'default': None},
                  {'name': 'l2-cache-size', 'type': 'int', 'default': None},
                  {'name': 'l2-cache-entry-size',
@@ -1026,21 +1031,21 @@ SCHEMA_INFO: list[dict[str, Any]] = [
                  {'name': 'cache-clean-interval',
                   'type': 'int',
                   'default': None},
-                 {'name': 'encrypt', 'type': '116', 'default': None},
-                 {'name': 'data-file', 'type': '109', 'default': None}]},
-    # "84" = BlockdevOptionsRaw
-    {'name': '84',
+                 {'name': 'encrypt', 'type': '117', 'default': None},
+                 {'name': 'data-file', 'type': '110', 'default': None}]},
+    # "85" = BlockdevOptionsRaw
+    {'name': '85',
      'meta-type': 'object',
-     'members': [{'name': 'file', 'type': '109'},
+     'members': [{'name': 'file', 'type': '110'},
                  {'name': 'offset', 'type': 'int', 'default': None},
                  {'name': 'size', 'type': 'int', 'default': None}]},
-    # "85" = BlockdevCreateOptions
-    {'name': '85',
+    # "86" = BlockdevCreateOptions
+    {'name': '86',
      'meta-type': 'object',
      'members': [{'name': 'driver', 'type': '77'}],
      'tag': 'driver',
-     'variants': [{'case': 'file', 'type': '117'},
-                  {'case': 'qcow2', 'type': '118'},
+     'variants': [{'case': 'file', 'type': '118'},
+                  {'case': 'qcow2', 'type': '119'},
                   {'case': 'blkdebug', 'type': '1'},
                   {'case': 'blklogwrites', 'type': '1'},
                   {'case': 'blkreplay', 'type': '1'},
@@ -1081,36 +1086,36 @@ SCHEMA_INFO: list[dict[str, Any]] = [
                   {'case': 'vmdk', 'type': '1'},
                   {'case': 'vpc', 'type': '1'},
                   {'case': 'vvfat', 'type': '1'}]},
-    # "86" = SocketAddressLegacy
-    {'name': '86',
-     'meta-type': 'object',
-     'members': [{'name': 'type', 'type': '119'}],
-     'tag': 'type',
-     'variants': [{'case': 'inet', 'type': '120'},
-                  {'case': 'unix', 'type': '121'},
-                  {'case': 'vsock', 'type': '122'},
-                  {'case': 'fd', 'type': '123'}]},
-    # "87" = BlockExportRemoveMode
+    # "87" = SocketAddressLegacy
     {'name': '87',
+     'meta-type': 'object',
+     'members': [{'name': 'type', 'type': '120'}],
+     'tag': 'type',
+     'variants': [{'case': 'inet', 'type': '121'},
+                  {'case': 'unix', 'type': '122'},
+                  {'case': 'vsock', 'type': '123'},
+                  {'case': 'fd', 'type': '124'}]},
+    # "88" = BlockExportRemoveMode
+    {'name': '88',
      'meta-type': 'enum',
      'members': [{'name': 'safe'}, {'name': 'hard'}],
      'values': ['safe', 'hard']},
-    # "88" = BlockExportType
-    {'name': '88',
+    # "89" = BlockExportType
+    {'name': '89',
      'meta-type': 'enum',
      'members': [{'name': 'nbd'}],
      'values': ['nbd']},
-    # "89" = BlockExportOptionsNbd
-    {'name': '89',
+    # "90" = BlockExportOptionsNbd
+    {'name': '90',
      'meta-type': 'object',
      'members': [{'name': 'name', 'type': 'str', 'default': None},
                  {'name': 'description', 'type': 'str', 'default': None},
-                 {'name': 'bitmaps', 'type': '[124]', 'default': None},
+                 {'name': 'bitmaps', 'type': '[125]', 'default': None},
                  {'name': 'allocation-depth',
                   'type': 'bool',
                   'default': None}]},
-    # "90" = JSONType
-    {'name': '90',
+    # "91" = JSONType
+    {'name': '91',
      'meta-type': 'enum',
      'members': [{'name': 'string'},
                  {'name': 'number'},
@@ -1128,33 +1133,33 @@ SCHEMA_INFO: list[dict[str, Any]] = [
                 'object',
                 'array',
                 'value']},
-    {'name': '[91]', 'meta-type': 'array', 'element-type': '91'},
-    # "91" = SchemaInfoEnumMember
-    {'name': '91',
+    {'name': '[92]', 'meta-type': 'array', 'element-type': '92'},
+    # "92" = SchemaInfoEnumMember
+    {'name': '92',
      'meta-type': 'object',
      'members': [{'name': 'name', 'type': 'str'},
                  {'name': 'features', 'type': '[str]', 'default': None}]},
-    {'name': '[92]', 'meta-type': 'array', 'element-type': '92'},
-    # "92" = SchemaInfoObjectMember
-    {'name': '92',
+    {'name': '[93]', 'meta-type': 'array', 'element-type': '93'},
+    # "93" = SchemaInfoObjectMember
+    {'name': '93',
      'meta-type': 'object',
      'members': [{'name': 'name', 'type': 'str'},
                  {'name': 'type', 'type': 'str'},
                  {'name': 'default', 'type': 'any', 'default': None},
                  {'name': 'features', 'type': '[str]', 'default': None}]},
-    {'name': '[93]', 'meta-type': 'array', 'element-type': '93'},
-    # "93" = SchemaInfoObjectVariant
-    {'name': '93',
+    {'name': '[94]', 'meta-type': 'array', 'element-type': '94'},
+    # "94" = SchemaInfoObjectVariant
+    {'name': '94',
      'meta-type': 'object',
      'members': [{'name': 'case', 'type': 'str'},
                  {'name': 'type', 'type': 'str'}]},
-    {'name': '[94]', 'meta-type': 'array', 'element-type': '94'},
-    # "94" = SchemaInfoAlternateMember
-    {'name': '94',
+    {'name': '[95]', 'meta-type': 'array', 'element-type': '95'},
+    # "95" = SchemaInfoAlternateMember
+    {'name': '95',
      'meta-type': 'object',
      'members': [{'name': 'type', 'type': 'str'}]},
-    # "95" = ChardevBackendKind
-    {'name': '95',
+    # "96" = ChardevBackendKind
+    {'name': '96',
      'meta-type': 'enum',
      'members': [{'name': 'file'},
                  {'name': 'pipe'},
@@ -1184,45 +1189,45 @@ SCHEMA_INFO: list[dict[str, Any]] = [
                 'vc',
                 'ringbuf',
                 'memory']},
-    # "96" = ChardevFileWrapper
-    {'name': '96',
-     'meta-type': 'object',
-     'members': [{'name': 'data', 'type': '125'}]},
-    # "97" = ChardevHostdevWrapper
+    # "97" = ChardevFileWrapper
     {'name': '97',
      'meta-type': 'object',
      'members': [{'name': 'data', 'type': '126'}]},
-    # "98" = ChardevSocketWrapper
+    # "98" = ChardevHostdevWrapper
     {'name': '98',
      'meta-type': 'object',
      'members': [{'name': 'data', 'type': '127'}]},
-    # "99" = ChardevUdpWrapper
+    # "99" = ChardevSocketWrapper
     {'name': '99',
      'meta-type': 'object',
      'members': [{'name': 'data', 'type': '128'}]},
-    # "100" = ChardevCommonWrapper
+    # "100" = ChardevUdpWrapper
     {'name': '100',
      'meta-type': 'object',
      'members': [{'name': 'data', 'type': '129'}]},
-    # "101" = ChardevMuxWrapper
+    # "101" = ChardevCommonWrapper
     {'name': '101',
      'meta-type': 'object',
      'members': [{'name': 'data', 'type': '130'}]},
-    # "102" = ChardevStdioWrapper
+    # "102" = ChardevMuxWrapper
     {'name': '102',
      'meta-type': 'object',
      'members': [{'name': 'data', 'type': '131'}]},
-    # "103" = ChardevVCWrapper
+    # "103" = ChardevStdioWrapper
     {'name': '103',
      'meta-type': 'object',
      'members': [{'name': 'data', 'type': '132'}]},
-    # "104" = ChardevRingbufWrapper
+    # "104" = ChardevVCWrapper
     {'name': '104',
      'meta-type': 'object',
      'members': [{'name': 'data', 'type': '133'}]},
-    {'name': '[105]', 'meta-type': 'array', 'element-type': '105'},
-    # "105" = SnapshotInfo
+    # "105" = ChardevRingbufWrapper
     {'name': '105',
+     'meta-type': 'object',
+     'members': [{'name': 'data', 'type': '134'}]},
+    {'name': '[106]', 'meta-type': 'array', 'element-type': '106'},
+    # "106" = SnapshotInfo
+    {'name': '106',
      'meta-type': 'object',
      'members': [{'name': 'id', 'type': 'str'},
                  {'name': 'name', 'type': 'str'},
@@ -1232,155 +1237,155 @@ SCHEMA_INFO: list[dict[str, Any]] = [
                  {'name': 'vm-clock-sec', 'type': 'int'},
                  {'name': 'vm-clock-nsec', 'type': 'int'},
                  {'name': 'icount', 'type': 'int', 'default': None}]},
-    # "106" = ImageInfoSpecific
-    {'name': '106',
+    # "107" = ImageInfoSpecific
+    {'name': '107',
      'meta-type': 'object',
-     'members': [{'name': 'type', 'type': '134'}],
+     'members': [{'name': 'type', 'type': '135'}],
      'tag': 'type',
-     'variants': [{'case': 'qcow2', 'type': '135'},
+     'variants': [{'case': 'qcow2', 'type': '136'},
                   {'case': 'vmdk', 'type': '1'},
                   {'case': 'luks', 'type': '1'},
                   {'case': 'rbd', 'type': '1'}]},
-    # "107" = XDbgBlockGraphNodeType
-    {'name': '107',
+    # "108" = XDbgBlockGraphNodeType
+    {'name': '108',
      'meta-type': 'enum',
      'members': [{'name': 'block-backend'},
                  {'name': 'block-job'},
                  {'name': 'block-driver'}],
      'values': ['block-backend', 'block-job', 'block-driver']},
-    {'name': '[108]', 'meta-type': 'array', 'element-type': '108'},
-    # "108" = BlockPermission
-    {'name': '108',
+    {'name': '[109]', 'meta-type': 'array', 'element-type': '109'},
+    # "109" = BlockPermission
+    {'name': '109',
      'meta-type': 'enum',
      'members': [{'name': 'consistent-read'},
                  {'name': 'write'},
                  {'name': 'write-unchanged'},
                  {'name': 'resize'}],
      'values': ['consistent-read', 'write', 'write-unchanged', 'resize']},
-    # "109" = BlockdevRef
-    {'name': '109',
+    # "110" = BlockdevRef
+    {'name': '110',
      'meta-type': 'alternate',
      'members': [{'type': '38'}, {'type': 'str'}]},
-    {'name': '[110]', 'meta-type': 'array', 'element-type': '110'},
-    # "110" = BlkdebugInjectErrorOptions
-    {'name': '110',
+    {'name': '[111]', 'meta-type': 'array', 'element-type': '111'},
+    # "111" = BlkdebugInjectErrorOptions
+    {'name': '111',
      'meta-type': 'object',
-     'members': [{'name': 'event', 'type': '136'},
+     'members': [{'name': 'event', 'type': '137'},
                  {'name': 'state', 'type': 'int', 'default': None},
-                 {'name': 'iotype', 'type': '137', 'default': None},
+                 {'name': 'iotype', 'type': '138', 'default': None},
                  {'name': 'errno', 'type': 'int', 'default': None},
                  {'name': 'sector', 'type': 'int', 'default': None},
                  {'name': 'once', 'type': 'bool', 'default': None},
                  {'name': 'immediately', 'type': 'bool', 'default': None}]},
-    {'name': '[111]', 'meta-type': 'array', 'element-type': '111'},
-    # "111" = BlkdebugSetStateOptions
-    {'name': '111',
+    {'name': '[112]', 'meta-type': 'array', 'element-type': '112'},
+    # "112" = BlkdebugSetStateOptions
+    {'name': '112',
      'meta-type': 'object',
-     'members': [{'name': 'event', 'type': '136'},
+     'members': [{'name': 'event', 'type': '137'},
                  {'name': 'state', 'type': 'int', 'default': None},
                  {'name': 'new_state', 'type': 'int'}]},
-    # "112" = OnOffAuto
-    {'name': '112',
+    # "113" = OnOffAuto
+    {'name': '113',
      'meta-type': 'enum',
      'members': [{'name': 'auto'}, {'name': 'on'}, {'name': 'off'}],
      'values': ['auto', 'on', 'off']},
-    # "113" = BlockdevAioOptions
-    {'name': '113',
+    # "114" = BlockdevAioOptions
+    {'name': '114',
      'meta-type': 'enum',
      'members': [{'name': 'threads'},
                  {'name': 'native'},
                  {'name': 'io_uring'}],
      'values': ['threads', 'native', 'io_uring']},
-    # "114" = BlockdevRefOrNull
-    {'name': '114',
-     'meta-type': 'alternate',
-     'members': [{'type': '38'}, {'type': 'str'}, {'type': 'null'}]},
-    # "115" = Qcow2OverlapChecks
+    # "115" = BlockdevRefOrNull
     {'name': '115',
      'meta-type': 'alternate',
-     'members': [{'type': '138'}, {'type': '139'}]},
-    # "116" = BlockdevQcow2Encryption
+     'members': [{'type': '38'}, {'type': 'str'}, {'type': 'null'}]},
+    # "116" = Qcow2OverlapChecks
     {'name': '116',
-     'meta-type': 'object',
-     'members': [{'name': 'format', 'type': '140'}],
-     'tag': 'format',
-     'variants': [{'case': 'aes', 'type': '141'},
-                  {'case': 'luks', 'type': '142'}]},
-    # "117" = BlockdevCreateOptionsFile
+     'meta-type': 'alternate',
+     'members': [{'type': '139'}, {'type': '140'}]},
+    # "117" = BlockdevQcow2Encryption
     {'name': '117',
+     'meta-type': 'object',
+     'members': [{'name': 'format', 'type': '141'}],
+     'tag': 'format',
+     'variants': [{'case': 'aes', 'type': '142'},
+                  {'case': 'luks', 'type': '143'}]},
+    # "118" = BlockdevCreateOptionsFile
+    {'name': '118',
      'meta-type': 'object',
      'members': [{'name': 'filename', 'type': 'str'},
                  {'name': 'size', 'type': 'int'},
-                 {'name': 'preallocation', 'type': '143', 'default': None},
+                 {'name': 'preallocation', 'type': '144', 'default': None},
                  {'name': 'nocow', 'type': 'bool', 'default': None},
                  {'name': 'extent-size-hint', 'type': 'int', 'default': None}]},
-    # "118" = BlockdevCreateOptionsQcow2
-    {'name': '118',
+    # "119" = BlockdevCreateOptionsQcow2
+    {'name': '119',
      'meta-type': 'object',
-     'members': [{'name': 'file', 'type': '109'},
-                 {'name': 'data-file', 'type': '109', 'default': None},
+     'members': [{'name': 'file', 'type': '110'},
+                 {'name': 'data-file', 'type': '110', 'default': None},
                  {'name': 'data-file-raw', 'type': 'bool', 'default': None},
                  {'name': 'extended-l2', 'type': 'bool', 'default': None},
                  {'name': 'size', 'type': 'int'},
-                 {'name': 'version', 'type': '144', 'default': None},
+                 {'name': 'version', 'type': '145', 'default': None},
                  {'name': 'backing-file', 'type': 'str', 'default': None},
                  {'name': 'backing-fmt', 'type': '77', 'default': None},
-                 {'name': 'encrypt', 'type': '145', 'default': None},
+                 {'name': 'encrypt', 'type': '146', 'default': None},
                  {'name': 'cluster-size', 'type': 'int', 'default': None},
-                 {'name': 'preallocation', 'type': '143', 'default': None},
+                 {'name': 'preallocation', 'type': '144', 'default': None},
                  {'name': 'lazy-refcounts', 'type': 'bool', 'default': None},
                  {'name': 'refcount-bits', 'type': 'int', 'default': None},
-                 {'name': 'compression-type', 'type': '146', 'default': None}]},
-    # "119" = SocketAddressType
-    {'name': '119',
+                 {'name': 'compression-type', 'type': '147', 'default': None}]},
+    # "120" = SocketAddressType
+    {'name': '120',
      'meta-type': 'enum',
      'members': [{'name': 'inet'},
                  {'name': 'unix'},
                  {'name': 'vsock'},
                  {'name': 'fd'}],
      'values': ['inet', 'unix', 'vsock', 'fd']},
-    # "120" = InetSocketAddressWrapper
-    {'name': '120',
-     'meta-type': 'object',
-     'members': [{'name': 'data', 'type': '147'}]},
-    # "121" = UnixSocketAddressWrapper
+    # "121" = InetSocketAddressWrapper
     {'name': '121',
      'meta-type': 'object',
      'members': [{'name': 'data', 'type': '148'}]},
-    # "122" = VsockSocketAddressWrapper
+    # "122" = UnixSocketAddressWrapper
     {'name': '122',
      'meta-type': 'object',
      'members': [{'name': 'data', 'type': '149'}]},
-    # "123" = StringWrapper
+    # "123" = VsockSocketAddressWrapper
     {'name': '123',
      'meta-type': 'object',
      'members': [{'name': 'data', 'type': '150'}]},
-    {'name': '[124]', 'meta-type': 'array', 'element-type': '124'},
-    # "124" = BlockDirtyBitmapOrStr
+    # "124" = StringWrapper
     {'name': '124',
-     'meta-type': 'alternate',
-     'members': [{'type': 'str'}, {'type': '151'}]},
-    {'name': 'any', 'meta-type': 'builtin', 'json-type': 'value'},
-    # "125" = ChardevFile
+     'meta-type': 'object',
+     'members': [{'name': 'data', 'type': '151'}]},
+    {'name': '[125]', 'meta-type': 'array', 'element-type': '125'},
+    # "125" = BlockDirtyBitmapOrStr
     {'name': '125',
+     'meta-type': 'alternate',
+     'members': [{'type': 'str'}, {'type': '152'}]},
+    {'name': 'any', 'meta-type': 'builtin', 'json-type': 'value'},
+    # "126" = ChardevFile
+    {'name': '126',
      'meta-type': 'object',
      'members': [{'name': 'logfile', 'type': 'str', 'default': None},
                  {'name': 'logappend', 'type': 'bool', 'default': None},
                  {'name': 'in', 'type': 'str', 'default': None},
                  {'name': 'out', 'type': 'str'},
                  {'name': 'append', 'type': 'bool', 'default': None}]},
-    # "126" = ChardevHostdev
-    {'name': '126',
-     'meta-type': 'object',
-     'members': [{'name': 'logfile', 'type': 'str', 'default': None},
-                 {'name': 'logappend', 'type': 'bool', 'default': None},
-                 {'name': 'device', 'type': 'str'}]},
-    # "127" = ChardevSocket
+    # "127" = ChardevHostdev
     {'name': '127',
      'meta-type': 'object',
      'members': [{'name': 'logfile', 'type': 'str', 'default': None},
                  {'name': 'logappend', 'type': 'bool', 'default': None},
-                 {'name': 'addr', 'type': '86'},
+                 {'name': 'device', 'type': 'str'}]},
+    # "128" = ChardevSocket
+    {'name': '128',
+     'meta-type': 'object',
+     'members': [{'name': 'logfile', 'type': 'str', 'default': None},
+                 {'name': 'logappend', 'type': 'bool', 'default': None},
+                 {'name': 'addr', 'type': '87'},
                  {'name': 'tls-creds', 'type': 'str', 'default': None},
                  {'name': 'tls-authz', 'type': 'str', 'default': None},
                  {'name': 'server', 'type': 'bool', 'default': None},
@@ -1390,32 +1395,32 @@ SCHEMA_INFO: list[dict[str, Any]] = [
                  {'name': 'tn3270', 'type': 'bool', 'default': None},
                  {'name': 'websocket', 'type': 'bool', 'default': None},
                  {'name': 'reconnect', 'type': 'int', 'default': None}]},
-    # "128" = ChardevUdp
-    {'name': '128',
-     'meta-type': 'object',
-     'members': [{'name': 'logfile', 'type': 'str', 'default': None},
-                 {'name': 'logappend', 'type': 'bool', 'default': None},
-                 {'name': 'remote', 'type': '86'},
-                 {'name': 'local', 'type': '86', 'default': None}]},
-    # "129" = ChardevCommon
+    # "129" = ChardevUdp
     {'name': '129',
      'meta-type': 'object',
      'members': [{'name': 'logfile', 'type': 'str', 'default': None},
-                 {'name': 'logappend', 'type': 'bool', 'default': None}]},
-    # "130" = ChardevMux
+                 {'name': 'logappend', 'type': 'bool', 'default': None},
+                 {'name': 'remote', 'type': '87'},
+                 {'name': 'local', 'type': '87', 'default': None}]},
+    # "130" = ChardevCommon
     {'name': '130',
      'meta-type': 'object',
      'members': [{'name': 'logfile', 'type': 'str', 'default': None},
-                 {'name': 'logappend', 'type': 'bool', 'default': None},
-                 {'name': 'chardev', 'type': 'str'}]},
-    # "131" = ChardevStdio
+                 {'name': 'logappend', 'type': 'bool', 'default': None}]},
+    # "131" = ChardevMux
     {'name': '131',
      'meta-type': 'object',
      'members': [{'name': 'logfile', 'type': 'str', 'default': None},
                  {'name': 'logappend', 'type': 'bool', 'default': None},
-                 {'name': 'signal', 'type': 'bool', 'default': None}]},
-    # "132" = ChardevVC
+                 {'name': 'chardev', 'type': 'str'}]},
+    # "132" = ChardevStdio
     {'name': '132',
+     'meta-type': 'object',
+     'members': [{'name': 'logfile', 'type': 'str', 'default': None},
+                 {'name': 'logappend', 'type': 'bool', 'default': None},
+                 {'name': 'signal', 'type': 'bool', 'default': None}]},
+    # "133" = ChardevVC
+    {'name': '133',
      'meta-type': 'object',
      'members': [{'name': 'logfile', 'type': 'str', 'default': None},
                  {'name': 'logappend', 'type': 'bool', 'default': None},
@@ -1423,26 +1428,26 @@ SCHEMA_INFO: list[dict[str, Any]] = [
                  {'name': 'height', 'type': 'int', 'default': None},
                  {'name': 'cols', 'type': 'int', 'default': None},
                  {'name': 'rows', 'type': 'int', 'default': None}]},
-    # "133" = ChardevRingbuf
-    {'name': '133',
+    # "134" = ChardevRingbuf
+    {'name': '134',
      'meta-type': 'object',
      'members': [{'name': 'logfile', 'type': 'str', 'default': None},
                  {'name': 'logappend', 'type': 'bool', 'default': None},
                  {'name': 'size', 'type': 'int', 'default': None}]},
-    # "134" = ImageInfoSpecificKind
-    {'name': '134',
+    # "135" = ImageInfoSpecificKind
+    {'name': '135',
      'meta-type': 'enum',
      'members': [{'name': 'qcow2'},
                  {'name': 'vmdk'},
                  {'name': 'luks'},
                  {'name': 'rbd'}],
      'values': ['qcow2', 'vmdk', 'luks', 'rbd']},
-    # "135" = ImageInfoSpecificQCow2Wrapper
-    {'name': '135',
-     'meta-type': 'object',
-     'members': [{'name': 'data', 'type': '152'}]},
-    # "136" = BlkdebugEvent
+    # "136" = ImageInfoSpecificQCow2Wrapper
     {'name': '136',
+     'meta-type': 'object',
+     'members': [{'name': 'data', 'type': '153'}]},
+    # "137" = BlkdebugEvent
+    {'name': '137',
      'meta-type': 'enum',
      'members': [{'name': 'l1_update'},
                  {'name': 'l1_grow_alloc_table'},
@@ -1540,8 +1545,8 @@ SCHEMA_INFO: list[dict[str, Any]] = [
                 'cor_write',
                 'cluster_alloc_space',
                 'none']},
-    # "137" = BlkdebugIOType
-    {'name': '137',
+    # "138" = BlkdebugIOType
+    {'name': '138',
      'meta-type': 'enum',
      'members': [{'name': 'read'},
                  {'name': 'write'},
@@ -1556,10 +1561,10 @@ SCHEMA_INFO: list[dict[str, Any]] = [
                 'flush',
                 'block-status']},
     {'name': 'null', 'meta-type': 'builtin', 'json-type': 'null'},
-    # "138" = Qcow2OverlapCheckFlags
-    {'name': '138',
+    # "139" = Qcow2OverlapCheckFlags
+    {'name': '139',
      'meta-type': 'object',
-     'members': [{'name': 'template', 'type': '139', 'default': None},
+     'members': [{'name': 'template', 'type': '140', 'default': None},
                  {'name': 'main-header', 'type': 'bool', 'default': None},
                  {'name': 'active-l1', 'type': 'bool', 'default': None},
                  {'name': 'active-l2', 'type': 'bool', 'default': None},
@@ -1571,54 +1576,54 @@ SCHEMA_INFO: list[dict[str, Any]] = [
                  {'name': 'bitmap-directory',
                   'type': 'bool',
                   'default': None}]},
-    # "139" = Qcow2OverlapCheckMode
-    {'name': '139',
+    # "140" = Qcow2OverlapCheckMode
+    {'name': '140',
      'meta-type': 'enum',
      'members': [{'name': 'none'},
                  {'name': 'constant'},
                  {'name': 'cached'},
                  {'name': 'all'}],
      'values': ['none', 'constant', 'cached', 'all']},
-    # "140" = BlockdevQcow2EncryptionFormat
-    {'name': '140',
+    # "141" = BlockdevQcow2EncryptionFormat
+    {'name': '141',
      'meta-type': 'enum',
      'members': [{'name': 'aes'}, {'name': 'luks'}],
      'values': ['aes', 'luks']},
-    # "141" = QCryptoBlockOptionsQCow
-    {'name': '141',
-     'meta-type': 'object',
-     'members': [{'name': 'key-secret', 'type': 'str', 'default': None}]},
-    # "142" = QCryptoBlockOptionsLUKS
+    # "142" = QCryptoBlockOptionsQCow
     {'name': '142',
      'meta-type': 'object',
      'members': [{'name': 'key-secret', 'type': 'str', 'default': None}]},
-    # "143" = PreallocMode
+    # "143" = QCryptoBlockOptionsLUKS
     {'name': '143',
+     'meta-type': 'object',
+     'members': [{'name': 'key-secret', 'type': 'str', 'default': None}]},
+    # "144" = PreallocMode
+    {'name': '144',
      'meta-type': 'enum',
      'members': [{'name': 'off'},
                  {'name': 'metadata'},
                  {'name': 'falloc'},
                  {'name': 'full'}],
      'values': ['off', 'metadata', 'falloc', 'full']},
-    # "144" = BlockdevQcow2Version
-    {'name': '144',
+    # "145" = BlockdevQcow2Version
+    {'name': '145',
      'meta-type': 'enum',
      'members': [{'name': 'v2'}, {'name': 'v3'}],
      'values': ['v2', 'v3']},
-    # "145" = QCryptoBlockCreateOptions
-    {'name': '145',
-     'meta-type': 'object',
-     'members': [{'name': 'format', 'type': '153'}],
-     'tag': 'format',
-     'variants': [{'case': 'qcow', 'type': '141'},
-                  {'case': 'luks', 'type': '154'}]},
-    # "146" = Qcow2CompressionType
+    # "146" = QCryptoBlockCreateOptions
     {'name': '146',
+     'meta-type': 'object',
+     'members': [{'name': 'format', 'type': '154'}],
+     'tag': 'format',
+     'variants': [{'case': 'qcow', 'type': '142'},
+                  {'case': 'luks', 'type': '155'}]},
+    # "147" = Qcow2CompressionType
+    {'name': '147',
      'meta-type': 'enum',
      'members': [{'name': 'zlib'}, {'name': 'zstd'}],
      'values': ['zlib', 'zstd']},
-    # "147" = InetSocketAddress
-    {'name': '147',
+    # "148" = InetSocketAddress
+    {'name': '148',
      'meta-type': 'object',
      'members': [{'name': 'host', 'type': 'str'},
                  {'name': 'port', 'type': 'str'},
@@ -1627,28 +1632,28 @@ SCHEMA_INFO: list[dict[str, Any]] = [
                  {'name': 'ipv4', 'type': 'bool', 'default': None},
                  {'name': 'ipv6', 'type': 'bool', 'default': None},
                  {'name': 'keep-alive', 'type': 'bool', 'default': None}]},
-    # "148" = UnixSocketAddress
-    {'name': '148',
+    # "149" = UnixSocketAddress
+    {'name': '149',
      'meta-type': 'object',
      'members': [{'name': 'path', 'type': 'str'},
                  {'name': 'abstract', 'type': 'bool', 'default': None},
                  {'name': 'tight', 'type': 'bool', 'default': None}]},
-    # "149" = VsockSocketAddress
-    {'name': '149',
+    # "150" = VsockSocketAddress
+    {'name': '150',
      'meta-type': 'object',
      'members': [{'name': 'cid', 'type': 'str'},
                  {'name': 'port', 'type': 'str'}]},
-    # "150" = String
-    {'name': '150',
+    # "151" = String
+    {'name': '151',
      'meta-type': 'object',
      'members': [{'name': 'str', 'type': 'str'}]},
-    # "151" = BlockDirtyBitmap
-    {'name': '151',
+    # "152" = BlockDirtyBitmap
+    {'name': '152',
      'meta-type': 'object',
      'members': [{'name': 'node', 'type': 'str'},
                  {'name': 'name', 'type': 'str'}]},
-    # "152" = ImageInfoSpecificQCow2
-    {'name': '152',
+    # "153" = ImageInfoSpecificQCow2
+    {'name': '153',
      'meta-type': 'object',
      'members': [{'name': 'compat', 'type': 'str'},
                  {'name': 'data-file', 'type': 'str', 'default': None},
@@ -1657,40 +1662,40 @@ SCHEMA_INFO: list[dict[str, Any]] = [
                  {'name': 'lazy-refcounts', 'type': 'bool', 'default': None},
                  {'name': 'corrupt', 'type': 'bool', 'default': None},
                  {'name': 'refcount-bits', 'type': 'int'},
-                 {'name': 'encrypt', 'type': '155', 'default': None},
-                 {'name': 'bitmaps', 'type': '[156]', 'default': None},
-                 {'name': 'compression-type', 'type': '146'}]},
-    # "153" = QCryptoBlockFormat
-    {'name': '153',
+                 {'name': 'encrypt', 'type': '156', 'default': None},
+                 {'name': 'bitmaps', 'type': '[157]', 'default': None},
+                 {'name': 'compression-type', 'type': '147'}]},
+    # "154" = QCryptoBlockFormat
+    {'name': '154',
      'meta-type': 'enum',
      'members': [{'name': 'qcow'}, {'name': 'luks'}],
      'values': ['qcow', 'luks']},
-    # "154" = QCryptoBlockCreateOptionsLUKS
-    {'name': '154',
-     'meta-type': 'object',
-     'members': [{'name': 'key-secret', 'type': 'str', 'default': None},
-                 {'name': 'cipher-alg', 'type': '157', 'default': None},
-                 {'name': 'cipher-mode', 'type': '158', 'default': None},
-                 {'name': 'ivgen-alg', 'type': '159', 'default': None},
-                 {'name': 'ivgen-hash-alg', 'type': '160', 'default': None},
-                 {'name': 'hash-alg', 'type': '160', 'default': None},
-                 {'name': 'iter-time', 'type': 'int', 'default': None}]},
-    # "155" = ImageInfoSpecificQCow2Encryption
+    # "155" = QCryptoBlockCreateOptionsLUKS
     {'name': '155',
      'meta-type': 'object',
-     'members': [{'name': 'format', 'type': '140'}],
-     'tag': 'format',
-     'variants': [{'case': 'luks', 'type': '161'},
-                  {'case': 'aes', 'type': '1'}]},
-    {'name': '[156]', 'meta-type': 'array', 'element-type': '156'},
-    # "156" = Qcow2BitmapInfo
+     'members': [{'name': 'key-secret', 'type': 'str', 'default': None},
+                 {'name': 'cipher-alg', 'type': '158', 'default': None},
+                 {'name': 'cipher-mode', 'type': '159', 'default': None},
+                 {'name': 'ivgen-alg', 'type': '160', 'default': None},
+                 {'name': 'ivgen-hash-alg', 'type': '161', 'default': None},
+                 {'name': 'hash-alg', 'type': '161', 'default': None},
+                 {'name': 'iter-time', 'type': 'int', 'default': None}]},
+    # "156" = ImageInfoSpecificQCow2Encryption
     {'name': '156',
+     'meta-type': 'object',
+     'members': [{'name': 'format', 'type': '141'}],
+     'tag': 'format',
+     'variants': [{'case': 'luks', 'type': '162'},
+                  {'case': 'aes', 'type': '1'}]},
+    {'name': '[157]', 'meta-type': 'array', 'element-type': '157'},
+    # "157" = Qcow2BitmapInfo
+    {'name': '157',
      'meta-type': 'object',
      'members': [{'name': 'name', 'type': 'str'},
                  {'name': 'granularity', 'type': 'int'},
-                 {'name': 'flags', 'type': '[162]'}]},
-    # "157" = QCryptoCipherAlgorithm
-    {'name': '157',
+                 {'name': 'flags', 'type': '[163]'}]},
+    # "158" = QCryptoCipherAlgorithm
+    {'name': '158',
      'meta-type': 'enum',
      'members': [{'name': 'aes-128'},
                  {'name': 'aes-192'},
@@ -1716,21 +1721,21 @@ SCHEMA_INFO: list[dict[str, Any]] = [
                 'twofish-128',
                 'twofish-192',
                 'twofish-256']},
-    # "158" = QCryptoCipherMode
-    {'name': '158',
+    # "159" = QCryptoCipherMode
+    {'name': '159',
      'meta-type': 'enum',
      'members': [{'name': 'ecb'},
                  {'name': 'cbc'},
                  {'name': 'xts'},
                  {'name': 'ctr'}],
      'values': ['ecb', 'cbc', 'xts', 'ctr']},
-    # "159" = QCryptoIVGenAlgorithm
-    {'name': '159',
+    # "160" = QCryptoIVGenAlgorithm
+    {'name': '160',
      'meta-type': 'enum',
      'members': [{'name': 'plain'}, {'name': 'plain64'}, {'name': 'essiv'}],
      'values': ['plain', 'plain64', 'essiv']},
-    # "160" = QCryptoHashAlgorithm
-    {'name': '160',
+    # "161" = QCryptoHashAlgorithm
+    {'name': '161',
      'meta-type': 'enum',
      'members': [{'name': 'md5'},
                  {'name': 'sha1'},
@@ -1746,27 +1751,27 @@ SCHEMA_INFO: list[dict[str, Any]] = [
                 'sha384',
                 'sha512',
                 'ripemd160']},
-    # "161" = QCryptoBlockInfoLUKS
-    {'name': '161',
+    # "162" = QCryptoBlockInfoLUKS
+    {'name': '162',
      'meta-type': 'object',
-     'members': [{'name': 'cipher-alg', 'type': '157'},
-                 {'name': 'cipher-mode', 'type': '158'},
-                 {'name': 'ivgen-alg', 'type': '159'},
-                 {'name': 'ivgen-hash-alg', 'type': '160', 'default': None},
-                 {'name': 'hash-alg', 'type': '160'},
+     'members': [{'name': 'cipher-alg', 'type': '158'},
+                 {'name': 'cipher-mode', 'type': '159'},
+                 {'name': 'ivgen-alg', 'type': '160'},
+                 {'name': 'ivgen-hash-alg', 'type': '161', 'default': None},
+                 {'name': 'hash-alg', 'type': '161'},
                  {'name': 'payload-offset', 'type': 'int'},
                  {'name': 'master-key-iters', 'type': 'int'},
                  {'name': 'uuid', 'type': 'str'},
-                 {'name': 'slots', 'type': '[163]'}]},
-    {'name': '[162]', 'meta-type': 'array', 'element-type': '162'},
-    # "162" = Qcow2BitmapInfoFlags
-    {'name': '162',
+                 {'name': 'slots', 'type': '[164]'}]},
+    {'name': '[163]', 'meta-type': 'array', 'element-type': '163'},
+    # "163" = Qcow2BitmapInfoFlags
+    {'name': '163',
      'meta-type': 'enum',
      'members': [{'name': 'in-use'}, {'name': 'auto'}],
      'values': ['in-use', 'auto']},
-    {'name': '[163]', 'meta-type': 'array', 'element-type': '163'},
-    # "163" = QCryptoBlockInfoLUKSSlot
-    {'name': '163',
+    {'name': '[164]', 'meta-type': 'array', 'element-type': '164'},
+    # "164" = QCryptoBlockInfoLUKSSlot
+    {'name': '164',
      'meta-type': 'object',
      'members': [{'name': 'active', 'type': 'bool'},
                  {'name': 'iters', 'type': 'int', 'default': None},

@@ -1675,6 +1675,16 @@ class BlockdevOptionsRaw(BlockdevOptionsGenericFormat):
     )
 
 
+class BlockdevOptionsCor(BlockdevOptionsGenericFormat):
+    bottom: str | None
+    __slots__ = ("bottom", )
+    _qapi_fields: ClassVar[Fields] = ("file", "bottom", )
+    _qapi_members: ClassVar[Members] = (
+        ("file", "file", False),
+        ("bottom", "bottom", True),
+    )
+
+
 class BlockdevOptions(rt.QAPIObject):
     driver: BlockdevDriver
     node_name: str | None
@@ -1684,7 +1694,7 @@ class BlockdevOptions(rt.QAPIObject):
     auto_read_only: bool | None
     force_share: bool | None
     detect_zeroes: BlockdevDetectZeroesOptions | None
-    u: BlockdevOptionsBlkdebug | BlockdevOptionsFile | BlockdevOptionsNull | BlockdevOptionsQcow2 | BlockdevOptionsRaw | None
+    u: BlockdevOptionsBlkdebug | BlockdevOptionsCor | BlockdevOptionsFile | BlockdevOptionsNull | BlockdevOptionsQcow2 | BlockdevOptionsRaw | None
     __slots__ = ("driver", "node_name", "discard", "cache", "read_only", "auto_read_only", "force_share", "detect_zeroes", "u", )
     _qapi_fields: ClassVar[Fields] = ("driver", "node_name", "discard", "cache", "read_only", "auto_read_only", "force_share", "detect_zeroes", "u", )
     _qapi_members: ClassVar[Members] = (
@@ -3344,6 +3354,17 @@ def visit_BlockdevOptionsRaw(value: Any, name: str | None, path: str) -> Blockde
     return rt.visit_struct(value, path, members_BlockdevOptionsRaw, BlockdevOptionsRaw)
 
 
+def members_BlockdevOptionsCor(obj: dict[str, Any], path: str, seen: set[str]) -> dict[str, Any]:
+    return {
+        **members_BlockdevOptionsGenericFormat(obj, path, seen),
+        "bottom": rt.member(obj, "bottom", path, seen, rt.visit_str, optional=True),
+    }
+
+
+def visit_BlockdevOptionsCor(value: Any, name: str | None, path: str) -> BlockdevOptionsCor:
+    return rt.visit_struct(value, path, members_BlockdevOptionsCor, BlockdevOptionsCor)
+
+
 def members_q_obj_BlockdevOptions_base(obj: dict[str, Any], path: str, seen: set[str]) -> dict[str, Any]:
     return {
         "driver": rt.member(obj, "driver", path, seen, visit_BlockdevDriver),
@@ -3785,6 +3806,7 @@ _BlockdevQcow2Encryption_BRANCHES: dict[str, rt.Branch] = {
 
 _BlockdevOptions_BRANCHES: dict[str, rt.Branch] = {
     "blkdebug": (BlockdevOptionsBlkdebug, members_BlockdevOptionsBlkdebug),
+    "copy-on-read": (BlockdevOptionsCor, members_BlockdevOptionsCor),
     "file": (BlockdevOptionsFile, members_BlockdevOptionsFile),
     "null-co": (BlockdevOptionsNull, members_BlockdevOptionsNull),
     "qcow2": (BlockdevOptionsQcow2, members_BlockdevOptionsQcow2),

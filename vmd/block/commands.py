@@ -50,9 +50,9 @@ def qmp_query_block(ctx: Any) -> list[dict[str, Any]]:
 
 def device_info(node: BlockNode, *, flat: bool) -> dict[str, Any]:
     """``BlockDeviceInfo`` of one node."""
-    depth, below = 0, node.backing
+    depth, below = 0, node.filtered()
     while below is not None and not flat:  # QEMU reports 0 in flat mode
-        depth, below = depth + 1, below.backing
+        depth, below = depth + 1, below.filtered()
     info: dict[str, Any] = {
         "file": node.filename(), "node-name": node.node_name, "ro": node.read_only, "drv": node.driver,
         "encrypted": False, "detect_zeroes": "off", "backing_file_depth": depth,
@@ -79,7 +79,7 @@ def image_info(node: BlockNode, *, recurse: bool) -> dict[str, Any]:
             top = info
         else:
             above["backing-image"] = info
-        above, below = info, below.backing if recurse else None
+        above, below = info, below.filtered() if recurse else None
     return top
 
 
@@ -156,7 +156,7 @@ def _check_overlay(overlay: BlockNode) -> None:
     reads it yet (a write-only user such as a mirror target may)."""
     if cumulative_perms(overlay)[0] & Perm.CONSISTENT_READ:
         raise QMPError("The overlay is already in use")
-    if overlay.is_filter():
+    if overlay.is_filter:
         raise QMPError("Filters cannot be used as overlays")
     if overlay.backing is not None:
         raise QMPError("The overlay already has a backing image")

@@ -58,6 +58,10 @@ class BlockNode:
     grows_on_write = False
     #: Whether the format can have a backing child (blockdev-snapshot).
     supports_backing = False
+    #: A filter driver (QEMU's is_filter): one child, passed through, and
+    #: skipped when looking at a chain (raw is not one, though its child
+    #: may have the filtered role).
+    is_filter = False
 
     def __init__(self, node_name: str, *, read_only: bool = False) -> None:
         self.node_name = node_name
@@ -106,15 +110,10 @@ class BlockNode:
         return edge.child if edge is not None else None
 
     def filtered(self) -> BlockNode | None:
-        """The child a filter passes through, or the backing child
-        (QEMU's bdrv_filter_or_cow_bs)."""
-        for edge in self.children.values():
-            if edge.role & (Role.FILTERED | Role.COW):
-                return edge.child
-        return None
-
-    def is_filter(self) -> bool:
-        return any(edge.role & Role.FILTERED for edge in self.children.values())
+        """A filter's child, else the backing child (bdrv_filter_or_cow_bs)."""
+        if self.is_filter:
+            return next((edge.child for edge in self.children.values() if edge.role & Role.FILTERED), None)
+        return self.backing
 
     # -- permissions (QEMU's bdrv_child_perm, bdrv_check_perm) ----------------------------
 
@@ -274,7 +273,7 @@ async def block_status_above(node: BlockNode, offset: int, length: int) -> Exten
     """
     top_status: Status | None = None
     while True:
-        below = node.filtered() if node.is_filter() else None
+        below = node.filtered() if node.is_filter else None
         if below is not None:
             node = below
             continue

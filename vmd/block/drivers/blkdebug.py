@@ -91,6 +91,7 @@ class StateRule:
 
 class BlkdebugNode(BlockNode):
     driver = "blkdebug"
+    is_filter = True
 
     def __init__(self, node_name: str, image: BlockNode, rules: list[InjectRule | StateRule],
                  *, config: str | None = None, read_only: bool = False) -> None:
