@@ -1,0 +1,1 @@
+"""Freestanding test guests (multiboot v1 ELF), built at test time."""
