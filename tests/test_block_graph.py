@@ -23,6 +23,9 @@ from qemu.qmp import ExecuteError, QMPClient
 
 from tests.harness import QEMU, RawQMP, running_qemu, running_vmd
 from vmd._generated.types import BlockPermission
+from vmd.block.drivers.qcow2.node import close_image, open_image
+from vmd.block.edge import Transaction, chain_edges, freeze_chain, replace_node, unfreeze_chain
+from vmd.errors import QMPError
 from vmd.qapi_runtime import to_wire
 from vmd.qmp.json_writer import dumps
 
@@ -480,3 +483,47 @@ def test_locks_exclude_qemu_and_vmd_both_ways(tmp_path: Path) -> None:
                            {"error": {"class": "GenericError", "desc": 'Failed to get shared "write" lock'}},
                            {"return": {}}]
         assert outputs[0].startswith(f"qemu-io: can't open device {image}: Failed to get \"write\" lock\n")
+
+
+def test_snapshot_sync_moves_a_writable_export(tmp_path: Path) -> None:
+    def scenario(root: Path) -> list[dict[str, Any]]:
+        return [
+            add(driver="qcow2", node_name="base", file=file(root, "base.qcow2")),
+            nbd_start(root), export("e", "base", writable=True),
+            cmd("blockdev-snapshot-sync", **{"node-name": "base", "snapshot-file": str(root / "sync.qcow2"),
+                                             "snapshot-node-name": "sync", "format": "qcow2"}),
+            cmd("blockdev-snapshot-sync", **{"node-name": "base", "snapshot-file": str(root / "sync2.qcow2"),
+                                             "snapshot-node-name": "sync2", "format": "qcow2"}),
+            GRAPH, EXPORTS, NODES, DEPTHS,
+        ]
+    compare(tmp_path, scenario)
+
+
+# -- what block jobs build on ------------------------------------------------------------------
+
+
+async def test_change_backing_file_and_frozen_chains(tmp_path: Path) -> None:
+    """A job that drops ``mid`` from base <- mid <- top rewrites top's header
+    and holds the chain frozen meanwhile."""
+    make_images(tmp_path)
+    qemu_img("create", "-f", "qcow2", "-b", str(tmp_path / "top.qcow2"), "-F", "qcow2", str(tmp_path / "up.qcow2"))
+    up = await open_image(str(tmp_path / "up.qcow2"))
+    try:
+        mid = up.backing
+        assert mid is not None and mid.backing is not None
+        freeze_chain(up, mid.backing)
+        with pytest.raises(QMPError, match="^Cannot freeze 'backing' link to 'mid'$".replace("mid", mid.node_name)):
+            freeze_chain(up, None)
+        with pytest.raises(QMPError, match="^Cannot change 'backing' link to "):
+            with Transaction() as tran:
+                replace_node(mid, mid.backing, tran)
+        unfreeze_chain(up, mid.backing)
+        assert not any(edge.frozen for edge in chain_edges(up, None))
+        await up.change_backing_file(str(tmp_path / "base.qcow2"), "qcow2")
+    finally:
+        await close_image(up)
+    info = json.loads(subprocess.run(["qemu-img", "info", "--output=json", str(tmp_path / "up.qcow2")],
+                                     capture_output=True, text=True, check=True).stdout)
+    assert (info["backing-filename"], info["backing-filename-format"]) == (str(tmp_path / "base.qcow2"), "qcow2")
+    check = subprocess.run(["qemu-img", "check", str(tmp_path / "up.qcow2")], capture_output=True, text=True)
+    assert check.returncode == 0, check

@@ -117,7 +117,8 @@ def qmp_x_debug_query_block_graph(ctx: Any) -> XDbgBlockGraph:
     holders: list[Any] = list(graph.backends)
     nodes = list(graph)
     ids = {id(item): number for number, item in enumerate(holders + nodes, start=1)}
-    out_nodes = [XDbgBlockGraphNode(id=ids[id(holder)], type=holder.kind, name=holder.name) for holder in holders]
+    out_nodes = [XDbgBlockGraphNode(id=ids[id(holder)], type=XDbgBlockGraphNodeType(holder.kind),
+                                    name=holder.name) for holder in holders]
     out_nodes += [XDbgBlockGraphNode(id=ids[id(node)], type=XDbgBlockGraphNodeType.BLOCK_DRIVER, name=node.node_name)
                   for node in nodes]
     edges = [holder.edge for holder in holders if holder.edge is not None]

@@ -28,7 +28,6 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from typing import TYPE_CHECKING
 
-from vmd._generated.types import XDbgBlockGraphNodeType
 from vmd.block.perm import ALL, NONE, Perm, Role, perm_text
 from vmd.errors import QMPError
 
@@ -43,7 +42,8 @@ class RootHolder:
     stop and resume their requests for a drained section.
     """
 
-    kind = XDbgBlockGraphNodeType.BLOCK_BACKEND
+    #: The node type in ``x-debug-query-block-graph``.
+    kind = "block-backend"
     #: The name shown in ``x-debug-query-block-graph`` ("" when anonymous).
     name = ""
 
@@ -301,9 +301,17 @@ def attach(parent: BlockNode | RootHolder, child: BlockNode, name: str, role: Ro
 
 def detach(edge: Edge) -> None:
     """Remove an edge; the child gives up what the edge held."""
+    if edge.frozen:
+        raise QMPError(f"Cannot change frozen '{edge.name}' link from '{_parent_name(edge)}' "
+                       f"to '{edge.child.node_name}'")
     with Transaction() as tran:
         _unlink(edge)
         refresh_perms([edge.child], tran)
+
+
+def _parent_name(edge: Edge) -> str:
+    parent = edge.parent
+    return parent.name if isinstance(parent, RootHolder) else parent.node_name
 
 
 def set_root_perm(edge: Edge, perm: Perm, shared: Perm) -> None:
@@ -331,6 +339,38 @@ def replace_node(old: BlockNode, new: BlockNode, tran: Transaction) -> list[Edge
         if isinstance(edge.parent, RootHolder):
             tran.on_commit(lambda edge=edge: edge.parent.child_changed(edge))  # type: ignore[union-attr,misc]
     return moved
+
+
+def chain_edges(top: BlockNode, base: BlockNode | None) -> list[Edge]:
+    """The filter and backing edges from ``top`` down to ``base`` (to the
+    bottom of the chain when None)."""
+    edges: list[Edge] = []
+    node = top
+    while node is not base:
+        edge = next((edge for edge in node.children.values() if edge.role & (Role.FILTERED | Role.COW)), None)
+        if edge is None:
+            if base is not None:
+                raise QMPError(f"'{base.node_name}' is not in the backing chain of '{top.node_name}'")
+            break
+        edges.append(edge)
+        node = edge.child
+    return edges
+
+
+def freeze_chain(top: BlockNode, base: BlockNode | None) -> None:
+    """Freeze the chain between ``top`` and ``base`` for a job (QEMU's
+    bdrv_freeze_backing_chain): its edges can be neither moved nor dropped."""
+    edges = chain_edges(top, base)
+    for edge in edges:
+        if edge.frozen:
+            raise QMPError(f"Cannot freeze '{edge.name}' link to '{edge.child.node_name}'")
+    for edge in edges:
+        edge.frozen = True
+
+
+def unfreeze_chain(top: BlockNode, base: BlockNode | None) -> None:
+    for edge in chain_edges(top, base):
+        edge.frozen = False
 
 
 @contextlib.asynccontextmanager

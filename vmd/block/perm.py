@@ -12,8 +12,10 @@ therefore holds nothing beyond what its format needs for its own metadata.
 from __future__ import annotations
 
 import enum
+from typing import TYPE_CHECKING
 
-from vmd._generated.types import BlockPermission
+if TYPE_CHECKING:  # the generated types are imported when a query needs them
+    from vmd._generated.types import BlockPermission
 
 
 class Perm(enum.IntFlag):
@@ -35,12 +37,6 @@ _TEXT_NAMES = {
     Perm.WRITE_UNCHANGED: "write unchanged",
     Perm.RESIZE: "resize",
 }
-_QAPI = {
-    Perm.CONSISTENT_READ: BlockPermission.CONSISTENT_READ,
-    Perm.WRITE: BlockPermission.WRITE,
-    Perm.WRITE_UNCHANGED: BlockPermission.WRITE_UNCHANGED,
-    Perm.RESIZE: BlockPermission.RESIZE,
-}
 
 
 def perm_text(perm: Perm) -> str:
@@ -51,7 +47,8 @@ def perm_text(perm: Perm) -> str:
 def perm_qapi(perm: Perm) -> list[BlockPermission]:
     """The QAPI list of ``x-debug-query-block-graph``: highest bit first, as
     QEMU builds it by prepending."""
-    return [_QAPI[bit] for bit in reversed(_QAPI) if perm & bit]
+    from vmd._generated.types import BlockPermission
+    return [BlockPermission(name.replace(" ", "-")) for bit, name in reversed(_TEXT_NAMES.items()) if perm & bit]
 
 
 class Role(enum.IntFlag):

@@ -118,6 +118,25 @@ class Qcow2Node(BlockNode):
         if backing is not None:
             self.attach_child("backing", backing, Role.COW)
 
+    async def change_backing_file(self, name: str | None, fmt: str | None) -> None:
+        """Record another backing file in the header (QEMU's
+        bdrv_change_backing_file: a commit or stream that drops images from
+        the chain). The header cluster is written whole and flushed."""
+        if self.read_only:
+            raise QMPError("Block node is read-only")
+        h = self.header
+        old = h.backing_file, h.backing_format
+        h.backing_file, h.backing_format = name, fmt
+        try:
+            cluster = h.pack().ljust(self.cs, b"\0")
+        except QMPError:
+            h.backing_file, h.backing_format = old
+            raise
+        async with self._lock:
+            await self.file.write(0, memoryview(cluster))
+            await self.file.flush()
+        self.backing_file, self.backing_fmt = name, fmt
+
     async def close(self) -> None:
         if self.read_only or not self.cs:
             return
