@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import subprocess
+import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -527,3 +528,44 @@ async def test_change_backing_file_and_frozen_chains(tmp_path: Path) -> None:
     assert (info["backing-filename"], info["backing-filename-format"]) == (str(tmp_path / "base.qcow2"), "qcow2")
     check = subprocess.run(["qemu-img", "check", str(tmp_path / "up.qcow2")], capture_output=True, text=True)
     assert check.returncode == 0, check
+
+
+def test_snapshot_while_an_nbd_client_writes(tmp_path: Path) -> None:
+    """The snapshot drains the export: requests in flight finish on the old
+    top, later ones go to the overlay; both images stay consistent."""
+    (tmp_path / "vmd").mkdir()
+    make_images(tmp_path)
+    with running_vmd(tmp_path / "vmd") as vmd, RawQMP(vmd.qmp_path, timeout=60) as qmp:
+        qmp.negotiate()
+        for request in (add(driver="qcow2", node_name="base", file=file(tmp_path, "base.qcow2"), backing=None),
+                        add(driver="qcow2", node_name="ov", file=file(tmp_path, "ov.qcow2"), backing=None),
+                        nbd_start(tmp_path), export("e", "base", writable=True)):
+            assert qmp.command(json.dumps(request)) == {"return": {}}, request
+        uri = f"nbd+unix:///base?socket={tmp_path / 'nbd.sock'}"
+        writer = subprocess.Popen(["qemu-img", "bench", "-w", "-f", "raw", "-t", "none", "-s", "4k", "-d", "8",
+                                   "-c", "4000", "--pattern=0x3c", uri], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            # Once the writes reach the image, snapshot under them.
+            size = (tmp_path / "base.qcow2").stat().st_size
+            deadline = time.monotonic() + 30
+            while (tmp_path / "base.qcow2").stat().st_size == size and writer.poll() is None:
+                assert time.monotonic() < deadline, "the NBD writer never wrote"
+                time.sleep(0.005)
+            assert qmp.command(json.dumps(cmd("blockdev-snapshot", node="base", overlay="ov"))) == {"return": {}}
+        finally:
+            out, err = writer.communicate(timeout=60)
+        assert writer.returncode == 0, err
+        assert qmp.command(json.dumps(EXPORTS))["return"][0]["node-name"] == "ov"
+        for request in (cmd("block-export-del", id="e"), cmd("blockdev-del", **{"node-name": "ov"}),
+                        cmd("blockdev-del", **{"node-name": "base"})):
+            assert qmp.command(json.dumps(request)) == {"return": {}}, request
+    for image in ("base.qcow2", "ov.qcow2"):
+        check = subprocess.run(["qemu-img", "check", str(tmp_path / image)], capture_output=True, text=True)
+        assert check.returncode == 0, check
+    # The overlay over the base reads the pattern everywhere the client wrote.
+    chain = (f"json:{{\"driver\": \"qcow2\", \"file\": {{\"driver\": \"file\", \"filename\": \"{tmp_path / 'ov.qcow2'}\"}},"
+             f" \"backing\": {{\"driver\": \"qcow2\", \"file\": {{\"driver\": \"file\", \"filename\": "
+             f"\"{tmp_path / 'base.qcow2'}\"}}}}}}")
+    # (qemu-img bench wraps around the 1 MiB disk: every byte was written.)
+    read = subprocess.run(["qemu-io", "-r", "-c", "read -P 0x3c 0 1M", chain], capture_output=True, text=True)
+    assert read.returncode == 0 and "verification failed" not in read.stdout, read
