@@ -63,16 +63,16 @@ class StepJob(Job):
         if self.fail is not None:
             raise self.fail
 
-    def prepare(self) -> None:
+    async def prepare(self) -> None:
         self.calls.append("prepare")
 
-    def commit(self) -> None:
+    async def commit(self) -> None:
         self.calls.append("commit")
 
-    def abort(self) -> None:
+    async def abort(self) -> None:
         self.calls.append("abort")
 
-    def clean(self) -> None:
+    async def clean(self) -> None:
         self.calls.append("clean")
 
     def event_completed(self) -> None:
@@ -197,6 +197,7 @@ async def test_manual_finalize_and_dismiss(jobs: JobRegistry,
                        "accept command verb 'dismiss'$"):
         job.dismiss()
     job.finalize()
+    await jobs.settle()
     assert emitter.statuses() == ["created", "running", "waiting", "pending",
                                   "concluded"]
     info = jobs.query()[0]
@@ -254,6 +255,7 @@ async def test_cancel_while_running(jobs: JobRegistry, emitter: FakeEmitter) -> 
 async def test_cancel_before_start(jobs: JobRegistry, emitter: FakeEmitter) -> None:
     job = StepJob(jobs)
     job.user_cancel(True)
+    await jobs.settle()
     # never started: no BLOCK_JOB_* event, dismissed at once
     assert emitter.names() == ["JSC created", "JSC aborting", "JSC concluded",
                                "JSC null"]

@@ -193,11 +193,11 @@ def marshal_job_resume(
     return {}
 
 
-def marshal_job_cancel(
+async def marshal_job_cancel(
         handler: Handler, ctx: Any, arguments: dict[str, Any],
 ) -> Any:
     kwargs = rt.args_dict(arguments, t.members_q_obj_job_cancel_arg)
-    handler(ctx, **kwargs)
+    await handler(ctx, **kwargs)
     return {}
 
 
@@ -217,11 +217,11 @@ def marshal_job_dismiss(
     return {}
 
 
-def marshal_job_finalize(
+async def marshal_job_finalize(
         handler: Handler, ctx: Any, arguments: dict[str, Any],
 ) -> Any:
     kwargs = rt.args_dict(arguments, t.members_q_obj_job_finalize_arg)
-    handler(ctx, **kwargs)
+    await handler(ctx, **kwargs)
     return {}
 
 
@@ -313,6 +313,94 @@ def marshal_block_set_write_threshold(
 ) -> Any:
     kwargs = rt.args_dict(arguments, t.members_q_obj_block_set_write_threshold_arg)
     handler(ctx, **kwargs)
+    return {}
+
+
+async def marshal_block_commit(
+        handler: Handler, ctx: Any, arguments: dict[str, Any],
+) -> Any:
+    kwargs = rt.args_dict(arguments, t.members_q_obj_block_commit_arg)
+    await handler(ctx, **kwargs)
+    return {}
+
+
+async def marshal_block_stream(
+        handler: Handler, ctx: Any, arguments: dict[str, Any],
+) -> Any:
+    kwargs = rt.args_dict(arguments, t.members_q_obj_block_stream_arg)
+    await handler(ctx, **kwargs)
+    return {}
+
+
+async def marshal_drive_mirror(
+        handler: Handler, ctx: Any, arguments: dict[str, Any],
+) -> Any:
+    obj = t.visit_DriveMirror(arguments, None, '')
+    await handler(ctx, obj)
+    return {}
+
+
+async def marshal_blockdev_mirror(
+        handler: Handler, ctx: Any, arguments: dict[str, Any],
+) -> Any:
+    kwargs = rt.args_dict(arguments, t.members_q_obj_blockdev_mirror_arg)
+    await handler(ctx, **kwargs)
+    return {}
+
+
+def marshal_block_job_set_speed(
+        handler: Handler, ctx: Any, arguments: dict[str, Any],
+) -> Any:
+    kwargs = rt.args_dict(arguments, t.members_q_obj_block_job_set_speed_arg)
+    handler(ctx, **kwargs)
+    return {}
+
+
+async def marshal_block_job_cancel(
+        handler: Handler, ctx: Any, arguments: dict[str, Any],
+) -> Any:
+    kwargs = rt.args_dict(arguments, t.members_q_obj_block_job_cancel_arg)
+    await handler(ctx, **kwargs)
+    return {}
+
+
+def marshal_block_job_pause(
+        handler: Handler, ctx: Any, arguments: dict[str, Any],
+) -> Any:
+    kwargs = rt.args_dict(arguments, t.members_q_obj_block_job_pause_arg)
+    handler(ctx, **kwargs)
+    return {}
+
+
+def marshal_block_job_resume(
+        handler: Handler, ctx: Any, arguments: dict[str, Any],
+) -> Any:
+    kwargs = rt.args_dict(arguments, t.members_q_obj_block_job_resume_arg)
+    handler(ctx, **kwargs)
+    return {}
+
+
+def marshal_block_job_complete(
+        handler: Handler, ctx: Any, arguments: dict[str, Any],
+) -> Any:
+    kwargs = rt.args_dict(arguments, t.members_q_obj_block_job_complete_arg)
+    handler(ctx, **kwargs)
+    return {}
+
+
+def marshal_block_job_dismiss(
+        handler: Handler, ctx: Any, arguments: dict[str, Any],
+) -> Any:
+    kwargs = rt.args_dict(arguments, t.members_q_obj_block_job_dismiss_arg)
+    handler(ctx, **kwargs)
+    return {}
+
+
+async def marshal_block_job_finalize(
+        handler: Handler, ctx: Any, arguments: dict[str, Any],
+) -> Any:
+    kwargs = rt.args_dict(arguments, t.members_q_obj_block_job_finalize_arg)
+    await handler(ctx, **kwargs)
     return {}
 
 
@@ -594,7 +682,7 @@ COMMANDS: dict[str, rt.CommandDef] = {
         marshal=marshal_job_cancel,
         allow_oob=False,
         allow_preconfig=False,
-        coroutine=False,
+        coroutine=True,
         features=(),
     ),
     "job-complete": rt.CommandDef(
@@ -621,7 +709,7 @@ COMMANDS: dict[str, rt.CommandDef] = {
         marshal=marshal_job_finalize,
         allow_oob=False,
         allow_preconfig=False,
-        coroutine=False,
+        coroutine=True,
         features=(),
     ),
     "query-jobs": rt.CommandDef(
@@ -730,6 +818,105 @@ COMMANDS: dict[str, rt.CommandDef] = {
         allow_oob=False,
         allow_preconfig=True,
         coroutine=False,
+        features=(),
+    ),
+    "block-commit": rt.CommandDef(
+        name="block-commit",
+        handler_name="qmp_block_commit",
+        marshal=marshal_block_commit,
+        allow_oob=False,
+        allow_preconfig=True,
+        coroutine=True,
+        features=(),
+    ),
+    "block-stream": rt.CommandDef(
+        name="block-stream",
+        handler_name="qmp_block_stream",
+        marshal=marshal_block_stream,
+        allow_oob=False,
+        allow_preconfig=True,
+        coroutine=True,
+        features=(),
+    ),
+    "drive-mirror": rt.CommandDef(
+        name="drive-mirror",
+        handler_name="qmp_drive_mirror",
+        marshal=marshal_drive_mirror,
+        allow_oob=False,
+        allow_preconfig=True,
+        coroutine=True,
+        features=(),
+    ),
+    "blockdev-mirror": rt.CommandDef(
+        name="blockdev-mirror",
+        handler_name="qmp_blockdev_mirror",
+        marshal=marshal_blockdev_mirror,
+        allow_oob=False,
+        allow_preconfig=True,
+        coroutine=True,
+        features=(),
+    ),
+    "block-job-set-speed": rt.CommandDef(
+        name="block-job-set-speed",
+        handler_name="qmp_block_job_set_speed",
+        marshal=marshal_block_job_set_speed,
+        allow_oob=False,
+        allow_preconfig=True,
+        coroutine=False,
+        features=(),
+    ),
+    "block-job-cancel": rt.CommandDef(
+        name="block-job-cancel",
+        handler_name="qmp_block_job_cancel",
+        marshal=marshal_block_job_cancel,
+        allow_oob=False,
+        allow_preconfig=True,
+        coroutine=True,
+        features=(),
+    ),
+    "block-job-pause": rt.CommandDef(
+        name="block-job-pause",
+        handler_name="qmp_block_job_pause",
+        marshal=marshal_block_job_pause,
+        allow_oob=False,
+        allow_preconfig=True,
+        coroutine=False,
+        features=(),
+    ),
+    "block-job-resume": rt.CommandDef(
+        name="block-job-resume",
+        handler_name="qmp_block_job_resume",
+        marshal=marshal_block_job_resume,
+        allow_oob=False,
+        allow_preconfig=True,
+        coroutine=False,
+        features=(),
+    ),
+    "block-job-complete": rt.CommandDef(
+        name="block-job-complete",
+        handler_name="qmp_block_job_complete",
+        marshal=marshal_block_job_complete,
+        allow_oob=False,
+        allow_preconfig=True,
+        coroutine=False,
+        features=(),
+    ),
+    "block-job-dismiss": rt.CommandDef(
+        name="block-job-dismiss",
+        handler_name="qmp_block_job_dismiss",
+        marshal=marshal_block_job_dismiss,
+        allow_oob=False,
+        allow_preconfig=True,
+        coroutine=False,
+        features=(),
+    ),
+    "block-job-finalize": rt.CommandDef(
+        name="block-job-finalize",
+        handler_name="qmp_block_job_finalize",
+        marshal=marshal_block_job_finalize,
+        allow_oob=False,
+        allow_preconfig=True,
+        coroutine=True,
         features=(),
     ),
     "nbd-server-start": rt.CommandDef(

@@ -79,6 +79,83 @@ def qapi_event_send_block_write_threshold(
     )))
 
 
+def qapi_event_send_block_job_completed(
+        emitter: Any,
+        *,
+        type: t.JobType,
+        device: str,
+        len: int,
+        offset: int,
+        speed: int,
+        error: str | None = None) -> None:
+    emitter.emit("BLOCK_JOB_COMPLETED", rt.members_to_wire((
+        ("type", type, False),
+        ("device", device, False),
+        ("len", len, False),
+        ("offset", offset, False),
+        ("speed", speed, False),
+        ("error", error, True),
+    )))
+
+
+def qapi_event_send_block_job_cancelled(
+        emitter: Any,
+        *,
+        type: t.JobType,
+        device: str,
+        len: int,
+        offset: int,
+        speed: int) -> None:
+    emitter.emit("BLOCK_JOB_CANCELLED", rt.members_to_wire((
+        ("type", type, False),
+        ("device", device, False),
+        ("len", len, False),
+        ("offset", offset, False),
+        ("speed", speed, False),
+    )))
+
+
+def qapi_event_send_block_job_error(
+        emitter: Any,
+        *,
+        device: str,
+        operation: t.IoOperationType,
+        action: t.BlockErrorAction) -> None:
+    emitter.emit("BLOCK_JOB_ERROR", rt.members_to_wire((
+        ("device", device, False),
+        ("operation", operation, False),
+        ("action", action, False),
+    )))
+
+
+def qapi_event_send_block_job_ready(
+        emitter: Any,
+        *,
+        type: t.JobType,
+        device: str,
+        len: int,
+        offset: int,
+        speed: int) -> None:
+    emitter.emit("BLOCK_JOB_READY", rt.members_to_wire((
+        ("type", type, False),
+        ("device", device, False),
+        ("len", len, False),
+        ("offset", offset, False),
+        ("speed", speed, False),
+    )))
+
+
+def qapi_event_send_block_job_pending(
+        emitter: Any,
+        *,
+        type: t.JobType,
+        id: str) -> None:
+    emitter.emit("BLOCK_JOB_PENDING", rt.members_to_wire((
+        ("type", type, False),
+        ("id", id, False),
+    )))
+
+
 def qapi_event_send_block_export_deleted(
         emitter: Any,
         *,
@@ -97,5 +174,10 @@ EVENTS: tuple[str, ...] = (
     "VSERPORT_CHANGE",
     "JOB_STATUS_CHANGE",
     "BLOCK_WRITE_THRESHOLD",
+    "BLOCK_JOB_COMPLETED",
+    "BLOCK_JOB_CANCELLED",
+    "BLOCK_JOB_ERROR",
+    "BLOCK_JOB_READY",
+    "BLOCK_JOB_PENDING",
     "BLOCK_EXPORT_DELETED",
 )

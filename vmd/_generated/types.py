@@ -388,6 +388,33 @@ class Qcow2CompressionType(enum.StrEnum):
     ZSTD = "zstd"
 
 
+class BlockdevOnError(enum.StrEnum):
+    REPORT = "report"
+    IGNORE = "ignore"
+    ENOSPC = "enospc"
+    STOP = "stop"
+    AUTO = "auto"
+
+
+class MirrorSyncMode(enum.StrEnum):
+    TOP = "top"
+    FULL = "full"
+    NONE = "none"
+    INCREMENTAL = "incremental"
+    BITMAP = "bitmap"
+
+
+class MirrorCopyMode(enum.StrEnum):
+    BACKGROUND = "background"
+    WRITE_BLOCKING = "write-blocking"
+
+
+class BlockErrorAction(enum.StrEnum):
+    IGNORE = "ignore"
+    REPORT = "report"
+    STOP = "stop"
+
+
 class BlockExportRemoveMode(enum.StrEnum):
     SAFE = "safe"
     HARD = "hard"
@@ -1779,6 +1806,47 @@ class BlockDirtyBitmap(rt.QAPIObject):
     _qapi_members: ClassVar[Members] = (
         ("node", "node", False),
         ("name", "name", False),
+    )
+
+
+class DriveMirror(rt.QAPIObject):
+    job_id: str | None
+    device: str
+    target: str
+    format: str | None
+    node_name: str | None
+    replaces: str | None
+    sync: MirrorSyncMode
+    mode: NewImageMode | None
+    speed: int | None
+    granularity: int | None
+    buf_size: int | None
+    on_source_error: BlockdevOnError | None
+    on_target_error: BlockdevOnError | None
+    unmap: bool | None
+    copy_mode: MirrorCopyMode | None
+    auto_finalize: bool | None
+    auto_dismiss: bool | None
+    __slots__ = ("job_id", "device", "target", "format", "node_name", "replaces", "sync", "mode", "speed", "granularity", "buf_size", "on_source_error", "on_target_error", "unmap", "copy_mode", "auto_finalize", "auto_dismiss", )
+    _qapi_fields: ClassVar[Fields] = ("job_id", "device", "target", "format", "node_name", "replaces", "sync", "mode", "speed", "granularity", "buf_size", "on_source_error", "on_target_error", "unmap", "copy_mode", "auto_finalize", "auto_dismiss", )
+    _qapi_members: ClassVar[Members] = (
+        ("job_id", "job-id", True),
+        ("device", "device", False),
+        ("target", "target", False),
+        ("format", "format", True),
+        ("node_name", "node-name", True),
+        ("replaces", "replaces", True),
+        ("sync", "sync", False),
+        ("mode", "mode", True),
+        ("speed", "speed", True),
+        ("granularity", "granularity", True),
+        ("buf_size", "buf-size", True),
+        ("on_source_error", "on-source-error", True),
+        ("on_target_error", "on-target-error", True),
+        ("unmap", "unmap", True),
+        ("copy_mode", "copy-mode", True),
+        ("auto_finalize", "auto-finalize", True),
+        ("auto_dismiss", "auto-dismiss", True),
     )
 
 
@@ -3518,6 +3586,190 @@ def members_q_obj_block_set_write_threshold_arg(obj: dict[str, Any], path: str, 
     return {
         "node_name": rt.member(obj, "node-name", path, seen, rt.visit_str),
         "write_threshold": rt.member(obj, "write-threshold", path, seen, rt.visit_uint64),
+    }
+
+
+def visit_BlockdevOnError(value: Any, name: str | None, path: str) -> BlockdevOnError:
+    return rt.visit_enum(value, name, path, BlockdevOnError)
+
+
+def visit_MirrorSyncMode(value: Any, name: str | None, path: str) -> MirrorSyncMode:
+    return rt.visit_enum(value, name, path, MirrorSyncMode)
+
+
+def visit_MirrorCopyMode(value: Any, name: str | None, path: str) -> MirrorCopyMode:
+    return rt.visit_enum(value, name, path, MirrorCopyMode)
+
+
+def visit_BlockErrorAction(value: Any, name: str | None, path: str) -> BlockErrorAction:
+    return rt.visit_enum(value, name, path, BlockErrorAction)
+
+
+def members_q_obj_block_commit_arg(obj: dict[str, Any], path: str, seen: set[str]) -> dict[str, Any]:
+    return {
+        "job_id": rt.member(obj, "job-id", path, seen, rt.visit_str, optional=True),
+        "device": rt.member(obj, "device", path, seen, rt.visit_str),
+        "base_node": rt.member(obj, "base-node", path, seen, rt.visit_str, optional=True),
+        "base": rt.member(obj, "base", path, seen, rt.visit_str, optional=True),
+        "top_node": rt.member(obj, "top-node", path, seen, rt.visit_str, optional=True),
+        "top": rt.member(obj, "top", path, seen, rt.visit_str, optional=True),
+        "backing_file": rt.member(obj, "backing-file", path, seen, rt.visit_str, optional=True),
+        "speed": rt.member(obj, "speed", path, seen, rt.visit_int, optional=True),
+        "on_error": rt.member(obj, "on-error", path, seen, visit_BlockdevOnError, optional=True),
+        "filter_node_name": rt.member(obj, "filter-node-name", path, seen, rt.visit_str, optional=True),
+        "auto_finalize": rt.member(obj, "auto-finalize", path, seen, rt.visit_bool, optional=True),
+        "auto_dismiss": rt.member(obj, "auto-dismiss", path, seen, rt.visit_bool, optional=True),
+    }
+
+
+def members_q_obj_block_stream_arg(obj: dict[str, Any], path: str, seen: set[str]) -> dict[str, Any]:
+    return {
+        "job_id": rt.member(obj, "job-id", path, seen, rt.visit_str, optional=True),
+        "device": rt.member(obj, "device", path, seen, rt.visit_str),
+        "base": rt.member(obj, "base", path, seen, rt.visit_str, optional=True),
+        "base_node": rt.member(obj, "base-node", path, seen, rt.visit_str, optional=True),
+        "backing_file": rt.member(obj, "backing-file", path, seen, rt.visit_str, optional=True),
+        "bottom": rt.member(obj, "bottom", path, seen, rt.visit_str, optional=True),
+        "speed": rt.member(obj, "speed", path, seen, rt.visit_int, optional=True),
+        "on_error": rt.member(obj, "on-error", path, seen, visit_BlockdevOnError, optional=True),
+        "filter_node_name": rt.member(obj, "filter-node-name", path, seen, rt.visit_str, optional=True),
+        "auto_finalize": rt.member(obj, "auto-finalize", path, seen, rt.visit_bool, optional=True),
+        "auto_dismiss": rt.member(obj, "auto-dismiss", path, seen, rt.visit_bool, optional=True),
+    }
+
+
+def members_DriveMirror(obj: dict[str, Any], path: str, seen: set[str]) -> dict[str, Any]:
+    return {
+        "job_id": rt.member(obj, "job-id", path, seen, rt.visit_str, optional=True),
+        "device": rt.member(obj, "device", path, seen, rt.visit_str),
+        "target": rt.member(obj, "target", path, seen, rt.visit_str),
+        "format": rt.member(obj, "format", path, seen, rt.visit_str, optional=True),
+        "node_name": rt.member(obj, "node-name", path, seen, rt.visit_str, optional=True),
+        "replaces": rt.member(obj, "replaces", path, seen, rt.visit_str, optional=True),
+        "sync": rt.member(obj, "sync", path, seen, visit_MirrorSyncMode),
+        "mode": rt.member(obj, "mode", path, seen, visit_NewImageMode, optional=True),
+        "speed": rt.member(obj, "speed", path, seen, rt.visit_int, optional=True),
+        "granularity": rt.member(obj, "granularity", path, seen, rt.visit_uint32, optional=True),
+        "buf_size": rt.member(obj, "buf-size", path, seen, rt.visit_int, optional=True),
+        "on_source_error": rt.member(obj, "on-source-error", path, seen, visit_BlockdevOnError, optional=True),
+        "on_target_error": rt.member(obj, "on-target-error", path, seen, visit_BlockdevOnError, optional=True),
+        "unmap": rt.member(obj, "unmap", path, seen, rt.visit_bool, optional=True),
+        "copy_mode": rt.member(obj, "copy-mode", path, seen, visit_MirrorCopyMode, optional=True),
+        "auto_finalize": rt.member(obj, "auto-finalize", path, seen, rt.visit_bool, optional=True),
+        "auto_dismiss": rt.member(obj, "auto-dismiss", path, seen, rt.visit_bool, optional=True),
+    }
+
+
+def visit_DriveMirror(value: Any, name: str | None, path: str) -> DriveMirror:
+    return rt.visit_struct(value, path, members_DriveMirror, DriveMirror)
+
+
+def members_q_obj_blockdev_mirror_arg(obj: dict[str, Any], path: str, seen: set[str]) -> dict[str, Any]:
+    return {
+        "job_id": rt.member(obj, "job-id", path, seen, rt.visit_str, optional=True),
+        "device": rt.member(obj, "device", path, seen, rt.visit_str),
+        "target": rt.member(obj, "target", path, seen, rt.visit_str),
+        "replaces": rt.member(obj, "replaces", path, seen, rt.visit_str, optional=True),
+        "sync": rt.member(obj, "sync", path, seen, visit_MirrorSyncMode),
+        "speed": rt.member(obj, "speed", path, seen, rt.visit_int, optional=True),
+        "granularity": rt.member(obj, "granularity", path, seen, rt.visit_uint32, optional=True),
+        "buf_size": rt.member(obj, "buf-size", path, seen, rt.visit_int, optional=True),
+        "on_source_error": rt.member(obj, "on-source-error", path, seen, visit_BlockdevOnError, optional=True),
+        "on_target_error": rt.member(obj, "on-target-error", path, seen, visit_BlockdevOnError, optional=True),
+        "filter_node_name": rt.member(obj, "filter-node-name", path, seen, rt.visit_str, optional=True),
+        "copy_mode": rt.member(obj, "copy-mode", path, seen, visit_MirrorCopyMode, optional=True),
+        "auto_finalize": rt.member(obj, "auto-finalize", path, seen, rt.visit_bool, optional=True),
+        "auto_dismiss": rt.member(obj, "auto-dismiss", path, seen, rt.visit_bool, optional=True),
+    }
+
+
+def members_q_obj_block_job_set_speed_arg(obj: dict[str, Any], path: str, seen: set[str]) -> dict[str, Any]:
+    return {
+        "device": rt.member(obj, "device", path, seen, rt.visit_str),
+        "speed": rt.member(obj, "speed", path, seen, rt.visit_int),
+    }
+
+
+def members_q_obj_block_job_cancel_arg(obj: dict[str, Any], path: str, seen: set[str]) -> dict[str, Any]:
+    return {
+        "device": rt.member(obj, "device", path, seen, rt.visit_str),
+        "force": rt.member(obj, "force", path, seen, rt.visit_bool, optional=True),
+    }
+
+
+def members_q_obj_block_job_pause_arg(obj: dict[str, Any], path: str, seen: set[str]) -> dict[str, Any]:
+    return {
+        "device": rt.member(obj, "device", path, seen, rt.visit_str),
+    }
+
+
+def members_q_obj_block_job_resume_arg(obj: dict[str, Any], path: str, seen: set[str]) -> dict[str, Any]:
+    return {
+        "device": rt.member(obj, "device", path, seen, rt.visit_str),
+    }
+
+
+def members_q_obj_block_job_complete_arg(obj: dict[str, Any], path: str, seen: set[str]) -> dict[str, Any]:
+    return {
+        "device": rt.member(obj, "device", path, seen, rt.visit_str),
+    }
+
+
+def members_q_obj_block_job_dismiss_arg(obj: dict[str, Any], path: str, seen: set[str]) -> dict[str, Any]:
+    return {
+        "id": rt.member(obj, "id", path, seen, rt.visit_str),
+    }
+
+
+def members_q_obj_block_job_finalize_arg(obj: dict[str, Any], path: str, seen: set[str]) -> dict[str, Any]:
+    return {
+        "id": rt.member(obj, "id", path, seen, rt.visit_str),
+    }
+
+
+def members_q_obj_BLOCK_JOB_COMPLETED_arg(obj: dict[str, Any], path: str, seen: set[str]) -> dict[str, Any]:
+    return {
+        "type": rt.member(obj, "type", path, seen, visit_JobType),
+        "device": rt.member(obj, "device", path, seen, rt.visit_str),
+        "len": rt.member(obj, "len", path, seen, rt.visit_int),
+        "offset": rt.member(obj, "offset", path, seen, rt.visit_int),
+        "speed": rt.member(obj, "speed", path, seen, rt.visit_int),
+        "error": rt.member(obj, "error", path, seen, rt.visit_str, optional=True),
+    }
+
+
+def members_q_obj_BLOCK_JOB_CANCELLED_arg(obj: dict[str, Any], path: str, seen: set[str]) -> dict[str, Any]:
+    return {
+        "type": rt.member(obj, "type", path, seen, visit_JobType),
+        "device": rt.member(obj, "device", path, seen, rt.visit_str),
+        "len": rt.member(obj, "len", path, seen, rt.visit_int),
+        "offset": rt.member(obj, "offset", path, seen, rt.visit_int),
+        "speed": rt.member(obj, "speed", path, seen, rt.visit_int),
+    }
+
+
+def members_q_obj_BLOCK_JOB_ERROR_arg(obj: dict[str, Any], path: str, seen: set[str]) -> dict[str, Any]:
+    return {
+        "device": rt.member(obj, "device", path, seen, rt.visit_str),
+        "operation": rt.member(obj, "operation", path, seen, visit_IoOperationType),
+        "action": rt.member(obj, "action", path, seen, visit_BlockErrorAction),
+    }
+
+
+def members_q_obj_BLOCK_JOB_READY_arg(obj: dict[str, Any], path: str, seen: set[str]) -> dict[str, Any]:
+    return {
+        "type": rt.member(obj, "type", path, seen, visit_JobType),
+        "device": rt.member(obj, "device", path, seen, rt.visit_str),
+        "len": rt.member(obj, "len", path, seen, rt.visit_int),
+        "offset": rt.member(obj, "offset", path, seen, rt.visit_int),
+        "speed": rt.member(obj, "speed", path, seen, rt.visit_int),
+    }
+
+
+def members_q_obj_BLOCK_JOB_PENDING_arg(obj: dict[str, Any], path: str, seen: set[str]) -> dict[str, Any]:
+    return {
+        "type": rt.member(obj, "type", path, seen, visit_JobType),
+        "id": rt.member(obj, "id", path, seen, rt.visit_str),
     }
 
 

@@ -222,8 +222,3 @@ async def qmp_blockdev_snapshot_sync(ctx: Any, device: str | None, node_name: st
     except BaseException:
         await graph.close_tree(overlay)
         raise
-
-
-def qmp_query_block_jobs(ctx: Any) -> list[Any]:
-    # Block jobs (commit, stream, mirror, backup) come with the jobs issue.
-    return []

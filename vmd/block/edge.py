@@ -62,6 +62,11 @@ class RootHolder:
     def child_changed(self, edge: Edge) -> None:
         """The edge now points at another node (after a replacement)."""
 
+    def blocker(self) -> str | None:
+        """Why other operations on the node are refused while this user
+        holds it (QEMU's op blocker: a block job's), or None."""
+        return None
+
 
 class Edge:
     """One parent-to-child link with its permissions."""

@@ -151,7 +151,7 @@ class BlockGraph:
         node = self._nodes.get(node_name)
         if node is None:
             raise QMPError(f"Failed to find node with node-name='{node_name}'")
-        if any(isinstance(edge.parent, RootHolder) for edge in node.parents):
+        if any(isinstance(edge.parent, RootHolder) and edge.parent.blocker() is None for edge in node.parents):
             raise QMPError(f"Node {node_name} is in use")
         check_not_backing(node)
         if node not in self.owned:
@@ -196,7 +196,12 @@ class BlockGraph:
 
 
 def check_not_backing(node: BlockNode) -> None:
-    """QEMU's op blocker on a backing node (``Node 'x' is busy: ...``)."""
+    """QEMU's op blockers (``Node 'x' is busy: ...``): a block job's (the
+    newest, so QEMU reports it first), then a backing node's."""
+    for edge in reversed(node.parents):
+        reason = edge.parent.blocker() if isinstance(edge.parent, RootHolder) else None
+        if reason is not None:
+            raise QMPError(f"Node '{node.node_name}' is busy: {reason}")
     for edge in node.parents:
         if edge.role & Role.COW and not isinstance(edge.parent, RootHolder):
             raise QMPError(f"Node '{node.node_name}' is busy: node is used as backing hd of "

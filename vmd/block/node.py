@@ -161,6 +161,28 @@ class BlockNode:
     async def _co_make_read_only(self) -> None:
         """Hook: what a driver does before it stops writing."""
 
+    async def reopen_read_write(self) -> None:
+        """Become writable (a commit's base), with the children that
+        inherit from this node, children first; permissions are then
+        refreshed by the caller. Raises QMPError (nothing changed on the
+        node that failed)."""
+        nodes: list[BlockNode] = []
+        stack: list[BlockNode] = [self]
+        while stack:
+            node = stack.pop()
+            nodes.append(node)
+            stack.extend(edge.child for edge in node.children.values()
+                         if not edge.role & Role.COW and edge.child.opened_inline
+                         and len(edge.child.parents) == 1)
+        for node in reversed(nodes):
+            if node.read_only:
+                await node._co_make_writable()
+                node.read_only = False
+
+    async def _co_make_writable(self) -> None:
+        """Hook: what a driver does before it may write (a file reopens
+        its descriptor read-write)."""
+
     # -- I/O -------------------------------------------------------------------
 
     async def read(self, offset: int, buf: memoryview) -> None:

@@ -1,4 +1,8 @@
-"""QMP commands for jobs (job.json; QEMU's job-qmp.c)."""
+"""QMP commands for jobs (job.json; QEMU's job-qmp.c).
+
+``job-cancel`` and ``job-finalize`` wait until the completion work they
+start is done, so that their events come before their reply as in QEMU.
+"""
 
 from __future__ import annotations
 
@@ -20,16 +24,18 @@ def qmp_job_resume(ctx: Any, id: str) -> None:
     ctx.daemon.jobs.find(id).user_resume()
 
 
-def qmp_job_cancel(ctx: Any, id: str) -> None:
+async def qmp_job_cancel(ctx: Any, id: str) -> None:
     ctx.daemon.jobs.find(id).user_cancel(True)
+    await ctx.daemon.jobs.settle()
 
 
 def qmp_job_complete(ctx: Any, id: str) -> None:
     ctx.daemon.jobs.find(id).user_complete()
 
 
-def qmp_job_finalize(ctx: Any, id: str) -> None:
+async def qmp_job_finalize(ctx: Any, id: str) -> None:
     ctx.daemon.jobs.find(id).finalize()
+    await ctx.daemon.jobs.settle()
 
 
 def qmp_job_dismiss(ctx: Any, id: str) -> None:

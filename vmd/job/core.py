@@ -20,8 +20,8 @@ import asyncio
 import errno
 import logging
 import os
-from collections.abc import Callable
-from typing import TYPE_CHECKING, ClassVar
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from vmd._generated import events
 from vmd._generated.types import JobInfo, JobStatus, JobType, JobVerb
@@ -136,10 +136,14 @@ class Job:
         self.pause_count = 1       # released by start()
         self.user_paused = False
         self.paused = True
+        #: Set while the job is parked (not busy): a drained section waits on it.
+        self._parked = asyncio.Event()
         self.busy = False
         self.cancelled = False
         self.force_cancel = False
         self.deferred_to_main_loop = False
+        self._finalizing = False
+        self._timer_pending = False
         self.task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._done = asyncio.Event()
@@ -187,6 +191,25 @@ class Job:
         """Its run is over (job_is_completed: waiting and later)."""
         return self.status in (S.WAITING, S.PENDING, S.ABORTING,
                                S.CONCLUDED, S.NULL)
+
+    @property
+    def busy(self) -> bool:
+        """Inside its own work; False while parked in sleep/yield/pause."""
+        return not self._parked.is_set()
+
+    @busy.setter
+    def busy(self, value: bool) -> None:
+        if value:
+            self._parked.clear()
+        else:
+            self._parked.set()
+
+    async def wait_parked(self) -> None:
+        """Return once the job is parked or its run is over (the part of
+        QEMU's drained_poll a job answers)."""
+        while self.busy and self.task is not None and not self.task.done() \
+                and not self.deferred_to_main_loop:
+            await self._parked.wait()
 
     def should_pause(self) -> bool:
         return self.pause_count > 0
@@ -250,8 +273,15 @@ class Job:
             return
         self._wake.set()
 
+    def enter_if_sleeping(self) -> None:
+        """Wake the job only from a timed sleep (job_enter_cond with
+        job_timer_pending): a paused job stays paused."""
+        if self._timer_pending:
+            self.enter()
+
     async def _yield(self, timeout: float | None = None) -> None:
         self.busy = False
+        self._timer_pending = timeout is not None
         try:
             if timeout is None:
                 await self._wake.wait()
@@ -261,6 +291,7 @@ class Job:
                 except TimeoutError:
                     pass
         finally:
+            self._timer_pending = False
             self._wake.clear()
             self.busy = True
 
@@ -357,18 +388,27 @@ class Job:
             return
         self._cancel_async(force)
         if not self.started():
-            self._completed()
+            self._spawn(self._completed())
         elif self.deferred_to_main_loop:
             if self.is_cancelled():
-                self._completed_txn_abort()
+                self._spawn(self._completed_txn_abort())
         else:
             self.enter()
 
     # ---- completion (main-loop side) -------------------------------------
+    #
+    # QEMU finalizes under the big lock in one go. vmd's hooks may await
+    # (graph changes run in drained sections, images are rewritten), so the
+    # completion steps run as a task of the registry; the commands that
+    # start them (job-finalize, job-cancel, ...) wait until the registry has
+    # settled, so their events still come before their reply, as in QEMU.
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        self.registry.spawn(work)
 
     def _exit(self) -> None:
         self.busy = False
-        self._completed()
+        self._spawn(self._completed())
 
     def _update_rc(self) -> int:
         if not self.ret and self.is_cancelled():
@@ -379,28 +419,28 @@ class Job:
             self.state_transition(S.ABORTING)
         return self.ret
 
-    def _completed(self) -> None:
+    async def _completed(self) -> None:
         if self.is_completed():
             return
         if self._update_rc():
-            self._completed_txn_abort()
+            await self._completed_txn_abort()
         else:
-            self._completed_txn_success()
+            await self._completed_txn_success()
 
-    def _completed_txn_success(self) -> None:
+    async def _completed_txn_success(self) -> None:
         self.state_transition(S.WAITING)
         if not all(job.is_completed() for job in self.txn.jobs):
             return
         self.txn.apply(Job._transition_to_pending)
         if not self.txn.apply(lambda job: int(not job.auto_finalize)):
-            self._do_finalize()
+            await self._do_finalize()
 
     def _transition_to_pending(self) -> None:
         self.state_transition(S.PENDING)
         if not self.auto_finalize:
             self.event_pending()
 
-    def _completed_txn_abort(self) -> None:
+    async def _completed_txn_abort(self) -> None:
         """Fail the transaction: force-cancel the others, finalize all.
 
         QEMU waits here for still-running members (job_finish_sync); vmd
@@ -415,36 +455,45 @@ class Job:
                     other.enter()
         for other in list(txn.jobs):
             if other.is_completed() or not other.started():
-                other._finalize_single()
+                await other._finalize_single()
 
-    def _prepare(self) -> int:
+    async def _prepare(self) -> int:
         if self.ret == 0:
             try:
-                self.prepare()
+                await self.prepare()
             except Exception as exc:
+                log.debug("job %s: prepare failed", self.id, exc_info=True)
                 self.ret = -(getattr(exc, "errno", None) or errno.EIO)
                 self.error = error_text(exc)
         return self.ret
 
-    def _do_finalize(self) -> None:
-        if self.txn.apply(Job._prepare):
-            self._completed_txn_abort()
-        else:
-            self.txn.apply(Job._finalize_single)
+    async def _do_finalize(self) -> None:
+        for job in list(self.txn.jobs):
+            if await job._prepare():
+                await self._completed_txn_abort()
+                return
+        for job in list(self.txn.jobs):
+            await job._finalize_single()
 
     def finalize(self) -> None:
         """job-finalize: finalize the whole (pending) transaction."""
         self.apply_verb(JobVerb.FINALIZE)
-        self._do_finalize()
+        self._spawn(self._do_finalize())
 
-    def _finalize_single(self) -> None:
+    async def _finalize_single(self) -> None:
+        if self._finalizing:
+            return
+        self._finalizing = True
         self._update_rc()   # late failures (prepare, cancel) abort
         assert self.is_completed()
-        if self.ret == 0:
-            self.commit()
-        else:
-            self.abort()
-        self.clean()
+        try:
+            if self.ret == 0:
+                await self.commit()
+            else:
+                await self.abort()
+            await self.clean()
+        except Exception:  # QEMU's commit/abort/clean cannot fail
+            log.exception("job %s: finalizing failed", self.id)
         if self.started():
             if self.is_cancelled():
                 self.event_cancelled()
@@ -480,16 +529,16 @@ class Job:
 
     # ---- hooks for subclasses --------------------------------------------
 
-    def prepare(self) -> None:
+    async def prepare(self) -> None:
         """Before commit; raising fails the whole transaction."""
 
-    def commit(self) -> None:
+    async def commit(self) -> None:
         """The job succeeded: apply its graph changes."""
 
-    def abort(self) -> None:
+    async def abort(self) -> None:
         """The job failed or was cancelled: undo what it did."""
 
-    def clean(self) -> None:
+    async def clean(self) -> None:
         """After commit or abort, in both cases."""
 
     def complete(self) -> None:

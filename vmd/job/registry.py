@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import asyncio
+from collections.abc import Coroutine, Iterator
 from typing import Any
 
 from vmd._generated.types import JobInfo, JobStatus
@@ -16,6 +17,20 @@ class JobRegistry:
     def __init__(self, emitter: Any) -> None:
         self.emitter = emitter
         self._jobs: list[Job] = []
+        #: Completion work under way (finalize, abort), see Job._spawn.
+        self._finalizing: set[asyncio.Task[None]] = set()
+
+    def spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run a job's completion steps as a task of the registry."""
+        task = asyncio.get_running_loop().create_task(work)
+        self._finalizing.add(task)
+        task.add_done_callback(self._finalizing.discard)
+
+    async def settle(self) -> None:
+        """Wait until no completion work is under way (the commands that
+        start it reply after its events, as QEMU's)."""
+        while self._finalizing:
+            await asyncio.gather(*list(self._finalizing), return_exceptions=True)
 
     def add(self, job: Job) -> None:
         # QEMU inserts at the head of its list: newest first in query-jobs

@@ -24,6 +24,7 @@ HANDLER_MODULES = (
     "vmd.block.threshold",
     "vmd.block.create",
     "vmd.block.nbd.commands",
+    "vmd.block.jobs.commands",
     "vmd.job.commands",
 )
 

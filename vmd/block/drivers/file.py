@@ -161,6 +161,24 @@ class FileNode(BlockNode):
     def filename(self) -> str:
         return self.path
 
+    async def _co_make_writable(self) -> None:
+        """Reopen read-write (a commit's base): a new descriptor takes over
+        the lock bytes held, then the old one closes (dropping its own)."""
+        fd, _size, _align, _mem_align, _ro = await aio.run(
+            _open_file, self.path, False, self.direct, False)
+        old, self.fd = self.fd, fd
+        held = self._locked_perm, self._locked_shared
+        self._locked_perm = self._locked_shared = 0
+        try:
+            self._apply_lock_bytes(held[0], held[1], unlock=False)
+        except BaseException:
+            self.fd = old
+            self._locked_perm, self._locked_shared = held
+            os.close(fd)
+            raise
+        if old >= 0:
+            os.close(old)
+
     # -- locking ------------------------------------------------------------------
 
     def check_perm(self, perm: Perm, shared: Perm) -> None:
