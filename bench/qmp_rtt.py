@@ -152,19 +152,22 @@ def rss_mib(pid: int) -> float:
 # --- metrics ---------------------------------------------------------------
 
 
-def start_up(server: Server, tmp: Path, timeout: float) -> tuple[float, float]:
-    """Seconds from spawn to the complete greeting, and to the first command reply.
+def start_up(server: Server, tmp: Path, timeout: float) -> tuple[float, float, float]:
+    """Seconds from spawn to the greeting, to the capabilities reply, to a query-status reply.
 
     This is the cost a test suite or management tool pays every time it
-    launches a daemon.  The second number matters because a server may greet
+    launches a daemon.  The later numbers matter because a server may greet
     before it can execute commands (vmd greets from an early thread while the
-    rest of it is still importing); a client needs both before doing any work.
+    rest of it is still importing); a client needs all three before doing any
+    work, and ``query-status`` is the first command that is not negotiation.
     """
     with contextlib.ExitStack() as cleanup:
         daemon = spawn(server, tmp / "start.sock", tmp / f"{server.label}-start.log",
                        timeout, cleanup)
         daemon.client.command(b'{"execute":"qmp_capabilities"}')
-        return daemon.greeting_s, time.perf_counter() - daemon.started
+        ready_s = time.perf_counter() - daemon.started
+        daemon.client.command(QUERY)
+        return daemon.greeting_s, ready_s, time.perf_counter() - daemon.started
 
 
 def round_trips(daemon: Daemon, duration: float) -> tuple[float, float, float]:
@@ -226,26 +229,32 @@ def burst(daemon: Daemon, requests: int) -> float:
 # --- driver ----------------------------------------------------------------
 
 
-def find_servers(args: argparse.Namespace) -> tuple[Server, Server | None, Server | None]:
-    """The vmd module launcher, the vmd console script (if installed) and QEMU (if found)."""
+def find_servers(args: argparse.Namespace) -> tuple[Server, Server | None, Server | None, Server]:
+    """The vmd module launcher, the vmd console script (if installed), QEMU (if found),
+    and the floor: a minimal uvloop server (``qmp_floor.py``) started the same way as vmd."""
     env = dict(os.environ, PYTHONPATH=str(REPO))
+    # The warm-up start writes vmd's .pyc files, as any user's first start
+    # (or pip install) does; an environment that forbids it would time the
+    # compiler on every start instead of vmd.
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
     vmd = Server("vmd", [sys.executable, "-m", "vmd"], env)
     script_path = shutil.which("vmd") or str(REPO / ".venv" / "bin" / "vmd")
     script = Server("vmd-script", [script_path], env) if os.access(script_path, os.X_OK) else None
     qemu_path = shutil.which(args.qemu)
     qemu = (Server("qemu", [qemu_path, "-M", "none", "-nodefaults", "-display", "none"])
             if qemu_path else None)
-    return vmd, script, qemu
+    floor = Server("floor", [sys.executable, str(Path(__file__).resolve().parent / "qmp_floor.py")])
+    return vmd, script, qemu, floor
 
 
 def run(args: argparse.Namespace, notes: list[str]) -> list[Metric]:
-    vmd, script, qemu = find_servers(args)
+    vmd, script, qemu, floor = find_servers(args)
     if qemu is None:
         notes.append(f"{args.qemu} not found: running vmd alone")
         print(f"warning: {args.qemu} not found; running vmd alone", file=sys.stderr)
     if script is None:
         notes.append("no installed 'vmd' console script found; skipped its start-up time")
-    servers = {s.label: s for s in (vmd, script, qemu) if s is not None}
+    servers = {s.label: s for s in (vmd, script, qemu, floor) if s is not None}
     main_labels = [s.label for s in (vmd, qemu) if s is not None]
     progress = progress_printer(args.quiet)
 
@@ -253,6 +262,9 @@ def run(args: argparse.Namespace, notes: list[str]) -> list[Metric]:
              "vmd-script": Metric("start-to-greeting (vmd script)", "ms", ".1f")}
     ready = {"vmd": Metric("start-to-capabilities reply", "ms", ".1f"),
              "vmd-script": Metric("start-to-caps reply (vmd script)", "ms", ".1f")}
+    first = {"vmd": Metric("start-to-first query-status reply", "ms", ".1f"),
+             "vmd-script": Metric("start-to-query-status (vmd script)", "ms", ".1f"),
+             "floor": Metric("start-to-query-status (uvloop floor)", "ms", ".1f")}
     rtt = Metric("query-status round trips/s", "1/s", ".0f")
     server_cpu = Metric("server CPU during RTT", "%", ".0f")
     client_cpu = Metric("client CPU during RTT", "%", ".0f")
@@ -266,14 +278,17 @@ def run(args: argparse.Namespace, notes: list[str]) -> list[Metric]:
         for server in servers.values():  # warm-up: page cache, .pyc files
             start_up(server, tmp, args.timeout)
         for _, label in interleaved(list(servers), args.starts):
-            greeting_s, ready_s = start_up(servers[label], tmp, args.timeout)
-            # QEMU's samples go to the "vmd" rows; the script rows share them below.
+            greeting_s, ready_s, first_s = start_up(servers[label], tmp, args.timeout)
+            # QEMU's samples go to the "vmd" rows; the script and floor rows share them below.
             row, column = ("vmd", "qemu") if label == "qemu" else (label, "vmd")
-            greet[row].add(column, greeting_s * 1000)
-            ready[row].add(column, ready_s * 1000)
-        for metric in (greet, ready):
-            if "qemu" in metric["vmd"].samples:
-                metric["vmd-script"].samples["qemu"] = metric["vmd"].samples["qemu"]
+            first[row].add(column, first_s * 1000)
+            if label != "floor":
+                greet[row].add(column, greeting_s * 1000)
+                ready[row].add(column, ready_s * 1000)
+        for metric in (greet, ready, first):
+            for row in metric:
+                if row != "vmd" and "qemu" in metric["vmd"].samples:
+                    metric[row].samples["qemu"] = metric["vmd"].samples["qemu"]
 
         daemons = {label: spawn(servers[label], tmp / f"{label}.sock", tmp / f"{label}.log",
                                 args.timeout, cleanup) for label in main_labels}
@@ -294,9 +309,9 @@ def run(args: argparse.Namespace, notes: list[str]) -> list[Metric]:
         for _, label in interleaved(main_labels, args.rounds):
             burst_rate.add(label, burst(daemons[label], args.burst))
 
-    metrics = [rtt, burst_rate, greet["vmd"], ready["vmd"]]
+    metrics = [rtt, burst_rate, greet["vmd"], ready["vmd"], first["vmd"], first["floor"]]
     if script is not None:
-        metrics += [greet["vmd-script"], ready["vmd-script"]]
+        metrics += [greet["vmd-script"], ready["vmd-script"], first["vmd-script"]]
     return [*metrics, rss, server_cpu, client_cpu]
 
 

@@ -14,35 +14,60 @@ Each type T gets ``visit_T(value, name, path)`` (see vmd.qapi_runtime);
 object types also get ``members_T(obj, path, seen)``, which visits the
 members in schema order into a dict keyed by Python member names.  The
 command marshallers reuse these for their argument lists.
+
+All of it goes to ``types_<module>.py``, one per schema file (see
+qapi/modules.py); ``types.py`` names every type and loads its module on
+first use, so ``from vmd._generated.types import RunState`` imports only
+the run-state types.
 """
 
 from __future__ import annotations
 
 import json
+import re
 
 from .common import py_enum_member, py_member, py_type
 from .gen import QAPIGenPython, annotation, visitor_name
+from .modules import check_acyclic, import_lines, imports_of, module_of, owners
 from .schema import (
     QAPISchema,
     QAPISchemaAlternateType,
     QAPISchemaArrayType,
+    QAPISchemaEntity,
     QAPISchemaEnumType,
     QAPISchemaMember,
     QAPISchemaObjectType,
     QAPISchemaVariants,
 )
 
-_IMPORTS = '''\
+
+def _header(body: str, imports: str) -> str:
+    """The imports a module's ``body`` needs, and its own type aliases."""
+    words = set(re.findall(r"\w+", body))
+    aliases = "Members" in words
+    typing_names = [name for name in ("Any", "ClassVar", "TypeAlias")
+                    if name in words or (aliases and name == "TypeAlias")]
+    lines = ["from __future__ import annotations\n\n"]
+    if "enum.StrEnum" in body:
+        lines.append("import enum\n")
+    lines.append(f"from typing import {', '.join(typing_names)}\n\n")
+    lines.append("from vmd import qapi_runtime as rt\n")
+    lines.append(("\n" + imports) if imports else "")
+    if aliases:
+        lines.append("\nMembers: TypeAlias = tuple[tuple[str, str, bool], ...]\n"
+                     "Fields: TypeAlias = tuple[str, ...]\n")
+    return "".join(lines)
+
+
+_FACADE_IMPORTS = '''\
 from __future__ import annotations
 
-import enum
-from typing import Any, ClassVar, TypeAlias
+from typing import TYPE_CHECKING
 
 from vmd import qapi_runtime as rt
-
-Members: TypeAlias = tuple[tuple[str, str, bool], ...]
-Fields: TypeAlias = tuple[str, ...]
 '''
+
+SECTIONS = ("enums", "classes", "aliases", "visitors", "tables")
 
 
 def q(text: str) -> str:
@@ -61,23 +86,19 @@ def is_class(typ: QAPISchemaObjectType) -> bool:
 
 
 class TypesGenerator:
-    """Builds types.py section by section (classes must precede users)."""
+    """Builds the types modules section by section (classes precede users)."""
 
     def __init__(self, schema: QAPISchema, schema_name: str) -> None:
         self.schema = schema
-        self.gen = QAPIGenPython(
-            "types.py", schema_name,
-            "QAPI types and their input visitors (see qapi/gen_types.py).")
-        self.enums: list[str] = []
-        self.classes: list[str] = []
-        self.aliases: list[str] = []
-        self.visitors: list[str] = []
-        self.tables: list[str] = []
+        self.schema_name = schema_name
+        self.sections: dict[str, dict[str, list[str]]] = {}
+        self.module = ""
 
-    def generate(self) -> QAPIGenPython:
-        """Produce the module."""
+    def generate(self) -> list[QAPIGenPython]:
+        """Produce ``types.py`` and one ``types_<module>.py`` per module."""
         done: set[str] = set()
         for ent in self.schema.entities:
+            self._enter(ent)
             if isinstance(ent, QAPISchemaEnumType):
                 self._enum(ent)
             elif isinstance(ent, QAPISchemaObjectType):
@@ -86,12 +107,55 @@ class TypesGenerator:
                 self._alternate(ent)
             elif isinstance(ent, QAPISchemaArrayType):
                 self._array(ent)
-        self.gen.add(_IMPORTS)
-        for section in (self.enums, self.classes, self.aliases,
-                        self.visitors, self.tables):
-            for chunk in section:
-                self.gen.add("\n\n" + chunk)
-        return self.gen
+        bodies = {module: "".join("\n\n" + chunk for name in SECTIONS
+                                  for chunk in sections[name])
+                  for module, sections in self.sections.items()}
+        owner = owners(bodies)
+        graph = {module: imports_of(text, module, owner)
+                 for module, text in bodies.items()}
+        check_acyclic(graph)
+        modules = [self._module(module, bodies[module], graph[module])
+                   for module in sorted(bodies)]
+        return [self._facade(owner)] + modules
+
+    def _enter(self, ent: QAPISchemaEntity) -> None:
+        """Direct the chunks that follow to the module of ``ent``."""
+        self.module = module_of(ent)
+
+    def _add(self, section: str, chunk: str) -> None:
+        module = self.sections.setdefault(
+            self.module, {name: [] for name in SECTIONS})
+        module[section].append(chunk)
+
+    def _module(self, module: str, body: str,
+                imports: dict[str, list[str]]) -> QAPIGenPython:
+        gen = QAPIGenPython(
+            f"types_{module}.py", self.schema_name,
+            f"QAPI types of schema module {module} (see qapi/gen_types.py).")
+        gen.add(_header(body, import_lines(imports, "types_")) + body)
+        return gen
+
+    def _facade(self, owner: dict[str, str]) -> QAPIGenPython:
+        """``types.py``: every name, loaded from its module on first use."""
+        gen = QAPIGenPython(
+            "types.py", self.schema_name,
+            "QAPI types and their input visitors (see qapi/gen_types.py).\n\n"
+            "Each name is loaded from its schema module's types_<module>.py\n"
+            "the first time it is used.")
+        public = {name: module for name, module in sorted(owner.items())
+                  if not name.startswith("_")}
+        by_module: dict[str, list[str]] = {}
+        for name, module in public.items():
+            by_module.setdefault(module, []).append(name)
+        checked = import_lines(dict(sorted(by_module.items())), "types_").replace("\n", "\n    ")
+        rows = "".join(f"    {q(name)}: {q(module)},\n"
+                       for name, module in public.items())
+        gen.add(_FACADE_IMPORTS + "\nif TYPE_CHECKING:\n    "
+                + checked.rstrip(" ")
+                + f"\n_MODULES: dict[str, str] = {{\n{rows}}}\n"
+                + "\n__getattr__ = rt.lazy_module_attributes(\n"
+                + "    __name__, \"types_\", _MODULES, globals())\n")
+        return gen
 
     # ---- enums -------------------------------------------------------------
 
@@ -102,8 +166,9 @@ class TypesGenerator:
                   for m in typ.members]
         if not typ.members:
             lines.append("    pass\n")
-        self.enums.append("".join(lines))
-        self.visitors.append(
+        self._add("enums", "".join(lines))
+        self._add(
+            "visitors",
             f"def visit_{name}(value: Any, name: str | None, "
             f"path: str) -> {name}:\n"
             f"    return rt.visit_enum(value, name, path, {name})\n")
@@ -118,12 +183,13 @@ class TypesGenerator:
         done.add(typ.name)
         if typ.base is not None:
             self._object_in_order(typ.base, done)
+        self._enter(typ)
         self._object(typ)
 
     def _object(self, typ: QAPISchemaObjectType) -> None:
         if is_class(typ):
-            self.classes.append(self._class(typ))
-        self.visitors.append(self._members_func(typ))
+            self._add("classes", self._class(typ))
+        self._add("visitors", self._members_func(typ))
         if not is_class(typ):
             return
         name = py_type(typ.name)
@@ -137,8 +203,8 @@ class TypesGenerator:
             body = (f"    return rt.visit_union(\n"
                     f"        value, path, {members_func(typ)}, {q(tag)},\n"
                     f"        _{name}_BRANCHES, {name})\n")
-            self.tables.append(self._branch_table(name, typ.variants))
-        self.visitors.append(head + body)
+            self._add("tables", self._branch_table(name, typ.variants))
+        self._add("visitors", head + body)
 
     def _class(self, typ: QAPISchemaObjectType) -> str:
         """The class; own members only, the rest is inherited."""
@@ -229,11 +295,12 @@ class TypesGenerator:
     def _alternate(self, typ: QAPISchemaAlternateType) -> None:
         name = py_type(typ.name)
         anns = " | ".join(annotation(v.resolved()) for v in typ.variants)
-        self.aliases.append(f"{name}: TypeAlias = {q(anns)}\n")
+        self._add("aliases", f"{name}: TypeAlias = {q(anns)}\n")
         rows = "".join(
             f"            {q(v.resolved().alternate_qtype() or '')}: "
             f"{visitor_name(v.resolved())},\n" for v in typ.variants)
-        self.visitors.append(
+        self._add(
+            "visitors",
             f"def visit_{name}(value: Any, name: str | None, "
             f"path: str) -> {name}:\n"
             f"    return rt.visit_alternate(\n"
@@ -242,13 +309,14 @@ class TypesGenerator:
 
     def _array(self, typ: QAPISchemaArrayType) -> None:
         name = py_type(typ.name)
-        self.visitors.append(
+        self._add(
+            "visitors",
             f"def visit_{name}(value: Any, name: str | None, "
             f"path: str) -> {annotation(typ)}:\n"
             f"    return rt.visit_list(value, path, "
             f"{visitor_name(typ.element())})\n")
 
 
-def gen_types(schema: QAPISchema, schema_name: str) -> QAPIGenPython:
-    """The types module for ``schema``."""
+def gen_types(schema: QAPISchema, schema_name: str) -> list[QAPIGenPython]:
+    """The types modules for ``schema``: the facade, then one per module."""
     return TypesGenerator(schema, schema_name).generate()

@@ -32,14 +32,16 @@ def generate(fname: str, output_dir: str,
     """Check the schema and write all modules; returns the file names."""
     schema = QAPISchema(fname, enabled)
     name = display_name(fname)
-    modules = [gen_types(schema, name), gen_commands(schema, name),
+    types = gen_types(schema, name)
+    modules = [*types, *gen_commands(schema, name, types),
                gen_events(schema, name), gen_introspect(schema, name),
                gen_jsonschema(schema, name)]
     init = QAPIGenPython(
         "__init__.py", name,
         "Code generated from the QAPI schema by ``python -m qapi``.\n\n"
-        "Modules: types (typed values and input visitors), commands\n"
-        "(marshallers and COMMANDS), events (senders and EVENTS),\n"
+        "Modules: types (typed values and input visitors, loaded per schema\n"
+        "module from types_<module>), commands (COMMANDS; the marshallers\n"
+        "are in commands_<module>), events (senders and EVENTS),\n"
         "introspect (SCHEMA_INFO), jsonschema (per-command JSON Schema).\n")
     for module in [init] + modules:
         module.write(output_dir)

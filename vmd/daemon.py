@@ -5,6 +5,10 @@ in one ``Daemon`` object owned by the event loop thread: command handlers
 run on the loop and may touch it freely; other threads (vCPUs, I/O workers,
 added by later subsystems) must hand work to the loop with
 ``loop.call_soon_threadsafe`` rather than touch it directly.
+
+The block graph, the NBD exports and the jobs are made when first used:
+a monitor-only daemon never imports those subsystems, which keeps the time
+from start to the first command reply short.
 """
 
 from __future__ import annotations
@@ -12,20 +16,22 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from typing import Any
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
 
 from vmd import version
 from vmd._generated import events
-from vmd._generated.types import ShutdownCause
-from vmd.block.edge import drained
-from vmd.block.graph import BlockGraph
-from vmd.block.nbd.commands import NBDExports
 from vmd.chardev.registry import ChardevRegistry
 from vmd.cli.config import Config
-from vmd.job.registry import JobRegistry
 from vmd.qmp.dispatch import CommandTurns, Dispatcher
 from vmd.qmp.events import EventBroadcaster
 from vmd.system.runstate import RunStateMachine
+
+if TYPE_CHECKING:
+    from vmd._generated.types import ShutdownCause
+    from vmd.block.graph import BlockGraph
+    from vmd.block.nbd.commands import NBDExports
+    from vmd.job.registry import JobRegistry
 
 log = logging.getLogger(__name__)
 
@@ -42,14 +48,26 @@ class Daemon:
         self.runstate = RunStateMachine(self.events, config.start_paused)
         self.monitors: list[Any] = []
         self.chardevs = ChardevRegistry()
-        self.block = BlockGraph()
-        self.nbd = NBDExports()
         self.chardevs.quit_handler = self.request_shutdown
-        self.jobs = JobRegistry(self.events)
         # Set by the machine: press the guest's power button; False when no
         # guest will act on it. SIGTERM waits for the guest (system/stop.py).
         self.guest_power_down: Callable[[], bool] | None = None
         self._shutdown = loop.create_future()
+
+    @cached_property
+    def block(self) -> BlockGraph:
+        from vmd.block.graph import BlockGraph
+        return BlockGraph()
+
+    @cached_property
+    def nbd(self) -> NBDExports:
+        from vmd.block.nbd.commands import NBDExports
+        return NBDExports()
+
+    @cached_property
+    def jobs(self) -> JobRegistry:
+        from vmd.job.registry import JobRegistry
+        return JobRegistry(self.events)
 
     @property
     def name(self) -> str | None:
@@ -72,7 +90,12 @@ class Daemon:
         """Shut the block layer down in QEMU's order: quiesce every user
         and let its requests in flight finish, cancel the jobs and wait for
         them, stop the exports, then close the nodes (images are left
-        clean)."""
+        clean). A daemon that never used the block layer, exports or jobs
+        has nothing to do.
+        """
+        if not {"block", "nbd", "jobs"} & vars(self).keys():
+            return
+        from vmd.block.edge import drained
         async with drained(*self.block):
             await self.jobs.cancel_sync_all()
         await self.nbd.stop()

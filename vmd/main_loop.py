@@ -21,12 +21,11 @@ from vmd.cli.config import Config
 from vmd.daemon import Daemon
 from vmd.early_greeter import EarlyGreeter
 from vmd.qmp.dispatch import Dispatcher
-from vmd.qmp.handlers import bind_handlers
+from vmd.qmp.handlers import Handlers
 from vmd.system import listen_fds
 from vmd.system.chardevs import create_chardevs
 from vmd.system.process import Daemonizer, PidFile, StartupError
 from vmd.system.sd_notify import Notifier
-from vmd.system.startup_commands import create_blockdevs
 from vmd.system.stop import StopController
 
 log = logging.getLogger(__name__)
@@ -49,10 +48,12 @@ async def run(config: Config, daemonizer: Daemonizer | None,
     and the guest is started, or left paused with ``-S``.
     """
     loop = asyncio.get_running_loop()
-    dispatcher = Dispatcher(COMMANDS, bind_handlers(COMMANDS))
+    dispatcher = Dispatcher(COMMANDS, Handlers(COMMANDS))
     daemon = Daemon(config, dispatcher, loop)
     early.stop()
-    await create_blockdevs(daemon, config)
+    if config.blockdevs:
+        from vmd.system.startup_commands import create_blockdevs
+        await create_blockdevs(daemon, config)
     await create_chardevs(daemon, config, early)
     early.abandon()  # anything the monitors did not take
     listen_fds.close_unused()

@@ -17,8 +17,8 @@ Errors are :class:`~vmd.qmp.errors.QMPError` with QEMU 7.2's texts.
 from __future__ import annotations
 
 import enum
+import importlib
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
 from vmd.qmp.errors import QMPError
@@ -71,17 +71,64 @@ class QAPIObject:
         return f"{type(self).__name__}({members})"
 
 
-@dataclass(frozen=True, slots=True)
 class CommandDef:
-    """How the dispatcher runs one command."""
+    """How the dispatcher runs one command.
 
-    name: str
-    handler_name: str
-    marshal: Callable[[Callable[..., Any], Any, dict[str, Any]], Any]
-    allow_oob: bool
-    allow_preconfig: bool
-    coroutine: bool
-    features: tuple[str, ...]
+    The marshaller is loaded from ``module`` when it is first needed, so
+    start-up imports no marshaller and no type of any schema module.
+    """
+
+    __slots__ = ("name", "handler_name", "module", "marshal_name",
+                 "allow_oob", "allow_preconfig", "coroutine", "features",
+                 "_marshal")
+
+    def __init__(self, *, name: str, handler_name: str, module: str,
+                 marshal_name: str, allow_oob: bool, allow_preconfig: bool,
+                 coroutine: bool, features: tuple[str, ...]) -> None:
+        self.name = name
+        self.handler_name = handler_name
+        self.module = module
+        self.marshal_name = marshal_name
+        self.allow_oob = allow_oob
+        self.allow_preconfig = allow_preconfig
+        self.coroutine = coroutine
+        self.features = features
+        self._marshal: Callable[..., Any] | None = None
+
+    @property
+    def marshal(self) -> Callable[[Callable[..., Any], Any, dict[str, Any]], Any]:
+        """``marshal(handler, ctx, arguments)``: check arguments, call, convert."""
+        if self._marshal is None:
+            module = importlib.import_module(self.module)
+            self._marshal = getattr(module, self.marshal_name)
+        return self._marshal
+
+    def __repr__(self) -> str:
+        return f"CommandDef({self.name!r}, module={self.module!r})"
+
+
+def lazy_module_attributes(package_module: str, prefix: str,
+                           where: dict[str, str],
+                           namespace: dict[str, Any]) -> Callable[[str], Any]:
+    """A module ``__getattr__`` (PEP 562) loading names on first use.
+
+    ``where`` maps each name to the module ``<package>.<prefix><module>``
+    defining it; a loaded name is stored in ``namespace`` (the facade's
+    globals), so only the first use of a name costs more than a lookup.
+    """
+    package = package_module.rpartition(".")[0]
+
+    def getattr_(name: str) -> Any:
+        module = where.get(name)
+        if module is None:
+            raise AttributeError(
+                f"module {package_module!r} has no attribute {name!r}")
+        value = getattr(importlib.import_module(
+            f"{package}.{prefix}{module}"), name)
+        namespace[name] = value
+        return value
+
+    return getattr_
 
 
 # ---- paths and errors ---------------------------------------------------

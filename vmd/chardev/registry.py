@@ -9,11 +9,13 @@ the same messages.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from vmd._generated.types import ChardevBackend, ChardevBackendKind, ShutdownCause
 from vmd.chardev.base import Chardev, ChardevError
 from vmd.qmp.errors import QMPError
+
+if TYPE_CHECKING:  # the char types load with the first chardev command
+    from vmd._generated.types import ChardevBackend, ShutdownCause
 
 # kind -> factory(chardev id, the kind's options, registry) -> Chardev
 Factory = Callable[[str, Any, "ChardevRegistry"], Chardev]
@@ -113,7 +115,7 @@ class ChardevRegistry:
         old = self._chardevs.get(chardev_id)
         if old is None:
             raise QMPError(f"Chardev '{chardev_id}' does not exist")
-        if spec.type == ChardevBackendKind.MUX or old.kind == "mux":
+        if spec.type == "mux" or old.kind == "mux":
             raise QMPError("Mux device hotswap not supported yet")
         new = await self.open_backend(chardev_id, spec)
         frontend = old.frontend

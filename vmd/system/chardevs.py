@@ -5,6 +5,9 @@ Order follows QEMU: every ``-chardev`` (and the chardevs implied by
 front ends. A control monitor on a server socket is a ``QMPMonitor`` (it
 serves many clients at once and owns its socket); every other monitor is
 the front end of a chardev from the registry.
+
+Back-ends and the chardev monitor are imported only when the command line
+asks for them: ``-qmp unix:...`` alone loads none of them.
 """
 
 from __future__ import annotations
@@ -12,18 +15,16 @@ from __future__ import annotations
 import sys
 from typing import TYPE_CHECKING
 
-from vmd._generated.types import ChardevBackend, ChardevSocketWrapper
-from vmd.chardev.cli import backend_spec
 from vmd.cli.config import ChardevConfig, Config
 from vmd.cli.errors import OptionError
 from vmd.early_greeter import EarlyGreeter
 from vmd.qmp.access import check_monitor_listener
-from vmd.qmp.chardev_monitor import QMPChardevMonitor
 from vmd.qmp.errors import QMPError
 from vmd.qmp.server import QMPMonitor
 from vmd.system.process import StartupError
 
 if TYPE_CHECKING:
+    from vmd._generated.types import ChardevBackend
     from vmd.daemon import Daemon
 
 
@@ -47,6 +48,7 @@ async def create_chardevs(daemon: Daemon, config: Config,
             await monitor.start()
             daemon.monitors.append(monitor)
         elif monitor_config.mode == "control":
+            from vmd.qmp.chardev_monitor import QMPChardevMonitor
             QMPChardevMonitor(daemon, daemon.chardevs.find(chardev.id)).start()
         else:
             from vmd.hmp.monitor import HmpMonitor
@@ -60,6 +62,7 @@ def _chardev(config: Config, chardev_id: str) -> ChardevConfig:
 
 
 async def _open(daemon: Daemon, chardev: ChardevConfig) -> None:
+    from vmd.chardev.cli import backend_spec
     try:
         spec, mux = backend_spec(chardev)
         base_id = chardev.id if mux is None else f"{chardev.id}-base"
@@ -75,6 +78,7 @@ async def _open(daemon: Daemon, chardev: ChardevConfig) -> None:
 
 def _waits(spec: ChardevBackend) -> bool:
     """A server socket that holds start-up until its first client."""
+    from vmd._generated.types import ChardevSocketWrapper
     if not isinstance(spec.u, ChardevSocketWrapper):
         return False
     return bool(spec.u.data.server and spec.u.data.wait)
