@@ -17,7 +17,7 @@ import pytest
 
 from qapi.schema import QAPISchema, QAPISchemaCommand
 from vmd._generated.commands import COMMANDS
-from vmd.qmp.handlers import bind_handlers
+from vmd.qmp.handlers import Handlers
 
 SCHEMA = Path(__file__).resolve().parent.parent / "schema" / "qapi-schema.json"
 
@@ -28,7 +28,7 @@ def _schema_commands() -> list[QAPISchemaCommand]:
 
 
 COMMAND_DEFS = _schema_commands()
-HANDLERS = bind_handlers(COMMANDS)
+HANDLERS = Handlers(COMMANDS)
 
 
 @pytest.mark.parametrize("command", COMMAND_DEFS, ids=lambda command: command.name)

@@ -14,8 +14,6 @@ import subprocess
 from pathlib import Path
 
 from tests.harness import ROOT, RawQMP, start_vmd, vmd_command
-from vmd._generated.commands import COMMANDS
-from vmd.qmp.handlers import Handlers
 
 CHARDEV_BACKENDS = tuple("vmd.chardev." + name for name in (
     "cli", "commands", "fdstream", "file", "mux", "null", "pty", "ringbuf",
@@ -76,13 +74,6 @@ def test_a_command_loads_its_subsystem(tmp_path: Path) -> None:
     assert "vmd.block.commands" in modules
     assert "vmd.block.nbd.commands" in modules
     assert not set(CHARDEV_BACKENDS) & set(modules)
-
-
-def test_every_command_has_a_handler() -> None:
-    handlers = Handlers(COMMANDS)
-    for command in COMMANDS.values():
-        assert callable(handlers[command.handler_name]), command.name
-        assert callable(command.marshal), command.name
 
 
 def test_help_loads_no_event_loop(tmp_path: Path) -> None:
