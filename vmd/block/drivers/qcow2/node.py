@@ -28,21 +28,36 @@ refcount on disk is too low):
 With ``lazy-refcounts`` the dirty bit is set (and flushed) before the first
 write; refcount ordering is then relaxed and a dirty image opened
 read-write has its refcounts rebuilt; a clean close clears the bit.
+
+Concurrency (QEMU's, in short; see ``inflight``): ``_lock`` guards the
+tables and caches and is held only to look up or change them, never across
+guest data I/O. Reads and writes that free no host cluster run *shared* in
+the request gate: a write to a cluster without one takes a new host
+cluster under the lock, registers the allocation, writes the guest data
+(and only the parts of the copy-on-write areas a backing file provides;
+the rest of a fresh cluster at the end of the file already reads as
+zeroes) without the lock, then sets the L2 entry under the lock (steps 1
+and 2 above, in that order). A second write to a cluster being allocated
+waits for the first. Requests that free clusters run *exclusive*, with the
+lock held throughout. L2 updates of concurrent writes meet in the L2 cache
+and reach the disk together, one table write per flush or eviction.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import struct
 import zlib
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from vmd._generated.types import BlkdebugEvent
 from vmd.block.drivers.qcow2 import format as fmt
 from vmd.block.drivers.qcow2.cache import TableCache
+from vmd.block.drivers.qcow2.inflight import Allocations, RequestGate
 from vmd.block.drivers.qcow2.refcount import Refcounts
 from vmd.block.node import BlockNode, Extent, Status
 from vmd.block.perm import IMAGE, Role
@@ -67,6 +82,9 @@ class Qcow2Node(BlockNode):
         self.cs = 0
         self.l2_entries = 0
         self._lock = asyncio.Lock()
+        self._gate = RequestGate()
+        self._allocations = Allocations()
+        self._fresh_from = 0  # host offsets from here were never written
         self._marked_dirty = False
         self.backing_file: str | None = None
         self.backing_fmt: str | None = None
@@ -100,6 +118,7 @@ class Qcow2Node(BlockNode):
             self.l1 = list(struct.unpack(f">{h.l1_size}Q", raw))
         self.refcounts = Refcounts(file, h, max(4, _CACHE_BYTES // 4 // self.cs))
         await self.refcounts.load()
+        self._fresh_from = self.refcounts.next_free * self.cs
         self.l2_cache = TableCache(file, self.cs, max(4, _CACHE_BYTES // self.cs), "l2")
         lazy_header = bool(h.compatible_features & fmt.COMPAT_LAZY_REFCOUNTS)
         self.lazy = lazy_header if self._lazy_option is None else self._lazy_option
@@ -255,11 +274,23 @@ class Qcow2Node(BlockNode):
         self._zcache = (entry, out)
         return out
 
+    async def _read_host(self, host: int, buf: memoryview) -> None:
+        """Read data clusters; past the end of the file they read as zeroes.
+
+        The last cluster of the file may be short: a fresh cluster gets only
+        its guest data written, and the rest of it lies past the end.
+        """
+        avail = max(0, min(len(buf), self.file.total_size - host))
+        self.file.debug_event(BlkdebugEvent.READ_AIO)
+        if avail:
+            await self.file.read(host, buf[:avail])
+        if avail < len(buf):
+            buf[avail:] = bytes(len(buf) - avail)
+
     async def _read_in_cluster(self, vc: int, entry: int, in_off: int, buf: memoryview) -> None:
         kind = self._kind(entry)
         if kind == _DATA:
-            self.file.debug_event(BlkdebugEvent.READ_AIO)
-            await self.file.read((entry & fmt.L2E_OFFSET_MASK) + in_off, buf)
+            await self._read_host((entry & fmt.L2E_OFFSET_MASK) + in_off, buf)
         elif kind == _ZERO:
             buf[:] = bytes(len(buf))
         elif kind == _COMPRESSED:
@@ -271,33 +302,176 @@ class Qcow2Node(BlockNode):
     # -- read ----------------------------------------------------------------------
 
     async def _co_read(self, offset: int, buf: memoryview) -> None:
-        async with self._lock:
+        await self._gate.acquire_shared()
+        try:
             pos = 0
             while pos < len(buf):
-                vc, in_off = divmod(offset + pos, self.cs)
-                n = min(self.cs - in_off, len(buf) - pos)
-                entry = await self._entry(vc)
-                # Merge contiguous allocated clusters into one read.
-                if self._kind(entry) == _DATA:
-                    host = (entry & fmt.L2E_OFFSET_MASK) + in_off
-                    while pos + n < len(buf) and (vc + 1) % self.l2_entries:
-                        nxt = await self._entry(vc + 1)
-                        if self._kind(nxt) != _DATA or (nxt & fmt.L2E_OFFSET_MASK) != host + n:
-                            break
-                        vc += 1
-                        n += min(self.cs, len(buf) - pos - n)
-                    self.file.debug_event(BlkdebugEvent.READ_AIO)
-                    await self.file.read(host, buf[pos:pos + n])
-                else:
-                    await self._read_in_cluster(vc, entry, in_off, buf[pos:pos + n])
-                pos += n
+                pos += await self._read_run(offset + pos, buf[pos:])
+        finally:
+            self._gate.release_shared()
+
+    async def _read_run(self, offset: int, buf: memoryview) -> int:
+        """Read from ``offset`` up to the end of a run of alike clusters.
+
+        Contiguous allocated clusters are merged into one read of the
+        file; the mapping is looked up under the lock, the data read
+        without it.
+        """
+        vc, in_off = divmod(offset, self.cs)
+        n = min(self.cs - in_off, len(buf))
+        async with self._lock:
+            entry = await self._entry(vc)
+            if self._kind(entry) == _DATA:
+                host = (entry & fmt.L2E_OFFSET_MASK) + in_off
+                while n < len(buf) and (vc + 1) % self.l2_entries:
+                    nxt = await self._entry(vc + 1)
+                    if self._kind(nxt) != _DATA or (nxt & fmt.L2E_OFFSET_MASK) != host + n:
+                        break
+                    vc += 1
+                    n += min(self.cs, len(buf) - n)
+        if self._kind(entry) == _DATA:
+            await self._read_host(host, buf[:n])
+        else:
+            await self._read_in_cluster(vc, entry, in_off, buf[:n])
+        return n
 
     # -- write ---------------------------------------------------------------------
 
     async def _co_write(self, offset: int, data: memoryview) -> None:
-        async with self._lock:
-            await self._mark_dirty()
-            await self._write_locked(offset, data)
+        pos = 0
+        await self._gate.acquire_shared()
+        try:
+            if self.lazy and not self._marked_dirty:
+                async with self._lock:
+                    await self._mark_dirty()
+            while pos < len(data):
+                done = await self._write_shared(offset + pos, data[pos:])
+                if not done:
+                    break
+                pos += done
+        finally:
+            self._gate.release_shared()
+        if pos < len(data):  # the cluster's old host cluster must be freed
+            async with self._alone():
+                await self._write_locked(offset + pos, data[pos:])
+
+    @contextlib.asynccontextmanager
+    async def _alone(self) -> AsyncIterator[None]:
+        """Exclusive in the gate, holding the lock: for requests that free clusters."""
+        await self._gate.acquire_exclusive()
+        try:
+            async with self._lock:
+                yield
+        finally:
+            self._gate.release_exclusive()
+
+    async def _write_shared(self, offset: int, data: memoryview) -> int:
+        """Write a run of clusters from ``offset`` alongside other requests.
+
+        Returns the bytes written, or 0 if the first cluster needs the
+        exclusive path (its old host cluster would be freed).
+        """
+        vc, in_off = divmod(offset, self.cs)
+        while True:
+            while (pending := self._allocations.pending(vc)) is not None:
+                await self._allocations.wait(pending)
+            async with self._lock:
+                if self._allocations.pending(vc) is not None:
+                    continue  # another write took the cluster while we waited for the lock
+                await self._l2_for_write(vc)
+                entry = await self._entry(vc)
+                if self._kind(entry) == _DATA and entry & fmt.OFLAG_COPIED:
+                    host, n = await self._in_place_run(vc, in_off, entry, len(data))
+                elif self._allocates_without_free(entry):
+                    count, n, last = await self._fresh_run(vc, in_off, entry, len(data))
+                    host = await self.refcounts.alloc(count)
+                    done = self._allocations.start(vc, count)
+                else:
+                    return 0
+                break
+        self.file.debug_event(BlkdebugEvent.WRITE_AIO)
+        if self._kind(entry) == _DATA:
+            await self.file.write(host, data[:n])
+            return n
+        try:
+            await self._fill_new(vc, (entry, last), host, in_off, data[:n], count)
+            async with self._lock:
+                table_off, l2i = await self._l2_for_write(vc)
+                self._depend()
+                for i in range(count):
+                    await self._set_entry(table_off, l2i + i, (host + i * self.cs) | fmt.OFLAG_COPIED)
+        finally:
+            self._allocations.finish(vc, count, done)
+        return n
+
+    def _allocates_without_free(self, entry: int) -> bool:
+        """A cluster that reads from below (or as zeroes) and owns no host cluster."""
+        kind = self._kind(entry)
+        return kind == _UNALLOC or (kind == _ZERO and not entry & fmt.L2E_OFFSET_MASK)
+
+    async def _in_place_run(self, vc: int, in_off: int, first: int, length: int) -> tuple[int, int]:
+        """(host offset, bytes) of the run of our contiguous clusters from ``vc``."""
+        host = first & fmt.L2E_OFFSET_MASK
+        n = min(self.cs - in_off, length)
+        k = 1
+        while n < length and (vc + k) % self.l2_entries:
+            entry = await self._entry(vc + k)
+            if not (self._kind(entry) == _DATA and entry & fmt.OFLAG_COPIED
+                    and entry & fmt.L2E_OFFSET_MASK == host + k * self.cs):
+                break
+            n += min(self.cs, length - n)
+            k += 1
+        return host + in_off, n
+
+    async def _fresh_run(self, vc: int, in_off: int, first: int,
+                         length: int) -> tuple[int, int, int]:
+        """(clusters, bytes, last entry) of the run one allocation serves.
+
+        The run continues over clusters that are unallocated, not being
+        allocated, and in the same L2 table; its last cluster may be
+        written in part.
+        """
+        n = min(self.cs - in_off, length)
+        count, last = 1, first
+        while n < length and (vc + count) % self.l2_entries:
+            if self._allocations.pending(vc + count) is not None:
+                break
+            entry = await self._entry(vc + count)
+            if not self._allocates_without_free(entry):
+                break
+            n += min(self.cs, length - n)
+            count, last = count + 1, entry
+        return count, n, last
+
+    async def _fill_new(self, vc: int, entries: tuple[int, int], host: int, in_off: int,
+                        data: memoryview, count: int) -> None:
+        """Write the guest data into new clusters, and the copy-on-write areas.
+
+        The areas before and after the data read as the old cluster did:
+        zeroes (a zero cluster, or nothing below) are already there in
+        fresh clusters at the end of the file; a backing file's data is
+        copied, but only as far as the backing file reaches.
+        """
+        await self.file.write(host + in_off, data)
+        first, last = entries
+        await self._fill_cow(vc * self.cs, host, 0, in_off, self._kind(first))
+        await self._fill_cow(vc * self.cs, host, in_off + len(data), count * self.cs, self._kind(last))
+
+    async def _fill_cow(self, guest: int, host: int, start: int, stop: int, kind: int) -> None:
+        """Make ``[start, stop)`` of the new clusters read as before."""
+        if start >= stop:
+            return
+        backing = self.backing
+        below = 0
+        if kind == _UNALLOC and backing is not None:
+            below = max(0, min(stop, backing.total_size - guest) - start)
+        if below:
+            buf = bytearray(below)
+            await backing.read(guest + start, memoryview(buf))  # type: ignore[union-attr]
+            await self.file.write(host + start, memoryview(buf))
+        zero_start, zero_stop = host + start + below, min(host + stop, self._fresh_from)
+        if zero_start < zero_stop:  # a reused cluster: its old content must go
+            await self.file.write_zeroes(zero_start, zero_stop - zero_start)
 
     async def _write_locked(self, offset: int, data: memoryview) -> None:
         pos = 0
@@ -438,7 +612,7 @@ class Qcow2Node(BlockNode):
         return backing is None or vc * self.cs >= backing.total_size
 
     async def _co_write_zeroes(self, offset: int, length: int, may_unmap: bool) -> None:
-        async with self._lock:
+        async with self._alone():
             await self._mark_dirty()
             end = offset + length
             freed: list[int] = []
@@ -463,7 +637,7 @@ class Qcow2Node(BlockNode):
             await self._free_entries(freed)
 
     async def _co_discard(self, offset: int, length: int) -> None:
-        async with self._lock:
+        async with self._alone():
             await self._mark_dirty()
             end = offset + length
             first, last = -(-offset // self.cs), end // self.cs
@@ -497,7 +671,7 @@ class Qcow2Node(BlockNode):
             await self._flush_locked()
 
     async def _co_truncate(self, size: int) -> None:
-        async with self._lock:
+        async with self._alone():
             if size % 512:
                 raise QMPError("The new size must be a multiple of 512")
             if size < self.header.size:
