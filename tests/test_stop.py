@@ -29,7 +29,7 @@ from vmd._generated.types import RunState, ShutdownCause
 from vmd.cli.config import Config
 from vmd.daemon import Daemon
 from vmd.qmp.dispatch import Dispatcher
-from vmd.qmp.handlers import bind_handlers
+from vmd.qmp.handlers import Handlers
 from vmd.system.sd_notify import Notifier
 from vmd.system.stop import CLOSE_MARGIN, StopController
 
@@ -67,7 +67,7 @@ class Rig:
 @pytest.fixture
 async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
     loop = asyncio.get_running_loop()
-    daemon = Daemon(Config(), Dispatcher(COMMANDS, bind_handlers(COMMANDS)), loop)
+    daemon = Daemon(Config(), Dispatcher(COMMANDS, Handlers(COMMANDS)), loop)
     events = Events()
     daemon.events.add(events)
     with NotifyReceiver(tmp_path / "notify.sock") as notify:
