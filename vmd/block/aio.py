@@ -1,9 +1,19 @@
-"""The I/O engine: blocking file system calls on worker threads.
+"""The I/O engine: blocking file system calls on worker threads, in batches.
 
 The event loop must never wait on a disk, so every pread/pwrite/fdatasync/
-fallocate runs on a thread of one shared pool and the coroutine awaits it.
-The pool is small and fixed (a disk queue, not a thread per request); a
-buffer handed to a worker is not touched by the loop until the call ends.
+fallocate that may block runs on a thread of one shared pool and the
+coroutine awaits it. The pool is small and fixed (a disk queue, not a
+thread per request); a buffer handed to a worker is not touched by the loop
+until the call ends. (Reads that hit the page cache do not come here: the
+file driver tries them on the loop with ``RWF_NOWAIT`` first.)
+
+The hop to a worker and back costs far more than a buffered 4 KiB write
+(measured here: 150-220 us a hop under load against 6 us for the write), so
+calls are not handed over one by one: those made in one turn of the event
+loop go to a worker together, which runs them in order and hands all
+results back at once, like a submission queue. Requests that an NBD client
+keeps in flight arrive together, so a batch is as deep as the client's
+queue, and the hop is paid once per batch.
 """
 
 from __future__ import annotations
@@ -12,12 +22,13 @@ import asyncio
 import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
 WORKERS = 8
 _pool: ThreadPoolExecutor | None = None
+_Call = tuple[Callable[..., Any], tuple[object, ...], "asyncio.Future[Any]"]
 
 
 def _executor() -> ThreadPoolExecutor:
@@ -27,10 +38,68 @@ def _executor() -> ThreadPoolExecutor:
     return _pool
 
 
+class _Batcher:
+    """The calls of one loop turn, handed to a worker together.
+
+    Owned by the event loop thread; a worker sees only the list it is given.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.pending: list[_Call] = []
+
+    def add(self, function: Callable[..., Any], args: tuple[object, ...]) -> asyncio.Future[Any]:
+        future = self.loop.create_future()
+        if not self.pending:
+            self.loop.call_soon(self._submit)
+        self.pending.append((function, args, future))
+        return future
+
+    def _submit(self) -> None:
+        calls, self.pending = self.pending, []
+        done = self.loop.run_in_executor(_executor(), _run_batch, calls)
+        done.add_done_callback(lambda outcome: _settle(calls, outcome))
+
+
+def _run_batch(calls: list[_Call]) -> list[tuple[object, BaseException | None]]:
+    """On a worker: every call in order; an error stays with its call."""
+    results: list[tuple[object, BaseException | None]] = []
+    for function, args, _future in calls:
+        try:
+            results.append((function(*args), None))
+        except Exception as error:
+            results.append((None, error))
+    return results
+
+
+def _settle(calls: list[_Call], outcome: asyncio.Future[list[tuple[object, BaseException | None]]]) -> None:
+    """On the loop: hand each caller its result (a cancelled caller has gone)."""
+    failed = outcome.cancelled() or outcome.exception() is not None
+    results = [(None, RuntimeError("I/O worker failed"))] * len(calls) if failed else outcome.result()
+    for (_function, _args, future), (result, error) in zip(calls, results):
+        if future.done():
+            continue
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
+
+
+_batcher: _Batcher | None = None
+
+
 async def run(function: Callable[..., T], *args: object) -> T:
-    """Run a blocking call on an I/O worker and await its result."""
+    """Run a blocking call on an I/O worker and await its result.
+
+    Cancelling the caller does not stop the call: the worker still owns the
+    buffer until the call ends, as with any thread pool.
+    """
+    global _batcher
     loop = asyncio.get_running_loop()
-    return await loop.run_in_executor(_executor(), function, *args)
+    if _batcher is None or _batcher.loop is not loop:
+        _batcher = _Batcher(loop)  # one loop per process; tests make several in turn
+    result: T = await _batcher.add(function, args)
+    return result
 
 
 def _pread_full(fd: int, buf: memoryview, offset: int) -> int:
