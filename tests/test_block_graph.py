@@ -563,7 +563,8 @@ def test_snapshot_while_an_nbd_client_writes(tmp_path: Path) -> None:
         check = subprocess.run(["qemu-img", "check", str(tmp_path / image)], capture_output=True, text=True)
         assert check.returncode == 0, check
     # The overlay over the base reads the pattern everywhere the client wrote.
-    chain = (f"json:{{\"driver\": \"qcow2\", \"file\": {{\"driver\": \"file\", \"filename\": \"{tmp_path / 'ov.qcow2'}\"}},"
+    chain = (f"json:{{\"driver\": \"qcow2\", \"file\": {{\"driver\": \"file\", "
+             f"\"filename\": \"{tmp_path / 'ov.qcow2'}\"}},"
              f" \"backing\": {{\"driver\": \"qcow2\", \"file\": {{\"driver\": \"file\", \"filename\": "
              f"\"{tmp_path / 'base.qcow2'}\"}}}}}}")
     # (qemu-img bench wraps around the 1 MiB disk: every byte was written.)

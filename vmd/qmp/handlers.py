@@ -26,6 +26,7 @@ HANDLER_MODULES: dict[str, tuple[str, ...]] = {
     "job": ("vmd.job.commands",),
     "block_core": ("vmd.block.commands", "vmd.block.threshold",
                    "vmd.block.create", "vmd.block.jobs.commands"),
+    "block_jobs": ("vmd.block.jobs.commands",),
     "block_export": ("vmd.block.nbd.commands",),
 }
 
