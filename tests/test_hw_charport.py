@@ -97,3 +97,37 @@ def test_loop_clock_timer_fires_under_the_bql() -> None:
         await asyncio.sleep(0.01)
         assert fired == [True]
     asyncio.run(scenario())
+
+
+def test_input_before_the_device_attaches_waits_for_it() -> None:
+    async def scenario() -> None:
+        bql = threading.RLock()
+        chardev, port = await ringbuf_port("early", bql)
+        chardev.deliver(b"ab")  # the peer typed before the machine started
+        uart = Uart(NoIrq(), port, None)
+        port.connect(uart)
+        await wait_until(lambda: bool(uart.lsr & 0x01))
+        with bql:
+            assert uart.read(0, 1) == ord("a")
+        await wait_until(lambda: bool(uart.lsr & 0x01))
+        with bql:
+            assert uart.read(0, 1) == ord("b")
+    asyncio.run(scenario())
+
+
+def test_rearming_for_the_same_deadline_schedules_nothing() -> None:
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        clock = LoopClock(loop, threading.RLock())
+        fired: list[int] = []
+        timer = clock.timer(lambda: fired.append(1))
+        deadline = clock.now_ns() + 1_000_000
+        scheduled = len(loop._ready)  # type: ignore[attr-defined]
+        for _ in range(100):
+            timer.arm(deadline)
+            clock.timer(lambda: None).cancel()
+        assert len(loop._ready) == scheduled + 1  # type: ignore[attr-defined]
+        await wait_until(lambda: bool(fired))
+        timer.arm(deadline)  # after firing, the same deadline arms again
+        await wait_until(lambda: len(fired) == 2)
+    asyncio.run(scenario())

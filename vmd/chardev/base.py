@@ -140,12 +140,13 @@ class Chardev:
         """Hand input to the front end as fast as it takes it.
 
         What it cannot take yet is kept (at most one read's worth) and the
-        backend stops reading until ``accept_input`` is called.
+        backend stops reading until ``accept_input`` is called. With no
+        front end yet nothing is taken: as in QEMU, whose backends do not
+        read while no front end can receive, input typed before a device
+        attaches (a guest's serial port at machine start) waits for it.
         """
         frontend = self.frontend
-        if frontend is None:
-            return  # QEMU drops input nobody listens to
-        while data:
+        while data and frontend is not None:
             room = frontend.chr_can_receive()
             if room <= 0:
                 break

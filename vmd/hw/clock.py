@@ -5,6 +5,8 @@ Devices read ``now_ns()`` (host wall-clock time in nanoseconds, QEMU's
 absolute deadlines on that clock. A timer may be armed or cancelled from
 any thread holding the BQL; its callback runs on the event loop thread
 with the BQL held, so it sees the device exactly as a vCPU access would.
+Arming for the deadline already set, or cancelling an idle timer, costs
+nothing: a guest polling a register must not flood the loop.
 """
 
 from __future__ import annotations
@@ -43,14 +45,21 @@ class _LoopTimer:
         self._clock = clock
         self._callback = callback
         self._generation = 0
+        self._deadline: int | None = None  # armed for, as the device sees it
         self._handle: asyncio.TimerHandle | None = None
 
     def arm(self, deadline_ns: int) -> None:
+        if deadline_ns == self._deadline:
+            return  # devices re-arm on every register access; keep the loop quiet
+        self._deadline = deadline_ns
         self._generation += 1
         generation = self._generation
         self._clock.loop.call_soon_threadsafe(self._schedule, generation, deadline_ns)
 
     def cancel(self) -> None:
+        if self._deadline is None:
+            return
+        self._deadline = None
         self._generation += 1
         self._clock.loop.call_soon_threadsafe(self._schedule, self._generation, None)
 
@@ -68,6 +77,7 @@ class _LoopTimer:
         self._handle = None
         with self._clock.bql:
             if generation == self._generation:
+                self._deadline = None
                 self._callback()
 
 

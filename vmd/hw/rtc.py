@@ -12,8 +12,9 @@ registers are computed from the clock when read, and a guest that sets
 the time (SET bit in B, then the registers) moves an offset. The update
 cycle is modelled as QEMU does: UIP reads as set in the last 244 us of
 each second; UF is set once per second (lazily, when register C is read,
-or by a timer when UIE or AIE asks for interrupts); PF comes from a timer
-running only while PIE is set, at the rate in register A. IRQ 8 is
+or by a timer when UIE or AIE asks for interrupts); PF is set once per period
+(register A's rate) while PIE is set, checked when C is read and by a
+timer that raises the interrupt. IRQ 8 is
 raised while a flag enabled in B is set and lowered by reading C.
 """
 
@@ -56,7 +57,11 @@ class Mc146818:
         self.index = 0
         self.offset_ns = 0  # guest time minus host time
         self.last_uf_second = 0
-        self.periodic_deadline = 0
+        # The periodic clock: PF is due at start + n * period for each n
+        # beyond ``periodic_count``; period 0 while PIE is off.
+        self.periodic_start = 0
+        self.periodic_period = 0
+        self.periodic_count = 0
         self.periodic: Timer = clock.timer(self._periodic_tick)
         self.update: Timer = clock.timer(self._update_tick)
         self.cmos[REG_A] = 0x26
@@ -130,6 +135,7 @@ class Mc146818:
 
     def _read_c(self) -> int:
         self._catch_up_update()
+        self._catch_up_periodic()
         value = self.cmos[REG_C]
         self.cmos[REG_C] = 0
         self.irq.set_level(0)
@@ -229,14 +235,14 @@ class Mc146818:
 
     def _schedule_timers(self) -> None:
         """Run the periodic timer only with PIE, the update timer only with UIE/AIE."""
-        period = self._period_ns()
-        if period and self.cmos[REG_B] & REG_B_PIE:
-            now = self.clock.now_ns()
-            if self.periodic_deadline <= now:
-                self.periodic_deadline = now + period
-                self.periodic.arm(self.periodic_deadline)
+        period = self._period_ns() if self.cmos[REG_B] & REG_B_PIE else 0
+        if period != self.periodic_period:
+            self.periodic_period = period
+            self.periodic_start = self.clock.now_ns()
+            self.periodic_count = 0
+        if period:
+            self.periodic.arm(self.periodic_start + (self.periodic_count + 1) * period)
         else:
-            self.periodic_deadline = 0
             self.periodic.cancel()
         if self._running() and self.cmos[REG_B] & (REG_B_UIE | REG_B_AIE):
             next_second = (self._guest_ns() // NS + 1) * NS
@@ -244,17 +250,25 @@ class Mc146818:
         else:
             self.update.cancel()
 
-    def _periodic_tick(self) -> None:
-        period = self._period_ns()
-        if not period or not self.cmos[REG_B] & REG_B_PIE:
-            self.periodic_deadline = 0
+    def _catch_up_periodic(self) -> None:
+        """Set PF when a period ended since the last one counted.
+
+        Computed from the clock, not counted by the timer, so PF is exact
+        however late the timer runs; ticks in between are lost
+        (``lost_tick_policy=discard``, QEMU's default for the RTC).
+        """
+        if not self.periodic_period:
             return
-        self.cmos[REG_C] |= REG_C_PF
-        self._update_irq()
-        now = self.clock.now_ns()
-        # Lost ticks are discarded (QEMU's lost_tick_policy=discard).
-        self.periodic_deadline = max(self.periodic_deadline + period, now + 1)
-        self.periodic.arm(self.periodic_deadline)
+        count = (self.clock.now_ns() - self.periodic_start) // self.periodic_period
+        if count > self.periodic_count:
+            self.periodic_count = count
+            self.cmos[REG_C] |= REG_C_PF
+            self._update_irq()
+
+    def _periodic_tick(self) -> None:
+        """Timer callback: raise the interrupt of the period that ended."""
+        self._catch_up_periodic()
+        self._schedule_timers()
 
     def _update_tick(self) -> None:
         self._catch_up_update()
