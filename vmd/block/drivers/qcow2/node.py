@@ -157,8 +157,8 @@ class Qcow2Node(BlockNode):
         self.backing_file, self.backing_fmt = name, fmt
 
     async def close(self) -> None:
-        if self.read_only or not self.cs:
-            return
+        if self.read_only or not hasattr(self, "l2_cache"):
+            return  # read-only, or open() failed before the caches existed
         await self._flush_locked()
         await self._co_make_read_only()
 
@@ -240,6 +240,9 @@ class Qcow2Node(BlockNode):
         off = l1e & fmt.L1E_OFFSET_MASK
         if not off:
             return 0
+        if off % self.cs:
+            # QEMU marks such an image corrupt; vmd refuses the request.
+            raise QMPError(f"qcow2: L2 table offset {off:#x} unaligned (L1 index: {l1i:#x})")
         table = await self.l2_cache.get(off)
         return int(struct.unpack_from(">Q", table, l2i * 8)[0])
 

@@ -14,8 +14,11 @@ are not reused; a crash can only leak). Ordering rules:
 
 from __future__ import annotations
 
+import errno
+import os
 import struct
 
+from vmd.block import limits
 from vmd.block.drivers.qcow2 import format as fmt
 from vmd.block.drivers.qcow2.cache import TableCache
 from vmd.block.node import BlockNode
@@ -39,6 +42,9 @@ class Refcounts:
         raw = bytearray(h.refcount_table_clusters * self.cs)
         await self.file.read(h.refcount_table_offset, memoryview(raw))
         self.table = [e & fmt.REFT_OFFSET_MASK for e in struct.unpack(f">{len(raw) // 8}Q", raw)]
+        for index, offset in enumerate(self.table):
+            if offset % self.cs or offset > limits.MAX_LENGTH:
+                raise QMPError(f"qcow2: Refblock offset {offset:#x} invalid (reftable index: {index:#x})")
         self.next_free = -(-self.file.total_size // self.cs)
 
     # -- reading -----------------------------------------------------------
@@ -69,6 +75,9 @@ class Refcounts:
 
     async def update(self, cluster: int, delta: int) -> None:
         t, i = divmod(cluster, self.block_entries)
+        if delta < 0 and (t >= len(self.table) or not self.table[t]):
+            # No block counts it: its refcount is 0 (a corrupt image points there).
+            raise QMPError(f"qcow2: Preventing invalid write on metadata (refcount of cluster {cluster} < 0)")
         block_off = await self._block_for(t)
         block = await self.cache.get(block_off)
         value = fmt.get_refcount(block, i, self.order) + delta
@@ -121,6 +130,9 @@ class Refcounts:
             if covered > self.next_free + clusters + 16 + entries:
                 break
             entries *= 2
+        if clusters * self.cs > fmt.MAX_REFTABLE_BYTES:
+            # QEMU's limit too; a corrupt entry pointing far away lands here.
+            raise OSError(errno.EFBIG, os.strerror(errno.EFBIG))
         table_off = self._take(clusters) * self.cs
         table = self.table + [0] * (clusters * entries_per_cluster - len(self.table))
         new_blocks: dict[int, bytearray] = {}
