@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import atheris  # noqa: E402
 
-with atheris.instrument_imports():
+with atheris.instrument_imports(include=["vmd"]):
     from tests.test_fuzz import run_nbd_machine, unmarshal
     from vmd._generated.commands import COMMANDS
     from vmd.cli.errors import OptionError
