@@ -261,6 +261,8 @@ async def main():
         if i % 5 == 0:
             await node.flush()
             log.write("f 0 0 0\\n")
+            if i == 5:
+                print("flushed", flush=True)
 asyncio.run(main())
 """
 
@@ -308,7 +310,12 @@ async def test_crash_safety(tmp_path: Path) -> None:
         log = tmp_path / f"log{seed}"
         code = CHILD.format(root=str(ROOT), path=str(img), seed=seed, log=str(log))
         child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        time.sleep(0.4 + random.random() * 0.8)
+        # The kill lands at a random moment after the first flush, however
+        # slowly the child starts on a loaded machine.
+        assert child.stdout is not None
+        if child.stdout.readline() != b"flushed\n":
+            raise AssertionError(child.communicate()[1])
+        time.sleep(random.random() * 0.8)
         os.kill(child.pid, signal.SIGKILL)
         child.wait()
         report = check(img)
