@@ -287,8 +287,11 @@ def test_errors(argv, message):
 def test_vmd_specific_errors():
     assert error("-M", "foo") == ("vmd: -M foo: unsupported machine type\n"
                                   "Use -machine help to list supported machines")
-    assert error("-M", "foo", "-M", "pc") == ("vmd: -M pc: unsupported machine type\n"
-                                              "Use -machine help to list supported machines")
+    assert error("-M", "foo", "-M", "q35") == ("vmd: -M q35: unsupported machine type\n"
+                                               "Use -machine help to list supported machines")
+    assert error("-M", "pc", "-accel", "tcg") == "vmd: invalid accelerator tcg"
+    assert error("-machine", "pc,accel=tcg:kvm") == "vmd: invalid accelerator tcg"
+    assert cfg("-machine", "pc,accel=kvm:tcg").machine == {"type": "pc", "accel": "kvm:tcg"}
     assert "not supported by vmd" in error("-display", "gtk")
     assert error("disk.img").startswith("vmd: disk.img: disk image arguments")
     assert error("-smp", "0").startswith("vmd: Invalid CPU topology")

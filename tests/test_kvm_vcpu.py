@@ -8,6 +8,7 @@ import threading
 import pytest
 
 from vmd.accel.kvm import Kvm
+from vmd.hw.bus import IoBus
 from vmd.machine import x86
 from vmd.machine.memory import AddressSpace, MemoryRegion
 from vmd.machine.slots import KvmSlots
@@ -44,17 +45,17 @@ def test_guest_port_io_reaches_device() -> None:
     slots = KvmSlots(vm)
     memory.listeners.append(slots.update)
     memory.commit()
-    io_root = MemoryRegion("io", 0x10000)
+    pio = IoBus("io", unassigned_all_ones=True)
     port = Port()
-    io_root.add(0x10, MemoryRegion.io("test-port", 1, port))
-    pio = AddressSpace("I/O", io_root)
+    pio.map(0x10, 1, port, "test-port")
     memory.write(0x1000, GUEST)
-    memory.write(0x500, x86.gdt_bytes(long_mode=False))
+    memory.write(0x500, x86.MULTIBOOT_GDT)
     vcpu = vm.create_vcpu(0)
     vcpu.set_cpuid(kvm.supported_cpuid())
     x86.enter(vcpu, x86.EntryState(rip=0x1000, gdt_base=0x500))
     halted = threading.Event()
-    thread = VcpuThread(vcpu, pio, memory, threading.Lock(), lambda _i, kind, _d: halted.set())
+    mmio = IoBus("memory", unassigned_all_ones=False)
+    thread = VcpuThread(vcpu, pio, mmio, threading.Lock(), lambda _i, _kind, _d: halted.set())
     thread.start()
     thread.resume()
     assert halted.wait(30)

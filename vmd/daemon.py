@@ -52,6 +52,9 @@ class Daemon:
         # Set by the machine: press the guest's power button; False when no
         # guest will act on it. SIGTERM waits for the guest (system/stop.py).
         self.guest_power_down: Callable[[], bool] | None = None
+        #: The guest machine (``vmd.machine.vm.Machine``); None with ``-M none``.
+        self.machine: Any = None
+        self.exit_status = 0
         self._shutdown = loop.create_future()
 
     @cached_property
@@ -78,11 +81,19 @@ class Daemon:
         return version.version_info()
 
     def request_shutdown(self, cause: ShutdownCause) -> None:
-        """Emit SHUTDOWN now and have the main loop exit soon after."""
+        """Emit SHUTDOWN now and have the main loop exit soon after.
+
+        A guest's shutdown under ``-no-shutdown`` stops the VM in state
+        ``shutdown`` instead; host requests (quit, signals) always exit.
+        """
         if self._shutdown.done():
             return
         guest = cause.startswith("guest-")
         events.qapi_event_send_shutdown(self.events, guest=guest, reason=cause)
+        if guest and self.config.no_shutdown:
+            from vmd._generated.types import RunState
+            self.runstate.stop(RunState.SHUTDOWN)
+            return
         log.debug("shutting down (%s)", cause)
         self._shutdown.set_result(cause)
 
@@ -100,6 +111,13 @@ class Daemon:
             await self.jobs.cancel_sync_all()
         await self.nbd.stop()
         await self.block.close_all()
+
+    def request_exit(self, status: int) -> None:
+        """Exit with ``status`` without a SHUTDOWN event (isa-debug-exit)."""
+        if not self._shutdown.done():
+            from vmd._generated.types import ShutdownCause
+            self.exit_status = status
+            self._shutdown.set_result(ShutdownCause.NONE)
 
     async def wait_for_shutdown(self) -> ShutdownCause:
         result: ShutdownCause = await self._shutdown

@@ -32,11 +32,13 @@ log = logging.getLogger(__name__)
 
 
 def check_supported(config: Config) -> None:
-    """Refuse options whose subsystems have not landed yet, clearly."""
+    """Refuse guest options on a machine without a guest, clearly."""
+    if config.machine.get("type") != "none":
+        return
     unsupported = [("-device", config.devices), ("-kernel", config.kernel)]
     for option, value in unsupported:
         if value:
-            raise StartupError(f"{option} is not supported by this vmd yet")
+            raise StartupError(f"{option} needs a machine with a guest (-M pc)")
 
 
 async def run(config: Config, daemonizer: Daemonizer | None,
@@ -57,11 +59,18 @@ async def run(config: Config, daemonizer: Daemonizer | None,
     await create_chardevs(daemon, config, early)
     early.abandon()  # anything the monitors did not take
     listen_fds.close_unused()
+    if config.machine.get("type") == "pc":
+        from vmd.machine.vm import Machine
+        daemon.machine = Machine(daemon, loop)
+        daemon.runstate.vcpus = daemon.machine
+        daemon.guest_power_down = daemon.machine.press_power_button
     for monitor in daemon.monitors:
         await monitor.wait_for_client_if_asked()
     pidfile = PidFile(config.pidfile) if config.pidfile else None
     stopper = StopController(daemon, notifier, stop_grace)
     stopper.install()
+    if daemon.machine is not None:
+        daemon.machine.start(running=daemon.runstate.running)
     if daemonizer is not None:
         await daemonizer.ready()  # the parent sends READY=1 and MAINPID=
         notifier.send(STATUS=daemon.runstate.status)
@@ -74,10 +83,12 @@ async def run(config: Config, daemonizer: Daemonizer | None,
         stopper.stopping()
     finally:
         stopper.close()
+        if daemon.machine is not None:
+            daemon.machine.close()
         await daemon.chardevs.close_all()
         await daemon.close_storage()
         if pidfile is not None:
             pidfile.remove()
         await asyncio.sleep(0)  # let closing transports flush their output
         notifier.close()
-    return 0
+    return daemon.exit_status

@@ -67,6 +67,16 @@ COMMAND_SCHEMAS: dict[str, dict[str, Any]] = {
                                       'maximum': 9223372036854775807}},
          'required': ['command-line'],
          'additionalProperties': False},
+    'query-cpus-fast':
+        {'$schema': 'https://json-schema.org/draft/2020-12/schema',
+         'title': 'query-cpus-fast',
+         'type': 'object',
+         'additionalProperties': False},
+    'query-kvm':
+        {'$schema': 'https://json-schema.org/draft/2020-12/schema',
+         'title': 'query-kvm',
+         'type': 'object',
+         'additionalProperties': False},
     'query-qmp-schema':
         {'$schema': 'https://json-schema.org/draft/2020-12/schema',
          'title': 'query-qmp-schema',

@@ -10,11 +10,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 #: Machine type used when no -machine/-M gives one.  QEMU defaults to 'pc';
-#: vmd can only build 'none' until the machine work lands.
+#: vmd defaults to 'none' (a storage daemon needs no /dev/kvm).
 DEFAULT_MACHINE = "none"
 
-#: Machine types vmd can build.  Extend this set as machines are added.
-SUPPORTED_MACHINES: dict[str, str] = {"none": "empty machine"}
+#: Machine types vmd can build.  'pc' runs on KVM only.
+SUPPORTED_MACHINES: dict[str, str] = {
+    "none": "empty machine",
+    "pc": "Standard PC (i440FX + PIIX, 1996) (alias of pc-i440fx-7.2)",
+}
+
+#: Accelerators vmd has; QEMU would fall back to TCG, vmd has none.
+SUPPORTED_ACCELS = ("kvm",)
 
 #: RAM size when -m is absent or zero (QEMU's default_ram_size for x86).
 DEFAULT_RAM_BYTES = 128 << 20

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from vmd.cli import chardev as chardev_mod
 from vmd.cli.config import (
     DEFAULT_RAM_BYTES,
+    SUPPORTED_ACCELS,
     SUPPORTED_MACHINES,
     BlockdevConfig,
     ChardevConfig,
@@ -227,7 +228,7 @@ def _blockdev(state: _State, arg: str, _where: str) -> None:
     state.config.blockdevs.append(BlockdevConfig(options=tree, from_json=from_json))
 
 
-def _device(state: _State, arg: str, _where: str) -> None:
+def _device(state: _State, arg: str, _where: str) -> HelpRequest | None:
     if arg.startswith("{"):
         device = DeviceConfig(options=parse_json_object(arg), from_json=True)
     else:
@@ -235,8 +236,29 @@ def _device(state: _State, arg: str, _where: str) -> None:
         options: dict[str, object] = dict(opts.to_dict())
         if opts.id is not None:
             options["id"] = opts.id
+        help_request = _device_help(options)
+        if help_request is not None:
+            return help_request
         device = DeviceConfig(options=options)
     state.config.devices.append(device)
+    return None
+
+
+def _device_help(options: dict[str, object]) -> HelpRequest | None:
+    """``-device help`` and ``-device TYPE,help`` (the registry's texts)."""
+    driver = str(options.get("driver", ""))
+    wants_type_help = any(is_help_option(key) for key in options if key != "driver")
+    if not is_help_option(driver) and not wants_type_help:
+        return None
+    from vmd.hw import devices  # noqa: F401  (registers the device types)
+    from vmd.qom.errors import QOMError
+    from vmd.qom.help import device_help, device_type_help
+    if is_help_option(driver):
+        return HelpRequest(device_help())
+    try:
+        return HelpRequest(device_type_help(driver))
+    except QOMError as error:
+        raise OptionError(str(error)) from None
 
 
 # --- character devices and monitors --------------------------------------
@@ -401,6 +423,7 @@ def _finish(state: _State) -> None:
     if machine_type not in SUPPORTED_MACHINES:
         raise CliError(located(state.machine_where, "unsupported machine type")
                        + "\nUse -machine help to list supported machines")
+    _check_accel(config)
     if state.smp_given:
         try:
             config.smp = compute_smp(state.smp_values)
@@ -414,6 +437,16 @@ def _finish(state: _State) -> None:
         if label not in state.where:
             raise CliError(located(where, f'chardev "{label}" not found'))
     _check_stdio(state)
+
+
+def _check_accel(config: Config) -> None:
+    """``-accel``, ``-enable-kvm`` and ``-machine accel=``: QEMU tries them in
+    order and takes the first that works; vmd has KVM only, so it must come first."""
+    wanted = [accel.get("accel", "") for accel in config.accels]
+    if "accel" in config.machine:
+        wanted.extend(config.machine["accel"].split(":"))
+    if wanted and wanted[0] not in SUPPORTED_ACCELS:
+        raise CliError(located(None, f"invalid accelerator {wanted[0]}"))
 
 
 def _check_stdio(state: _State) -> None:

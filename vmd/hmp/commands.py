@@ -16,6 +16,7 @@ from typing import Any
 from vmd._generated.types import ShutdownCause
 from vmd.hmp import chardev
 from vmd.hmp.args import ArgumentError, parse_arguments
+from vmd.machine import commands as machine
 from vmd.qmp.errors import QMPError
 
 #: A handler gets the context and the parsed arguments in order; it
@@ -70,7 +71,13 @@ INFO_COMMANDS = [
                chardev.info_chardev),
     HmpCommand("commands", "", "list the QMP commands vmd provides",
                _info_commands),
+    HmpCommand("cpus", "", "show infos for each CPU", machine.info_cpus),
+    HmpCommand("kvm", "", "show KVM information", machine.info_kvm),
+    HmpCommand("mtree", "", "show memory tree", machine.info_mtree),
     HmpCommand("name", "", "show the current VM name", _info_name),
+    HmpCommand("qtree", "", "show device tree", machine.info_qtree),
+    HmpCommand("registers", "[-a]", "show the cpu registers (-a: show register info for all cpus)",
+               machine.info_registers, rest_of_line=True),
     HmpCommand("status", "", "show the current VM status (running|paused)",
                _info_status),
     HmpCommand("version", "", "show the version of QEMU", _info_version),

@@ -5,9 +5,10 @@ parent at an offset with a priority) is flattened the way QEMU's
 ``render_memory_region`` does: higher priority wins, and among equals the
 region added last wins; a region only fills what its subregions left. The
 flat view of the system address space becomes KVM memory slots (RAM and
-ROM; ROM read-only); accesses that exit to user space are dispatched by
-looking the address up in the flat view. ``info mtree`` prints the tree in
-QEMU's format.
+ROM; ROM read-only); loaders write guest memory through it, and ``info
+mtree`` prints the tree in QEMU's format. Accesses that exit to user space
+go to the device buses (``vmd.hw.bus``), whose mappings the board mirrors
+into the tree as I/O regions.
 
 Thread use: the tree is built and changed on the loop thread with the BQL
 held; vCPU threads read the flat view (replaced as a whole, never mutated).
@@ -19,17 +20,9 @@ import bisect
 import mmap
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Protocol
 
 from vmd.accel.abi import ffi
-
-
-class RegionOps(Protocol):
-    """What an I/O region's owner implements (a device on a bus)."""
-
-    def read(self, offset: int, size: int) -> int: ...
-
-    def write(self, offset: int, size: int, value: int) -> None: ...
+from vmd.hw.bus import IoHandler
 
 
 @dataclass(eq=False)
@@ -39,7 +32,7 @@ class MemoryRegion:
     name: str
     size: int
     kind: str = "container"
-    ops: RegionOps | None = None
+    ops: IoHandler | None = None
     alias: MemoryRegion | None = None
     alias_offset: int = 0
     children: list[Subregion] = field(default_factory=list)
@@ -53,7 +46,7 @@ class MemoryRegion:
         return cls(name, size, "rom" if readonly else "ram", backing=backing)
 
     @classmethod
-    def io(cls, name: str, size: int, ops: RegionOps | None) -> MemoryRegion:
+    def io(cls, name: str, size: int, ops: IoHandler | None) -> MemoryRegion:
         return cls(name, size, "i/o", ops=ops)
 
     @classmethod
@@ -123,7 +116,7 @@ def _holes(taken: list[FlatRange], low: int, high: int) -> Iterator[tuple[int, i
 
 
 class AddressSpace:
-    """A root region and its current flat view, for lookups from exits."""
+    """A root region and its current flat view."""
 
     def __init__(self, name: str, root: MemoryRegion) -> None:
         self.name = name
@@ -145,18 +138,6 @@ class AddressSpace:
         if index >= 0 and address < self.view[index].end:
             return self.view[index]
         return None
-
-    def read_io(self, address: int, size: int, unassigned: int) -> int:
-        """An access that exited to user space; ``unassigned`` if nothing is there."""
-        flat = self.lookup(address)
-        if flat is None or flat.region.ops is None:
-            return unassigned
-        return flat.region.ops.read(address - flat.start + flat.offset, size)
-
-    def write_io(self, address: int, size: int, value: int) -> None:
-        flat = self.lookup(address)
-        if flat is not None and flat.region.ops is not None:
-            flat.region.ops.write(address - flat.start + flat.offset, size, value)
 
     def write(self, address: int, data: bytes) -> None:
         """Copy ``data`` into guest RAM/ROM (loaders); raises if unbacked."""
@@ -208,7 +189,8 @@ def mtree_text(spaces: list[AddressSpace]) -> str:
 def _print_region(region: MemoryRegion, base: int, priority: int, level: int, lines: list[str],
                   aliased: dict[int, MemoryRegion]) -> None:
     span = f"{base:016x}-{base + region.size - 1:016x}"
-    head = f"{'  ' * level}{span} (prio {priority}, {region.kind}): "
+    kind = "i/o" if region.kind == "container" else region.kind  # QEMU's memory_region_type
+    head = f"{'  ' * level}{span} (prio {priority}, {kind}): "
     if region.alias is not None:
         target = region.alias
         aliased.setdefault(id(target), target)

@@ -25,15 +25,13 @@ from typing import Any
 from vmd.accel import abi
 from vmd.accel.abi import ffi
 from vmd.accel.kvm import KvmError, Vcpu
-from vmd.machine.memory import AddressSpace
+from vmd.hw.bus import IoBus
 
 log = logging.getLogger(__name__)
 
 #: The signal that interrupts ``KVM_RUN``; its Python handler does nothing.
 KICK_SIGNAL = signal.SIGRTMIN + 2
 
-# What an IN from an unassigned port or a read of unassigned MMIO returns.
-_UNASSIGNED = {1: 0xFF, 2: 0xFFFF, 4: 0xFFFFFFFF, 8: 0xFFFFFFFFFFFFFFFF}
 _PTR = {1: "uint8_t *", 2: "uint16_t *", 4: "uint32_t *", 8: "uint64_t *"}
 
 #: A state-changing exit: (vCPU index, kind, details) -> handled on the loop.
@@ -48,7 +46,7 @@ def install_kick_handler() -> None:
 class VcpuThread:
     """The thread running one vCPU, and its stop/resume handshake."""
 
-    def __init__(self, vcpu: Vcpu, pio: AddressSpace, mmio: AddressSpace, bql: threading.Lock,
+    def __init__(self, vcpu: Vcpu, pio: IoBus, mmio: IoBus, bql: threading.Lock,
                  report: ExitReport) -> None:
         self.vcpu = vcpu
         self._pio = pio
@@ -159,10 +157,10 @@ class VcpuThread:
         with self._bql:
             if io.direction == abi.EXIT_IO_OUT:
                 for i in range(count):
-                    self._pio.write_io(port, size, data[i])
+                    self._pio.write(port, size, data[i])
             else:
                 for i in range(count):
-                    data[i] = self._pio.read_io(port, size, _UNASSIGNED[size])
+                    data[i] = self._pio.read(port, size)
 
     def _mmio_access(self, mmio: Any) -> None:
         length = mmio.len
@@ -171,20 +169,21 @@ class VcpuThread:
         data = ffi.cast(_PTR[length], mmio.data)
         with self._bql:
             if mmio.is_write:
-                self._mmio.write_io(mmio.phys_addr, length, data[0])
+                self._mmio.write(mmio.phys_addr, length, data[0])
             else:
-                data[0] = self._mmio.read_io(mmio.phys_addr, length, _UNASSIGNED[length])
+                data[0] = self._mmio.read(mmio.phys_addr, length)
 
 
 def describe_exit(run: Any, reason: int) -> str:
     """The line QEMU prints for an exit it cannot handle."""
     if reason == abi.EXIT_INTERNAL_ERROR:
         internal = run.internal
-        if internal.suberror == abi.INTERNAL_ERROR_EMULATION:
-            return "KVM internal error. Suberror: 1\nemulation failure"
         extra = "".join(f"\nextra data[{i}]: 0x{internal.data[i]:016x}"
                         for i in range(min(internal.ndata, 16)))
-        return f"KVM internal error. Suberror: {internal.suberror}{extra}"
+        text = f"KVM internal error. Suberror: {internal.suberror}{extra}"
+        if internal.suberror == abi.INTERNAL_ERROR_EMULATION:
+            text += "\nemulation failure"
+        return text
     if reason == abi.EXIT_FAIL_ENTRY:
         return (f"KVM: entry failed, hardware error 0x"
                 f"{run.fail_entry.hardware_entry_failure_reason:x}")

@@ -2,9 +2,9 @@
 
 QEMU reaches a multiboot or Linux entry point through firmware and an
 option ROM; vmd has no firmware and puts the vCPU directly in the state
-the boot protocol promises. The GDT entries and selectors are those of the
-protocols (Linux boot.rst: __BOOT_CS 0x10, __BOOT_DS 0x18; QEMU's
-multiboot option ROM uses the same two).
+the boot protocol promises. The GDTs and selectors are those QEMU's guests
+see: Linux boot.rst's __BOOT_CS 0x10 and __BOOT_DS 0x18, and QEMU's
+multiboot option ROM's code 0x08 and data 0x10.
 """
 
 from __future__ import annotations
@@ -14,9 +14,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vmd.accel.kvm import Vcpu
-
-CODE_SELECTOR = 0x10
-DATA_SELECTOR = 0x18
 
 CR0_PE = 1 << 0
 CR0_ET = 1 << 4
@@ -30,12 +27,13 @@ GDT_CODE64 = 0x00AF9B000000FFFF
 GDT_CODE32 = 0x00CF9B000000FFFF
 GDT_DATA = 0x00CF93000000FFFF
 GDT_TSS = 0x00008B0000000067
+GDT_CODE16 = 0x00009E000000FFFF
+GDT_DATA16 = 0x000092000000FFFF
 
-
-def gdt_bytes(long_mode: bool) -> bytes:
-    """null, null, code (0x10), data (0x18), TSS (0x20)."""
-    code = GDT_CODE64 if long_mode else GDT_CODE32
-    return struct.pack("<5Q", 0, 0, code, GDT_DATA, GDT_TSS)
+#: Linux 64-bit entry: null, null, code64 (0x10), data (0x18), TSS (0x20).
+LINUX_GDT = struct.pack("<5Q", 0, 0, GDT_CODE64, GDT_DATA, GDT_TSS)
+#: QEMU's multiboot.bin: null, code32 (0x08), data (0x10), code16, data16.
+MULTIBOOT_GDT = struct.pack("<5Q", 0, GDT_CODE32, GDT_DATA, GDT_CODE16, GDT_DATA16)
 
 
 @dataclass
@@ -46,6 +44,8 @@ class EntryState:
     regs: dict[str, int] = field(default_factory=dict)
     long_mode: bool = False
     gdt_base: int = 0
+    code_selector: int = 0x08
+    data_selector: int = 0x10
     page_table: int = 0  # CR3 when long_mode
 
 
@@ -60,11 +60,11 @@ def _segment(seg: Any, selector: int, code: bool, long_mode: bool) -> None:
 def enter(vcpu: Vcpu, state: EntryState) -> None:
     """Put ``vcpu`` in protected (or long) mode at ``state.rip``."""
     sregs = vcpu.get_sregs()
-    _segment(sregs.cs, CODE_SELECTOR, True, state.long_mode)
+    _segment(sregs.cs, state.code_selector, True, state.long_mode)
     for seg in (sregs.ds, sregs.es, sregs.fs, sregs.gs, sregs.ss):
-        _segment(seg, DATA_SELECTOR, False, state.long_mode)
+        _segment(seg, state.data_selector, False, state.long_mode)
     tr = sregs.tr
-    tr.base, tr.limit, tr.selector, tr.type, tr.present, tr.s, tr.g = 0, 0x67, 0x20, 11, 1, 0, 0
+    tr.base, tr.limit, tr.selector, tr.type, tr.present, tr.s, tr.g = 0, 0xFFFF, 0, 11, 1, 0, 0
     sregs.gdt.base, sregs.gdt.limit = state.gdt_base, 5 * 8 - 1
     sregs.idt.base, sregs.idt.limit = 0, 0
     sregs.cr0 = CR0_PE | CR0_ET

@@ -28,6 +28,7 @@ HANDLER_MODULES: dict[str, tuple[str, ...]] = {
                    "vmd.block.create", "vmd.block.jobs.commands"),
     "block_jobs": ("vmd.block.jobs.commands",),
     "block_export": ("vmd.block.nbd.commands",),
+    "machine": ("vmd.machine.commands",),
 }
 
 

@@ -23,12 +23,18 @@ def qmp_cont(ctx: Any) -> None:
 
 
 def qmp_system_reset(ctx: Any) -> None:
+    machine = ctx.daemon.machine
+    if machine is not None:
+        machine.reset(ShutdownCause.HOST_QMP_SYSTEM_RESET)
+        return
     events.qapi_event_send_reset(ctx.daemon.events, guest=False,
                                  reason=ShutdownCause.HOST_QMP_SYSTEM_RESET)
 
 
 def qmp_system_powerdown(ctx: Any) -> None:
     events.qapi_event_send_powerdown(ctx.daemon.events)
+    if ctx.daemon.machine is not None:
+        ctx.daemon.machine.powerdown()
 
 
 def qmp_quit(ctx: Any) -> None:

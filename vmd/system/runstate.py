@@ -5,11 +5,14 @@ The run state belongs to the event loop thread. ``stop`` and ``cont`` emit
 before the command's reply, as in QEMU. Every change of ``status`` goes to
 the listeners (the service manager's ``STATUS=``) and to the
 ``runstate_set`` trace event.
+With a guest (``vcpus`` set), the vCPUs are parked before ``STOP`` and
+released after ``RESUME``, as QEMU's ``vm_stop``/``vm_start`` do.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Protocol
 
 from vmd._generated import events
 from vmd._generated.types import RunState
@@ -22,6 +25,14 @@ _NEEDS_RESET = frozenset({RunState.INTERNAL_ERROR, RunState.SHUTDOWN,
                           RunState.GUEST_PANICKED})
 
 
+class Vcpus(Protocol):
+    """What the run state drives: park and release every vCPU."""
+
+    def pause(self) -> None: ...
+
+    def resume(self) -> None: ...
+
+
 class RunStateMachine:
     """The current run state and the verbs that change it."""
 
@@ -29,6 +40,7 @@ class RunStateMachine:
         self._emitter = emitter
         self._status = RunState.PRELAUNCH if start_paused else RunState.RUNNING
         self._listeners: list[Callable[[RunState], object]] = []
+        self.vcpus: Vcpus | None = None
 
     @property
     def status(self) -> RunState:
@@ -54,10 +66,12 @@ class RunStateMachine:
     def running(self) -> bool:
         return self.status == RunState.RUNNING
 
-    def stop(self) -> None:
-        """Pause the VM; a no-op (and no event) unless it is running."""
+    def stop(self, state: RunState = RunState.PAUSED) -> None:
+        """QEMU's vm_stop: a no-op (and no event) unless it is running."""
         if self.status == RunState.RUNNING:
-            self.status = RunState.PAUSED
+            if self.vcpus is not None:
+                self.vcpus.pause()
+            self.status = state
             events.qapi_event_send_stop(self._emitter)
 
     def cont(self) -> None:
@@ -67,6 +81,8 @@ class RunStateMachine:
         if self.status != RunState.RUNNING:
             self.status = RunState.RUNNING
             events.qapi_event_send_resume(self._emitter)
+            if self.vcpus is not None:
+                self.vcpus.resume()
 
     def describe(self) -> str:
         """HMP's ``info status`` text."""

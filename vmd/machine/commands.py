@@ -1,0 +1,84 @@
+"""QMP and HMP commands about the machine: CPUs, KVM, memory and device trees.
+
+HMP texts are QEMU's (``info cpus``, ``info registers``, ``info mtree``,
+``info qtree``, ``info kvm``). Without a guest (``-M none``) there are no
+CPUs: the CPU commands answer with empty lists or nothing, KVM is disabled.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from vmd._generated.types import CpuInfoFast, CpuInstanceProperties, KvmInfo, SysEmuTarget
+
+
+def _machine(ctx: Any) -> Any:
+    return ctx.daemon.machine
+
+
+def qmp_query_kvm(ctx: Any) -> KvmInfo:
+    return KvmInfo(enabled=_machine(ctx) is not None, present=os.path.exists("/dev/kvm"))
+
+
+def qmp_query_cpus_fast(ctx: Any) -> list[CpuInfoFast]:
+    machine = _machine(ctx)
+    if machine is None:
+        return []
+    smp = ctx.daemon.config.smp
+    result = []
+    for index, thread_id in machine.cpu_threads():
+        props = CpuInstanceProperties(
+            socket_id=index // (smp.cores * smp.threads * smp.dies),
+            core_id=(index // smp.threads) % smp.cores, thread_id=index % smp.threads)
+        if smp.dies > 1:
+            props.die_id = (index // (smp.cores * smp.threads)) % smp.dies
+        result.append(CpuInfoFast(cpu_index=index, qom_path=f"/machine/unattached/device[{_qom_slot(index)}]",
+                                  thread_id=thread_id, props=props, target=SysEmuTarget.X86_64))
+    return result
+
+
+def _qom_slot(index: int) -> int:
+    """QEMU creates the APIC of CPU 0 between CPU 0 and CPU 1."""
+    return 0 if index == 0 else index + 1
+
+
+# -- HMP ----------------------------------------------------------------------
+
+def info_cpus(ctx: Any, _args: list[str]) -> str:
+    machine = _machine(ctx)
+    if machine is None:
+        return ""
+    return "".join(f"{'*' if index == 0 else ' '} CPU #{index}: thread_id={thread_id}\n"
+                   for index, thread_id in machine.cpu_threads())
+
+
+def info_registers(ctx: Any, args: list[str]) -> str:
+    """``info registers [-a]``: CPU 0 (the monitor's CPU), or all with -a."""
+    machine = _machine(ctx)
+    if machine is None:
+        return ""
+    from vmd.machine.registers import dump_registers
+    vcpus = machine.board.vcpus if args and args[0].strip() == "-a" else machine.board.vcpus[:1]
+    return "".join(f"\nCPU#{vcpu.index}\n{dump_registers(vcpu)}" for vcpu in vcpus)
+
+
+def info_mtree(ctx: Any, _args: list[str]) -> str:
+    machine = _machine(ctx)
+    if machine is None:
+        return ""
+    from vmd.machine.memory import mtree_text
+    board = machine.board
+    return mtree_text([board.memory, board.io])
+
+
+def info_qtree(ctx: Any, _args: list[str]) -> str:
+    machine = _machine(ctx)
+    if machine is None:
+        return "bus: main-system-bus\n  type System\n"
+    from vmd.qom.qtree import qtree
+    return qtree(machine.board.root_bus)
+
+
+def info_kvm(ctx: Any, _args: list[str]) -> str:
+    return f"kvm support: {'enabled' if _machine(ctx) is not None else 'disabled'}\n"
