@@ -56,6 +56,8 @@ BIOS_BASE, BIOS_SIZE = 0xFFFC0000, 0x40000
 HALT_LOOP = bytes.fromhex("faf4ebfd")  # cli; 1: hlt; jmp 1b
 
 BUILTIN_DEVICES = ("mc146818rtc", "i8042", "port92")
+#: What QEMU's pc sets on them (its RTC has base_year 0: the year registers hold the real year).
+BUILTIN_PROPERTIES = {"mc146818rtc": {"base_year": "0"}}
 
 
 @device_type("PIIX3", TYPE_DEVICE, user_creatable=False)
@@ -155,7 +157,8 @@ class PcBoard:
         self.pio.map(0x80, 1, IoPort80(), "ioport80")
         self.pio.map(PM_BASE, PM_SIZE, self.acpi_pm, "acpi-pm", max_access=4)
         for driver in BUILTIN_DEVICES:
-            device = self._realize(create_device({"driver": driver}, user=False))
+            device = self._realize(create_device({"driver": driver, **BUILTIN_PROPERTIES.get(driver, {})},
+                                                 user=False))
             if driver == "mc146818rtc":
                 pc_cmos_init(device.rtc, self.ram_size, self.config.smp.cpus)  # type: ignore[attr-defined]
         for chardev_id in self.config.serials:
