@@ -211,10 +211,10 @@ def test_daemonize_and_pidfile(tmp_path: Path) -> None:
 @pytest.mark.parametrize("argv, message", [
     (["-bogus"], "vmd: -bogus: invalid option"),
     (["-qmp"], "vmd: -qmp: requires an argument"),
-    (["-M", "pc"], "unsupported machine type"),
+    (["-M", "q35"], "unsupported machine type"),
     (["-blockdev", "driver=file,node-name=n,filename=/nonexistent/x"],
      "Could not open '/nonexistent/x': No such file or directory"),
-    (["-device", "virtio-blk,drive=n"], "-device is not supported by this vmd yet"),
+    (["-device", "virtio-blk,drive=n"], "-device needs a machine with a guest (-M pc)"),
 ])
 def test_command_line_errors_exit_1(argv: list[str], message: str) -> None:
     result = subprocess.run(vmd_command(*argv), env=_env(), timeout=30,

@@ -73,10 +73,15 @@ INFO_COMMANDS = [
                _info_commands),
     HmpCommand("cpus", "", "show infos for each CPU", machine.info_cpus),
     HmpCommand("kvm", "", "show KVM information", machine.info_kvm),
-    HmpCommand("mtree", "", "show memory tree", machine.info_mtree),
+    HmpCommand("mtree", "[-f][-d][-o][-D]",
+               "show memory tree (-f: dump flat view for address spaces;-d: dump dispatch tree, "
+               "valid with -f only);-o: dump region owners/parents;-D: dump disabled regions",
+               machine.info_mtree, rest_of_line=True),
     HmpCommand("name", "", "show the current VM name", _info_name),
     HmpCommand("qtree", "", "show device tree", machine.info_qtree),
-    HmpCommand("registers", "[-a]", "show the cpu registers (-a: show register info for all cpus)",
+    HmpCommand("registers", "[-a|vcpu]",
+               "show the cpu registers (-a: show register info for all cpus; vcpu: specific vCPU to query; "
+               "show the current CPU's registers if no argument is specified)",
                machine.info_registers, rest_of_line=True),
     HmpCommand("status", "", "show the current VM status (running|paused)",
                _info_status),

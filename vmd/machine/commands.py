@@ -54,13 +54,23 @@ def info_cpus(ctx: Any, _args: list[str]) -> str:
 
 
 def info_registers(ctx: Any, args: list[str]) -> str:
-    """``info registers [-a]``: CPU 0 (the monitor's CPU), or all with -a."""
+    """``info registers [-a|vcpu]``: CPU 0 (the monitor's CPU), all, or one."""
     machine = _machine(ctx)
     if machine is None:
         return ""
     from vmd.machine.registers import dump_registers
-    vcpus = machine.board.vcpus if args and args[0].strip() == "-a" else machine.board.vcpus[:1]
-    return "".join(f"\nCPU#{vcpu.index}\n{dump_registers(vcpu)}" for vcpu in vcpus)
+    vcpus = machine.board.vcpus
+    word = args[0].strip() if args else ""
+    if word == "-a":
+        chosen = vcpus
+    elif word:
+        index = int(word, 0) if word.isdigit() else -1
+        if not 0 <= index < len(vcpus):
+            return f"CPU#{word} not available\n"
+        chosen = vcpus[index:index + 1]
+    else:
+        chosen = vcpus[:1]
+    return "".join(f"\nCPU#{vcpu.index}\n{dump_registers(vcpu)}" for vcpu in chosen)
 
 
 def info_mtree(ctx: Any, _args: list[str]) -> str:
