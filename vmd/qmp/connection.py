@@ -18,7 +18,9 @@ Resource bounds, so one client cannot hurt the others:
   other clients get their turn;
 * output: when the client does not read its replies, answering and reading
   its requests stop too (``pause_writing``); if unread output still grows past
-  ``MAX_UNREAD_OUTPUT`` (events keep coming), the client is disconnected.
+  ``MAX_UNREAD_OUTPUT`` (events keep coming), the client is disconnected;
+* all clients together: unread output counts against the daemon-wide
+  ``vmd.memory_cap.CAP``.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
+from vmd.memory_cap import CAP, Holder
 from vmd.qmp.access import describe_peer
 from vmd.qmp.dispatch import Response, is_oob_request
 from vmd.qmp.json_stream import JSONStreamParser, Message
@@ -61,6 +64,7 @@ class QMPConnection(asyncio.Protocol):
         self._reading_paused = False
         self._writing_paused = False
         self._queue_scheduled = False
+        self._holder: Holder | None = None
 
     # -- asyncio.Protocol --------------------------------------------------
 
@@ -68,12 +72,17 @@ class QMPConnection(asyncio.Protocol):
         # uvloop's transports implement asyncio.Transport without subclassing it.
         self._transport = cast(asyncio.Transport, transport)
         self._transport.set_write_buffer_limits(high=WRITE_BUFFER_HIGH)
-        log.info("QMP client connected: %s", describe_peer(transport.get_extra_info("socket")))
+        peer = describe_peer(transport.get_extra_info("socket"))
+        log.info("QMP client connected: %s", peer)
+        self._holder = Holder(f"QMP client ({peer})", self._unread_output, self.abort)
+        CAP.add(self._holder)
         if not self._greeted:  # the early greeter may have sent it already
             self._write(self.session.greeting())
         self.session.daemon.events.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._holder is not None:
+            CAP.remove(self._holder)
         self.session.daemon.events.remove(self)
         self._queue.clear()
         self.session.daemon.turns.leave(self)
@@ -115,6 +124,7 @@ class QMPConnection(asyncio.Protocol):
             transport.abort()
             return
         transport.write(encoded)
+        self._check_cap()
 
     def close(self) -> None:
         """Close after pending output is flushed."""
@@ -192,3 +202,11 @@ class QMPConnection(asyncio.Protocol):
     def _write(self, message: dict[str, Any]) -> None:
         if self._transport is not None:
             self._transport.write(encode_message(message))
+            self._check_cap()
+
+    def _unread_output(self) -> int:
+        return self._transport.get_write_buffer_size() if self._transport is not None else 0
+
+    def _check_cap(self) -> None:
+        if self._holder is not None:
+            CAP.check(self._holder)

@@ -33,6 +33,7 @@ from vmd.block.nbd import protocol as p
 from vmd.block.node import BlockNode, Status, block_status_above
 from vmd.block.perm import NONE, Perm
 from vmd.errors import QMPError
+from vmd.memory_cap import CAP, Holder
 
 log = logging.getLogger(__name__)
 
@@ -224,6 +225,9 @@ class _Client:
         self._bytes = 0
         self._capacity = asyncio.Event()
         self._capacity.set()
+        #: What this client makes vmd hold, against the daemon-wide cap.
+        self.holder = Holder("NBD client", self._held, self.abort)
+        CAP.add(self.holder)
 
     def abort(self) -> None:
         """Hang up now (export removed, server stopped)."""
@@ -242,10 +246,15 @@ class _Client:
 
     async def close(self) -> None:
         self.aborted = True
+        CAP.remove(self.holder)
         self.writer.close()
         with suppress(ConnectionError, OSError):
             await self.writer.wait_closed()
         self.finished.set()
+
+    def _held(self) -> int:
+        """Request and reply bytes in flight, and replies the client has not read."""
+        return self._bytes + self.writer.transport.get_write_buffer_size()
 
     async def _send(self, data: bytes) -> None:
         if data and not self.writer.is_closing():
@@ -283,6 +292,8 @@ class _Client:
         self._bytes += cost
         if self._requests >= MAX_REQUESTS or self._bytes >= MAX_BYTES:
             self._capacity.clear()
+        if CAP.check(self.holder):
+            return
         task = asyncio.get_running_loop().create_task(self._serve(request, cost))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -305,6 +316,7 @@ class _Client:
                 backend.request_end()
             if not self.writer.is_closing():
                 self.writer.writelines(reply)
+                CAP.check(self.holder)
                 await self.writer.drain()
         except (ConnectionError, OSError):
             pass
