@@ -11,6 +11,7 @@ and the others go on.
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import struct
 import subprocess
@@ -81,7 +82,7 @@ def test_memory_cap_drops_the_client_that_holds_too_much(tmp_path: Path) -> None
     nbd_path = tmp_path / "nbd.sock"
     log = tmp_path / "stderr.log"
     with log.open("wb") as sink:
-        vmd = start_vmd(tmp_path, env={**__import__("os").environ, "VMD_MEMORY_CAP": "24M"}, stderr=sink)
+        vmd = start_vmd(tmp_path, env={**os.environ, "VMD_MEMORY_CAP": "24M"}, stderr=sink)
     try:
         export(vmd.qmp_path, nbd_path, {"driver": "null-co", "node-name": "e", "size": 64 << 20,
                                         "read-zeroes": True})
