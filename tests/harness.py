@@ -202,3 +202,16 @@ async def until(condition: Callable[[], Any], timeout: float = 10.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError("condition not met in time")
         await asyncio.sleep(0.002)
+
+
+def wait_for_screen(session: str, text: str, timeout: float = 15.0) -> None:
+    """Wait until the tmux pane shows ``text`` (the terminal is the event)."""
+    deadline = time.monotonic() + timeout
+    screen = ""
+    while time.monotonic() < deadline:
+        screen = subprocess.run(["tmux", "capture-pane", "-p", "-t", session],
+                                capture_output=True, text=True).stdout
+        if text in screen:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{text!r} never appeared on screen:\n{screen}")

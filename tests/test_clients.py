@@ -18,7 +18,7 @@ import pytest
 from qemu.qmp import ExecuteError, QMPClient
 from qemu.qmp.legacy import QEMUMonitorProtocol
 
-from tests.harness import VmdProcess
+from tests.harness import VmdProcess, wait_for_screen
 
 QMP_SHELL = Path(sys.executable).with_name("qmp-shell")
 
@@ -148,25 +148,12 @@ def test_qmp_shell_tab_completion(vmd: VmdProcess) -> None:
                     "-y", "40", str(QMP_SHELL), str(vmd.qmp_path)],
                    check=True)
     try:
-        _wait_for_screen(session, "(QEMU)")
+        wait_for_screen(session, "(QEMU)")
         subprocess.run(["tmux", "send-keys", "-t", session, "query-sta",
                         "Tab"], check=True)
-        _wait_for_screen(session, "(QEMU) query-status")
+        wait_for_screen(session, "(QEMU) query-status")
         subprocess.run(["tmux", "send-keys", "-t", session, "Enter"],
                        check=True)
-        _wait_for_screen(session, '"status": "running"')
+        wait_for_screen(session, '"status": "running"')
     finally:
         subprocess.run(["tmux", "kill-session", "-t", session], check=False)
-
-
-def _wait_for_screen(session: str, text: str, timeout: float = 15.0) -> None:
-    """Wait until the tmux pane shows ``text`` (the terminal is the event)."""
-    deadline = time.monotonic() + timeout
-    screen = ""
-    while time.monotonic() < deadline:
-        screen = subprocess.run(["tmux", "capture-pane", "-p", "-t", session],
-                                capture_output=True, text=True).stdout
-        if text in screen:
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"{text!r} never appeared on screen:\n{screen}")

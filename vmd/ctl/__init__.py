@@ -1,0 +1,1 @@
+"""``vmdctl``: status, console, graceful stop and listing of running vmd instances."""
