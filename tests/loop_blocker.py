@@ -1,12 +1,14 @@
-"""Run vmd with a test-only way to block its event loop: SIGUSR1 sleeps 2 s.
+"""Run vmd with a test-only way to block its event loop: SIGUSR1 sleeps.
 
 The watchdog test needs a stuck loop while the rest of the process lives
 on (worker threads, the kernel's socket buffers). This is not a vmd option:
 the test runs ``python tests/loop_blocker.py VMD-ARGS``, which wraps
-``main_loop.run`` and then starts vmd as usual.
+``main_loop.run`` and then starts vmd as usual. The loop sleeps
+``$VMD_TEST_BLOCK_SECONDS`` (default 2).
 """
 
 import asyncio
+import os
 import signal
 import sys
 import time
@@ -14,7 +16,7 @@ import time
 from vmd import main_loop
 from vmd.__main__ import main
 
-BLOCK_SECONDS = 2.0
+BLOCK_SECONDS = float(os.environ.get("VMD_TEST_BLOCK_SECONDS", "2"))
 _run = main_loop.run
 
 
