@@ -320,3 +320,43 @@ def test_notify_socket_in_the_abstract_namespace(tmp_path: Path) -> None:
             assert sock.recv(4096).startswith(b"READY=1\n")
         finally:
             _stopped(process)
+
+
+def test_second_sigterm_still_leaves_images_clean(tmp_path: Path, receiver: NotifyReceiver) -> None:
+    """Two signals in a row: the stop does not wait, but every image is still flushed and closed."""
+    image, qmp, nbd = tmp_path / "a.qcow2", tmp_path / "qmp.sock", tmp_path / "nbd.sock"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-o", "lazy_refcounts=on", str(image), "4M"],
+                   check=True)
+    process = spawn_vmd(receiver, *_qmp_args(qmp), "-blockdev",
+                        f"driver=qcow2,node-name=a,file.driver=file,file.filename={image}")
+    try:
+        receiver.wait_for("READY")
+        with RawQMP(qmp) as client:
+            client.negotiate()
+            for request in ({"execute": "nbd-server-start",
+                             "arguments": {"addr": {"type": "unix", "data": {"path": str(nbd)}}}},
+                            {"execute": "block-export-add",
+                             "arguments": {"type": "nbd", "id": "e", "node-name": "a", "writable": True}}):
+                assert client.command(request) == {"return": {}}
+            write = subprocess.run(["qemu-io", "-f", "raw", "-c", "write -P 0x5c 0 1M",
+                                    f"nbd+unix:///a?socket={nbd}"], capture_output=True, text=True, timeout=60)
+            assert write.returncode == 0, write.stderr
+            assert _qcow2_dirty(image)  # lazy refcounts: dirty while open
+            process.send_signal(signal.SIGTERM)
+            receiver.wait_for("STOPPING")
+            process.send_signal(signal.SIGTERM)  # while the images are being closed
+            assert process.wait(30) == 0
+    finally:
+        _stopped(process)
+    assert not _qcow2_dirty(image)
+    check = subprocess.run(["qemu-img", "check", str(image)], capture_output=True, text=True, timeout=60)
+    assert check.returncode == 0 and "No errors were found" in check.stdout, check.stdout
+    read = subprocess.run(["qemu-io", "-r", "-c", "read -P 0x5c 0 1M", str(image)], capture_output=True, text=True)
+    assert read.returncode == 0 and "verification failed" not in read.stdout, read.stdout
+
+
+def _qcow2_dirty(path: Path) -> bool:
+    """The qcow2 header's dirty bit (incompatible feature bit 0)."""
+    with open(path, "rb") as image:
+        image.seek(72)
+        return bool(int.from_bytes(image.read(8), "big") & 1)

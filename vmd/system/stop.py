@@ -101,10 +101,13 @@ class StopController:
             self._notifier.send(STOPPING=1, STATUS=status)
 
     def close(self) -> None:
+        """End the wait for the guest (shutdown is under way).
+
+        The signal handlers stay until the loop closes: a signal while the
+        block layer flushes must not kill vmd with its default action.
+        """
         if self._wait is not None:
             self._wait.cancel()
-        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            self._loop.remove_signal_handler(signum)
 
     async def _wait_for_guest(self) -> None:
         """Wait out the grace time unless the guest shuts down first.
