@@ -360,3 +360,13 @@ def _qcow2_dirty(path: Path) -> bool:
     with open(path, "rb") as image:
         image.seek(72)
         return bool(int.from_bytes(image.read(8), "big") & 1)
+
+
+def test_pidfile_must_be_a_regular_file(tmp_path: Path) -> None:
+    """Not written, and never removed at exit (think of ``-pidfile /dev/null``)."""
+    fifo = tmp_path / "not-a-file"
+    os.mkfifo(fifo)
+    result = _run("-pidfile", str(fifo), *_qmp_args(tmp_path / "qmp.sock"))
+    assert result.returncode == 1
+    assert result.stderr == "vmd: cannot create PID file: Failed to write pid file: not a regular file\n"
+    assert fifo.exists()

@@ -19,6 +19,7 @@ import errno
 import fcntl
 import os
 import socket
+import stat
 import sys
 
 from vmd.system.sd_notify import Notifier
@@ -66,7 +67,11 @@ def daemonize(notifier: Notifier) -> Daemonizer:
 
 
 class PidFile:
-    """A locked pid file, removed when the daemon exits (QEMU's -pidfile)."""
+    """A locked pid file, removed when the daemon exits (QEMU's -pidfile).
+
+    Only a regular file is ever written or removed: ``-pidfile /dev/null``
+    fails at start-up instead of deleting /dev/null at exit.
+    """
 
     def __init__(self, path: str) -> None:
         self.path = path
@@ -84,12 +89,20 @@ class PidFile:
             raise StartupError(
                 f"cannot create PID file: Cannot lock pid file: {reason}"
             ) from None
+        info = os.fstat(self._fd)
+        if not stat.S_ISREG(info.st_mode):
+            os.close(self._fd)
+            raise StartupError("cannot create PID file: Failed to write pid file: not a regular file")
+        self._inode = (info.st_dev, info.st_ino)
         os.ftruncate(self._fd, 0)
         os.write(self._fd, f"{os.getpid()}\n".encode())
 
     def remove(self) -> None:
+        """Unlink the file, unless the path names another file by now."""
         try:
-            os.unlink(self.path)
+            info = os.stat(self.path)
+            if (info.st_dev, info.st_ino) == self._inode:
+                os.unlink(self.path)
         except OSError as error:
             print(f"vmd: could not remove PID file: {error}", file=sys.stderr)
         os.close(self._fd)
