@@ -563,10 +563,9 @@ def test_snapshot_while_an_nbd_client_writes(tmp_path: Path) -> None:
         check = subprocess.run(["qemu-img", "check", str(tmp_path / image)], capture_output=True, text=True)
         assert check.returncode == 0, check
     # The overlay over the base reads the pattern everywhere the client wrote.
-    chain = (f"json:{{\"driver\": \"qcow2\", \"file\": {{\"driver\": \"file\", "
-             f"\"filename\": \"{tmp_path / 'ov.qcow2'}\"}},"
-             f" \"backing\": {{\"driver\": \"qcow2\", \"file\": {{\"driver\": \"file\", \"filename\": "
-             f"\"{tmp_path / 'base.qcow2'}\"}}}}}}")
+    chain = "json:" + json.dumps({
+        "driver": "qcow2", "file": {"driver": "file", "filename": str(tmp_path / "ov.qcow2")},
+        "backing": {"driver": "qcow2", "file": {"driver": "file", "filename": str(tmp_path / "base.qcow2")}}})
     # (qemu-img bench wraps around the 1 MiB disk: every byte was written.)
     read = subprocess.run(["qemu-io", "-r", "-c", "read -P 0x3c 0 1M", chain], capture_output=True, text=True)
     assert read.returncode == 0 and "verification failed" not in read.stdout, read
