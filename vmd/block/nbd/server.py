@@ -3,8 +3,9 @@
 ``NBDServer`` listens on a Unix or TCP socket. Each connection runs the
 handshake of ``protocol.ServerConnection``, then serves requests
 concurrently: every checked request becomes a task, and replies go out in
-whatever order the tasks finish (each request is answered by one write of
-all its chunks, so replies never interleave). The receive loop stops
+whatever order the tasks finish (each request's chunks are queued together,
+so replies never interleave; the replies queued in one turn of the event
+loop go out in one gathered write). The receive loop stops
 reading while a client has ``MAX_REQUESTS`` requests or ``MAX_BYTES`` of
 data in flight, so a client cannot make the server buffer more than that
 (plus one request); a task holds its share until the reply is written.
@@ -221,6 +222,7 @@ class _Client:
         self.aborted = False
         self.finished = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._outgoing: list[bytes | memoryview] = []
         self._requests = 0
         self._bytes = 0
         self._capacity = asyncio.Event()
@@ -315,8 +317,7 @@ class _Client:
             finally:
                 backend.request_end()
             if not self.writer.is_closing():
-                self.writer.writelines(reply)
-                CAP.check(self.holder)
+                self._queue_reply(reply)
                 await self.writer.drain()
         except (ConnectionError, OSError):
             pass
@@ -325,6 +326,18 @@ class _Client:
             self._bytes -= cost
             if self._requests < MAX_REQUESTS and self._bytes < MAX_BYTES:
                 self._capacity.set()
+
+    def _queue_reply(self, reply: list[bytes | memoryview]) -> None:
+        """Send ``reply`` with the others finished in this turn of the loop."""
+        if not self._outgoing:
+            asyncio.get_running_loop().call_soon(self._send_replies)
+        self._outgoing += reply
+
+    def _send_replies(self) -> None:
+        replies, self._outgoing = self._outgoing, []
+        if not self.writer.is_closing():
+            self.writer.writelines(replies)
+            CAP.check(self.holder)
 
     async def _execute(self, request: p.Request) -> list[bytes | memoryview]:
         assert self.export is not None
