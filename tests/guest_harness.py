@@ -7,7 +7,10 @@
 * ``socket``: the test listens and the emulator connects as a client, so
   no output is lost and input can be sent before the guest runs;
 * ``file``: read after the process ends;
-* ``stdio``: the process's standard output.
+* ``stdio``: the process's standard output;
+* ``pipe``: FIFOs ``serial.in``/``serial.out`` the test holds open;
+* ``pty``: the guest starts paused (pass ``-S``), the test opens the pty
+  that ``query-chardev`` names, then continues it.
 
 The vmd engine is used only when ``vmd -M help`` lists ``pc``; until then
 its tests skip with "vmd machine not available yet". QEMU spends most of
@@ -30,6 +33,7 @@ import subprocess
 import sys
 import threading
 import time
+import tty
 from pathlib import Path
 from typing import Any
 
@@ -117,6 +121,7 @@ class GuestVM:
         self._changed = threading.Condition()
         self._conn: socket.socket | None = None
         self._eof = False
+        self._pipe_hold: int | None = None
         serial_args, listener = self._serial_args(serial)
         argv = [*command(engine), "-kernel", str(elf), *args, *serial_args,
                 "-qmp", f"unix:{self.qmp_path},server=on,wait=off"]
@@ -134,19 +139,46 @@ class GuestVM:
         elif serial == "stdio":
             assert self.process.stdout is not None
             self._start_reader(self.process.stdout.read1)  # type: ignore[attr-defined]
+        elif serial == "pipe":
+            self._start_reader(functools.partial(os.read, self._pipe_out))
+        elif serial == "pty":
+            self._open_pty()
 
     def _serial_args(self, serial: str) -> tuple[list[str], socket.socket | None]:
+        chardev = {"stdio": "stdio,id=s0", "pty": "pty,id=s0",
+                   "file": f"file,id=s0,path={self.tmp / 'serial.out'}",
+                   "pipe": f"pipe,id=s0,path={self.tmp / 'serial'}"}
+        listener = None
         if serial == "socket":
             path = self.tmp / "serial.sock"
             listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             listener.bind(str(path))
             listener.listen(1)
-            return ["-chardev", f"socket,id=s0,path={path}", "-serial", "chardev:s0"], listener
-        if serial == "file":
-            return ["-chardev", f"file,id=s0,path={self.tmp / 'serial.out'}",
-                    "-serial", "chardev:s0"], None
-        assert serial == "stdio"
-        return ["-chardev", "stdio,id=s0", "-serial", "chardev:s0"], None
+            chardev["socket"] = f"socket,id=s0,path={path}"
+        elif serial == "pipe":
+            self._open_pipes()
+        return ["-chardev", chardev[serial], "-serial", "chardev:s0"], listener
+
+    def _open_pipes(self) -> None:
+        """FIFOs serial.in and serial.out, opened so the emulator's opens do not block."""
+        for suffix in ("in", "out"):
+            os.mkfifo(self.tmp / f"serial.{suffix}")
+        self._pipe_in = os.open(self.tmp / "serial.in", os.O_RDWR)
+        self._pipe_out = os.open(self.tmp / "serial.out", os.O_RDONLY | os.O_NONBLOCK)
+        os.set_blocking(self._pipe_out, True)
+        # A writer of our own until the emulator exits: without one, reads
+        # see end-of-file before the emulator has opened its end.
+        self._pipe_hold = os.open(self.tmp / "serial.out", os.O_WRONLY)
+
+    def _open_pty(self) -> None:
+        """With -S: find the pty QMP reports, open it raw, then let the guest run."""
+        with self.qmp() as qmp:
+            chardevs = qmp.command({"execute": "query-chardev"})["return"]
+            filename = next(c["filename"] for c in chardevs if c["label"] == "s0")
+            fd = os.open(filename.removeprefix("pty:"), os.O_RDWR | os.O_NOCTTY)
+            tty.setraw(fd)
+            self._start_reader(functools.partial(os.read, fd))
+            assert qmp.command({"execute": "cont"}) == {"return": {}}
 
     def _start_reader(self, read: Any) -> None:
         def pump() -> None:
@@ -202,6 +234,7 @@ class GuestVM:
     def wait(self, timeout: float = TIMEOUT) -> int:
         """The exit status; the output is complete afterwards."""
         status = self.process.wait(timeout)
+        self._release_pipe()
         if self._serial_kind != "file":
             with self._changed:
                 self._changed.wait_for(lambda: self._eof, TIMEOUT)
@@ -212,10 +245,16 @@ class GuestVM:
         assert self.process.stderr is not None
         return self.process.stderr.read().decode(errors="replace") if self.process.poll() is not None else ""
 
+    def _release_pipe(self) -> None:
+        if self._pipe_hold is not None:
+            os.close(self._pipe_hold)
+            self._pipe_hold = None
+
     def close(self) -> None:
         if self.process.poll() is None:
             self.process.kill()
             self.process.wait()
+        self._release_pipe()
         if self._conn is not None:
             self._conn.close()
         if self.process.stderr is not None:

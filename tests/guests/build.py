@@ -24,8 +24,7 @@ CFLAGS = ("-m32", "-ffreestanding", "-nostdlib", "-fno-pic", "-fno-pie",
           "-fno-stack-protector", "-fno-builtin", "-mno-sse", "-mno-mmx", "-mno-80387",
           "-O2", "-Wall", "-Wextra", "-Werror", "-std=gnu11",
           "--param=min-pagesize=0")  # low fixed addresses are not null pointers
-LDFLAGS = ("-static", "-Wl,--build-id=none", "-Wl,-z,noexecstack",
-           "-Wl,--no-warn-rwx-segments", f"-Wl,-T,{HERE / 'link.ld'}")
+LDFLAGS = ("-static", "-Wl,--build-id=none", "-Wl,-z,noexecstack", "-Wl,--no-warn-rwx-segments")
 
 
 class GuestBuildError(Exception):
@@ -50,13 +49,14 @@ def build_guest(name: str) -> Path:
     digest = hashlib.sha256()
     for path in [*sources, HERE / "lib.h", HERE / "link.ld"]:
         digest.update(path.read_bytes())
-    digest.update(" ".join(CFLAGS + LDFLAGS).encode())
+    digest.update(" ".join(CFLAGS + LDFLAGS).encode())  # not the checkout's path: caches are shared
     target = cache_dir() / f"{name}-{digest.hexdigest()[:16]}.elf"
     if target.exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_suffix(f".{os.getpid()}.tmp")
-    result = subprocess.run([gcc, *CFLAGS, *LDFLAGS, "-o", str(partial), *map(str, sources)],
+    result = subprocess.run([gcc, *CFLAGS, *LDFLAGS, f"-Wl,-T,{HERE / 'link.ld'}",
+                             "-o", str(partial), *map(str, sources)],
                             capture_output=True, text=True, check=False)
     if result.returncode != 0:
         partial.unlink(missing_ok=True)

@@ -8,8 +8,9 @@ closed polls with POLLHUP and reads fail with EIO. On EIO (or at open when
 nobody has the slave) the chardev is disconnected, its output dropped,
 and the master is polled every ``POLL_INTERVAL`` seconds with
 ``loop.call_later`` until the slave is open again (QEMU's pty_chr_timer).
-Unlike QEMU, a write while disconnected does not itself look for a
-returned slave; the next poll does.
+As in QEMU, a write while disconnected looks for a slave opened since the
+last poll and sends to it (so a guest that prints right after a user
+opens the pty loses nothing); the poll still reports the connection.
 """
 
 from __future__ import annotations
@@ -75,6 +76,12 @@ class PtyChardev(FdChardev):
         poller = select.poll()
         poller.register(self._master, select.POLLOUT)
         return not any(events & select.POLLHUP for _, events in poller.poll(0))
+
+    def write(self, data: bytes) -> int:
+        """QEMU's char_pty_chr_write: a slave may be back before the poll sees it."""
+        if not self.connected and self.stream is not None and self._slave_open():
+            return self._write(data)
+        return super().write(data)
 
     def _poll(self) -> None:
         self._timer = None
