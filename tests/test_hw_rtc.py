@@ -19,8 +19,8 @@ NS = 10**9
 START = calendar.timegm((2026, 12, 2, 15, 4, 5)) * NS + NS // 2
 
 
-def rtc(machine: FakeMachine) -> tuple[Mc146818Rtc, IoBus]:
-    device = create_device({"driver": "mc146818rtc", "base_year": "0"}, user=False)
+def rtc(machine: FakeMachine, base_year: str = "2000") -> tuple[Mc146818Rtc, IoBus]:
+    device = create_device({"driver": "mc146818rtc", "base_year": base_year}, user=False)
     assert isinstance(device, Mc146818Rtc)
     ctx = machine.context()
     device.realize(ctx)
@@ -155,3 +155,10 @@ def test_time_is_utc_of_the_host_clock() -> None:
     _, bus = rtc(machine)
     tm = time.gmtime(machine.clock.now // NS)
     assert cmos(bus, 2) == ((tm.tm_min // 10) << 4 | tm.tm_min % 10)
+
+
+def test_base_year_2000_means_0_and_1980_shifts_the_year(machine: FakeMachine) -> None:
+    device, bus = rtc(machine)  # what QEMU's pc board asks for
+    assert device.props["base_year"] == 0 and (cmos(bus, 9), cmos(bus, 0x32)) == (0x26, 0x20)
+    _, bus = rtc(FakeMachine(ManualClock(START)), base_year="1980")  # the type's default
+    assert (cmos(bus, 9), cmos(bus, 0x32)) == (0x46, 0x00)
