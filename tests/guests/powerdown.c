@@ -1,7 +1,10 @@
 /* Waits for system_powerdown. With ACPI (QEMU's pc) it is a power-button
    event: PWRBTN_STS in the PM1a status register named by the FADT,
    once the guest enables PWRBTN_EN. Without ACPI vmd types Ctrl-Alt-Del
-   on the i8042. Prints which arrived; exits with 0x15 or 0x16. */
+   on the i8042. Prints which arrived; exits with 0x15 or 0x16. With "s5"
+   on the command line it answers the power button as an OS does: ACPI S5
+   (SLP_TYP 0, QEMU's pc _S5, and SLP_EN in PM1a control), then waits to
+   be switched off, as an OS does. */
 #include "lib.h"
 
 static int sig_is(const void *p, const char *sig, int n)
@@ -25,8 +28,8 @@ static const uint8_t *find_rsdp(void)
     return 0;
 }
 
-/* The PM1a event block from the FADT, 0 without ACPI. */
-static uint16_t pm1a_event_block(void)
+/* The FADT, 0 without ACPI. */
+static const uint8_t *find_fadt(void)
 {
     const uint8_t *rsdp = find_rsdp();
     if (!rsdp)
@@ -44,18 +47,29 @@ static uint16_t pm1a_event_block(void)
     for (uint32_t off = 36; off + entry_size <= length; off += entry_size) {
         const uint8_t *sdt = (const void *)(uintptr_t)*(const uint32_t *)(table + off);
         if (sig_is(sdt, "FACP", 4))
-            return (uint16_t)*(const uint32_t *)(sdt + 56);
+            return sdt;
     }
     return 0;
+}
+
+/* ACPI S5 through the FADT's PM1a control block; the machine goes off. */
+static void power_off(const uint8_t *fadt)
+{
+    uint16_t control = (uint16_t)*(const uint32_t *)(fadt + 64);
+    print("powering off\n");
+    outw(control, (inw(control) & ~0x1c00) | 0x2000);
+    for (;;)
+        cpu_relax();
 }
 
 uint32_t guest_main(uint32_t magic, struct multiboot_info *info)
 {
     int saw_e0 = 0;
     (void)magic;
-    (void)info;
     serial_init();
-    uint16_t pm1a = pm1a_event_block();
+    const uint8_t *fadt = find_fadt();
+    uint16_t pm1a = fadt ? (uint16_t)*(const uint32_t *)(fadt + 56) : 0;
+    int s5 = str_has(guest_cmdline(info), "s5");
     if (pm1a) {
         outw(pm1a, 0x0100);                 /* clear a stale PWRBTN_STS */
         outw(pm1a + 2, inw(pm1a + 2) | 0x0100);
@@ -65,6 +79,8 @@ uint32_t guest_main(uint32_t magic, struct multiboot_info *info)
         if (pm1a && (inw(pm1a) & 0x0100)) {
             outw(pm1a, 0x0100);
             print("power button\n");
+            if (s5)
+                power_off(fadt);
             return 0x15;
         }
         if (inb(0x64) & 0x01) {
