@@ -25,14 +25,14 @@ from vmd.errors import QMPError
 CONFIG = """
 # a comment
 [inject-error]
-event = "write_aio"
-errno = "28"
 once = "on"
+errno = "28"
+event = "write_aio"
 
 [set-state]
+new_state = "2"
 event = "flush_to_disk"
 state = "1"
-new_state = "2"
 
 [inject-error]
 event = "l2_alloc.write"
@@ -91,6 +91,17 @@ def export(path: Path, image: Path, socket_path: Path, blkdebug: dict[str, Any])
         return [qmp.command(json.dumps(request)) for request in requests]
 
 
+def events_until_reply(qmp: RawQMP) -> list[str]:
+    """Names of the events that came before the reply to a fresh request."""
+    qmp.send('{"execute":"query-name","id":"mark"}')
+    names = []
+    while True:
+        message = qmp.read()
+        if message.get("id") == "mark":
+            return names
+        names.append(message.get("event", "?"))
+
+
 SCENARIOS: dict[str, tuple[dict[str, Any], list[str]]] = {
     "enospc-once-on-write": (
         {"inject-error": [{"event": "write_aio", "errno": 28, "once": True}]},
@@ -125,8 +136,14 @@ def test_injected_errors_match_qemu(tmp_path: Path, scenario: str) -> None:
             path = stack.enter_context(running_vmd(work)).qmp_path if name == "vmd" else \
                 stack.enter_context(running_qemu(work))
             assert export(path, image, socket_path, options) == [{"return": {}}] * 3
-            outputs.append(qemu_io(f"nbd+unix:///disk?socket={socket_path}", *commands))
-    assert outputs[0] == outputs[1]
+            with RawQMP(path) as watcher:
+                watcher.negotiate()
+                outputs.append(qemu_io(f"nbd+unix:///disk?socket={socket_path}", *commands))
+                outputs.append(events_until_reply(watcher))
+    assert outputs[0] == outputs[2]
+    # Neither sends BLOCK_IO_ERROR for an export's failed request: only guest
+    # devices (werror/rerror) report it; the NBD client gets the error itself.
+    assert outputs[1] == outputs[3] == []
     assert any("failed" in line for line in outputs[0]), outputs[0]
 
 
