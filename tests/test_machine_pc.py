@@ -277,3 +277,18 @@ def test_sigterm_powers_the_guest_down(tmp_path: Path, demo_guest: Path) -> None
         guest.console.expect("power button pressed")
         assert guest.event("SHUTDOWN")["data"] == {"guest": True, "reason": "guest-shutdown"}
         assert guest.process.wait(TIMEOUT) == 0
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["-kernel", "/nonexistent/kernel"],
+     "vmd: could not load kernel '/nonexistent/kernel': No such file or directory\n"),
+    (["-smp", "4096"], "vmd: Number of SMP cpus requested (4096) exceeds the maximum cpus supported by KVM"),
+    (["-cpu", "pentium9"], "vmd: unable to find CPU model 'pentium9'\n"),
+    (["-m", "1P"], "vmd: cannot set up guest memory 'pc.ram': Cannot allocate memory\n"),
+])
+def test_machine_errors_exit_1_without_traceback(args: list[str], message: str) -> None:
+    result = subprocess.run(vmd_command("-M", "pc", "-display", "none", *args), capture_output=True, text=True,
+                            timeout=TIMEOUT, check=False)
+    assert result.returncode == 1
+    assert result.stderr.startswith(message), result.stderr
+    assert "Traceback" not in result.stderr

@@ -42,7 +42,10 @@ class MemoryRegion:
     @classmethod
     def ram(cls, name: str, size: int, readonly: bool = False) -> MemoryRegion:
         """RAM (or ROM) backed by anonymous memory, zero until touched."""
-        backing = mmap.mmap(-1, size, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        try:
+            backing = mmap.mmap(-1, size, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        except OSError as error:  # QEMU's words for a RAM block it cannot map
+            raise MemoryError(f"cannot set up guest memory '{name}': {error.strerror}") from None
         return cls(name, size, "rom" if readonly else "ram", backing=backing)
 
     @classmethod

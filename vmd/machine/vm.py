@@ -29,8 +29,9 @@ from typing import TYPE_CHECKING
 
 from vmd._generated import events
 from vmd._generated.types import RunState, ShutdownCause
+from vmd.accel import abi
 from vmd.accel.cpuid import UnknownModel
-from vmd.accel.kvm import Kvm, KvmUnavailable
+from vmd.accel.kvm import Kvm, KvmError, KvmUnavailable
 from vmd.machine.boot import BootError
 from vmd.machine.pc import PcBoard
 from vmd.machine.registers import dump_registers
@@ -42,6 +43,14 @@ if TYPE_CHECKING:
     from vmd.daemon import Daemon
 
 log = logging.getLogger(__name__)
+
+
+def check_cpu_count(kvm: Kvm, cpus: int) -> None:
+    """QEMU's kvm_init check of ``-smp`` against what KVM supports."""
+    limit = kvm.check_extension(abi.CAP_MAX_VCPUS) or kvm.check_extension(abi.CAP_NR_VCPUS) or 4
+    if cpus > limit:
+        raise StartupError(f"Number of SMP cpus requested ({cpus}) exceeds the maximum cpus supported by "
+                           f"KVM ({limit})")
 
 
 class Machine:
@@ -56,10 +65,15 @@ class Machine:
             self.kvm = Kvm()
         except KvmUnavailable as error:
             raise StartupError(str(error)) from None
+        check_cpu_count(self.kvm, daemon.config.smp.cpus)
         try:
             self.board = PcBoard(daemon.config, self.kvm, self, loop, self.bql)
         except (BootError, QOMError, UnknownModel) as error:
             raise StartupError(str(error)) from None
+        except MemoryError as error:
+            raise StartupError(str(error)) from None
+        except KvmError as error:
+            raise StartupError(f"kvm: {error}") from None
         install_kick_handler()
         self.threads = [VcpuThread(vcpu, self.board.pio, self.board.mmio, self.bql, self._vcpu_report)
                         for vcpu in self.board.vcpus]
