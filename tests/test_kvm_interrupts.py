@@ -12,7 +12,6 @@ from vmd.accel.kvm import Kvm
 from vmd.hw.bus import IoBus
 from vmd.machine import x86
 from vmd.machine.memory import AddressSpace, MemoryRegion
-from vmd.machine.slots import KvmSlots
 from vmd.machine.vcpu import VcpuThread, install_kick_handler
 
 pytestmark = [pytest.mark.kvm,
