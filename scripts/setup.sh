@@ -8,19 +8,7 @@ cd "$(dirname "$0")/.."
 
 PACKAGES="python3 python3-venv qemu-system-x86 qemu-utils libnbd-bin tmux gcc linux-libc-dev"
 
-missing=""
-for package in $PACKAGES; do
-    if ! dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "ok installed"; then
-        missing="$missing $package"
-    fi
-done
-if [ -n "$missing" ]; then
-    echo "setup: installing Debian packages:$missing"
-    SUDO=""
-    [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-    $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq $missing >/dev/null
-fi
+./scripts/apt-install.sh $PACKAGES
 
 PYTHON="${PYTHON:-python3}"
 stamp=".venv/.vmd-setup-$(cat pyproject.toml | sha256sum | cut -c1-16)"

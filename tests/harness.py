@@ -22,6 +22,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 QEMU = shutil.which("qemu-system-x86_64")
 START_TIMEOUT = 20.0
@@ -47,7 +49,8 @@ class VmdProcess:
 
 
 def start_vmd(tmp_path: Path, *extra: str, qmp: bool = True,
-              env: dict[str, str] | None = None, stderr: Any = None) -> VmdProcess:
+              env: dict[str, str] | None = None, stderr: Any = None,
+              pass_fds: tuple[int, ...] = ()) -> VmdProcess:
     """Start vmd with a QMP socket in ``tmp_path``; wait until READY=1.
 
     ``stderr`` is passed to ``subprocess.Popen`` (a file to check for tracebacks).
@@ -62,9 +65,9 @@ def start_vmd(tmp_path: Path, *extra: str, qmp: bool = True,
         process_env = dict(os.environ if env is None else env)
         process_env["NOTIFY_SOCKET"] = str(notify_path)
         process_env.setdefault("PYTHONPATH", str(ROOT))
-        process = subprocess.Popen(argv, env=process_env, stderr=stderr)
+        process = subprocess.Popen(argv, env=process_env, stderr=stderr, pass_fds=pass_fds)
         try:
-            _wait_ready(notify, process)
+            wait_ready(notify, process)
         except BaseException:
             process.kill()
             process.wait()
@@ -72,10 +75,10 @@ def start_vmd(tmp_path: Path, *extra: str, qmp: bool = True,
     return VmdProcess(process, qmp_path)
 
 
-def _wait_ready(notify: socket.socket, process: subprocess.Popen[bytes]
-                ) -> None:
-    """Wait for READY=1, noticing at once if vmd exits instead."""
-    deadline = time.monotonic() + START_TIMEOUT
+def wait_ready(notify: socket.socket, process: subprocess.Popen[bytes], name: str = "vmd",
+               timeout: float = START_TIMEOUT) -> None:
+    """Wait for READY=1 (sd_notify), noticing at once if ``process`` exits instead."""
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
             if b"READY=1" in notify.recv(4096).split(b"\n"):
@@ -83,8 +86,8 @@ def _wait_ready(notify: socket.socket, process: subprocess.Popen[bytes]
         except TimeoutError:
             pass
         if process.poll() is not None:
-            raise RuntimeError(f"vmd exited with status {process.returncode}")
-    raise RuntimeError("vmd did not become ready")
+            raise RuntimeError(f"{name} exited with status {process.returncode}")
+    raise RuntimeError(f"{name} did not become ready")
 
 
 @contextmanager
@@ -117,6 +120,20 @@ def running_qemu(tmp_path: Path, *extra: str) -> Iterator[Path]:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout: float = 10.0,
+               process: subprocess.Popen[bytes] | None = None) -> None:
+    """Poll ``condition`` until it holds; fail the test at ``timeout`` or
+    when ``process`` exits first."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if process is not None and process.poll() is not None:
+            stderr = process.stderr.read().decode() if process.stderr else ""
+            pytest.fail(f"process exited ({process.returncode}) before {what}: {stderr}")
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.01)
 
 
 class RawQMP:

@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 
+from tests.harness import wait_until
 from vmd.block.backend import BlockBackend
 from vmd.block.drivers import file as file_driver
 from vmd.block.drivers.file import FileNode, LockError
@@ -69,18 +70,6 @@ async def in_use(node: FileNode, *, resize: bool = False) -> AsyncIterator[Block
     finally:
         backend.detach()
         await node.close()
-
-
-def wait_until(condition: Callable[[], bool], what: str, timeout: float = 10.0,
-               process: subprocess.Popen[bytes] | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if process is not None and process.poll() is not None:
-            stderr = process.stderr.read().decode() if process.stderr else ""
-            pytest.fail(f"process exited ({process.returncode}) before {what}: {stderr}")
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.01)
 
 
 def lock_byte_taken(path: Path, byte: int) -> bool:

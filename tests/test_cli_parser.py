@@ -289,8 +289,10 @@ def test_vmd_specific_errors():
                                   "Use -machine help to list supported machines")
     assert error("-M", "foo", "-M", "q35") == ("vmd: -M q35: unsupported machine type\n"
                                                "Use -machine help to list supported machines")
-    assert error("-M", "pc", "-accel", "tcg") == "vmd: invalid accelerator tcg"
-    assert error("-machine", "pc,accel=tcg:kvm") == "vmd: invalid accelerator tcg"
+    only_kvm = "vmd: invalid accelerator tcg: vmd runs guests on KVM only (machine 'pc')"
+    assert error("-M", "pc", "-accel", "tcg") == only_kvm
+    assert error("-machine", "pc,accel=tcg:kvm") == only_kvm
+    assert error("-machine", "none,accel=foo") == "vmd: invalid accelerator foo"
     assert cfg("-machine", "pc,accel=kvm:tcg").machine == {"type": "pc", "accel": "kvm:tcg"}
     assert "not supported by vmd" in error("-display", "gtk")
     assert error("disk.img").startswith("vmd: disk.img: disk image arguments")

@@ -43,7 +43,7 @@ def _serve(config, early: EarlyGreeter) -> int:  # type: ignore[no-untyped-def]
 
     from vmd import main_loop
     from vmd.qmp.server import MonitorError
-    from vmd.system import listen_fds
+    from vmd.system import confine, fdsets, listen_fds
     from vmd.system.log import LogFileError, setup_logging, shutdown_logging
     from vmd.system.process import StartupError, daemonize
     from vmd.system.sd_notify import Notifier
@@ -59,7 +59,9 @@ def _serve(config, early: EarlyGreeter) -> int:  # type: ignore[no-untyped-def]
         for warning in _apply_trace(config):
             print(warning, file=sys.stderr)
         daemonizer = daemonize(notifier) if config.daemonize else None
-        setup_logging(config.logfile, config.log_items)
+        confine.apply(config)
+        fdsets.install(config.fdsets)
+        setup_logging(config.logfile, config.log_items, timestamp=config.msg_timestamp)
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
             return runner.run(main_loop.run(config, daemonizer, early, notifier, grace))
     except (StartupError, MonitorError, LogFileError, TraceError) as error:

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from vmd.block.graph import BlockGraph
     from vmd.block.nbd.commands import NBDExports
     from vmd.job.registry import JobRegistry
+    from vmd.qom.user_objects import UserObjects
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,10 @@ class Daemon:
         self.monitors: list[Any] = []
         self.chardevs = ChardevRegistry()
         self.chardevs.quit_handler = self.request_shutdown
+        #: The accelerator in use, "kvm" or "tcg" (vmd.system.accel).
+        self.accel = "tcg"
+        #: The accelerator in use, "kvm" or "tcg" (vmd.system.accel).
+        self.accel = "tcg"
         # Set by the machine: press the guest's power button; False when no
         # guest will act on it. SIGTERM waits for the guest (system/stop.py).
         self.guest_power_down: Callable[[], bool] | None = None
@@ -71,6 +76,18 @@ class Daemon:
     def jobs(self) -> JobRegistry:
         from vmd.job.registry import JobRegistry
         return JobRegistry(self.events)
+
+    @cached_property
+    def objects(self) -> UserObjects:
+        """``-object``/``object-add`` objects (vmd.qom.user_objects)."""
+        from vmd.qom.user_objects import UserObjects
+        return UserObjects()
+
+    @cached_property
+    def migration_capabilities(self) -> dict[Any, bool]:
+        """Migration capability states (``vmd.migration.commands``)."""
+        from vmd.migration.commands import new_capability_states
+        return new_capability_states()
 
     @property
     def name(self) -> str | None:

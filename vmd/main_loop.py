@@ -21,8 +21,10 @@ from vmd.cli.config import Config
 from vmd.daemon import Daemon
 from vmd.early_greeter import EarlyGreeter
 from vmd.qmp.dispatch import Dispatcher
+from vmd.qmp.errors import QMPError
 from vmd.qmp.handlers import Handlers
 from vmd.system import listen_fds
+from vmd.system.accel import AccelError, choose_accelerator
 from vmd.system.chardevs import create_chardevs
 from vmd.system.process import Daemonizer, PidFile, StartupError
 from vmd.system.sd_notify import Notifier
@@ -52,14 +54,27 @@ async def run(config: Config, daemonizer: Daemonizer | None,
     loop = asyncio.get_running_loop()
     dispatcher = Dispatcher(COMMANDS, Handlers(COMMANDS))
     daemon = Daemon(config, dispatcher, loop)
+    try:
+        daemon.accel = choose_accelerator(config)
+    except AccelError as error:
+        raise StartupError(str(error)) from None
     early.stop()
+    if config.objects:
+        from vmd.system.startup_commands import create_objects
+        await create_objects(daemon, config)
+    if "memory-backend" in config.machine:
+        from vmd.qom.user_objects import use_machine_memory_backend
+        try:
+            use_machine_memory_backend(daemon.objects, config.machine["memory-backend"], config.memory_bytes)
+        except QMPError as error:
+            raise StartupError(str(error)) from None
     if config.blockdevs:
         from vmd.system.startup_commands import create_blockdevs
         await create_blockdevs(daemon, config)
     await create_chardevs(daemon, config, early)
     early.abandon()  # anything the monitors did not take
     listen_fds.close_unused()
-    if config.machine.get("type") == "pc":
+    if config.machine.get("type") != "none":
         from vmd.machine.vm import Machine
         daemon.machine = Machine(daemon, loop)
         daemon.runstate.vcpus = daemon.machine

@@ -23,3 +23,17 @@ def marshal_query_kvm(
 ) -> Any:
     rt.no_args(arguments)
     return rt.to_wire(handler(ctx))
+
+
+def marshal_query_machines(
+        handler: Handler, ctx: Any, arguments: dict[str, Any],
+) -> Any:
+    rt.no_args(arguments)
+    return rt.to_wire(handler(ctx))
+
+
+def marshal_query_target(
+        handler: Handler, ctx: Any, arguments: dict[str, Any],
+) -> Any:
+    rt.no_args(arguments)
+    return rt.to_wire(handler(ctx))

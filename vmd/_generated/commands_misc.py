@@ -10,6 +10,7 @@ from vmd import qapi_runtime as rt
 
 from .types_misc import (
     members_q_obj_human_monitor_command_arg,
+    members_q_obj_query_command_line_options_arg,
 )
 
 Handler = Callable[..., Any]
@@ -27,3 +28,10 @@ async def marshal_human_monitor_command(
 ) -> Any:
     kwargs = rt.args_dict(arguments, members_q_obj_human_monitor_command_arg)
     return rt.to_wire(await handler(ctx, **kwargs))
+
+
+def marshal_query_command_line_options(
+        handler: Handler, ctx: Any, arguments: dict[str, Any],
+) -> Any:
+    kwargs = rt.args_dict(arguments, members_q_obj_query_command_line_options_arg)
+    return rt.to_wire(handler(ctx, **kwargs))

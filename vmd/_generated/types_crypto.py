@@ -55,6 +55,11 @@ class QCryptoBlockFormat(enum.StrEnum):
     LUKS = "luks"
 
 
+class QCryptoSecretFormat(enum.StrEnum):
+    RAW = "raw"
+    BASE64 = "base64"
+
+
 class QCryptoBlockOptionsBase(rt.QAPIObject):
     format: QCryptoBlockFormat
     __slots__ = ("format", )
@@ -148,6 +153,36 @@ class QCryptoBlockInfoLUKS(rt.QAPIObject):
         ("master_key_iters", "master-key-iters", False),
         ("uuid", "uuid", False),
         ("slots", "slots", False),
+    )
+
+
+class SecretCommonProperties(rt.QAPIObject):
+    loaded: bool | None
+    format: QCryptoSecretFormat | None
+    keyid: str | None
+    iv: str | None
+    __slots__ = ("loaded", "format", "keyid", "iv", )
+    _qapi_fields: ClassVar[Fields] = ("loaded", "format", "keyid", "iv", )
+    _qapi_members: ClassVar[Members] = (
+        ("loaded", "loaded", True),
+        ("format", "format", True),
+        ("keyid", "keyid", True),
+        ("iv", "iv", True),
+    )
+
+
+class SecretProperties(SecretCommonProperties):
+    data: str | None
+    file: str | None
+    __slots__ = ("data", "file", )
+    _qapi_fields: ClassVar[Fields] = ("loaded", "format", "keyid", "iv", "data", "file", )
+    _qapi_members: ClassVar[Members] = (
+        ("loaded", "loaded", True),
+        ("format", "format", True),
+        ("keyid", "keyid", True),
+        ("iv", "iv", True),
+        ("data", "data", True),
+        ("file", "file", True),
     )
 
 
@@ -258,6 +293,35 @@ def members_QCryptoBlockInfoLUKS(obj: dict[str, Any], path: str, seen: set[str])
 
 def visit_QCryptoBlockInfoLUKS(value: Any, name: str | None, path: str) -> QCryptoBlockInfoLUKS:
     return rt.visit_struct(value, path, members_QCryptoBlockInfoLUKS, QCryptoBlockInfoLUKS)
+
+
+def visit_QCryptoSecretFormat(value: Any, name: str | None, path: str) -> QCryptoSecretFormat:
+    return rt.visit_enum(value, name, path, QCryptoSecretFormat)
+
+
+def members_SecretCommonProperties(obj: dict[str, Any], path: str, seen: set[str]) -> dict[str, Any]:
+    return {
+        "loaded": rt.member(obj, "loaded", path, seen, rt.visit_bool, optional=True),
+        "format": rt.member(obj, "format", path, seen, visit_QCryptoSecretFormat, optional=True),
+        "keyid": rt.member(obj, "keyid", path, seen, rt.visit_str, optional=True),
+        "iv": rt.member(obj, "iv", path, seen, rt.visit_str, optional=True),
+    }
+
+
+def visit_SecretCommonProperties(value: Any, name: str | None, path: str) -> SecretCommonProperties:
+    return rt.visit_struct(value, path, members_SecretCommonProperties, SecretCommonProperties)
+
+
+def members_SecretProperties(obj: dict[str, Any], path: str, seen: set[str]) -> dict[str, Any]:
+    return {
+        **members_SecretCommonProperties(obj, path, seen),
+        "data": rt.member(obj, "data", path, seen, rt.visit_str, optional=True),
+        "file": rt.member(obj, "file", path, seen, rt.visit_str, optional=True),
+    }
+
+
+def visit_SecretProperties(value: Any, name: str | None, path: str) -> SecretProperties:
+    return rt.visit_struct(value, path, members_SecretProperties, SecretProperties)
 
 
 def visit_QCryptoBlockInfoLUKSSlotList(value: Any, name: str | None, path: str) -> list[QCryptoBlockInfoLUKSSlot]:

@@ -111,6 +111,40 @@ class KvmInfo(rt.QAPIObject):
     )
 
 
+class MachineInfo(rt.QAPIObject):
+    name: str
+    alias: str | None
+    is_default: bool | None
+    cpu_max: int
+    hotpluggable_cpus: bool
+    numa_mem_supported: bool
+    deprecated: bool
+    default_cpu_type: str | None
+    default_ram_id: str | None
+    __slots__ = ("name", "alias", "is_default", "cpu_max", "hotpluggable_cpus", "numa_mem_supported", "deprecated", "default_cpu_type", "default_ram_id", )
+    _qapi_fields: ClassVar[Fields] = ("name", "alias", "is_default", "cpu_max", "hotpluggable_cpus", "numa_mem_supported", "deprecated", "default_cpu_type", "default_ram_id", )
+    _qapi_members: ClassVar[Members] = (
+        ("name", "name", False),
+        ("alias", "alias", True),
+        ("is_default", "is-default", True),
+        ("cpu_max", "cpu-max", False),
+        ("hotpluggable_cpus", "hotpluggable-cpus", False),
+        ("numa_mem_supported", "numa-mem-supported", False),
+        ("deprecated", "deprecated", False),
+        ("default_cpu_type", "default-cpu-type", True),
+        ("default_ram_id", "default-ram-id", True),
+    )
+
+
+class TargetInfo(rt.QAPIObject):
+    arch: SysEmuTarget
+    __slots__ = ("arch", )
+    _qapi_fields: ClassVar[Fields] = ("arch", )
+    _qapi_members: ClassVar[Members] = (
+        ("arch", "arch", False),
+    )
+
+
 def visit_SysEmuTarget(value: Any, name: str | None, path: str) -> SysEmuTarget:
     return rt.visit_enum(value, name, path, SysEmuTarget)
 
@@ -177,8 +211,40 @@ def visit_KvmInfo(value: Any, name: str | None, path: str) -> KvmInfo:
     return rt.visit_struct(value, path, members_KvmInfo, KvmInfo)
 
 
+def members_MachineInfo(obj: dict[str, Any], path: str, seen: set[str]) -> dict[str, Any]:
+    return {
+        "name": rt.member(obj, "name", path, seen, rt.visit_str),
+        "alias": rt.member(obj, "alias", path, seen, rt.visit_str, optional=True),
+        "is_default": rt.member(obj, "is-default", path, seen, rt.visit_bool, optional=True),
+        "cpu_max": rt.member(obj, "cpu-max", path, seen, rt.visit_int),
+        "hotpluggable_cpus": rt.member(obj, "hotpluggable-cpus", path, seen, rt.visit_bool),
+        "numa_mem_supported": rt.member(obj, "numa-mem-supported", path, seen, rt.visit_bool),
+        "deprecated": rt.member(obj, "deprecated", path, seen, rt.visit_bool),
+        "default_cpu_type": rt.member(obj, "default-cpu-type", path, seen, rt.visit_str, optional=True),
+        "default_ram_id": rt.member(obj, "default-ram-id", path, seen, rt.visit_str, optional=True),
+    }
+
+
+def visit_MachineInfo(value: Any, name: str | None, path: str) -> MachineInfo:
+    return rt.visit_struct(value, path, members_MachineInfo, MachineInfo)
+
+
+def members_TargetInfo(obj: dict[str, Any], path: str, seen: set[str]) -> dict[str, Any]:
+    return {
+        "arch": rt.member(obj, "arch", path, seen, visit_SysEmuTarget),
+    }
+
+
+def visit_TargetInfo(value: Any, name: str | None, path: str) -> TargetInfo:
+    return rt.visit_struct(value, path, members_TargetInfo, TargetInfo)
+
+
 def visit_CpuInfoFastList(value: Any, name: str | None, path: str) -> list[CpuInfoFast]:
     return rt.visit_list(value, path, visit_CpuInfoFast)
+
+
+def visit_MachineInfoList(value: Any, name: str | None, path: str) -> list[MachineInfo]:
+    return rt.visit_list(value, path, visit_MachineInfo)
 
 
 _CpuInfoFast_BRANCHES: dict[str, rt.Branch] = {

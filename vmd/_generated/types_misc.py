@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import enum
 from typing import Any, ClassVar, TypeAlias
 
 from vmd import qapi_runtime as rt
@@ -11,12 +12,45 @@ Members: TypeAlias = tuple[tuple[str, str, bool], ...]
 Fields: TypeAlias = tuple[str, ...]
 
 
+class CommandLineParameterType(enum.StrEnum):
+    STRING = "string"
+    BOOLEAN = "boolean"
+    NUMBER = "number"
+    SIZE = "size"
+
+
 class NameInfo(rt.QAPIObject):
     name: str | None
     __slots__ = ("name", )
     _qapi_fields: ClassVar[Fields] = ("name", )
     _qapi_members: ClassVar[Members] = (
         ("name", "name", True),
+    )
+
+
+class CommandLineParameterInfo(rt.QAPIObject):
+    name: str
+    type: CommandLineParameterType
+    help: str | None
+    default: str | None
+    __slots__ = ("name", "type", "help", "default", )
+    _qapi_fields: ClassVar[Fields] = ("name", "type", "help", "default", )
+    _qapi_members: ClassVar[Members] = (
+        ("name", "name", False),
+        ("type", "type", False),
+        ("help", "help", True),
+        ("default", "default", True),
+    )
+
+
+class CommandLineOptionInfo(rt.QAPIObject):
+    option: str
+    parameters: list[CommandLineParameterInfo]
+    __slots__ = ("option", "parameters", )
+    _qapi_fields: ClassVar[Fields] = ("option", "parameters", )
+    _qapi_members: ClassVar[Members] = (
+        ("option", "option", False),
+        ("parameters", "parameters", False),
     )
 
 
@@ -35,3 +69,45 @@ def members_q_obj_human_monitor_command_arg(obj: dict[str, Any], path: str, seen
         "command_line": rt.member(obj, "command-line", path, seen, rt.visit_str),
         "cpu_index": rt.member(obj, "cpu-index", path, seen, rt.visit_int, optional=True),
     }
+
+
+def visit_CommandLineParameterType(value: Any, name: str | None, path: str) -> CommandLineParameterType:
+    return rt.visit_enum(value, name, path, CommandLineParameterType)
+
+
+def members_CommandLineParameterInfo(obj: dict[str, Any], path: str, seen: set[str]) -> dict[str, Any]:
+    return {
+        "name": rt.member(obj, "name", path, seen, rt.visit_str),
+        "type": rt.member(obj, "type", path, seen, visit_CommandLineParameterType),
+        "help": rt.member(obj, "help", path, seen, rt.visit_str, optional=True),
+        "default": rt.member(obj, "default", path, seen, rt.visit_str, optional=True),
+    }
+
+
+def visit_CommandLineParameterInfo(value: Any, name: str | None, path: str) -> CommandLineParameterInfo:
+    return rt.visit_struct(value, path, members_CommandLineParameterInfo, CommandLineParameterInfo)
+
+
+def members_CommandLineOptionInfo(obj: dict[str, Any], path: str, seen: set[str]) -> dict[str, Any]:
+    return {
+        "option": rt.member(obj, "option", path, seen, rt.visit_str),
+        "parameters": rt.member(obj, "parameters", path, seen, visit_CommandLineParameterInfoList),
+    }
+
+
+def visit_CommandLineOptionInfo(value: Any, name: str | None, path: str) -> CommandLineOptionInfo:
+    return rt.visit_struct(value, path, members_CommandLineOptionInfo, CommandLineOptionInfo)
+
+
+def members_q_obj_query_command_line_options_arg(obj: dict[str, Any], path: str, seen: set[str]) -> dict[str, Any]:
+    return {
+        "option": rt.member(obj, "option", path, seen, rt.visit_str, optional=True),
+    }
+
+
+def visit_CommandLineParameterInfoList(value: Any, name: str | None, path: str) -> list[CommandLineParameterInfo]:
+    return rt.visit_list(value, path, visit_CommandLineParameterInfo)
+
+
+def visit_CommandLineOptionInfoList(value: Any, name: str | None, path: str) -> list[CommandLineOptionInfo]:
+    return rt.visit_list(value, path, visit_CommandLineOptionInfo)

@@ -29,6 +29,7 @@ from collections.abc import Callable
 from typing import Any
 
 from vmd.chardev.base import OUTPUT_LIMIT, Chardev, ChardevError
+from vmd.system import fdsets
 
 log = logging.getLogger(__name__)
 
@@ -274,6 +275,6 @@ class FdChardev(Chardev):
 def open_fd(path: str, flags: int, mode: int = 0o666) -> int:
     """open(2) that never blocks, failing with QEMU's words."""
     try:
-        return os.open(path, flags | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY, mode)
+        return fdsets.open_path(path, flags | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY, mode)
     except OSError as error:
         raise ChardevError(open_error(path, error)) from None

@@ -16,12 +16,12 @@ from vmd.cli.qemu_opts import OptsSpec, OptType, QemuOpts, parse_bool, parse_opt
 
 _BOOL_KEYS = ("wait", "server", "delay", "nodelay", "telnet", "tn3270", "websocket",
               "ipv4", "ipv6", "mux", "signal", "append", "logappend", "abstract",
-              "tight", "clipboard",
+              "tight", "clipboard", "mouse",
               "x-allow-remote")  # vmd's: a monitor may listen beyond loopback
 _STRING_KEYS = ("backend", "path", "host", "port", "fd", "local", "localaddr",
-                "localport", "to", "tls-creds", "tls-authz", "name", "chardev",
-                "logfile", "mouse")
-_NUMBER_KEYS = ("reconnect", "width", "height", "cols", "rows", "debug")
+                "localport", "tls-creds", "tls-authz", "name", "chardev",
+                "logfile")
+_NUMBER_KEYS = ("to", "reconnect", "width", "height", "cols", "rows", "debug")
 
 _CHARDEV_DESC: dict[str, OptType] = {
     **{key: "bool" for key in _BOOL_KEYS},

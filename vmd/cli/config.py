@@ -13,14 +13,46 @@ from typing import Any
 #: vmd defaults to 'none' (a storage daemon needs no /dev/kvm).
 DEFAULT_MACHINE = "none"
 
-#: Machine types vmd can build.  'pc' runs on KVM only.
+
+@dataclass(frozen=True)
+class MachineClass:
+    """A machine type vmd can build (QEMU's MachineClass): what ``-machine
+    help``, ``query-machines`` and the QOM type list report about it."""
+
+    name: str
+    desc: str
+    alias: str | None = None
+    cpu_max: int = 1
+    default_cpu_type: str | None = None
+    default_ram_id: str = "ram"
+    #: QOM parent of ``NAME-machine`` (QEMU's: ``generic-pc-machine`` for pc).
+    qom_parent: str = "machine"
+
+    @property
+    def is_default(self) -> bool:
+        """Whether ``-machine`` may be left out for it (vmd: ``none``)."""
+        return self.name == DEFAULT_MACHINE
+
+
+#: Machine types vmd can build.  'pc' (pc-i440fx-7.2) runs on KVM only.
+MACHINE_CLASSES: tuple[MachineClass, ...] = (
+    MachineClass("none", "empty machine"),
+    MachineClass("pc-i440fx-7.2", "Standard PC (i440FX + PIIX, 1996)", alias="pc", cpu_max=255,
+                 default_cpu_type="qemu64-x86_64-cpu", default_ram_id="pc.ram",
+                 qom_parent="generic-pc-machine"),
+)
+
+#: ``-machine help``: every name and alias, with QEMU's descriptions.
 SUPPORTED_MACHINES: dict[str, str] = {
-    "none": "empty machine",
-    "pc": "Standard PC (i440FX + PIIX, 1996) (alias of pc-i440fx-7.2)",
+    **{m.name: m.desc for m in MACHINE_CLASSES},
+    **{m.alias: f"{m.desc} (alias of {m.name})" for m in MACHINE_CLASSES if m.alias},
 }
 
-#: Accelerators vmd has; QEMU would fall back to TCG, vmd has none.
-SUPPORTED_ACCELS = ("kvm",)
+
+def machine_class(name: str) -> MachineClass | None:
+    """The machine type called ``name`` or aliased so."""
+    return next((m for m in MACHINE_CLASSES if name in (m.name, m.alias)), None)
+
 
 #: RAM size when -m is absent or zero (QEMU's default_ram_size for x86).
 DEFAULT_RAM_BYTES = 128 << 20
@@ -84,6 +116,23 @@ class DeviceConfig:
 
 
 @dataclass
+class ObjectConfig:
+    """An -object: keyval (string leaves, ``qom-type`` implied) or JSON."""
+
+    options: dict[str, Any]
+    from_json: bool = False
+
+
+@dataclass
+class FdSetEntry:
+    """One ``-add-fd``: ``fd`` (inherited, open) belongs to fd set ``fdset``."""
+
+    fdset: int
+    fd: int
+    opaque: str | None = None
+
+
+@dataclass
 class Config:
     """The whole parsed command line."""
 
@@ -119,11 +168,24 @@ class Config:
     blockdevs: list[BlockdevConfig] = field(default_factory=list)
     devices: list[DeviceConfig] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    # Options management tools set (vmd.cli.system_opts).
+    uuid: str | None = None
+    mem_lock: bool = False
+    msg_timestamp: bool = False
+    no_new_privs: bool = False
+    fdsets: list[FdSetEntry] = field(default_factory=list)
+    objects: list[ObjectConfig] = field(default_factory=list)
 
     @property
     def memory_mib(self) -> int:
         """Guest RAM in MiB, rounded down."""
         return self.memory_bytes >> 20
+
+    @property
+    def dump_guest_core(self) -> bool:
+        """``-machine dump-guest-core`` (on unless switched off, as in QEMU):
+        whether guest RAM goes into vmd's core files."""
+        return self.machine.get("dump-guest-core", "on") in ("on", "yes", "true", "y")
 
     @property
     def accel(self) -> str | None:

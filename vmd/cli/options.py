@@ -80,6 +80,26 @@ OPTIONS: tuple[OptionSpec, ...] = (
     OptionSpec("no-shutdown", None, "stop before shutdown", DEBUG),
     OptionSpec("daemonize", None, "daemonize vmd after initializing", DEBUG),
     OptionSpec("nodefaults", None, "don't create default devices", DEBUG),
+    OptionSpec("uuid", "%08x-%04x-%04x-%04x-%012x", "specify machine UUID", STANDARD),
+    OptionSpec("rtc", "[base=utc][,clock=host][,driftfix=none]",
+               "set the RTC base and clock (vmd: UTC on the host clock only)", STANDARD),
+    OptionSpec("boot", "[strict=on|off]",
+               "boot options (vmd boots only -kernel: no order or menu)", STANDARD),
+    OptionSpec("overcommit", "[mem-lock=on|off]", "lock guest and vmd memory (mlockall)", STANDARD),
+    OptionSpec("add-fd", "fd=fd,set=set[,opaque=opaque]",
+               "add 'fd' to fd 'set' (opened later as /dev/fdset/set)", STANDARD),
+    OptionSpec("object", "TYPENAME[,PROP1=VALUE1,...]",
+               "create a new object of type TYPENAME (vmd: secret); also JSON", STANDARD),
+    OptionSpec("audiodev", "driver=none,id=id", "accepted for compatibility: vmd has no sound",
+               STANDARD),
+    OptionSpec("msg", "[timestamp=on|off][,guest-name=on|off]",
+               "control error message format (timestamp=on: UTC time on each line)", DEBUG),
+    OptionSpec("sandbox", "on|off[,elevateprivileges=deny][,...]",
+               "accepted; vmd has no seccomp filter, only elevateprivileges=deny is honoured "
+               "(no_new_privs)", DEBUG),
+    OptionSpec("no-user-config", None,
+               "do not load default user-provided config files at startup "
+               "(vmd reads none)", DEBUG),
 )
 
 GROUPS = (STANDARD, BLOCK, DISPLAY, CHARDEV, BOOT, DEBUG)

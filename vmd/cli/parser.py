@@ -16,9 +16,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from vmd.cli import chardev as chardev_mod
+from vmd.cli import system_opts
 from vmd.cli.config import (
     DEFAULT_RAM_BYTES,
-    SUPPORTED_ACCELS,
     SUPPORTED_MACHINES,
     BlockdevConfig,
     ChardevConfig,
@@ -27,6 +27,7 @@ from vmd.cli.config import (
     HelpRequest,
     MonitorConfig,
     VersionRequest,
+    machine_class,
 )
 from vmd.cli.errors import CliError, OptionError, cli_error, located
 from vmd.cli.keyval import keyval_parse, parse_json_object, parse_keyval_or_json
@@ -39,6 +40,7 @@ from vmd.cli.qemu_opts import (
     parse_size,
 )
 from vmd.cli.smp import compute_smp, parse_smp_values
+from vmd.system.accel import AccelError, check_accelerators
 
 ParseResult = Config | HelpRequest | VersionRequest
 
@@ -120,6 +122,13 @@ def _set_flag(attr: str, value: object = True) -> Callable[[_State, str, str], N
     def handler(state: _State, _arg: str, _where: str) -> None:
         setattr(state.config, attr, value)
     return handler
+
+
+def _on_config(handler: Callable[[Config, str], None]) -> Callable[[_State, str, str], None]:
+    """An option handler that needs only the config (vmd.cli.system_opts)."""
+    def run(state: _State, arg: str, _where: str) -> None:
+        handler(state.config, arg)
+    return run
 
 
 def _set_string(attr: str) -> Callable[[_State, str, str], None]:
@@ -424,6 +433,7 @@ def _finish(state: _State) -> None:
         raise CliError(located(state.machine_where, "unsupported machine type")
                        + "\nUse -machine help to list supported machines")
     _check_accel(config)
+    _check_machine_options(config)
     if state.smp_given:
         try:
             config.smp = compute_smp(state.smp_values)
@@ -440,13 +450,34 @@ def _finish(state: _State) -> None:
 
 
 def _check_accel(config: Config) -> None:
-    """``-accel``, ``-enable-kvm`` and ``-machine accel=``: QEMU tries them in
-    order and takes the first that works; vmd has KVM only, so it must come first."""
-    wanted = [accel.get("accel", "") for accel in config.accels]
-    if "accel" in config.machine:
-        wanted.extend(config.machine["accel"].split(":"))
-    if wanted and wanted[0] not in SUPPORTED_ACCELS:
-        raise CliError(located(None, f"invalid accelerator {wanted[0]}"))
+    """``-accel``, ``-enable-kvm`` and ``-machine accel=`` (vmd.system.accel)."""
+    try:
+        check_accelerators(config)
+    except AccelError as error:
+        raise CliError(located(None, str(error))) from None
+
+
+def _check_machine_options(config: Config) -> None:
+    """``-machine`` keys are the machine's properties (vmd.qom.objects), with
+    QEMU's texts; a feature vmd lacks may only be switched off."""
+    from vmd.qom.errors import QOMError
+    from vmd.qom.objects import ABSENT_FEATURES, MACHINE_PROPERTIES, machine_type_name
+    known = {prop.name: prop for prop in MACHINE_PROPERTIES}
+    machine = machine_class(config.machine.get("type", "none"))
+    for key, value in config.machine.items():
+        if key in ("type", "accel"):
+            continue
+        prop = known.get(key)
+        if prop is None or machine is None:
+            name = machine_type_name(machine.name if machine else "none")
+            raise CliError(located(None, f"Property '{name}.{key}' not found"))
+        try:
+            enabled = prop.parse(value) if prop.type == "bool" else False
+        except QOMError as error:
+            raise CliError(located(None, str(error))) from None
+        if enabled and key in ABSENT_FEATURES:
+            raise CliError(located(None, f"vmd's machine has no {ABSENT_FEATURES[key]}: "
+                                         f"{key}=on is not supported"))
 
 
 def _check_stdio(state: _State) -> None:
@@ -490,4 +521,6 @@ _HANDLERS: dict[str, Callable[[_State, str, str], HelpRequest | VersionRequest |
     "no-shutdown": _set_flag("no_shutdown"),
     "daemonize": _set_flag("daemonize"),
     "nodefaults": _set_flag("nodefaults"),
+    "no-user-config": lambda _state, _arg, _where: None,   # vmd reads no config files
+    **{name: _on_config(handler) for name, handler in system_opts.HANDLERS.items()},
 }

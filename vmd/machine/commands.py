@@ -2,23 +2,19 @@
 
 HMP texts are QEMU's (``info cpus``, ``info registers``, ``info mtree``,
 ``info qtree``, ``info kvm``). Without a guest (``-M none``) there are no
-CPUs: the CPU commands answer with empty lists or nothing, KVM is disabled.
+CPUs: the CPU commands answer with empty lists or nothing. ``query-kvm``
+lives with the accelerator choice (``vmd.system.accel``).
 """
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
-from vmd._generated.types import CpuInfoFast, CpuInstanceProperties, KvmInfo, SysEmuTarget
+from vmd._generated.types import CpuInfoFast, CpuInstanceProperties, SysEmuTarget
 
 
 def _machine(ctx: Any) -> Any:
     return ctx.daemon.machine
-
-
-def qmp_query_kvm(ctx: Any) -> KvmInfo:
-    return KvmInfo(enabled=_machine(ctx) is not None, present=os.path.exists("/dev/kvm"))
 
 
 def qmp_query_cpus_fast(ctx: Any) -> list[CpuInfoFast]:
@@ -91,4 +87,5 @@ def info_qtree(ctx: Any, _args: list[str]) -> str:
 
 
 def info_kvm(ctx: Any, _args: list[str]) -> str:
-    return f"kvm support: {'enabled' if _machine(ctx) is not None else 'disabled'}\n"
+    """As ``query-kvm``: enabled when KVM is the accelerator (vmd.system.accel)."""
+    return f"kvm support: {'enabled' if ctx.daemon.accel == 'kvm' else 'disabled'}\n"

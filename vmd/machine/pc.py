@@ -24,6 +24,7 @@ timers), and the ``Machine`` in ``vmd.machine.vm`` drives life cycle.
 from __future__ import annotations
 
 import asyncio
+import mmap
 import threading
 from typing import Any
 
@@ -117,6 +118,8 @@ class PcBoard:
     def _build_memory(self) -> tuple[AddressSpace, AddressSpace]:
         system = MemoryRegion("system", 1 << 64)
         ram = MemoryRegion.ram("pc.ram", self.ram_size)
+        if not self.config.dump_guest_core and ram.backing is not None:
+            ram.backing.madvise(mmap.MADV_DONTDUMP)  # -machine dump-guest-core=off
         below, above = pc_ram_split(self.ram_size)
         system.add(0, MemoryRegion.alias_of("ram-below-4g", ram, 0, below))
         if above:

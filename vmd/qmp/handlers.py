@@ -20,7 +20,7 @@ HANDLER_MODULES: dict[str, tuple[str, ...]] = {
     "control": ("vmd.qmp.control", "vmd.system.commands"),
     "introspect": ("vmd.qmp.control",),
     "run_state": ("vmd.system.commands",),
-    "misc": ("vmd.system.commands", "vmd.hmp.commands"),
+    "misc": ("vmd.system.commands", "vmd.hmp.commands", "vmd.cli.introspect"),
     "yank": ("vmd.qmp.yank",),
     "char": ("vmd.chardev.commands",),
     "job": ("vmd.job.commands",),
@@ -28,7 +28,11 @@ HANDLER_MODULES: dict[str, tuple[str, ...]] = {
                    "vmd.block.create", "vmd.block.jobs.commands"),
     "block_jobs": ("vmd.block.jobs.commands",),
     "block_export": ("vmd.block.nbd.commands",),
-    "machine": ("vmd.machine.commands",),
+    "machine": ("vmd.system.accel", "vmd.qom.commands", "vmd.machine.commands"),
+    "qom": ("vmd.qom.commands", "vmd.qom.user_objects"),
+    "qdev": ("vmd.qom.commands",),
+    "machine_target": ("vmd.qom.commands",),
+    "migration": ("vmd.migration.commands",),
 }
 
 

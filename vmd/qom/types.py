@@ -138,7 +138,7 @@ TYPE_SYSTEM_BUS = "System"
 TYPE_ISA_BUS = "ISA"
 
 for _info in (
-    TypeInfo(TYPE_OBJECT, None),
+    TypeInfo(TYPE_OBJECT, None, abstract=True),
     TypeInfo(TYPE_INTERFACE, None, abstract=True),
     TypeInfo(TYPE_DEVICE, TYPE_OBJECT, abstract=True),
     TypeInfo(TYPE_BUS, TYPE_OBJECT, abstract=True),

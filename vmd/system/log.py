@@ -25,6 +25,7 @@ import logging.handlers
 import os
 import queue
 import sys
+import time
 from typing import TextIO
 
 _PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4,
@@ -34,17 +35,24 @@ _PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4,
 class _LineFormatter(logging.Formatter):
     """``vmd: level: text`` (or ``<N>text`` for the journal), on one line."""
 
-    def __init__(self, journal: bool) -> None:
+    def __init__(self, journal: bool, timestamp: bool = False) -> None:
         super().__init__()
         self._journal = journal
+        self._timestamp = timestamp
 
     def format(self, record: logging.LogRecord) -> str:
         text = super().format(record).replace("\r", "").replace("\n", "\\n")
         if self._journal:
             return f"<{_PRIORITY.get(record.levelno, 6)}>{text}"
-        if record.name == "vmd.trace":
-            return text
-        return f"vmd: {record.levelname.lower()}: {text}"
+        if record.name != "vmd.trace":
+            text = f"vmd: {record.levelname.lower()}: {text}"
+        return f"{_utc_time(record.created)} {text}" if self._timestamp else text
+
+
+def _utc_time(created: float) -> str:
+    """``-msg timestamp=on``'s prefix, as QEMU's: 2026-12-02T04:45:13.117123Z."""
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created))
+    return f"{stamp}.{int(created % 1 * 1_000_000):06d}Z"
 
 
 class _ReopenableStream(logging.StreamHandler):  # type: ignore[type-arg]
@@ -83,13 +91,13 @@ class LogFileError(Exception):
 class _Logging:
     """The handler chain while vmd runs."""
 
-    def __init__(self, path: str | None) -> None:
+    def __init__(self, path: str | None, timestamp: bool) -> None:
         try:
             self.output = _ReopenableStream(path)
         except OSError as error:
             raise LogFileError(f"Error opening logfile {path}: {error.strerror}") from None
         journal = path is None and _stderr_is_journal()
-        self.output.setFormatter(_LineFormatter(journal))
+        self.output.setFormatter(_LineFormatter(journal, timestamp))
         records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
         self.listener = logging.handlers.QueueListener(records, self.output)
         # QueueHandler merges the arguments into the message where the
@@ -115,11 +123,15 @@ def _stderr_is_journal() -> bool:
 LOG_ITEM_LOGGERS = {"guest_errors": "vmd.guest_errors", "unimp": "vmd.unimp"}
 
 
-def setup_logging(logfile: str | None = None, log_items: list[str] | None = None) -> None:
-    """Send vmd's log records through the writer thread; raises LogFileError."""
+def setup_logging(logfile: str | None = None, log_items: list[str] | None = None,
+                  timestamp: bool = False) -> None:
+    """Send vmd's log records through the writer thread; raises LogFileError.
+
+    ``timestamp`` (``-msg timestamp=on``) starts each line with the UTC time.
+    """
     global _active
     shutdown_logging()
-    active = _Logging(logfile)
+    active = _Logging(logfile, timestamp)
     root = logging.getLogger("vmd")
     root.addHandler(active.enqueue)
     root.setLevel(logging.INFO)

@@ -41,6 +41,17 @@ async def execute(daemon: Daemon, command: str, arguments: dict[str, Any], optio
     return response["return"]
 
 
+async def create_objects(daemon: Daemon, config: Config) -> None:
+    """``-object`` options, in order, as ``object-add``."""
+    for obj in config.objects:
+        option = "-object " + str(obj.options.get("id", ""))
+        try:
+            arguments = obj.options if obj.from_json else command_arguments("object-add", obj.options)
+        except (OptionError, QMPError) as error:
+            raise StartupError(f"{option}: {error}") from None
+        await execute(daemon, "object-add", arguments, option)
+
+
 async def create_blockdevs(daemon: Daemon, config: Config) -> None:
     """``-blockdev`` options, in order, as ``blockdev-add``."""
     for blockdev in config.blockdevs:

@@ -52,6 +52,7 @@ from vmd.block.graph import BlockGraph, driver, node_name_of
 from vmd.block.node import BlockNode, Extent, Status
 from vmd.block.perm import ALL, NONE, Perm, perm_text
 from vmd.errors import QMPError
+from vmd.system import fdsets
 
 #: Byte ``LOCK_PERM_BASE + i``: someone holds permission bit ``i``.
 LOCK_PERM_BASE = 100
@@ -421,7 +422,7 @@ def _open_file(path: str, read_only: bool, direct: bool,
     """Open and check the file; returns (fd, size, alignment, memory alignment, read_only)."""
     flags = os.O_CLOEXEC | (os.O_DIRECT if direct else 0)
     try:
-        fd = os.open(path, flags | (os.O_RDONLY if read_only else os.O_RDWR))
+        fd = fdsets.open_path(path, flags | (os.O_RDONLY if read_only else os.O_RDWR))
     except OSError as error:
         code = error.errno or errno.EIO
         if not read_only and auto_read_only and code in (errno.EACCES, errno.EPERM, errno.EROFS):

@@ -1,0 +1,1 @@
+"""Migration: vmd cannot migrate a guest yet; its commands say so."""
