@@ -102,7 +102,7 @@ class Guest:
     def wait_console_connected(self) -> None:
         """Until vmd has accepted the console (output before that is dropped, as in QEMU)."""
         deadline = time.monotonic() + TIMEOUT
-        while not any(chardev["label"] == "con" and not chardev["filename"].startswith("disconnected:")
+        while not any(chardev["label"] in ("con", "con-base") and chardev["filename"].startswith("unix:")
                       for chardev in self.command("query-chardev")):
             assert time.monotonic() < deadline, "vmd did not accept the console connection"
             time.sleep(0.01)
@@ -119,11 +119,17 @@ class Guest:
 
 
 @contextmanager
-def booted(tmp_path: Path, kernel: Path, *extra: str, console: bool = True, start: bool = True
-           ) -> Iterator[Guest]:
-    """vmd with ``kernel``, started with -S so the console is connected before the guest prints."""
+def booted(tmp_path: Path, kernel: Path, *extra: str, console: bool = True, start: bool = True,
+           monitor_on_console: bool = False) -> Iterator[Guest]:
+    """vmd with ``kernel``, started with -S so the console is connected before the guest prints.
+
+    ``monitor_on_console`` muxes a readline monitor onto the console (``mon:``-style).
+    """
     socket_path = tmp_path / "console.sock"
-    chardev = ["-chardev", f"socket,id=con,path={socket_path},server=on,wait=off", "-serial", "chardev:con"]
+    mux = ",mux=on" if monitor_on_console else ""
+    chardev = ["-chardev", f"socket,id=con,path={socket_path},server=on,wait=off{mux}", "-serial", "chardev:con"]
+    if monitor_on_console:
+        chardev += ["-mon", "chardev=con,mode=readline"]
     args = ["-M", "pc", "-accel", "kvm", "-m", "32", "-kernel", str(kernel), "-S",
             *(chardev if console else []), *extra]
     with running_vmd(tmp_path, *args) as vmd:
@@ -149,6 +155,18 @@ def test_demo_guest_boots_with_qemus_multiboot_info(tmp_path: Path, demo_guest: 
         guest.console.expect("mmap 0000000000100000 0000000001ee0000 1")
         assert guest.command("query-status") == {"running": True, "singlestep": False, "status": "running"}
         assert guest.command("query-kvm") == {"enabled": True, "present": True}
+
+
+def test_guest_console_and_monitor_share_a_mux(tmp_path: Path, demo_guest: Path) -> None:
+    """The UART attaches beside a monitor on a mux and takes the focus; Ctrl-A c reaches the monitor."""
+    with booted(tmp_path, demo_guest, monitor_on_console=True) as guest:
+        assert guest.console is not None
+        guest.console.expect("demo> ")
+        guest.console.type("mem")
+        guest.console.expect("mem_lower=639 KiB")
+        guest.console.sock.sendall(b"\x01c")
+        guest.console.type("info status")
+        guest.console.expect("VM status: running")
 
 
 def test_stop_and_cont_pause_the_guest(tmp_path: Path, demo_guest: Path) -> None:

@@ -99,6 +99,10 @@ class Chardev:
     def detach(self) -> None:
         self.frontend = None
 
+    def has_room_for_frontend(self) -> bool:
+        """Whether ``attach`` would take another front end (a mux takes several)."""
+        return self.frontend is None
+
     @property
     def frontend_open(self) -> bool:
         return self.frontend is not None and self.connected

@@ -96,6 +96,9 @@ class MuxChardev(Chardev):
             frontend.chr_open()
         self.accept_input()
 
+    def has_room_for_frontend(self) -> bool:
+        return len(self.frontends) < MAX_FRONTENDS
+
     def detach(self, frontend: CharFrontend | None = None) -> None:
         """Remove ``frontend`` (default: the focused one)."""
         if not self.frontends:

@@ -90,7 +90,7 @@ class CharPort:
 
     def _attach(self) -> None:
         chardev = self._registry.get(self.chardev_id)
-        if chardev is not None and chardev.frontend is None:
+        if chardev is not None and chardev.has_room_for_frontend():
             chardev.attach(self)
 
     def _accept_input(self) -> None:
