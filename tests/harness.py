@@ -184,6 +184,11 @@ class RawQMP:
 
     def negotiate(self) -> None:
         reply = self.command({"execute": "qmp_capabilities"})
+        if reply == self.greeting:
+            # QEMU 7.2 sometimes greets twice a client that connects right
+            # after another one left (seen in loaded runs); vmd's greeting is
+            # checked on its own in test_qmp_server.
+            reply = self.read_reply()
         assert reply == {"return": {}}, reply
 
 
