@@ -170,7 +170,9 @@ def private_libvirtd(tmp_path: Path) -> Iterator[Libvirtd]:
         with open(root / "log" / "stderr", "wb") as stderr:
             process = subprocess.Popen(
                 ["unshare", "-m", "--propagation", "private", "sh", "-c", script, "sh",
-                 str(root), "libvirtd", "--config", str(root / "etc" / "libvirtd.conf")],
+                 str(root), "libvirtd", "--config", str(root / "etc" / "libvirtd.conf"),
+                 # not /run/libvirtd.pid: two test runs at once must not collide
+                 "--pid-file", str(root / "libvirtd.pid")],
                 env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr)
         daemon = Libvirtd(root, process)
         try:
