@@ -19,11 +19,12 @@ import asyncio
 import json
 import os
 import re
+import shutil
 import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from qemu.qmp import EventListener, QMPClient
@@ -489,6 +490,28 @@ def test_writes_through_export_during_job_are_kept(tmp_path: Path, job: str, cop
     qimg("check", tmp_path / "top.qcow2")
 
 
+async def job_with_writes(root: Path, socket: Path, start: Step, writes: list[str]) -> None:
+    """Open the chain and ``tgt``, export ``top``, start the job (held by
+    ``speed: 1``), write through the export, lift the limit and wait until
+    the job completed; then quit (images closed)."""
+    client = QMPClient()
+    await client.connect(str(socket))
+    listener = EventListener()
+    client.register_listener(listener)
+    try:
+        target: Step = ("blockdev-add", {"driver": "qcow2", "node-name": "tgt",
+                                         "file": {"driver": "file", "filename": str(root / "tgt.qcow2")}})
+        for name, args in open_chain(root) + [target] + nbd_steps(root) + [start]:
+            await client.execute(name, args)
+        await asyncio.to_thread(qio, nbd_uri(root), *writes, fmt="raw")
+        await client.execute("block-job-set-speed", {"device": start[1]["job-id"], "speed": 0})
+        while (await asyncio.wait_for(listener.get(), EVENT_TIMEOUT))["event"] != "BLOCK_JOB_COMPLETED":
+            pass
+        await quit_daemon(client)
+    finally:
+        await hang_up(client)
+
+
 def test_stream_keeps_writes_and_reads_through_export(tmp_path: Path) -> None:
     """Writes and reads through the copy-on-read filter while streaming."""
     make_chain(tmp_path)
@@ -496,25 +519,9 @@ def test_stream_keeps_writes_and_reads_through_export(tmp_path: Path) -> None:
     qimg("convert", "-O", "raw", tmp_path / "top.qcow2", expected)
     writes = [f"write -P {0x50 + i} {i * 448}k 100k" for i in range(8)]
     qio(expected, *writes, fmt="raw")
-
-    async def scenario(socket: Path) -> None:
-        client = QMPClient()
-        await client.connect(str(socket))
-        listener = EventListener()
-        client.register_listener(listener)
-        try:
-            for name, args in open_chain(tmp_path) + nbd_steps(tmp_path):
-                await client.execute(name, args)
-            await client.execute("block-stream", {"job-id": "s", "device": "top", "speed": 1})
-            await asyncio.to_thread(qio, nbd_uri(tmp_path), *writes, "read -P 1 128k 128k", fmt="raw")
-            await client.execute("block-job-set-speed", {"device": "s", "speed": 0})
-            while (await asyncio.wait_for(listener.get(), EVENT_TIMEOUT))["event"] != "BLOCK_JOB_COMPLETED":
-                pass
-            await quit_daemon(client)
-        finally:
-            await hang_up(client)
+    start: Step = ("block-stream", {"job-id": "s", "device": "top", "speed": 1})
     with running_vmd(tmp_path) as vmd:
-        asyncio.run(scenario(vmd.qmp_path))
+        asyncio.run(job_with_writes(tmp_path, vmd.qmp_path, start, [*writes, "read -P 1 128k 128k"]))
         vmd.process.wait(10)
     info = json.loads(qimg("info", "--output=json", tmp_path / "top.qcow2"))
     assert "backing-filename" not in info
@@ -545,7 +552,8 @@ def test_sigkill_mid_job_leaves_images_consistent(tmp_path: Path, start: Step) -
                 await client.execute(name, args)
             deadline = time.monotonic() + EVENT_TIMEOUT
             # the first chunk goes through the speed limit; then the job sleeps
-            while not any(job["offset"] for job in await client.execute("query-block-jobs")):  # type: ignore[union-attr]
+            while not any(job["offset"] for job in cast(list[dict[str, Any]],
+                                                          await client.execute("query-block-jobs"))):
                 assert time.monotonic() < deadline, "the job copied nothing"
                 await asyncio.sleep(0.01)
         finally:
@@ -557,3 +565,87 @@ def test_sigkill_mid_job_leaves_images_consistent(tmp_path: Path, start: Step) -
     for name in ("base", "mid", "top", "tgt"):
         qimg("check", tmp_path / f"{name}.qcow2")
     assert "Images are identical" in qimg("compare", "-F", "raw", tmp_path / "top.qcow2", original)
+
+
+def test_backup_same_as_qemu(tmp_path: Path) -> None:
+    def setup(root: Path) -> None:
+        make_chain(root)
+        qimg("create", "-f", "qcow2", root / "small.qcow2", "1M")
+
+    def steps(root: Path) -> list[Step]:
+        def qcow2(name: str) -> Step:
+            return ("blockdev-add", {"driver": "qcow2", "node-name": name,
+                                     "file": {"driver": "file", "filename": str(root / f"{name}.qcow2")}})
+        return open_chain(root) + [qcow2("tgt"), qcow2("small")] + [
+            ("blockdev-backup", {"device": "top", "target": "top", "sync": "full"}),
+            ("blockdev-backup", {"device": "top", "target": "small", "sync": "full"}),
+            ("blockdev-backup", {"device": "top", "target": "tgt", "sync": "incremental"}),
+            ("blockdev-backup", {"device": "top", "target": "tgt", "sync": "full", "bitmap-mode": "never"}),
+            ("blockdev-backup", {"job-id": "b1", "device": "top", "target": "tgt", "sync": "full",
+                                 "speed": 65536}),
+            wait("JOB_STATUS_CHANGE", status="running"),
+            ("query-block-jobs", {}),
+            # a failing backup drains the source: b1 pauses and resumes, as in QEMU
+            ("blockdev-backup", {"job-id": "b2", "device": "top", "target": "tgt", "sync": "full"}),
+            ("block-job-set-speed", {"device": "b1", "speed": 0}),
+            wait("JOB_STATUS_CHANGE", status="null"),
+            ("blockdev-backup", {"job-id": "b3", "device": "top", "target": "tgt", "sync": "top",
+                                 "auto-dismiss": False}),
+            wait("JOB_STATUS_CHANGE", status="concluded"),
+            ("query-block-jobs", {}),
+            ("job-dismiss", {"id": "b3"}),
+            ("blockdev-backup", {"job-id": "b4", "device": "top", "target": "tgt", "sync": "none"}),
+            wait("JOB_STATUS_CHANGE", status="running"),
+            ("job-cancel", {"id": "b4"}),
+            wait("JOB_STATUS_CHANGE", status="null"),
+        ]
+    results = run_both(tmp_path, setup, steps)
+    assert_same_results(results)
+    assert_same_images(tmp_path, "base", "mid", "top", "tgt")
+
+
+def test_backup_is_the_point_in_time_image_while_writes_go_on(tmp_path: Path) -> None:
+    """Writes through the export during the backup land on the source; the
+    target is exactly the image as it was when the backup started."""
+    make_chain(tmp_path)
+    before = tmp_path / "before.raw"
+    qimg("convert", "-O", "raw", tmp_path / "top.qcow2", before)
+    after = tmp_path / "after.raw"
+    shutil.copyfile(before, after)
+    writes = [f"write -P {0x60 + i} {i * 320}k 150k" for i in range(12)]
+    qio(after, *writes, fmt="raw")
+    start: Step = ("blockdev-backup", {"job-id": "b", "device": "top", "target": "tgt", "sync": "full",
+                                       "speed": 1})
+    with running_vmd(tmp_path) as vmd:
+        asyncio.run(job_with_writes(tmp_path, vmd.qmp_path, start, writes))
+        vmd.process.wait(10)
+    assert "Images are identical" in qimg("compare", "-F", "raw", tmp_path / "tgt.qcow2", before)
+    assert "Images are identical" in qimg("compare", "-F", "raw", tmp_path / "top.qcow2", after)
+    for name in ("tgt", "top"):
+        qimg("check", tmp_path / f"{name}.qcow2")
+
+
+def test_drive_mirror_same_as_qemu(tmp_path: Path) -> None:
+    """New images (full: only what the chain holds; top: the new image's
+    backing is the source's), an existing one (written whole)."""
+    def steps(root: Path) -> list[Step]:
+        return open_chain(root) + [
+            ("drive-mirror", {"job-id": "d1", "device": "top", "target": str(root / "new1.qcow2"),
+                              "sync": "full", "node-name": "n1"}),
+            wait("BLOCK_JOB_READY"),
+            ("block-job-cancel", {"device": "d1"}),
+            wait("JOB_STATUS_CHANGE", status="null"),
+            ("drive-mirror", {"job-id": "d2", "device": "top", "target": str(root / "new2.qcow2"),
+                              "sync": "top", "format": "qcow2"}),
+            wait("BLOCK_JOB_READY"),
+            ("block-job-cancel", {"device": "d2"}),
+            wait("JOB_STATUS_CHANGE", status="null"),
+            ("drive-mirror", {"job-id": "d3", "device": "top", "target": str(root / "tgt.qcow2"),
+                              "sync": "full", "mode": "existing"}),
+            wait("BLOCK_JOB_READY"),
+            ("block-job-complete", {"device": "d3"}),
+            wait("JOB_STATUS_CHANGE", status="null"),
+        ]
+    results = run_both(tmp_path, make_chain, steps)
+    assert_same_results(results)
+    assert_same_images(tmp_path, "top", "tgt", "new1", "new2")

@@ -668,6 +668,16 @@ COMMANDS: dict[str, rt.CommandDef] = {
         coroutine=True,
         features=(),
     ),
+    "blockdev-backup": rt.CommandDef(
+        name="blockdev-backup",
+        handler_name="qmp_blockdev_backup",
+        module=_PACKAGE + ".commands_block_jobs",
+        marshal_name="marshal_blockdev_backup",
+        allow_oob=False,
+        allow_preconfig=True,
+        coroutine=True,
+        features=(),
+    ),
     "nbd-server-start": rt.CommandDef(
         name="nbd-server-start",
         handler_name="qmp_nbd_server_start",

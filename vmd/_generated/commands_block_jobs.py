@@ -19,6 +19,7 @@ from .types_block_jobs import (
     members_q_obj_block_job_set_speed_arg,
     members_q_obj_block_stream_arg,
     members_q_obj_blockdev_mirror_arg,
+    visit_BlockdevBackup,
     visit_DriveMirror,
 )
 
@@ -110,4 +111,12 @@ async def marshal_block_job_finalize(
 ) -> Any:
     kwargs = rt.args_dict(arguments, members_q_obj_block_job_finalize_arg)
     await handler(ctx, **kwargs)
+    return {}
+
+
+async def marshal_blockdev_backup(
+        handler: Handler, ctx: Any, arguments: dict[str, Any],
+) -> Any:
+    obj = visit_BlockdevBackup(arguments, None, '')
+    await handler(ctx, obj)
     return {}

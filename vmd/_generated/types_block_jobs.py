@@ -50,6 +50,12 @@ class BlockErrorAction(enum.StrEnum):
     STOP = "stop"
 
 
+class BitmapSyncMode(enum.StrEnum):
+    ON_SUCCESS = "on-success"
+    NEVER = "never"
+    ALWAYS = "always"
+
+
 class DriveMirror(rt.QAPIObject):
     job_id: str | None
     device: str
@@ -88,6 +94,74 @@ class DriveMirror(rt.QAPIObject):
         ("copy_mode", "copy-mode", True),
         ("auto_finalize", "auto-finalize", True),
         ("auto_dismiss", "auto-dismiss", True),
+    )
+
+
+class BackupPerf(rt.QAPIObject):
+    use_copy_range: bool | None
+    max_workers: int | None
+    max_chunk: int | None
+    __slots__ = ("use_copy_range", "max_workers", "max_chunk", )
+    _qapi_fields: ClassVar[Fields] = ("use_copy_range", "max_workers", "max_chunk", )
+    _qapi_members: ClassVar[Members] = (
+        ("use_copy_range", "use-copy-range", True),
+        ("max_workers", "max-workers", True),
+        ("max_chunk", "max-chunk", True),
+    )
+
+
+class BackupCommon(rt.QAPIObject):
+    job_id: str | None
+    device: str
+    sync: MirrorSyncMode
+    speed: int | None
+    bitmap: str | None
+    bitmap_mode: BitmapSyncMode | None
+    compress: bool | None
+    on_source_error: BlockdevOnError | None
+    on_target_error: BlockdevOnError | None
+    auto_finalize: bool | None
+    auto_dismiss: bool | None
+    filter_node_name: str | None
+    x_perf: BackupPerf | None
+    __slots__ = ("job_id", "device", "sync", "speed", "bitmap", "bitmap_mode", "compress", "on_source_error", "on_target_error", "auto_finalize", "auto_dismiss", "filter_node_name", "x_perf", )
+    _qapi_fields: ClassVar[Fields] = ("job_id", "device", "sync", "speed", "bitmap", "bitmap_mode", "compress", "on_source_error", "on_target_error", "auto_finalize", "auto_dismiss", "filter_node_name", "x_perf", )
+    _qapi_members: ClassVar[Members] = (
+        ("job_id", "job-id", True),
+        ("device", "device", False),
+        ("sync", "sync", False),
+        ("speed", "speed", True),
+        ("bitmap", "bitmap", True),
+        ("bitmap_mode", "bitmap-mode", True),
+        ("compress", "compress", True),
+        ("on_source_error", "on-source-error", True),
+        ("on_target_error", "on-target-error", True),
+        ("auto_finalize", "auto-finalize", True),
+        ("auto_dismiss", "auto-dismiss", True),
+        ("filter_node_name", "filter-node-name", True),
+        ("x_perf", "x-perf", True),
+    )
+
+
+class BlockdevBackup(BackupCommon):
+    target: str
+    __slots__ = ("target", )
+    _qapi_fields: ClassVar[Fields] = ("job_id", "device", "sync", "speed", "bitmap", "bitmap_mode", "compress", "on_source_error", "on_target_error", "auto_finalize", "auto_dismiss", "filter_node_name", "x_perf", "target", )
+    _qapi_members: ClassVar[Members] = (
+        ("job_id", "job-id", True),
+        ("device", "device", False),
+        ("sync", "sync", False),
+        ("speed", "speed", True),
+        ("bitmap", "bitmap", True),
+        ("bitmap_mode", "bitmap-mode", True),
+        ("compress", "compress", True),
+        ("on_source_error", "on-source-error", True),
+        ("on_target_error", "on-target-error", True),
+        ("auto_finalize", "auto-finalize", True),
+        ("auto_dismiss", "auto-dismiss", True),
+        ("filter_node_name", "filter-node-name", True),
+        ("x_perf", "x-perf", True),
+        ("target", "target", False),
     )
 
 
@@ -273,3 +347,52 @@ def members_q_obj_BLOCK_JOB_PENDING_arg(obj: dict[str, Any], path: str, seen: se
         "type": rt.member(obj, "type", path, seen, visit_JobType),
         "id": rt.member(obj, "id", path, seen, rt.visit_str),
     }
+
+
+def visit_BitmapSyncMode(value: Any, name: str | None, path: str) -> BitmapSyncMode:
+    return rt.visit_enum(value, name, path, BitmapSyncMode)
+
+
+def members_BackupPerf(obj: dict[str, Any], path: str, seen: set[str]) -> dict[str, Any]:
+    return {
+        "use_copy_range": rt.member(obj, "use-copy-range", path, seen, rt.visit_bool, optional=True),
+        "max_workers": rt.member(obj, "max-workers", path, seen, rt.visit_int, optional=True),
+        "max_chunk": rt.member(obj, "max-chunk", path, seen, rt.visit_int64, optional=True),
+    }
+
+
+def visit_BackupPerf(value: Any, name: str | None, path: str) -> BackupPerf:
+    return rt.visit_struct(value, path, members_BackupPerf, BackupPerf)
+
+
+def members_BackupCommon(obj: dict[str, Any], path: str, seen: set[str]) -> dict[str, Any]:
+    return {
+        "job_id": rt.member(obj, "job-id", path, seen, rt.visit_str, optional=True),
+        "device": rt.member(obj, "device", path, seen, rt.visit_str),
+        "sync": rt.member(obj, "sync", path, seen, visit_MirrorSyncMode),
+        "speed": rt.member(obj, "speed", path, seen, rt.visit_int, optional=True),
+        "bitmap": rt.member(obj, "bitmap", path, seen, rt.visit_str, optional=True),
+        "bitmap_mode": rt.member(obj, "bitmap-mode", path, seen, visit_BitmapSyncMode, optional=True),
+        "compress": rt.member(obj, "compress", path, seen, rt.visit_bool, optional=True),
+        "on_source_error": rt.member(obj, "on-source-error", path, seen, visit_BlockdevOnError, optional=True),
+        "on_target_error": rt.member(obj, "on-target-error", path, seen, visit_BlockdevOnError, optional=True),
+        "auto_finalize": rt.member(obj, "auto-finalize", path, seen, rt.visit_bool, optional=True),
+        "auto_dismiss": rt.member(obj, "auto-dismiss", path, seen, rt.visit_bool, optional=True),
+        "filter_node_name": rt.member(obj, "filter-node-name", path, seen, rt.visit_str, optional=True),
+        "x_perf": rt.member(obj, "x-perf", path, seen, visit_BackupPerf, optional=True),
+    }
+
+
+def visit_BackupCommon(value: Any, name: str | None, path: str) -> BackupCommon:
+    return rt.visit_struct(value, path, members_BackupCommon, BackupCommon)
+
+
+def members_BlockdevBackup(obj: dict[str, Any], path: str, seen: set[str]) -> dict[str, Any]:
+    return {
+        **members_BackupCommon(obj, path, seen),
+        "target": rt.member(obj, "target", path, seen, rt.visit_str),
+    }
+
+
+def visit_BlockdevBackup(value: Any, name: str | None, path: str) -> BlockdevBackup:
+    return rt.visit_struct(value, path, members_BlockdevBackup, BlockdevBackup)

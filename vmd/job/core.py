@@ -271,6 +271,7 @@ class Job:
         """
         if self.task is None or self.deferred_to_main_loop or self.busy:
             return
+        self.busy = True   # as QEMU's job_enter_cond: busy from the wake-up on
         self._wake.set()
 
     def enter_if_sleeping(self) -> None:

@@ -54,13 +54,11 @@ def overlay_of(active: BlockNode, node: BlockNode) -> BlockNode | None:
 
 
 async def allocated_above(top: BlockNode, base: BlockNode | None, offset: int,
-                          length: int, *, zero_at_bottom: bool = False) -> tuple[bool, int]:
+                          length: int) -> tuple[bool, int]:
     """Whether an image from ``top`` down to, not including, ``base``
     decides the content at ``offset``; and for how many bytes that holds.
     The walk stops at the end of a shorter image (nothing below it is
-    read there). With ``zero_at_bottom``, a range that falls through the
-    whole chain counts as allocated (it reads as zeroes that the bottom
-    image decides: QEMU's rule when a walk has no base)."""
+    read there)."""
     n = length
     node = skip_filters(top)
     while node is not None and node is not base:
@@ -70,10 +68,7 @@ async def allocated_above(top: BlockNode, base: BlockNode | None, offset: int,
         n = min(n, extent.length)
         if extent.status & Status.ALLOCATED:
             return True, n
-        below = backing_of(node)
-        if below is None and base is None and zero_at_bottom:
-            return True, n
-        node = below
+        node = backing_of(node)
         if base is not None and node is skip_filters(base):
             break
     return False, n

@@ -10,7 +10,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from vmd._generated.types import BlockdevOnError, BlockJobInfo, DriveMirror, MirrorCopyMode, MirrorSyncMode
+from vmd._generated.types import (
+    BlockdevBackup,
+    BlockdevOnError,
+    BlockJobInfo,
+    DriveMirror,
+    MirrorCopyMode,
+    MirrorSyncMode,
+)
 from vmd.block.backend import BlockBackend
 from vmd.block.graph import BlockGraph
 from vmd.block.jobs.chain import chain_contains, overlay_of
@@ -186,6 +193,11 @@ async def qmp_blockdev_mirror(ctx: Any, job_id: str | None, device: str, target:
 async def qmp_drive_mirror(ctx: Any, arg: DriveMirror) -> None:
     from vmd.block.jobs.mirror import start_drive_mirror
     await start_drive_mirror(ctx.daemon, arg)
+
+
+async def qmp_blockdev_backup(ctx: Any, arg: BlockdevBackup) -> None:
+    from vmd.block.jobs.backup import qmp_start_backup
+    await qmp_start_backup(ctx.daemon, arg)
 
 
 # -- the legacy block-job-* commands and query-block-jobs --------------------------------

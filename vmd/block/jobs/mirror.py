@@ -83,6 +83,8 @@ class MirrorRequest:
     #: The target's backing on completion (drive-mirror): None keeps it.
     new_backing: BlockNode | None = None
     set_backing: bool = False
+    #: A full mirror writes all of the target (not a new, zeroed image).
+    zero_target: bool = True
 
 
 class MirrorJob(BlockJob):
@@ -109,6 +111,8 @@ class MirrorJob(BlockJob):
         self.copy_mode = copy_mode
         self.bitmap = DirtyBitmap(source.total_size, granularity)
         self.should_complete = False
+        #: The whole target is written (QEMU's zero_target).
+        self.zero_target = False
         self.synced = False
         self.to_replace: BlockNode = source
         self.base_read_only = False
@@ -154,8 +158,9 @@ class MirrorJob(BlockJob):
     # -- the job ----------------------------------------------------------------------------
 
     async def dirty_init(self) -> None:
-        """Mark what the sync mode copies (mirror_dirty_init): what is
-        allocated above the base (none for ``full``: the whole chain). Runs before
+        """Mark what the sync mode copies (mirror_dirty_init): everything
+        when the target is to be zeroed, else what is allocated above the
+        base (for ``full`` anywhere in the chain). Runs before
         the job starts, as QEMU's runs before its first yield, so that
         ``len`` is known when the command returns."""
         target, source = self.target, self.source
@@ -164,10 +169,15 @@ class MirrorJob(BlockJob):
         if self.sync == MirrorSyncMode.NONE:
             return
         length = self.source.total_size
+        if self.zero_target:
+            # QEMU zeroes the target first where it can unmap zeroes; vmd's
+            # targets cannot, so everything is copied, as QEMU does then.
+            self.bitmap.set(0, length)
+            self.progress_set_remaining(self.bitmap.count())
+            return
         offset = 0
         while offset < length:
-            dirty, n = await allocated_above(self.source, self.base, offset, length - offset,
-                                             zero_at_bottom=self.sync == MirrorSyncMode.FULL)
+            dirty, n = await allocated_above(self.source, self.base, offset, length - offset)
             if dirty:
                 self.bitmap.set(offset, n)
             offset += n
@@ -431,6 +441,7 @@ async def _mirror_common(daemon: Any, req: MirrorRequest) -> None:
                        auto_finalize=req.auto_finalize is not False, auto_dismiss=req.auto_dismiss is not False)
     job.to_replace = to_replace
     job.new_backing, job.set_backing = req.new_backing, req.set_backing
+    job.zero_target = sync == MirrorSyncMode.FULL and req.zero_target
     await _begin(job)
 
 
@@ -466,7 +477,8 @@ async def start_drive_mirror(daemon: Any, arg: DriveMirror) -> None:
             speed=arg.speed, granularity=arg.granularity, buf_size=arg.buf_size,
             on_source_error=arg.on_source_error, on_target_error=arg.on_target_error,
             copy_mode=arg.copy_mode, auto_finalize=arg.auto_finalize, auto_dismiss=arg.auto_dismiss,
-            new_backing=new_backing, set_backing=sync != MirrorSyncMode.FULL))
+            new_backing=new_backing, set_backing=sync != MirrorSyncMode.FULL,
+            zero_target=mode == NewImageMode.EXISTING))
     except BaseException:
         if not target.parents:
             await graph.close_tree(target)
