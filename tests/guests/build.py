@@ -1,7 +1,8 @@
 """Build the test guests with the system gcc, cached by content.
 
-Each guest is ``NAME.c`` linked with ``boot.S`` and ``lib.c`` into a
-32-bit multiboot ELF (QEMU's multiboot loader takes 32-bit ELF only). No
+Each guest is ``NAME.c`` linked with ``boot.S`` and the library (``lib.c``
+and the PCI, virtio and virtio-blk drivers) into a 32-bit multiboot ELF
+(QEMU's multiboot loader takes 32-bit ELF only). No
 libc, libgcc or multilib is needed: ``-m32 -ffreestanding -nostdlib``
 with our linker script. Builds land in a cache directory keyed by a hash
 of the sources and flags, so the suite compiles each guest once; a build
@@ -19,7 +20,7 @@ import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-COMMON = ("boot.S", "lib.c")
+COMMON = ("boot.S", "lib.c", "pci.c", "virtio.c", "vblk.c")
 CFLAGS = ("-m32", "-ffreestanding", "-nostdlib", "-fno-pic", "-fno-pie",
           "-fno-stack-protector", "-fno-builtin", "-mno-sse", "-mno-mmx", "-mno-80387",
           "-O2", "-Wall", "-Wextra", "-Werror", "-std=gnu11",
@@ -47,7 +48,7 @@ def build_guest(name: str) -> Path:
         raise GuestBuildError("gcc is not installed")
     sources = [HERE / s for s in COMMON] + [HERE / f"{name}.c"]
     digest = hashlib.sha256()
-    for path in [*sources, HERE / "lib.h", HERE / "link.ld"]:
+    for path in [*sources, *sorted(HERE.glob("*.h")), HERE / "link.ld"]:
         digest.update(path.read_bytes())
     digest.update(" ".join(CFLAGS + LDFLAGS).encode())  # not the checkout's path: caches are shared
     target = cache_dir() / f"{name}-{digest.hexdigest()[:16]}.elf"
