@@ -22,7 +22,7 @@ import re
 import shutil
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, cast
 
@@ -145,9 +145,13 @@ def normalise(result: list[Any], root: Path) -> list[Any]:
     return loaded
 
 
-def run_both(tmp_path: Path, setup: Callable[[Path], None],
-             steps: Callable[[Path], list[Step]]) -> dict[str, list[Any]]:
-    """The same steps on QEMU and on vmd, each in its own directory."""
+def run_both(tmp_path: Path, setup: Callable[[Path], None], steps: Callable[[Path], list[Any]],
+             runner: Callable[[Path, list[Any]], Awaitable[list[Any]]] | None = None,
+             clean: Callable[[list[Any], Path], list[Any]] = normalise) -> dict[str, list[Any]]:
+    """The same steps on QEMU and on vmd, each in its own directory
+    (``runner`` carries them out, ``drive`` by default; ``clean`` makes the
+    two results comparable)."""
+    run = runner or drive
     results: dict[str, list[Any]] = {}
     for who in ("qemu", "vmd"):
         root = tmp_path / who
@@ -156,11 +160,11 @@ def run_both(tmp_path: Path, setup: Callable[[Path], None],
         if who == "qemu":
             with running_qemu(root) as socket:
                 pid = int((root / "qemu.pid").read_text())
-                results[who] = normalise(asyncio.run(drive(socket, steps(root))), root)
+                results[who] = clean(asyncio.run(run(socket, steps(root))), root)
                 wait_gone(pid)
         else:
             with running_vmd(root) as vmd:
-                results[who] = normalise(asyncio.run(drive(vmd.qmp_path, steps(root))), root)
+                results[who] = clean(asyncio.run(run(vmd.qmp_path, steps(root))), root)
                 vmd.process.wait(10)
     return results
 

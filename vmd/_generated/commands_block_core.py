@@ -11,6 +11,9 @@ from vmd import qapi_runtime as rt
 from .types_block_core import (
     members_BlockdevSnapshot,
     members_BlockdevSnapshotSync,
+    members_BlockDirtyBitmap,
+    members_BlockDirtyBitmapAdd,
+    members_BlockDirtyBitmapMerge,
     members_q_obj_block_resize_arg,
     members_q_obj_block_set_write_threshold_arg,
     members_q_obj_blockdev_create_arg,
@@ -96,6 +99,61 @@ def marshal_blockdev_create(
     kwargs = rt.args_dict(arguments, members_q_obj_blockdev_create_arg)
     handler(ctx, **kwargs)
     return {}
+
+
+def marshal_block_dirty_bitmap_add(
+        handler: Handler, ctx: Any, arguments: dict[str, Any],
+) -> Any:
+    kwargs = rt.args_dict(arguments, members_BlockDirtyBitmapAdd)
+    handler(ctx, **kwargs)
+    return {}
+
+
+async def marshal_block_dirty_bitmap_remove(
+        handler: Handler, ctx: Any, arguments: dict[str, Any],
+) -> Any:
+    kwargs = rt.args_dict(arguments, members_BlockDirtyBitmap)
+    await handler(ctx, **kwargs)
+    return {}
+
+
+def marshal_block_dirty_bitmap_clear(
+        handler: Handler, ctx: Any, arguments: dict[str, Any],
+) -> Any:
+    kwargs = rt.args_dict(arguments, members_BlockDirtyBitmap)
+    handler(ctx, **kwargs)
+    return {}
+
+
+def marshal_block_dirty_bitmap_enable(
+        handler: Handler, ctx: Any, arguments: dict[str, Any],
+) -> Any:
+    kwargs = rt.args_dict(arguments, members_BlockDirtyBitmap)
+    handler(ctx, **kwargs)
+    return {}
+
+
+def marshal_block_dirty_bitmap_disable(
+        handler: Handler, ctx: Any, arguments: dict[str, Any],
+) -> Any:
+    kwargs = rt.args_dict(arguments, members_BlockDirtyBitmap)
+    handler(ctx, **kwargs)
+    return {}
+
+
+def marshal_block_dirty_bitmap_merge(
+        handler: Handler, ctx: Any, arguments: dict[str, Any],
+) -> Any:
+    kwargs = rt.args_dict(arguments, members_BlockDirtyBitmapMerge)
+    handler(ctx, **kwargs)
+    return {}
+
+
+def marshal_x_debug_block_dirty_bitmap_sha256(
+        handler: Handler, ctx: Any, arguments: dict[str, Any],
+) -> Any:
+    kwargs = rt.args_dict(arguments, members_BlockDirtyBitmap)
+    return rt.to_wire(handler(ctx, **kwargs))
 
 
 def marshal_block_set_write_threshold(

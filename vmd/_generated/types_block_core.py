@@ -903,6 +903,45 @@ class BlockDirtyBitmap(rt.QAPIObject):
     )
 
 
+class BlockDirtyBitmapAdd(rt.QAPIObject):
+    node: str
+    name: str
+    granularity: int | None
+    persistent: bool | None
+    disabled: bool | None
+    __slots__ = ("node", "name", "granularity", "persistent", "disabled", )
+    _qapi_fields: ClassVar[Fields] = ("node", "name", "granularity", "persistent", "disabled", )
+    _qapi_members: ClassVar[Members] = (
+        ("node", "node", False),
+        ("name", "name", False),
+        ("granularity", "granularity", True),
+        ("persistent", "persistent", True),
+        ("disabled", "disabled", True),
+    )
+
+
+class BlockDirtyBitmapMerge(rt.QAPIObject):
+    node: str
+    target: str
+    bitmaps: list[BlockDirtyBitmapOrStr]
+    __slots__ = ("node", "target", "bitmaps", )
+    _qapi_fields: ClassVar[Fields] = ("node", "target", "bitmaps", )
+    _qapi_members: ClassVar[Members] = (
+        ("node", "node", False),
+        ("target", "target", False),
+        ("bitmaps", "bitmaps", False),
+    )
+
+
+class BlockDirtyBitmapSha256(rt.QAPIObject):
+    sha256: str
+    __slots__ = ("sha256", )
+    _qapi_fields: ClassVar[Fields] = ("sha256", )
+    _qapi_members: ClassVar[Members] = (
+        ("sha256", "sha256", False),
+    )
+
+
 Qcow2OverlapChecks: TypeAlias = "Qcow2OverlapCheckFlags | Qcow2OverlapCheckMode"
 
 
@@ -1615,6 +1654,42 @@ def visit_BlockDirtyBitmapOrStr(value: Any, name: str | None, path: str) -> Bloc
             "string": rt.visit_str,
             "object": visit_BlockDirtyBitmap,
         })
+
+
+def members_BlockDirtyBitmapAdd(obj: dict[str, Any], path: str, seen: set[str]) -> dict[str, Any]:
+    return {
+        "node": rt.member(obj, "node", path, seen, rt.visit_str),
+        "name": rt.member(obj, "name", path, seen, rt.visit_str),
+        "granularity": rt.member(obj, "granularity", path, seen, rt.visit_uint32, optional=True),
+        "persistent": rt.member(obj, "persistent", path, seen, rt.visit_bool, optional=True),
+        "disabled": rt.member(obj, "disabled", path, seen, rt.visit_bool, optional=True),
+    }
+
+
+def visit_BlockDirtyBitmapAdd(value: Any, name: str | None, path: str) -> BlockDirtyBitmapAdd:
+    return rt.visit_struct(value, path, members_BlockDirtyBitmapAdd, BlockDirtyBitmapAdd)
+
+
+def members_BlockDirtyBitmapMerge(obj: dict[str, Any], path: str, seen: set[str]) -> dict[str, Any]:
+    return {
+        "node": rt.member(obj, "node", path, seen, rt.visit_str),
+        "target": rt.member(obj, "target", path, seen, rt.visit_str),
+        "bitmaps": rt.member(obj, "bitmaps", path, seen, visit_BlockDirtyBitmapOrStrList),
+    }
+
+
+def visit_BlockDirtyBitmapMerge(value: Any, name: str | None, path: str) -> BlockDirtyBitmapMerge:
+    return rt.visit_struct(value, path, members_BlockDirtyBitmapMerge, BlockDirtyBitmapMerge)
+
+
+def members_BlockDirtyBitmapSha256(obj: dict[str, Any], path: str, seen: set[str]) -> dict[str, Any]:
+    return {
+        "sha256": rt.member(obj, "sha256", path, seen, rt.visit_str),
+    }
+
+
+def visit_BlockDirtyBitmapSha256(value: Any, name: str | None, path: str) -> BlockDirtyBitmapSha256:
+    return rt.visit_struct(value, path, members_BlockDirtyBitmapSha256, BlockDirtyBitmapSha256)
 
 
 def members_q_obj_BLOCK_WRITE_THRESHOLD_arg(obj: dict[str, Any], path: str, seen: set[str]) -> dict[str, Any]:

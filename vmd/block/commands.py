@@ -19,6 +19,7 @@ from vmd._generated.types import (
 )
 from vmd.block import aio
 from vmd.block.create import create_empty_file
+from vmd.block.dirty_bitmap import DirtyBitmap
 from vmd.block.edge import Transaction, add_edge, cumulative_perms, drained, refresh_perms, replace_node
 from vmd.block.graph import BlockGraph, check_not_backing
 from vmd.block.node import BlockNode
@@ -64,6 +65,19 @@ def device_info(node: BlockNode, *, flat: bool) -> dict[str, Any]:
     }
     if node.backing_file:
         info["backing_file"] = node.backing_file
+    if node.dirty_bitmaps:
+        info["dirty-bitmaps"] = [bitmap_info(bitmap) for bitmap in node.dirty_bitmaps]
+    return info
+
+
+def bitmap_info(bitmap: DirtyBitmap) -> dict[str, Any]:
+    """``BlockDirtyInfo`` (bdrv_query_dirty_bitmaps)."""
+    info: dict[str, Any] = {"recording": bitmap.recording, "persistent": bitmap.persistent, "busy": bitmap.busy,
+                            "granularity": bitmap.granularity, "count": bitmap.count()}
+    if bitmap.name is not None:
+        info["name"] = bitmap.name
+    if bitmap.inconsistent:
+        info["inconsistent"] = True
     return info
 
 

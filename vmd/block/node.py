@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from vmd.block import perm as perms
+from vmd.block.dirty_bitmap import DirtyBitmap, mark_dirty, resize_bitmaps
 from vmd.block.edge import Edge, attach, detach
 from vmd.block.limits import check_offset
 from vmd.block.perm import Perm, Role
@@ -85,6 +86,8 @@ class BlockNode:
         self.backing_fmt: str | None = None
         #: Called as (node, threshold, end of write) when a write crosses it.
         self.on_threshold: Callable[[BlockNode, int, int], None] | None = None
+        #: Dirty bitmaps of this node, newest first (``vmd.block.dirty_bitmap``).
+        self.dirty_bitmaps: list[DirtyBitmap] = []
 
     # -- graph -------------------------------------------------------------
 
@@ -192,18 +195,27 @@ class BlockNode:
 
     async def write(self, offset: int, data: bytes | memoryview) -> None:
         self._check_writable(offset, len(data))
-        await self._co_write(offset, memoryview(data))
+        try:
+            await self._co_write(offset, memoryview(data))
+        finally:
+            self._write_done(offset, len(data))
         self._note_write(offset + len(data))
 
     async def write_zeroes(self, offset: int, length: int,
                            may_unmap: bool = False) -> None:
         self._check_writable(offset, length)
-        await self._co_write_zeroes(offset, length, may_unmap)
+        try:
+            await self._co_write_zeroes(offset, length, may_unmap)
+        finally:
+            self._write_done(offset, length)
         self._note_write(offset + length)
 
     async def discard(self, offset: int, length: int) -> None:
         self._check_writable(offset, length)
-        await self._co_discard(offset, length)
+        try:
+            await self._co_discard(offset, length)
+        finally:
+            self._write_done(offset, length)
 
     async def flush(self) -> None:
         await self._co_flush()
@@ -213,6 +225,7 @@ class BlockNode:
         if self.read_only:
             raise QMPError("Block node is read-only")
         await self._co_truncate(size)
+        resize_bitmaps(self)
 
     async def block_status(self, offset: int, length: int) -> Extent:
         """Status of the range starting at ``offset`` (maybe shorter)."""
@@ -233,6 +246,15 @@ class BlockNode:
     def format_info(self) -> dict[str, Any]:
         """Driver-specific members for ``query-named-block-nodes``."""
         return {}
+
+    # -- persistent dirty bitmaps (a format that stores them overrides) ----------
+
+    def can_store_new_bitmap(self, name: str, granularity: int) -> None:
+        """Raise unless a new persistent bitmap could be stored here."""
+        raise QMPError(f"Can't store persistent bitmaps to {self.node_name}: Operation not supported")
+
+    async def remove_persistent_bitmap(self, name: str) -> None:
+        """Drop the stored copy of bitmap ``name`` (absent is no error)."""
 
     # -- hooks ---------------------------------------------------------------
 
@@ -277,6 +299,12 @@ class BlockNode:
             raise QMPError("Block node is read-only")
         if not self.grows_on_write:
             self._check_range(offset, length)
+
+    def _write_done(self, offset: int, length: int) -> None:
+        """A write request ended, done or failed: the dirty bitmaps learn of
+        it either way (QEMU's bdrv_co_write_req_finish)."""
+        if self.dirty_bitmaps:
+            mark_dirty(self, offset, length)
 
     def _note_write(self, end: int) -> None:
         """Fire the write threshold when a write crosses it (once)."""

@@ -24,7 +24,7 @@ HANDLER_MODULES: dict[str, tuple[str, ...]] = {
     "yank": ("vmd.qmp.yank",),
     "char": ("vmd.chardev.commands",),
     "job": ("vmd.job.commands",),
-    "block_core": ("vmd.block.commands", "vmd.block.threshold",
+    "block_core": ("vmd.block.commands", "vmd.block.threshold", "vmd.block.bitmap_commands",
                    "vmd.block.create", "vmd.block.jobs.commands"),
     "block_jobs": ("vmd.block.jobs.commands",),
     "block_export": ("vmd.block.nbd.commands",),

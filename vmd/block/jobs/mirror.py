@@ -45,7 +45,7 @@ from vmd._generated.types import (
     visit_BlockdevOptions,
 )
 from vmd.block.backend import BlockBackend
-from vmd.block.dirty_bitmap import DirtyBitmap
+from vmd.block.dirty_bitmap import DirtyBitmap, default_granularity
 from vmd.block.edge import Transaction, detach, drained, refresh_perms, replace_node
 from vmd.block.graph import BlockGraph
 from vmd.block.jobs.chain import allocated_above, chain_between, chain_contains, skip_filters
@@ -343,13 +343,6 @@ def _check_granularity(granularity: int | None) -> None:
         raise QMPError("Parameter 'granularity' expects a power of 2")
 
 
-def _default_granularity(target: BlockNode) -> int:
-    """bdrv_get_default_bitmap_granularity: the target's cluster size,
-    clamped to 4 KiB..64 KiB (64 KiB when it has none)."""
-    cluster = getattr(target, "cs", 0) or 65536
-    return min(65536, max(4096, cluster))
-
-
 async def _start(daemon: Any, job_id: str, source: BlockNode, target: BlockNode, *, base: BlockNode | None,
                  sync: MirrorSyncMode, granularity: int | None, buf_size: int | None, speed: int,
                  on_source_error: BlockdevOnError | None, on_target_error: BlockdevOnError | None,
@@ -366,7 +359,7 @@ async def _start(daemon: Any, job_id: str, source: BlockNode, target: BlockNode,
     job_class = ActiveCommitJob if commit else MirrorJob
     try:
         job = job_class(graph, daemon.jobs, job_id, top, source, target, base=base, sync=sync,
-                        granularity=granularity or _default_granularity(target),
+                        granularity=granularity or default_granularity(target),
                         buf_size=buf_size or DEFAULT_BUF_SIZE, speed=speed,
                         on_source_error=on_source_error, on_target_error=on_target_error,
                         copy_mode=copy_mode or MirrorCopyMode.BACKGROUND,

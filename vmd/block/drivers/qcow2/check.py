@@ -19,7 +19,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from vmd.block.drivers.qcow2 import format as fmt
+from vmd.block.drivers.qcow2.bitmaps import referenced_clusters
 from vmd.block.node import BlockNode
+from vmd.errors import QMPError
 
 L1E_RESERVED_MASK = 0x7F000000000001FF
 L2E_STD_RESERVED_MASK = 0x3F000000000001FE
@@ -188,6 +190,16 @@ class _Checker:
             await self.l1(l1_off, l1_size, False, None)
         self.inc(h.snapshots_offset, pos - h.snapshots_offset)
 
+    async def bitmaps(self) -> None:
+        """The bitmap directory, tables and data (qcow2_check_bitmaps_refcounts)."""
+        try:
+            ranges = await referenced_clusters(self.file, self.h, self.virtual_size)
+        except QMPError:
+            self.res.corruptions += 1
+            return
+        for offset, length in ranges:
+            self.inc(offset, length)
+
     def refblocks(self, nb_clusters: int) -> None:
         for i, entry in enumerate(self.reftable):
             if entry & REFT_RESERVED_MASK:
@@ -261,6 +273,7 @@ class _Checker:
         self.inc(0, cs)
         await self.l1(h.l1_table_offset, h.l1_size, True, step)
         await self.snapshots()
+        await self.bitmaps()
         self.inc(h.refcount_table_offset, h.refcount_table_clusters * cs)
         self.refblocks(nb_clusters)
         highest = 0

@@ -27,6 +27,12 @@ MAX_SNAPSHOTS = 65536
 EXT_END = 0
 EXT_BACKING_FORMAT = 0xE2792ACA
 EXT_FEATURE_TABLE = 0x6803F857
+EXT_BITMAPS = 0x23852875
+#: Autoclear bit 0: the bitmaps extension is consistent.
+AUTOCLEAR_BITMAPS = 1 << 0
+#: QEMU's QCOW2_MAX_BITMAPS and QCOW2_MAX_BITMAP_DIRECTORY_SIZE.
+MAX_BITMAPS = 65535
+MAX_BITMAP_DIRECTORY = 1024 * MAX_BITMAPS
 
 INCOMPAT_DIRTY = 1 << 0
 INCOMPAT_CORRUPT = 1 << 1
@@ -65,6 +71,7 @@ OFF_INCOMPAT = 72
 
 _V2 = struct.Struct(">4sIQIIQIIQQIIQ")
 _V3 = struct.Struct(">QQQII")
+_BITMAPS_EXT = struct.Struct(">IIQQ")   # nb_bitmaps, reserved, directory size, directory offset
 
 
 def _err(text: str) -> QMPError:
@@ -97,6 +104,10 @@ class Header:
     unknown_extensions: list[tuple[int, bytes]] = field(default_factory=list)
     backing_file: str | None = None
     backing_format: str | None = None
+    #: The bitmaps extension (``vmd.block.drivers.qcow2.bitmaps``); 0 bitmaps: none.
+    nb_bitmaps: int = 0
+    bitmap_directory_size: int = 0
+    bitmap_directory_offset: int = 0
 
     @property
     def cluster_size(self) -> int:
@@ -137,6 +148,10 @@ class Header:
             fits = used + 8 + len(table) + 8 + len((self.backing_file or "").encode()) < self.cluster_size
             if fits and self.cluster_size >= 8192:
                 exts.insert(1 if self.backing_format else 0, (EXT_FEATURE_TABLE, table))
+        if self.nb_bitmaps:
+            # After the feature table, before unknown extensions, as QEMU.
+            exts.insert(len(exts) - len(self.unknown_extensions), (EXT_BITMAPS, _BITMAPS_EXT.pack(
+                self.nb_bitmaps, 0, self.bitmap_directory_size, self.bitmap_directory_offset)))
         body = bytearray()
         for kind, data in exts:
             body += struct.pack(">II", kind, len(data)) + data
@@ -225,6 +240,24 @@ def parse_header(buf: bytes, file_size: int) -> Header:
     return h
 
 
+def parse_bitmaps_extension(data: bytes) -> tuple[int, int, int]:
+    """(nb_bitmaps, directory size, directory offset), with QEMU's checks
+    (the cluster alignment of the offset is checked by the caller)."""
+    if len(data) != _BITMAPS_EXT.size:
+        raise QMPError("bitmaps_ext: Invalid extension length")
+    nb, reserved, size, offset = _BITMAPS_EXT.unpack(data)
+    if reserved:
+        raise QMPError("bitmaps_ext: Reserved field is not zero")
+    if nb > MAX_BITMAPS:
+        raise QMPError(f"bitmaps_ext: Image has {nb} bitmaps, exceeding the QEMU supported maximum of {MAX_BITMAPS}")
+    if nb == 0:
+        raise QMPError("found bitmaps extension with zero bitmaps")
+    if size > MAX_BITMAP_DIRECTORY:
+        raise QMPError(f"bitmaps_ext: bitmap directory size ({size}) exceeds the maximum supported size "
+                       f"({MAX_BITMAP_DIRECTORY})")
+    return nb, size, offset
+
+
 def l1_entries_for(size: int, cluster_size: int) -> int:
     """L1 entries an image of ``size`` bytes needs (QEMU's size_to_l1)."""
     return -(-size // (cluster_size * (cluster_size // 8)))
@@ -262,6 +295,11 @@ def _parse_extensions(h: Header, buf: bytes, end: int) -> None:
             h.backing_format = data.decode("utf-8", "replace")
         elif kind == EXT_FEATURE_TABLE:
             pass  # regenerated on write
+        elif kind == EXT_BITMAPS:
+            # Ignored (and dropped on the next header write) unless the
+            # autoclear bit says no program without bitmaps wrote since.
+            if h.autoclear_features & AUTOCLEAR_BITMAPS:
+                h.nb_bitmaps, h.bitmap_directory_size, h.bitmap_directory_offset = parse_bitmaps_extension(data)
         else:
             h.unknown_extensions.append((kind, data))
         pos += length + (-length % 8)

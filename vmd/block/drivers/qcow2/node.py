@@ -56,6 +56,7 @@ from typing import Any
 
 from vmd._generated.types import BlkdebugEvent
 from vmd.block.drivers.qcow2 import format as fmt
+from vmd.block.drivers.qcow2.bitmaps import BitmapStore, referenced_clusters
 from vmd.block.drivers.qcow2.cache import TableCache
 from vmd.block.drivers.qcow2.inflight import Allocations, RequestGate
 from vmd.block.drivers.qcow2.refcount import Refcounts
@@ -89,6 +90,7 @@ class Qcow2Node(BlockNode):
         self.backing_file: str | None = None
         self.backing_fmt: str | None = None
         self._zcache: tuple[int, bytes] | None = None
+        self.bitmap_store = BitmapStore(self)
 
     # -- open / close ----------------------------------------------------------
 
@@ -128,10 +130,13 @@ class Qcow2Node(BlockNode):
         if not self.read_only:
             if h.incompatible_features & fmt.INCOMPAT_DIRTY:
                 await self._repair_refcounts()
-            if h.autoclear_features:
-                h.autoclear_features = 0
-                await file.write(88, memoryview(bytes(8)))
+            # Autoclear bits vmd does not know go before the first write.
+            known = h.autoclear_features & fmt.AUTOCLEAR_BITMAPS
+            if h.autoclear_features != known:
+                h.autoclear_features = known
+                await file.write(88, memoryview(struct.pack(">Q", known)))
                 await file.flush()
+        await self.bitmap_store.load()
 
     def set_backing(self, backing: BlockNode | None) -> None:
         if backing is not None:
@@ -159,14 +164,29 @@ class Qcow2Node(BlockNode):
     async def close(self) -> None:
         if self.read_only or not hasattr(self, "l2_cache"):
             return  # read-only, or open() failed before the caches existed
-        await self._flush_locked()
         await self._co_make_read_only()
 
     async def _co_make_read_only(self) -> None:
-        """A clean image from here on: the dirty bit goes (lazy refcounts)."""
+        """Persistent bitmaps are stored (and become read-only), everything
+        cached is written, and the dirty bit goes (lazy refcounts): a clean
+        image from here on."""
+        async with self._lock:
+            await self.bitmap_store.reopen_read_only()
+            await self._flush_locked()
         if self._marked_dirty:
             await self._set_incompat(self.header.incompatible_features & ~fmt.INCOMPAT_DIRTY)
             self._marked_dirty = False
+
+    async def _co_make_writable(self) -> None:
+        async with self._lock:
+            await self.bitmap_store.reopen_read_write()
+
+    def can_store_new_bitmap(self, name: str, granularity: int) -> None:
+        self.bitmap_store.can_store_new(name, granularity)
+
+    async def remove_persistent_bitmap(self, name: str) -> None:
+        async with self._lock:
+            await self.bitmap_store.remove(name)
 
     async def _set_incompat(self, bits: int) -> None:
         self.header.incompatible_features = bits
@@ -208,6 +228,9 @@ class Qcow2Node(BlockNode):
                         refs[c] += 1
                 elif entry & fmt.L2E_OFFSET_MASK:
                     refs[(entry & fmt.L2E_OFFSET_MASK) // cs] += 1
+        for offset, length in await referenced_clusters(self.file, h, h.size):
+            for c in range(offset // cs, -(-(offset + length) // cs)):
+                refs[c] += 1
         for c, n in sorted(refs.items()):
             current = await self.refcounts.get(c)
             if current < n:
@@ -228,6 +251,8 @@ class Qcow2Node(BlockNode):
                 "corrupt": bool(h.incompatible_features & fmt.INCOMPAT_CORRUPT),
                 "extended-l2": False,
             })
+            if self.bitmap_store.entries:
+                data["bitmaps"] = self.bitmap_store.info()
         else:
             data.update({"compression-type": "zlib", "refcount-bits": h.refcount_bits})
         return {"cluster-size": self.cs, "format-specific": {"type": "qcow2", "data": data}}
@@ -679,6 +704,7 @@ class Qcow2Node(BlockNode):
                 raise QMPError("The new size must be a multiple of 512")
             if size < self.header.size:
                 raise QMPError("qcow2 doesn't support shrinking images yet")
+            self.bitmap_store.check_resize()
             needed = fmt.l1_entries_for(size, self.cs)
             if needed > fmt.MAX_L1_ENTRIES:
                 raise QMPError("Failed to grow the L1 table: File too large")

@@ -1,0 +1,332 @@
+"""Dirty bitmaps against QEMU 7.2: the commands, write tracking, persistence.
+
+The same QMP goes to ``qemu-system-x86_64 -M none`` and to vmd, each over
+its own copy of the same images; guest writes come through an NBD export
+(``qemu-io`` on the export's socket). Every reply is compared, errors
+included, and the bitmaps as ``query-named-block-nodes`` shows them with
+the SHA-256 of their bits. Persistent bitmaps cross between the two: what
+vmd stores, ``qemu-img`` and QEMU read, and the other way round.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from qemu.qmp import QMPClient
+from qemu.qmp.qmp_client import ExecuteError
+
+from tests import test_block_jobs as jobs
+from tests.harness import QEMU, running_qemu, running_vmd, start_vmd
+from tests.test_block_jobs import hang_up, qimg, qio, quit_daemon, wait_gone
+
+pytestmark = pytest.mark.qemu
+if QEMU is None:  # pragma: no cover - QEMU is installed by scripts/setup.sh
+    pytestmark = pytest.mark.skip("qemu-system-x86_64 is not installed")
+
+#: A step: a QMP command, ``("bitmaps", {})`` to record every node's
+#: bitmaps, or a function run between commands (guest I/O, qemu-img).
+Step = tuple[str, dict[str, Any]] | Callable[[], Any]
+
+
+def qcow2(root: Path, name: str, **extra: Any) -> Step:
+    return ("blockdev-add", {"driver": "qcow2", "node-name": name,
+                             "file": {"driver": "file", "filename": str(root / f"{name}.qcow2")}, **extra})
+
+
+def export(root: Path, node: str = "a", **extra: Any) -> list[Step]:
+    return [("nbd-server-start", {"addr": {"type": "unix", "data": {"path": str(root / "nbd.sock")}}}),
+            ("block-export-add", {"type": "nbd", "id": "e", "node-name": node, "writable": True, **extra})]
+
+
+def guest(root: Path, *commands: str, node: str = "a") -> Callable[[], Any]:
+    """qemu-io commands through the export (the guest's writes)."""
+    return lambda: qio(f"nbd+unix:///{node}?socket={root / 'nbd.sock'}", *commands, fmt="raw")
+
+
+def unexport() -> list[Step]:
+    return [("block-export-del", {"id": "e"}), ("nbd-server-stop", {})]
+
+
+def _bitmaps(nodes: list[dict[str, Any]]) -> dict[str, Any]:
+    """Each named node's dirty bitmaps and the bitmaps its image stores."""
+    out: dict[str, Any] = {}
+    for node in nodes:
+        if node["node-name"].startswith("#"):
+            continue
+        stored = node["image"].get("format-specific", {}).get("data", {}).get("bitmaps")
+        out[node["node-name"]] = {"dirty-bitmaps": node.get("dirty-bitmaps"), "stored": stored}
+    return out
+
+
+async def run_steps(socket: Path, steps: list[Step]) -> list[Any]:
+    client = QMPClient()
+    await client.connect(str(socket))
+    out: list[Any] = []
+    try:
+        for step in steps:
+            if callable(step):
+                step()
+                continue
+            name, args = step
+            try:
+                if name == "bitmaps":
+                    out.append(("bitmaps", _bitmaps(await client.execute("query-named-block-nodes"))))
+                else:
+                    out.append(("return", name, await client.execute(name, args)))
+            except ExecuteError as error:
+                out.append(("error", name, error.error.error.desc))
+        await quit_daemon(client)
+    finally:
+        await hang_up(client)
+    return out
+
+
+def _paths(result: list[Any], root: Path) -> list[Any]:
+    cleaned: list[Any] = json.loads(json.dumps(result).replace(str(root), "<dir>"))
+    return cleaned
+
+
+def run_both(tmp_path: Path, setup: Callable[[Path], None], steps: Callable[[Path], list[Step]]) -> dict[str, Any]:
+    return jobs.run_both(tmp_path, setup, steps, run_steps, _paths)
+
+
+def create(root: Path, name: str, size: str = "4M", *options: str) -> None:
+    qimg("create", "-f", "qcow2", *options, root / f"{name}.qcow2", size)
+
+
+def sha(node: str, name: str) -> Step:
+    return ("x-debug-block-dirty-bitmap-sha256", {"node": node, "name": name})
+
+
+def add(node: str, name: str, **extra: Any) -> Step:
+    return ("block-dirty-bitmap-add", {"node": node, "name": name, **extra})
+
+
+def test_commands_and_errors_same_as_qemu(tmp_path: Path) -> None:
+    def setup(root: Path) -> None:
+        create(root, "a")
+        create(root, "v2", "4M", "-o", "compat=0.10")
+        create(root, "ro")
+        qimg("bitmap", "--add", root / "ro.qcow2", "stored")
+
+    def steps(root: Path) -> list[Step]:
+        return [
+            qcow2(root, "a"), qcow2(root, "v2"), qcow2(root, "ro", **{"read-only": True}),
+            ("blockdev-add", {"driver": "null-co", "node-name": "n", "size": 4 << 20}),
+            add("a", "b1"), add("a", "b1"), add("a", ""), add("nosuch", "x"),
+            add("a", "g1", granularity=1000), add("a", "g2", granularity=256), add("a", "g3", granularity=1 << 31),
+            add("a", "g4", granularity=0), add("a", "p1", persistent=True), add("a", "b1", persistent=True),
+            add("v2", "p1", persistent=True), add("n", "p1", persistent=True), add("n", "d1", disabled=True),
+            add("a", "x" * 1024), add("a", "y" * 1024, persistent=True), add("a", "z" * 1023, persistent=True),
+            add("ro", "new"), add("ro", "newp", persistent=True), add("ro", "stored"),
+            ("bitmaps", {}),
+            ("block-dirty-bitmap-remove", {"node": "a", "name": "nosuch"}),
+            ("block-dirty-bitmap-remove", {"node": "nosuch", "name": "b1"}),
+            ("block-dirty-bitmap-clear", {"node": "ro", "name": "stored"}),
+            ("block-dirty-bitmap-enable", {"node": "ro", "name": "stored"}),
+            ("block-dirty-bitmap-disable", {"node": "ro", "name": "stored"}),
+            ("block-dirty-bitmap-disable", {"node": "a", "name": "b1"}),
+            ("block-dirty-bitmap-disable", {"node": "a", "name": "b1"}),
+            ("block-dirty-bitmap-enable", {"node": "a", "name": "nosuch"}),
+            ("block-dirty-bitmap-merge", {"node": "ro", "target": "stored", "bitmaps": ["new"]}),
+            ("block-dirty-bitmap-merge", {"node": "ro", "target": "new", "bitmaps": ["stored"]}),
+            ("block-dirty-bitmap-merge", {"node": "a", "target": "b1", "bitmaps": [
+                {"node": "n", "name": "d1"}, {"node": "ro", "name": "stored"}, "p1"]}),
+            ("block-dirty-bitmap-merge", {"node": "a", "target": "b1", "bitmaps": [{"node": "n", "name": "zz"}]}),
+            ("block-dirty-bitmap-merge", {"node": "a", "target": "b1", "bitmaps": [{"node": "zz", "name": "b1"}]}),
+            ("block-dirty-bitmap-merge", {"node": "a", "target": "nosuch", "bitmaps": ["b1"]}),
+            ("block-dirty-bitmap-merge", {"node": "a", "target": "b1", "bitmaps": ["nosuch"]}),
+            sha("a", "b1"), sha("a", "zz"), sha("zz", "b1"),
+            ("block-dirty-bitmap-remove", {"node": "ro", "name": "stored"}),
+            ("block-dirty-bitmap-remove", {"node": "ro", "name": "new"}),
+            ("block-dirty-bitmap-remove", {"node": "a", "name": "p1"}),
+            ("bitmaps", {}),
+        ]
+    results = run_both(tmp_path, setup, steps)
+    assert results["vmd"] == results["qemu"]
+    assert ["error", "block-dirty-bitmap-add", "Bitmap already exists: b1"] in results["vmd"]
+
+
+def test_writes_are_tracked_same_as_qemu(tmp_path: Path) -> None:
+    """Writes, zeroes and discards through an export mark the recording
+    bitmaps (each with its granularity); clear, enable, disable and merge
+    change them as QEMU's do."""
+    def setup(root: Path) -> None:
+        create(root, "a", "4M", "-o", "cluster_size=4096")
+        create(root, "b", "4M")
+
+    def steps(root: Path) -> list[Step]:
+        return [
+            qcow2(root, "a", discard="unmap"), qcow2(root, "b"),
+            add("a", "b1"), add("a", "fine", granularity=512), add("a", "off", disabled=True),
+            add("a", "big", granularity=1 << 20), add("b", "other", granularity=65536),
+            *export(root),
+            guest(root, "write -P 1 0 1k", "write -P 2 100k 8k", "write -z 1M 300k", "discard 3M 64k",
+                  "write -P 3 4193792 512"),
+            ("bitmaps", {}), sha("a", "b1"), sha("a", "fine"), sha("a", "off"), sha("a", "big"),
+            ("block-dirty-bitmap-enable", {"node": "a", "name": "off"}),
+            ("block-dirty-bitmap-disable", {"node": "a", "name": "b1"}),
+            guest(root, "write -P 4 2M 12k"),
+            ("block-dirty-bitmap-clear", {"node": "a", "name": "fine"}),
+            guest(root, "write -P 5 513 1000"),
+            ("bitmaps", {}), sha("a", "b1"), sha("a", "fine"), sha("a", "off"),
+            ("block-dirty-bitmap-merge", {"node": "a", "target": "fine", "bitmaps": ["off", "big"]}),
+            ("block-dirty-bitmap-merge", {"node": "b", "target": "other", "bitmaps": [
+                {"node": "a", "name": "fine"}]}),
+            ("bitmaps", {}), sha("a", "fine"), sha("b", "other"),
+            *unexport(),
+        ]
+    results = run_both(tmp_path, setup, steps)
+    assert results["vmd"] == results["qemu"]
+    last = [line for line in results["vmd"] if line[0] == "bitmaps"][-1]
+    counts = {b["name"]: b["count"] for b in last[1]["a"]["dirty-bitmaps"]}
+    assert counts["big"] == 4 << 20  # every 1 MiB granule was written
+
+
+def run_dir(root: Path, name: str) -> Path:
+    """A directory of its own for one daemon's sockets (images stay in ``root``)."""
+    where = root / name
+    where.mkdir()
+    return where
+
+
+def _open_and_query(root: Path, name: str, *extra: Step) -> list[Step]:
+    return [qcow2(root, name), ("bitmaps", {}), *extra]
+
+
+def _shas(result: list[Any]) -> list[Any]:
+    return [line for line in result if line[0] == "return" and "sha256" in str(line[2])]
+
+
+def test_persistent_bitmaps_vmd_to_qemu_and_back(tmp_path: Path) -> None:
+    """vmd stores bitmaps on close; qemu-img and QEMU read them with the
+    same bits, flags and counts; what QEMU stores vmd reads the same."""
+    root = tmp_path / "img"
+    root.mkdir()
+    create(root, "a", "5M", "-o", "cluster_size=8192")
+    qio(root / "a.qcow2", "write -P 7 0 64k")
+    qimg("bitmap", "--add", "-g", "4096", root / "a.qcow2", "from-qemu-img")
+    names = ("auto", "manual", "fine", "from-qemu-img")
+    queries = [sha("a", name) for name in names]
+    with running_vmd(run_dir(root, "first")) as vmd:
+        written = asyncio.run(run_steps(vmd.qmp_path, [
+            qcow2(root, "a"),
+            lambda: _assert_in_use(root / "a.qcow2", {"from-qemu-img": ["in-use", "auto"]}),
+            add("a", "auto", persistent=True), add("a", "manual", persistent=True, disabled=True),
+            add("a", "fine", persistent=True, granularity=512),
+            *export(root), guest(root, "write -P 1 64k 64k", "write -z 1M 8k", "write -P 2 5241856 1024"),
+            ("block-dirty-bitmap-enable", {"node": "a", "name": "manual"}),
+            guest(root, "write -P 3 4M 4k"),
+            ("block-dirty-bitmap-disable", {"node": "a", "name": "manual"}),
+            *unexport(), ("bitmaps", {}), *queries]))
+        vmd.process.wait(10)
+    info = json.loads(qimg("info", "--output=json", root / "a.qcow2"))
+    stored = info["format-specific"]["data"]["bitmaps"]
+    assert {b["name"]: (b["flags"], b["granularity"]) for b in stored} == {
+        "auto": (["auto"], 8192), "manual": ([], 8192), "fine": (["auto"], 512),
+        "from-qemu-img": (["auto"], 4096)}
+    qimg("check", root / "a.qcow2")
+    with running_qemu(run_dir(root, "qemu")) as socket:
+        pid = int((root / "qemu" / "qemu.pid").read_text())
+        read_back = asyncio.run(run_steps(socket, _open_and_query(root, "a", *queries, *export(root),
+                                                                   guest(root, "write -P 9 2M 4k"),
+                                                                   *unexport(), *queries)))
+        wait_gone(pid)
+    assert _shas(read_back)[:4] == _shas(written)
+    ours = written[-5][1]["a"]["dirty-bitmaps"]
+    theirs = read_back[1][1]["a"]["dirty-bitmaps"]
+    assert sorted(ours, key=lambda b: b["name"]) == sorted(theirs, key=lambda b: b["name"])
+    # QEMU stored them again (with the 2M write); vmd reads its result.
+    with running_vmd(run_dir(root, "again")) as vmd:
+        again = asyncio.run(run_steps(vmd.qmp_path, _open_and_query(root, "a", *queries)))
+        vmd.process.wait(10)
+    assert _shas(again) == _shas(read_back)[4:]
+    assert _shas(again) != _shas(written)
+    qimg("check", root / "a.qcow2")
+
+
+def _assert_in_use(path: Path, flags: dict[str, list[str]]) -> None:
+    info = json.loads(qimg("info", "-U", "--output=json", path))
+    stored = info["format-specific"]["data"].get("bitmaps", [])
+    assert {b["name"]: b["flags"] for b in stored} == flags
+
+
+def test_sigkill_leaves_bitmaps_inconsistent_as_qemu(tmp_path: Path) -> None:
+    """A bitmap loaded read-write is marked in use on disk before any
+    write; killed before the close, the image is consistent and QEMU and
+    vmd both load the bitmap as inconsistent (removable only)."""
+    root = tmp_path / "img"
+    root.mkdir()
+    create(root, "a")
+    qimg("bitmap", "--add", root / "a.qcow2", "b")
+    vmd = start_vmd(root)
+    try:
+        asyncio.run(_open_write_and_leave(vmd.qmp_path, root))
+        _assert_in_use(root / "a.qcow2", {"b": ["in-use", "auto"]})
+        vmd.process.send_signal(signal.SIGKILL)
+        vmd.process.wait(10)
+    finally:
+        if vmd.process.poll() is None:
+            vmd.process.kill()
+    check = subprocess.run(["qemu-img", "check", str(root / "a.qcow2")], capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+
+    def setup(where: Path) -> None:
+        subprocess.run(["cp", str(root / "a.qcow2"), str(where / "a.qcow2")], check=True)
+
+    def steps(where: Path) -> list[Step]:
+        return [qcow2(where, "a"), ("bitmaps", {}),
+                ("block-dirty-bitmap-clear", {"node": "a", "name": "b"}),
+                ("block-dirty-bitmap-enable", {"node": "a", "name": "b"}),
+                ("block-dirty-bitmap-merge", {"node": "a", "target": "b", "bitmaps": ["b"]}),
+                ("block-dirty-bitmap-remove", {"node": "a", "name": "b"}), ("bitmaps", {})]
+    results = run_both(tmp_path, setup, steps)
+    assert results["vmd"] == results["qemu"]
+    assert results["vmd"][1][1]["a"]["dirty-bitmaps"][0]["inconsistent"] is True
+    for who in ("qemu", "vmd"):
+        qimg("check", tmp_path / who / "a.qcow2")
+        assert "bitmaps" not in json.loads(qimg("info", "--output=json", tmp_path / who / "a.qcow2")
+                                           )["format-specific"]["data"]
+
+
+async def _open_write_and_leave(socket: Path, root: Path) -> None:
+    client = QMPClient()
+    await client.connect(str(socket))
+    try:
+        await client.execute("blockdev-add", {"driver": "qcow2", "node-name": "a", "file": {
+            "driver": "file", "filename": str(root / "a.qcow2")}})
+        for step in export(root):
+            assert not callable(step)
+            await client.execute(*step)
+        guest(root, "write -P 1 0 64k")()
+    finally:
+        await hang_up(client)
+
+
+def test_remove_persistent_bitmap_drops_it_from_the_image_at_once(tmp_path: Path) -> None:
+    root = tmp_path / "img"
+    root.mkdir()
+    create(root, "a")
+    for name in ("one", "two"):
+        qimg("bitmap", "--add", root / "a.qcow2", name)
+    with running_vmd(root) as vmd:
+        asyncio.run(run_steps(vmd.qmp_path, [
+            qcow2(root, "a"),
+            ("block-dirty-bitmap-remove", {"node": "a", "name": "one"}),
+            lambda: _assert_in_use(root / "a.qcow2", {"two": ["in-use", "auto"]}),
+            ("block-dirty-bitmap-remove", {"node": "a", "name": "two"}),
+            lambda: _assert_in_use(root / "a.qcow2", {}),
+        ]))
+        vmd.process.wait(10)
+    assert "bitmaps" not in json.loads(qimg("info", "--output=json", root / "a.qcow2"))["format-specific"]["data"]
+    result = subprocess.run(["qemu-img", "check", "--output=json", str(root / "a.qcow2")],
+                            capture_output=True, text=True, env={**os.environ, "LANG": "C"})
+    assert result.returncode == 0 and "leaks" not in json.loads(result.stdout)
