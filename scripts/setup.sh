@@ -6,9 +6,13 @@
 set -eu
 cd "$(dirname "$0")/.."
 
-PACKAGES="python3 python3-venv qemu-system-x86 qemu-utils libnbd-bin tmux gcc linux-libc-dev"
+PACKAGES="python3 python3-venv qemu-system-x86 qemu-utils libnbd-bin tmux gcc linux-libc-dev curl xz-utils"
 
 ./scripts/apt-install.sh $PACKAGES
+
+# QEMU's own iotests (tests/test_iotests.py), into a cache outside the tree.
+./scripts/fetch-qemu-iotests.sh >/dev/null ||
+    echo "setup: warning: QEMU's iotests were not fetched; tests/test_iotests.py will fail" >&2
 
 PYTHON="${PYTHON:-python3}"
 stamp=".venv/.vmd-setup-$(cat pyproject.toml | sha256sum | cut -c1-16)"

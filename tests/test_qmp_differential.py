@@ -621,9 +621,9 @@ def test_deviation_first_bad_member_in_input_order(
         "QMP input member 'execute' must be a string")
 
 
-def test_deviation_member_order_and_version(
+def test_member_order_and_version(
         daemons: tuple[Path, Path]) -> None:
-    """Same members, possibly in another order; vmd's own version text."""
+    """Same members in QEMU's (QDict hash) order; vmd's own version text."""
     raw = []
     for path in daemons:
         with RawQMP(path, timeout=TIMEOUT) as qmp:
@@ -631,7 +631,6 @@ def test_deviation_member_order_and_version(
             qmp.send(b'{"execute":"query-status"}{"execute":"query-version"}')
             raw.append((qmp.read_line(), read_message(qmp)))
     (vmd_status, vmd_version), (qemu_status, qemu_version) = raw
-    assert json.loads(vmd_status) == json.loads(qemu_status)
+    assert vmd_status == qemu_status
     assert qemu_status.startswith(b'{"return": {"status": ')  # hash order
-    assert vmd_status.startswith(b'{"return": {"running": ')  # insertion
     assert shape(vmd_version) == shape(qemu_version)

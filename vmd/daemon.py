@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from functools import cached_property
+from functools import cached_property, partial
 from typing import TYPE_CHECKING, Any
 
 from vmd import version
@@ -50,9 +50,7 @@ class Daemon:
         self.monitors: list[Any] = []
         self.chardevs = ChardevRegistry()
         self.chardevs.quit_handler = self.request_shutdown
-        #: The accelerator in use, "kvm" or "tcg" (vmd.system.accel).
-        self.accel = "tcg"
-        #: The accelerator in use, "kvm" or "tcg" (vmd.system.accel).
+        #: The accelerator in use, "kvm", "tcg" or "qtest" (vmd.system.accel).
         self.accel = "tcg"
         # Set by the machine: press the guest's power button; False when no
         # guest will act on it. SIGTERM waits for the guest (system/stop.py).
@@ -60,6 +58,7 @@ class Daemon:
         #: The guest machine (``vmd.machine.vm.Machine``); None with ``-M none``.
         self.machine: Any = None
         self.exit_status = 0
+        self._loop = loop
         self._shutdown = loop.create_future()
 
     @cached_property
@@ -106,7 +105,13 @@ class Daemon:
         if self._shutdown.done():
             return
         guest = cause.startswith("guest-")
-        events.qapi_event_send_shutdown(self.events, guest=guest, reason=cause)
+        if self.accel == "qtest" and not guest:
+            # QEMU runs the request in the main loop; under qtest its
+            # SHUTDOWN then follows the reply of ``quit`` (the order of its
+            # own test suite), under TCG or KVM it comes first.
+            self._loop.call_soon(partial(events.qapi_event_send_shutdown, self.events, guest=False, reason=cause))
+        else:
+            events.qapi_event_send_shutdown(self.events, guest=guest, reason=cause)
         if guest and self.config.no_shutdown:
             from vmd._generated.types import RunState
             self.runstate.stop(RunState.SHUTDOWN)

@@ -71,6 +71,9 @@ async def run(config: Config, daemonizer: Daemonizer | None,
     if config.blockdevs:
         from vmd.system.startup_commands import create_blockdevs
         await create_blockdevs(daemon, config)
+    if config.drives:
+        from vmd.system.startup_commands import create_drives
+        await create_drives(daemon, config)
     await create_chardevs(daemon, config, early)
     early.abandon()  # anything the monitors did not take
     listen_fds.close_unused()

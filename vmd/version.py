@@ -25,6 +25,6 @@ def greeting_line() -> bytes:
     a test checks it against the encoder's output.
     """
     major, minor, micro = QEMU_VERSION
-    return (f'{{"QMP": {{"version": {{"qemu": {{"major": {major}, '
-            f'"minor": {minor}, "micro": {micro}}}, "package": "{PACKAGE}"}}, '
+    return (f'{{"QMP": {{"version": {{"qemu": {{"micro": {micro}, '
+            f'"minor": {minor}, "major": {major}}}, "package": "{PACKAGE}"}}, '
             f'"capabilities": ["oob"]}}}}\r\n').encode()

@@ -97,3 +97,12 @@ class BlockBackend(RootHolder):
 
     async def wait_idle(self) -> None:
         await self._idle.wait()
+
+
+def device_name(node: BlockNode) -> str:
+    """The name of the first named BlockBackend on ``node``, or ""
+    (QEMU's bdrv_get_device_name: a block job's default id)."""
+    for edge in node.parents:
+        if isinstance(edge.parent, BlockBackend) and edge.parent.name:
+            return edge.parent.name
+    return ""

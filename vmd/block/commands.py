@@ -56,7 +56,7 @@ def device_info(node: BlockNode, *, flat: bool) -> dict[str, Any]:
         depth, below = depth + 1, below.filtered()
     info: dict[str, Any] = {
         "file": node.filename(), "node-name": node.node_name, "ro": node.read_only, "drv": node.driver,
-        "encrypted": False, "detect_zeroes": "off", "backing_file_depth": depth,
+        "encrypted": False, "detect_zeroes": node.detect_zeroes, "backing_file_depth": depth,
         "bps": 0, "bps_rd": 0, "bps_wr": 0, "iops": 0, "iops_rd": 0, "iops_wr": 0,
         "write_threshold": node.write_threshold,
         "cache": {"writeback": True, "direct": getattr(node, "direct", False),
@@ -160,7 +160,7 @@ async def qmp_block_resize(ctx: Any, device: str | None, node_name: str | None, 
 
 
 def _lookup(graph: BlockGraph, name: str) -> BlockNode:
-    node = graph.get(name)
+    node = graph.find_bs(name)
     if node is None:
         raise QMPError(f"Cannot find device='{name}' nor node-name='{name}'")
     return node
@@ -211,7 +211,7 @@ async def qmp_blockdev_snapshot_sync(ctx: Any, device: str | None, node_name: st
     from vmd.block.drivers.file import FileNode
     from vmd.block.drivers.qcow2 import create_qcow2
     graph = _graph(ctx)
-    base = graph.find(node_name or device or "")
+    base = graph.lookup(device, node_name)
     check_not_backing(base)
     if (format or "qcow2") != "qcow2":
         raise QMPError(f"Unsupported snapshot format '{format}'; vmd creates qcow2 overlays")

@@ -42,6 +42,12 @@ def _load_drivers() -> None:
     load_all()
 
 
+def driver_names() -> list[str]:
+    """Every driver ``blockdev-add`` takes, sorted (``-drive format=help``)."""
+    _load_drivers()
+    return sorted(_OPENERS)
+
+
 def node_name_of(options: Any) -> str:
     """The node name given, or QEMU's style of implicit name (``#block123``)."""
     return options.node_name or f"#block{next(_implicit_names):03d}"
@@ -71,9 +77,36 @@ class BlockGraph:
             raise QMPError(f"Cannot find device='' nor node-name='{node_name}'")
         return node
 
-    def backend(self, perm: Perm, shared: Perm) -> BlockBackend:
-        """A new anonymous user, listed in ``x-debug-query-block-graph``."""
-        return BlockBackend(perm, shared, registry=self.backends)
+    def backend(self, perm: Perm, shared: Perm, name: str = "") -> BlockBackend:
+        """A new user, listed in ``x-debug-query-block-graph``; ``name``
+        makes it a device the monitor addresses (QEMU's monitor_add_blk)."""
+        return BlockBackend(perm, shared, name=name, registry=self.backends)
+
+    def named_backend(self, name: str) -> BlockBackend | None:
+        """The BlockBackend called ``name`` (QEMU's blk_by_name)."""
+        return next((b for b in self.backends if name and b.name == name), None)
+
+    def lookup(self, device: str | None, node_name: str | None) -> BlockNode:
+        """bdrv_lookup_bs(): the node of device ``device``, else the node
+        ``node_name``, with QEMU's texts."""
+        if device is not None:
+            backend = self.named_backend(device)
+            if backend is not None:
+                if backend.edge is None:
+                    raise QMPError(f"Device '{device}' has no medium")
+                return backend.node
+        if node_name is not None:
+            node = self._nodes.get(node_name)
+            if node is not None:
+                return node
+        raise QMPError(f"Cannot find device='{device or ''}' nor node-name='{node_name or ''}'")
+
+    def find_bs(self, name: str) -> BlockNode | None:
+        """The node of device ``name`` or the node called ``name``, if any."""
+        backend = self.named_backend(name)
+        if backend is not None and backend.edge is not None:
+            return backend.node
+        return self._nodes.get(name)
     # -- opening -------------------------------------------------------------------
 
     async def open(self, options: Any) -> BlockNode:
@@ -94,6 +127,7 @@ class BlockGraph:
         try:
             node = await opener(options, self)
             node.force_share = node.force_share or bool(getattr(options, "force_share", False))
+            node.detect_zeroes = detect_zeroes_of(options)
             self._register(node, node.node_name)
         except BaseException:
             if outermost:
@@ -193,6 +227,16 @@ class BlockGraph:
             if top in self.owned:
                 self.owned.remove(top)
             await self.close_tree(top)
+
+
+def detect_zeroes_of(options: Any) -> str:
+    """The ``detect-zeroes`` mode asked for, checked as QEMU's bdrv_open_common."""
+    mode = getattr(options, "detect_zeroes", None)
+    value = "off" if mode is None else str(getattr(mode, "value", mode))
+    discard = getattr(options, "discard", None)
+    if value == "unmap" and str(getattr(discard, "value", discard)) != "unmap":
+        raise QMPError("setting detect-zeroes to unmap is not allowed without setting discard operation to unmap")
+    return value
 
 
 def check_not_backing(node: BlockNode) -> None:

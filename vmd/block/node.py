@@ -88,6 +88,9 @@ class BlockNode:
         self.on_threshold: Callable[[BlockNode, int, int], None] | None = None
         #: Dirty bitmaps of this node, newest first (``vmd.block.dirty_bitmap``).
         self.dirty_bitmaps: list[DirtyBitmap] = []
+        #: ``detect-zeroes``: "off", "on" (a write of zeroes becomes a
+        #: zero write) or "unmap" (one that may also unmap).
+        self.detect_zeroes = "off"
 
     # -- graph -------------------------------------------------------------
 
@@ -196,7 +199,10 @@ class BlockNode:
     async def write(self, offset: int, data: bytes | memoryview) -> None:
         self._check_writable(offset, len(data))
         try:
-            await self._co_write(offset, memoryview(data))
+            if self.detect_zeroes != "off" and data and not any(data):
+                await self._co_write_zeroes(offset, len(data), self.detect_zeroes == "unmap")
+            else:
+                await self._co_write(offset, memoryview(data))
         finally:
             self._write_done(offset, len(data))
         self._note_write(offset + len(data))

@@ -108,6 +108,31 @@ class BlockdevConfig:
 
 
 @dataclass
+class DriveConfig:
+    """A -drive (vmd.cli.drive): a named BlockBackend over a node tree.
+
+    ``options`` holds the node keys as written (flat, dotted, string
+    values) for :mod:`vmd.block.drive` to open; the rest are the drive's
+    and its BlockBackend's settings.
+    """
+
+    id: str | None
+    file: str | None = None
+    interface: str | None = None
+    unit: int | None = None
+    media: str = "disk"
+    read_only: bool = False
+    copy_on_read: bool = False
+    writeback: bool = True
+    aio: str | None = None
+    detect_zeroes: str | None = None
+    werror: str | None = None
+    rerror: str | None = None
+    throttling: dict[str, str] = field(default_factory=dict)
+    options: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
 class DeviceConfig:
     """A -device: QemuOpts (string values, ``driver`` and maybe ``id``) or JSON."""
 
@@ -166,6 +191,9 @@ class Config:
     monitors: list[MonitorConfig] = field(default_factory=list)
     serials: list[str] = field(default_factory=list)
     blockdevs: list[BlockdevConfig] = field(default_factory=list)
+    drives: list[DriveConfig] = field(default_factory=list)
+    #: ``-qtest``: the chardev spec of the qtest protocol (vmd.qtest).
+    qtest: str | None = None
     devices: list[DeviceConfig] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     # Options management tools set (vmd.cli.system_opts).

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from vmd.cli import chardev as chardev_mod
+from vmd.cli import drive as drive_mod
 from vmd.cli import system_opts
 from vmd.cli.config import (
     DEFAULT_RAM_BYTES,
@@ -40,7 +41,7 @@ from vmd.cli.qemu_opts import (
     parse_size,
 )
 from vmd.cli.smp import compute_smp, parse_smp_values
-from vmd.system.accel import AccelError, check_accelerators
+from vmd.system.accel import AccelError, accel_help_text, check_accelerators
 
 ParseResult = Config | HelpRequest | VersionRequest
 
@@ -199,8 +200,13 @@ def _smp(state: _State, arg: str, _where: str) -> None:
     state.smp_given = True
 
 
-def _accel(state: _State, arg: str, _where: str) -> None:
-    state.config.accels.append(parse_opts(ACCEL_SPEC, arg, state.config.warnings).to_dict())
+def _accel(state: _State, arg: str, _where: str) -> HelpRequest | None:
+    """-accel NAME[,...]; ``help`` (or no name) lists them at once, as QEMU."""
+    accel = parse_opts(ACCEL_SPEC, arg, state.config.warnings).to_dict()
+    if is_help_option(accel.get("accel", "help")):
+        return HelpRequest(accel_help_text())
+    state.config.accels.append(accel)
+    return None
 
 
 def _enable_kvm(state: _State, _arg: str, _where: str) -> None:
@@ -231,6 +237,20 @@ def _display(state: _State, arg: str, _where: str) -> None:
 
 
 # --- devices -------------------------------------------------------------
+
+def _vga(_state: _State, arg: str, _where: str) -> None:
+    """Only 'none': vmd has no display adapter."""
+    if arg != "none":
+        raise OptionError(f"vga type '{arg}' is not supported by vmd (only 'none')")
+
+
+def _drive(state: _State, arg: str, _where: str) -> HelpRequest | None:
+    drive = drive_mod.parse_drive(arg, state.config.warnings)
+    if isinstance(drive, HelpRequest):
+        return drive
+    state.config.drives.append(drive)
+    return None
+
 
 def _blockdev(state: _State, arg: str, _where: str) -> None:
     tree, from_json = parse_keyval_or_json(arg, "driver")
@@ -434,6 +454,7 @@ def _finish(state: _State) -> None:
                        + "\nUse -machine help to list supported machines")
     _check_accel(config)
     _check_machine_options(config)
+    _check_drives(config)
     if state.smp_given:
         try:
             config.smp = compute_smp(state.smp_values)
@@ -447,6 +468,16 @@ def _finish(state: _State) -> None:
         if label not in state.where:
             raise CliError(located(where, f'chardev "{label}" not found'))
     _check_stdio(state)
+
+
+def _check_drives(config: Config) -> None:
+    """Interfaces and implicit ids of -drive: QEMU's default interface is
+    the machine's (``none`` for ``-M none``, IDE for ``pc``, which vmd lacks)."""
+    default = "none" if config.machine.get("type") == "none" else None
+    try:
+        drive_mod.assign_ids(config.drives, default)
+    except OptionError as err:
+        raise cli_error(None, err) from None
 
 
 def _check_accel(config: Config) -> None:
@@ -500,6 +531,9 @@ _HANDLERS: dict[str, Callable[[_State, str, str], HelpRequest | VersionRequest |
     "device": _device,
     "blockdev": _blockdev,
     "display": _display,
+    "drive": _drive,
+    "vga": _vga,
+    "qtest": _set_string("qtest"),
     "nographic": _set_flag("nographic"),
     "chardev": _chardev,
     "kernel": _set_string("kernel"),

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from vmd._generated.types import ShutdownCause
-from vmd.hmp import chardev
+from vmd.hmp import chardev, qemu_io
 from vmd.hmp.args import ArgumentError, parse_arguments
 from vmd.machine import commands as machine
 from vmd.qmp.errors import QMPError
@@ -161,6 +161,10 @@ COMMANDS = [
     HmpCommand("info", "[subcommand]",
                "show various information about the system state", _info,
                sub_table=INFO_COMMANDS),
+    HmpCommand("qemu-io", "[-d] [device] \"[command]\"",
+               "run a qemu-io command on a block device\n\t\t\t"
+               "-d: [device] is a device ID rather than a drive ID or node name",
+               qemu_io.hmp_qemu_io, rest_of_line=True),
     HmpCommand("quit|q", "", "quit the emulator", _quit),
     HmpCommand("ringbuf_read", "device size",
                "Read from a ring buffer character device",

@@ -21,6 +21,7 @@ from vmd.block.backend import BlockBackend
 from vmd.block.node import BlockNode
 from vmd.block.perm import Perm
 from vmd.errors import QMPError
+from vmd.qmp.json_writer import qdict_order
 
 PROGRAM = "vmd-img"
 T = TypeVar("T")
@@ -94,27 +95,6 @@ def size_to_str(value: int) -> str:
 
 
 # -- JSON as QEMU writes it -------------------------------------------------------------
-
-
-def _qdict_bucket(key: str) -> int:
-    """The bucket of ``key`` in QEMU's QDict (its tdb_hash, modulo 512)."""
-    data = key.encode()
-    value = (0x238F13AF * len(data)) & 0xFFFFFFFF
-    for i, byte in enumerate(data):
-        value = (value + (byte << (i * 5 % 24))) & 0xFFFFFFFF
-    return ((1103515243 * value + 12345) & 0xFFFFFFFF) % 512
-
-
-def qdict_order(obj: Any) -> Any:
-    """Reorder dict keys the way QEMU's JSON output walks a QDict."""
-    if isinstance(obj, dict):
-        items = list(obj.items())
-        # Within one bucket the entry added last comes first.
-        ranked = sorted(enumerate(items), key=lambda p: (_qdict_bucket(p[1][0]), -p[0]))
-        return {k: qdict_order(v) for _, (k, v) in ranked}
-    if isinstance(obj, list):
-        return [qdict_order(v) for v in obj]
-    return obj
 
 
 def qemu_json(obj: Any) -> str:

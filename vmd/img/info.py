@@ -13,13 +13,13 @@ from vmd.img.common import (
     allocated_file_size,
     getopt,
     open_image,
-    qdict_order,
     qemu_json,
     run,
     size_to_str,
     split_common,
     usage_error,
 )
+from vmd.qmp.json_writer import qdict_order
 
 USAGE = "info [-f fmt] [--output=ofmt] [--backing-chain] [-U] filename"
 HELP = f"""usage: vmd-img {USAGE}

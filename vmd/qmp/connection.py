@@ -72,8 +72,10 @@ class QMPConnection(asyncio.Protocol):
         # uvloop's transports implement asyncio.Transport without subclassing it.
         self._transport = cast(asyncio.Transport, transport)
         self._transport.set_write_buffer_limits(high=WRITE_BUFFER_HIGH)
-        peer = describe_peer(transport.get_extra_info("socket"))
-        log.info("QMP client connected: %s", peer)
+        sock = transport.get_extra_info("socket")
+        peer = describe_peer(sock)
+        if sock is not None:  # a chardev's (stdio) peer is who started vmd: nothing to log
+            log.info("QMP client connected: %s", peer)
         self._holder = Holder(f"QMP client ({peer})", self._unread_output, self.abort)
         CAP.add(self._holder)
         if not self._greeted:  # the early greeter may have sent it already

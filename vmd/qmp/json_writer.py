@@ -8,6 +8,13 @@ Python's encoder is used for speed; the two differences it has from QEMU
 contains them. Doubles are printed shortest-round-trip rather than with
 ``%.17g``: the value read back is the same. Non-finite numbers, which JSON
 cannot represent, are sent as ``null`` (QEMU prints an invalid ``inf``).
+
+Members come in QEMU 7.2's order, which is its QDict's: a hash table of
+512 buckets walked in bucket order, the newest entry first within a bucket
+(so ``{"return": ..., "id": ...}`` but ``{"id": ..., "error": ...}``).
+Clients must not depend on it, but QEMU's own test suite compares output
+byte for byte. vmd builds its dicts in the order QEMU inserts (schema
+order), and :func:`qdict_order` turns that into QEMU's.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from functools import lru_cache
 from typing import Any
 
 _ESCAPE = re.compile(r"\\(\\|u[0-9a-f]{4})")
@@ -76,8 +84,41 @@ def _encode_deep(value: Any) -> str:
 
 
 def encode_message(value: Any) -> bytes:
-    """One QMP output message: QEMU-style JSON terminated by CRLF."""
-    return (dumps(value) + "\r\n").encode("ascii")
+    """One QMP output message: QEMU-style JSON, QEMU's member order, CRLF."""
+    return (dumps(qdict_order(value)) + "\r\n").encode("ascii")
+
+
+@lru_cache(maxsize=4096)
+def _qdict_bucket(key: str) -> int:
+    """The bucket of ``key`` in QEMU's QDict (its tdb_hash, modulo 512)."""
+    data = key.encode()
+    value = (0x238F13AF * len(data)) & 0xFFFFFFFF
+    for i, byte in enumerate(data):
+        value = (value + (byte << (i * 5 % 24))) & 0xFFFFFFFF
+    return ((1103515243 * value + 12345) & 0xFFFFFFFF) % 512
+
+
+def qdict_order(obj: Any) -> Any:
+    """Reorder dict keys the way QEMU's JSON output walks a QDict (an
+    explicit stack: replies nest as deep as a backing chain)."""
+    if not isinstance(obj, (dict, list)):
+        return obj
+    root: list[Any] = [obj]
+    stack: list[tuple[Any, Any, Any]] = [(root, 0, obj)]
+    while stack:
+        parent, slot, item = stack.pop()
+        if isinstance(item, dict):
+            # Within one bucket the entry added last comes first.
+            ranked = sorted(enumerate(item.items()), key=lambda p: (_qdict_bucket(str(p[1][0])), -p[0]))
+            copy: dict[Any, Any] = {key: value for _, (key, value) in ranked}
+            parent[slot] = copy
+            stack.extend((copy, key, value) for key, value in copy.items() if isinstance(value, (dict, list)))
+        elif isinstance(item, list):
+            items = list(item)
+            parent[slot] = items
+            stack.extend((items, index, value) for index, value in enumerate(items)
+                         if isinstance(value, (dict, list)))
+    return root[0]
 
 
 def _finite(value: Any) -> Any:

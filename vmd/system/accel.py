@@ -12,8 +12,14 @@ only, so:
   probe. vmd then reports what is true under TCG: KVM disabled, no
   machine type that can run (``query-machines`` lists only ``none``) and
   no CPU model, so libvirt offers no ``<domain type='qemu'>``;
-* any other name, or TCG for a machine with a guest, is refused with a
-  clear error.
+* ``qtest`` (QEMU's accelerator for its test suite, where the test, not
+  guest code, drives the machine through the ``-qtest`` socket) is taken
+  like ``tcg``: only with ``-machine none``;
+* any other name, or TCG or qtest for a machine with a guest, is refused
+  with a clear error.
+
+``-accel help`` lists what can be asked for, without ``qtest`` (QEMU
+leaves it out too: it is for tests only).
 
 With no accelerator given, a machine with a guest uses KVM and ``none``
 uses TCG, as QEMU's default (``tcg``) does for it.
@@ -27,11 +33,19 @@ from typing import Any
 from vmd.cli.config import Config
 
 KVM_DEVICE = "/dev/kvm"
-ACCELERATORS = ("kvm", "tcg")
+ACCELERATORS = ("kvm", "tcg", "qtest")
+#: Accelerators that are only a label: they run no guest code.
+NO_GUEST = ("tcg", "qtest")
 
 
 class AccelError(Exception):
     """No accelerator of the list can run this machine; QEMU-style text."""
+
+
+def accel_help_text() -> str:
+    """``-accel help`` in QEMU's words."""
+    names = [name for name in ACCELERATORS if name != "qtest"]
+    return "Accelerators supported in QEMU binary:\n" + "".join(f"{name}\n" for name in names)
 
 
 def wanted_accelerators(config: Config) -> list[str]:
@@ -58,7 +72,7 @@ def kvm_usable() -> bool:
 def check_accelerators(config: Config) -> None:
     """What the command line alone shows: known names; KVM first for a guest.
 
-    QEMU would run a guest on TCG when ``tcg`` comes first; vmd cannot.
+    QEMU would run a guest on TCG (or qtest) when it comes first; vmd cannot.
     """
     wanted = wanted_accelerators(config)
     for name in wanted:
@@ -80,7 +94,7 @@ def choose_accelerator(config: Config) -> str:
             error = kvm_open_error()
             if error is None:
                 return name
-        elif not guest:
+        elif name in NO_GUEST and not guest:
             return name
     raise AccelError(error or "no accelerator found")
 

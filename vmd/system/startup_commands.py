@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from vmd.cli.errors import OptionError
 from vmd.qapi_keyval import command_arguments
 from vmd.qmp.errors import QMPError
+from vmd.qom.errors import QOMError
 from vmd.system.process import StartupError
 
 if TYPE_CHECKING:
@@ -61,3 +62,32 @@ async def create_blockdevs(daemon: Daemon, config: Config) -> None:
         except (OptionError, QMPError) as error:
             raise StartupError(f"{option}: {error}") from None
         await execute(daemon, "blockdev-add", arguments, option)
+
+
+async def create_drives(daemon: Daemon, config: Config) -> None:
+    """``-drive`` options, in order, after the ``-blockdev`` nodes (as QEMU's
+    configure_blockdev); ``if=virtio`` adds its ``virtio-blk-pci`` device."""
+    from vmd.block.drive import open_drive
+    from vmd.cli.config import DeviceConfig
+    for drive in config.drives:
+        try:
+            await open_drive(daemon.block, drive)
+            if drive.interface == "virtio":
+                _check_virtio_blk(config)
+        except (QMPError, QOMError) as error:
+            raise StartupError(f"-drive {drive.id}: {error}") from None
+        if drive.interface == "virtio":
+            config.devices.append(DeviceConfig(options={"driver": VIRTIO_BLK, "drive": drive.id}))
+
+
+#: The device ``if=virtio`` adds (QEMU's "virtio-blk" alias on a PC).
+VIRTIO_BLK = "virtio-blk-pci"
+
+
+def _check_virtio_blk(config: Config) -> None:
+    """The device type must exist, and a machine to plug it into."""
+    from vmd.hw import devices  # noqa: F401  (registers the device types)
+    from vmd.qom.device import find_device_type
+    find_device_type(VIRTIO_BLK)
+    if config.machine.get("type") == "none":
+        raise QOMError(f"No 'PCI' bus found for device '{VIRTIO_BLK}'")

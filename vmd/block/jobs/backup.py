@@ -26,6 +26,7 @@ from vmd._generated.types import (
     JobType,
     MirrorSyncMode,
 )
+from vmd.block.backend import device_name
 from vmd.block.dirty_bitmap import DirtyBitmap
 from vmd.block.edge import drained
 from vmd.block.graph import BlockGraph
@@ -189,7 +190,7 @@ class BackupJob(BlockJob):
 
 
 def _lookup(graph: BlockGraph, name: str) -> BlockNode:
-    node = graph.get(name)
+    node = graph.find_bs(name)
     if node is None:
         raise QMPError(f"Cannot find device='{name}' nor node-name='{name}'")
     return node
@@ -233,9 +234,10 @@ async def qmp_start_backup(daemon: Any, backup: BlockdevBackup) -> None:
     cluster = min(65536, max(4096, getattr(target, "cs", 0) or 65536))
     bcs = BlockCopy(source, target, cluster)
     cbw = CopyBeforeWriteNode("", source, bcs)
+    job_id = backup.job_id if backup.job_id is not None else device_name(source)
     await insert_filter(graph, cbw, source, backup.filter_node_name)
     try:
-        job = BackupJob(graph, daemon.jobs, backup.job_id if backup.job_id is not None else "", cbw,
+        job = BackupJob(graph, daemon.jobs, job_id, cbw,
                         sync=backup.sync, speed=backup.speed or 0, on_source_error=backup.on_source_error,
                         on_target_error=backup.on_target_error, auto_finalize=backup.auto_finalize is not False,
                         auto_dismiss=backup.auto_dismiss is not False)

@@ -18,7 +18,7 @@ from vmd._generated.types import (
     MirrorCopyMode,
     MirrorSyncMode,
 )
-from vmd.block.backend import BlockBackend
+from vmd.block.backend import BlockBackend, device_name
 from vmd.block.graph import BlockGraph
 from vmd.block.jobs.chain import chain_contains, overlay_of
 from vmd.block.node import BlockNode
@@ -34,7 +34,7 @@ def _graph(ctx: Any) -> BlockGraph:
 
 def _root_node(graph: BlockGraph, device: str) -> BlockNode:
     """qmp_get_root_bs, with block-commit's DeviceNotFound."""
-    node = graph.get(device)
+    node = graph.find_bs(device)
     if node is None:
         raise QMPError(f"Device '{device}' not found", DEVICE_NOT_FOUND)
     if not all(isinstance(edge.parent, BlockBackend) and edge.parent.blocker() is None for edge in node.parents):
@@ -44,7 +44,7 @@ def _root_node(graph: BlockGraph, device: str) -> BlockNode:
 
 def _lookup(graph: BlockGraph, name: str, *, device: bool = True) -> BlockNode:
     """bdrv_lookup_bs (by device and node name, or by node name only)."""
-    node = graph.get(name)
+    node = graph.find_bs(name) if device else graph.get(name)
     if node is None:
         raise QMPError(f"Cannot find device='{name if device else ''}' nor node-name='{name}'")
     return node
@@ -109,7 +109,7 @@ async def qmp_block_commit(ctx: Any, job_id: str | None, device: str, base_node:
     if top_bs is base_bs:
         raise QMPError("cannot commit an image into itself")
     finalize, dismiss = auto_finalize is not False, auto_dismiss is not False
-    job_name = job_id if job_id is not None else ""
+    job_name = job_id if job_id is not None else device_name(bs)
     if top_bs is bs or _writers(top_bs) & Perm.WRITE:
         if backing_file is not None:
             if top_bs is bs:
@@ -168,7 +168,8 @@ async def qmp_block_stream(ctx: Any, job_id: str | None, device: str, base: str 
     if base_bs is None and backing_file is not None:
         raise QMPError("backing file specified, but streaming the entire chain")
     from vmd.block.jobs.stream import start_stream
-    await start_stream(ctx.daemon, job_id if job_id is not None else "", bs, end, backing_file=backing_file,
+    job_name = job_id if job_id is not None else device_name(bs)
+    await start_stream(ctx.daemon, job_name, bs, end, backing_file=backing_file,
                        speed=speed or 0, on_error=on_error, filter_node_name=filter_node_name,
                        auto_finalize=auto_finalize is not False, auto_dismiss=auto_dismiss is not False)
 

@@ -44,7 +44,7 @@ from vmd._generated.types import (
     NewImageMode,
     visit_BlockdevOptions,
 )
-from vmd.block.backend import BlockBackend
+from vmd.block.backend import BlockBackend, device_name
 from vmd.block.dirty_bitmap import DirtyBitmap, default_granularity
 from vmd.block.edge import Transaction, detach, drained, refresh_perms, replace_node
 from vmd.block.graph import BlockGraph
@@ -427,7 +427,8 @@ async def _mirror_common(daemon: Any, req: MirrorRequest) -> None:
     if req.speed is not None and req.speed < 0:
         raise QMPError("Parameter 'speed' expects a non-negative value")
     base = source.backing if sync == MirrorSyncMode.TOP else None
-    job = await _start(daemon, req.job_id if req.job_id is not None else "", source, target, base=base, sync=sync,
+    job_id = req.job_id if req.job_id is not None else device_name(source)
+    job = await _start(daemon, job_id, source, target, base=base, sync=sync,
                        granularity=req.granularity, buf_size=req.buf_size, speed=req.speed or 0,
                        on_source_error=req.on_source_error, on_target_error=req.on_target_error,
                        filter_node_name=req.filter_node_name, copy_mode=req.copy_mode,
@@ -445,7 +446,7 @@ async def start_blockdev_mirror(daemon: Any, req: MirrorRequest) -> None:
 async def start_drive_mirror(daemon: Any, arg: DriveMirror) -> None:
     """drive-mirror: create (or open) the target image, then mirror."""
     graph: BlockGraph = daemon.block
-    source = graph.get(arg.device)
+    source = graph.find_bs(arg.device)
     if source is None:
         raise QMPError(f"Cannot find device='{arg.device}' nor node-name='{arg.device}'")
     sync = arg.sync

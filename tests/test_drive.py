@@ -1,0 +1,86 @@
+"""-drive, -accel help and qemu-io's report texts, the pieces QEMU's iotests
+lean on (tests/test_iotests.py runs the iotests themselves)."""
+
+import subprocess
+import sys
+
+import pytest
+
+from vmd.cli import CliError, Config, HelpRequest, parse_args
+from vmd.hmp.qemu_io import cvtstr, report, timestr
+
+QEMU = "qemu-system-x86_64"
+
+
+def cfg(*argv: str) -> Config:
+    result = parse_args(list(argv))
+    assert isinstance(result, Config)
+    return result
+
+
+def error(*argv: str) -> str:
+    with pytest.raises(CliError) as info:
+        parse_args(list(argv))
+    return str(info.value)
+
+
+def probe(*argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
+
+
+def test_accel_help_returns_at_once_with_qemus_heading() -> None:
+    vmd = probe(sys.executable, "-m", "vmd", "-nodefaults", "-accel", "help")
+    qemu = probe(QEMU, "-accel", "help")
+    assert vmd.returncode == qemu.returncode == 0
+    assert vmd.stdout.splitlines()[0] == qemu.stdout.splitlines()[0]
+    assert set(vmd.stdout.splitlines()[1:]) == {"kvm", "tcg"}   # qtest is left out, as QEMU does
+
+
+def test_drive_format_help_is_read_as_the_iotests_read_it() -> None:
+    vmd = probe(sys.executable, "-m", "vmd", "-accel", "qtest", "-drive", "format=help")
+    qemu = probe(QEMU, "-drive", "format=help")
+    assert vmd.returncode == qemu.returncode == 0
+    lines = vmd.stdout.splitlines()
+    assert [line.split(":")[0] for line in lines] == [line.split(":")[0] for line in qemu.stdout.splitlines()]
+    formats = lines[0].split(":")[1].split()
+    assert {"qcow2", "raw", "file", "blkdebug"} <= set(formats) <= set(qemu.stdout.split())
+
+
+def test_drive_ids_units_and_node_options() -> None:
+    config = cfg("-drive", "if=none,file=a.qcow2", "-drive", "file=b,id=x,format=raw,readonly=on",
+                 "-drive", "if=none,file=c,cache=none,backing.node-name=int,node-name=top")
+    assert [drive.id for drive in config.drives] == ["none0", "x", "none2"]
+    x, c = config.drives[1], config.drives[2]
+    assert x.read_only and x.options == {"driver": "raw"}
+    assert c.options == {"backing.node-name": "int", "node-name": "top",
+                         "cache.direct": "on", "cache.no-flush": "off"}
+    assert c.writeback
+
+
+@pytest.mark.parametrize(("drive", "message"), [
+    ("file=a,cache=bogus", "invalid cache option"),
+    ("file=a,if=floppy", "vmd has no 'floppy' interface; use if=none with -device, or if=virtio"),
+    ("file=a,if=usb", "unsupported bus type 'usb'"),
+    ("file=a,format=raw,driver=raw", "Cannot specify both 'driver' and 'format'"),
+    ("file=a,readonly=on,read-only=on", "'read-only' and its alias 'readonly' can't be used at the same time"),
+    ("file=a,media=tape", "'tape' invalid media"),
+])
+def test_drive_errors_are_qemus(drive: str, message: str) -> None:
+    assert error("-drive", drive) == f"vmd: -drive {drive}: {message}"
+
+
+def test_drive_without_interface_on_a_pc_is_refused() -> None:
+    assert "no default drive interface" in error("-M", "pc", "-drive", "file=a")
+
+
+def test_drive_help_request() -> None:
+    assert isinstance(parse_args(["-drive", "format=help"]), HelpRequest)
+
+
+def test_qemu_io_numbers_as_qemu_io_prints_them() -> None:
+    assert cvtstr(512) == "512 bytes"
+    assert cvtstr(65536) == "64 KiB"
+    assert cvtstr(1.5 * (1 << 20)) == "1.500 MiB"
+    assert timestr(0.5) == "00.50 sec" and timestr(61.25) == "0:01:01.25"
+    assert report("wrote", 0.5, 0, 1024, 1024, 1, False) == (
+        "wrote 1024/1024 bytes at offset 0\n1 KiB, 1 ops; 00.50 sec (2 KiB/sec and 2.0000 ops/sec)\n")

@@ -1,0 +1,82 @@
+"""QEMU 7.2's own iotests, run by QEMU's ``check`` with vmd as QEMU_PROG.
+
+The suite is QEMU's GPL code: ``scripts/fetch-qemu-iotests.sh`` (run by
+``setup.sh``) unpacks it from Debian's qemu source package into a cache
+outside the tree. Each chosen test is one pytest case, run alone through
+``check -FMT NNN`` with vmd (a wrapper that execs ``python -m vmd``) as
+QEMU_PROG and the installed qemu-img, qemu-io and qemu-nbd as the other
+tools, exactly as QEMU's CI runs them against its own binary; check
+compares the whole output with the test's reference file. A test that
+check does not run (it lacks something, e.g. ``virtio-blk`` in ``-device
+help``) is skipped with check's reason, never counted as passed.
+
+check names the program in error messages by the wrapper's file name, so
+the wrapper is called ``vmd``, the name vmd prints.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+CACHE = Path(os.environ.get("VMD_QEMU_SRC") or
+             Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "vmd" / "qemu-src")
+SUITE = CACHE / "qemu-7.2.0" / "tests" / "qemu-iotests"
+TOOLS = {"QEMU_IMG_PROG": "qemu-img", "QEMU_IO_PROG": "qemu-io", "QEMU_NBD_PROG": "qemu-nbd",
+         "QSD_PROG": "qemu-storage-daemon"}
+#: One test's run through check (a few take seconds of sleeps; none a minute).
+TIMEOUT = 300
+
+#: (test, image format) pairs known to pass.
+TESTS = [
+    ("156", "qcow2"),   # drive-mirror of a snapshot, completed onto a copied chain
+    ("161", "qcow2"),   # reopen of the backing file after stream and commit
+    ("247", "qcow2"),   # commit with auto-read-only nodes, over -qmp stdio
+    ("249", "qcow2"),   # commit filter names; qemu-io on a read-only drive
+]
+
+
+@pytest.fixture(scope="module")
+def check_env() -> Iterator[dict[str, str]]:
+    """The environment check needs: the programs and short scratch paths
+    (socket paths must fit in sun_path)."""
+    if not (SUITE / "check").is_file():
+        pytest.fail(f"QEMU's iotests are missing from {CACHE}: run scripts/fetch-qemu-iotests.sh")
+    base = Path(tempfile.mkdtemp(prefix="vmd-iot-", dir="/tmp"))
+    wrapper = base / "vmd"
+    wrapper.write_text(f"#!/bin/sh\nexec {sys.executable} -m vmd \"$@\"\n")
+    wrapper.chmod(0o755)
+    env = dict(os.environ, QEMU_PROG=str(wrapper), TEST_DIR=str(base / "scratch"),
+               SOCK_DIR=str(base / "sock"))
+    for variable, tool in TOOLS.items():
+        path = shutil.which(tool)
+        assert path is not None, f"{tool} is not installed (scripts/setup.sh installs it)"
+        env[variable] = path
+    yield env
+    shutil.rmtree(base, ignore_errors=True)
+
+
+def run_check(env: dict[str, str], test: str, fmt: str) -> tuple[str, str, str]:
+    """Run one test through check: its status, check's reason and whole output."""
+    result = subprocess.run([sys.executable, "check", "--color", "off", f"-{fmt}", test],
+                            cwd=SUITE, env=env, capture_output=True, text=True, timeout=TIMEOUT)
+    output = result.stdout + result.stderr
+    found = re.search(rf"^{test}\s+(pass|fail|not run)\b(.*)$", output.replace("\r", "\n"), re.M)
+    assert found is not None, f"check reported nothing for {test}:\n{output}"
+    return found.group(1), found.group(2).strip(), output
+
+
+@pytest.mark.parametrize(("test", "fmt"), TESTS, ids=[f"{test}-{fmt}" for test, fmt in TESTS])
+def test_iotest(check_env: dict[str, str], test: str, fmt: str) -> None:
+    status, reason, output = run_check(check_env, test, fmt)
+    if status == "not run":
+        pytest.skip(f"check did not run {test}: {reason}")
+    assert status == "pass", output
