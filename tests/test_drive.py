@@ -6,22 +6,11 @@ import sys
 
 import pytest
 
-from vmd.cli import CliError, Config, HelpRequest, parse_args
+from tests.test_cli_parser import cfg, error
+from vmd.cli import HelpRequest, parse_args
 from vmd.hmp.qemu_io import cvtstr, report, timestr
 
 QEMU = "qemu-system-x86_64"
-
-
-def cfg(*argv: str) -> Config:
-    result = parse_args(list(argv))
-    assert isinstance(result, Config)
-    return result
-
-
-def error(*argv: str) -> str:
-    with pytest.raises(CliError) as info:
-        parse_args(list(argv))
-    return str(info.value)
 
 
 def probe(*argv: str) -> subprocess.CompletedProcess[str]:

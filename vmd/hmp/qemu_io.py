@@ -340,18 +340,27 @@ async def _write(session: Session, words: list[str]) -> None:
         raise CommandFailed
     offset, count = cvtnum(session, rest[0]), _length(session, rest[1])
     pattern = _pattern(session, opts["P"]) if "P" in opts else 0xCD
+    data = b"" if zero else bytes([pattern]) * count
+
+    async def request(node: BlockNode) -> None:
+        if zero:
+            await node.write_zeroes(offset, count, "u" in opts)
+        else:
+            await node.write(offset, data)
+    await _timed(session, "write", "wrote", request, offset, count, opts)
+
+
+async def _timed(session: Session, name: str, verb: str, request: Callable[[BlockNode], Awaitable[None]],
+                 offset: int, count: int, opts: dict[str, str]) -> None:
+    """A request the command waits for, then its report (or its failure)."""
     began = time.monotonic()
     try:
-        if zero:
-            await _io(session, lambda node: node.write_zeroes(offset, count, "u" in opts))
-        else:
-            data = bytes([pattern]) * count
-            await _io(session, lambda node: node.write(offset, data))
+        await _io(session, request)
     except OSError as error:
-        session.print(f"write failed: {_errno_text(error)}\n")
+        session.print(f"{name} failed: {_errno_text(error)}\n")
         return
     if "q" not in opts:
-        session.print(report("wrote", time.monotonic() - began, offset, count, count, 1, "C" in opts))
+        session.print(report(verb, time.monotonic() - began, offset, count, count, 1, "C" in opts))
 
 
 async def _aio_write(session: Session, words: list[str]) -> None:
@@ -457,14 +466,7 @@ async def _flush(session: Session, _words: list[str]) -> None:
 async def _discard(session: Session, words: list[str]) -> None:
     opts, rest = _options(session, DISCARD, words, "Cq", 2)
     offset, count = cvtnum(session, rest[0]), _length(session, rest[1])
-    began = time.monotonic()
-    try:
-        await _io(session, lambda node: node.discard(offset, count))
-    except OSError as error:
-        session.print(f"discard failed: {_errno_text(error)}\n")
-        return
-    if "q" not in opts:
-        session.print(report("discard", time.monotonic() - began, offset, count, count, 1, "C" in opts))
+    await _timed(session, "discard", "discard", lambda node: node.discard(offset, count), offset, count, opts)
 
 
 async def _reopen(session: Session, words: list[str]) -> None:
