@@ -15,6 +15,7 @@ from vmd._generated.types import ShutdownCause
 from vmd.hw.bus import IoBus
 from vmd.hw.charport import CharHandlers, CharPort
 from vmd.hw.context import DeviceContext
+from vmd.hw.virtio.memory import GuestMemory
 
 
 class ManualTimer:
@@ -96,6 +97,44 @@ class FakePort:
             self.handlers.writable()
 
 
+class RecordingMsiVector:
+    def __init__(self, fired: list[tuple[int, int]]) -> None:
+        self.fired = fired
+        self.released = False
+
+    def fire(self, address: int, data: int) -> None:
+        self.fired.append((address, data))
+
+    def release(self) -> None:
+        self.released = True
+
+
+class RecordingMsiRoutes:
+    """MSI delivery recorded as (address, data) in order."""
+
+    def __init__(self) -> None:
+        self.fired: list[tuple[int, int]] = []
+
+    def vector(self) -> RecordingMsiVector:
+        return RecordingMsiVector(self.fired)
+
+
+class ImmediateNotifier:
+    """An EventNotifier whose ``set`` runs the callback at once (no loop in unit tests)."""
+
+    def __init__(self, callback: Callable[[], None]) -> None:
+        self.fd = -1
+        self.callback = callback
+        self.sets = 0
+
+    def set(self) -> None:
+        self.sets += 1
+        self.callback()
+
+    def close(self) -> None:
+        self.callback = lambda: None
+
+
 @dataclass
 class FakeMachine:
     """Records the requests devices make; builds their context."""
@@ -106,6 +145,11 @@ class FakeMachine:
     resets: int = 0
     shutdowns: list[ShutdownCause] = field(default_factory=list)
     exits: list[int] = field(default_factory=list)
+    #: Guest RAM (at guest address 0) for DMA-capable devices.
+    ram: bytearray = field(default_factory=lambda: bytearray(1 << 20))
+    msi: RecordingMsiRoutes = field(default_factory=RecordingMsiRoutes)
+    #: (fd, address, length, assign) of each ioeventfd call.
+    ioeventfds: list[tuple[int, int, int, bool]] = field(default_factory=list)
 
     def irq(self, n: int) -> RecordingIrq:
         return self.irqs.setdefault(n, RecordingIrq())
@@ -122,4 +166,6 @@ class FakeMachine:
             mmio=IoBus("memory", unassigned_all_ones=False),
             irq=self.irq, chardev=chardev, ram_size=ram_size,
             request_reset=reset, request_shutdown=self.shutdowns.append,
-            request_exit=self.exits.append, clock=self.clock)
+            request_exit=self.exits.append, clock=self.clock,
+            memory=GuestMemory([(0, memoryview(self.ram))]), msi=self.msi, notifier=ImmediateNotifier,
+            ioeventfd=lambda *args: self.ioeventfds.append(args))

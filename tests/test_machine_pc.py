@@ -268,8 +268,10 @@ def test_smp_cpus_and_monitor_trees(tmp_path: Path) -> None:
         assert "    00000000000003f8-00000000000003ff (prio 0, i/o): serial\n" in mtree
         assert "memory-region: pc.ram\n  0000000000000000-0000000001ffffff (prio 0, ram): pc.ram\n" in mtree
         qtree = guest.hmp("info qtree").replace("\r\n", "\n")
-        assert qtree.startswith("bus: main-system-bus\n  type System\n  dev: PIIX3, id \"\"\n    bus: isa.0\n")
-        assert '      dev: isa-serial, id ""\n' in qtree and '      dev: mc146818rtc, id ""\n' in qtree
+        assert qtree.startswith("bus: main-system-bus\n  type System\n  dev: i440FX-pcihost, id \"\"\n"
+                                "    bus: pci.0\n      type PCI\n")
+        assert '      dev: PIIX3, id ""\n        addr = 01.0\n' in qtree
+        assert '          dev: isa-serial, id ""\n' in qtree and '          dev: mc146818rtc, id ""\n' in qtree
 
 
 def test_unwritable_kvm_is_a_clear_error(tmp_path: Path) -> None:

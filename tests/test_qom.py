@@ -115,7 +115,7 @@ def test_registry_answers_qom_list_types_questions() -> None:
 def test_qtree_layout_is_qemus() -> None:
     root = Bus("main-system-bus", "System")
     isa_owner = Device({}, None)
-    isa_owner.type_info = TypeInfo("PIIX3", "device")  # type: ignore[misc]
+    isa_owner.type_info = TypeInfo("x-isa-bridge", "device")  # type: ignore[misc]
     isa = Bus("isa.0", "ISA")
     isa_owner.child_buses.append(isa)
     root.plug(isa_owner)
@@ -125,7 +125,7 @@ def test_qtree_layout_is_qemus() -> None:
     assert qtree(root) == """\
 bus: main-system-bus
   type System
-  dev: PIIX3, id ""
+  dev: x-isa-bridge, id ""
     bus: isa.0
       type ISA
       dev: isa-debug-exit, id ""

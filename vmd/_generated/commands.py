@@ -818,4 +818,14 @@ COMMANDS: dict[str, rt.CommandDef] = {
         coroutine=False,
         features=(),
     ),
+    "query-pci": rt.CommandDef(
+        name="query-pci",
+        handler_name="qmp_query_pci",
+        module=_PACKAGE + ".commands_pci",
+        marshal_name="marshal_query_pci",
+        allow_oob=False,
+        allow_preconfig=False,
+        coroutine=False,
+        features=(),
+    ),
 }

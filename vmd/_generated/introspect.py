@@ -341,16 +341,20 @@ SCHEMA_INFO: list[dict[str, Any]] = [
      'meta-type': 'command',
      'arg-type': '1',
      'ret-type': '[88]'},
+    {'name': 'query-pci',
+     'meta-type': 'command',
+     'arg-type': '1',
+     'ret-type': '[89]'},
     # "0" = q_obj_qmp_capabilities-arg
     {'name': '0',
      'meta-type': 'object',
-     'members': [{'name': 'enable', 'type': '[89]', 'default': None}]},
+     'members': [{'name': 'enable', 'type': '[90]', 'default': None}]},
     # "1" = q_empty
     {'name': '1', 'meta-type': 'object', 'members': []},
     # "2" = VersionInfo
     {'name': '2',
      'meta-type': 'object',
-     'members': [{'name': 'qemu', 'type': '90'},
+     'members': [{'name': 'qemu', 'type': '91'},
                  {'name': 'package', 'type': 'str'}]},
     {'name': '[3]', 'meta-type': 'array', 'element-type': '3'},
     # "3" = CommandInfo
@@ -362,17 +366,17 @@ SCHEMA_INFO: list[dict[str, Any]] = [
      'meta-type': 'object',
      'members': [{'name': 'running', 'type': 'bool'},
                  {'name': 'singlestep', 'type': 'bool'},
-                 {'name': 'status', 'type': '91'}]},
+                 {'name': 'status', 'type': '92'}]},
     # "5" = q_obj_SHUTDOWN-arg
     {'name': '5',
      'meta-type': 'object',
      'members': [{'name': 'guest', 'type': 'bool'},
-                 {'name': 'reason', 'type': '92'}]},
+                 {'name': 'reason', 'type': '93'}]},
     # "6" = q_obj_RESET-arg
     {'name': '6',
      'meta-type': 'object',
      'members': [{'name': 'guest', 'type': 'bool'},
-                 {'name': 'reason', 'type': '92'}]},
+                 {'name': 'reason', 'type': '93'}]},
     # "7" = NameInfo
     {'name': '7',
      'meta-type': 'object',
@@ -392,7 +396,7 @@ SCHEMA_INFO: list[dict[str, Any]] = [
     {'name': '10',
      'meta-type': 'object',
      'members': [{'name': 'option', 'type': 'str'},
-                 {'name': 'parameters', 'type': '[93]'}]},
+                 {'name': 'parameters', 'type': '[94]'}]},
     {'name': '[11]', 'meta-type': 'array', 'element-type': '11'},
     # "11" = CpuInfoFast
     {'name': '11',
@@ -400,10 +404,10 @@ SCHEMA_INFO: list[dict[str, Any]] = [
      'members': [{'name': 'cpu-index', 'type': 'int'},
                  {'name': 'qom-path', 'type': 'str'},
                  {'name': 'thread-id', 'type': 'int'},
-                 {'name': 'props', 'type': '94', 'default': None},
-                 {'name': 'target', 'type': '95'}],
+                 {'name': 'props', 'type': '95', 'default': None},
+                 {'name': 'target', 'type': '96'}],
      'tag': 'target',
-     'variants': [{'case': 's390x', 'type': '96'},
+     'variants': [{'case': 's390x', 'type': '97'},
                   {'case': 'aarch64', 'type': '1'},
                   {'case': 'alpha', 'type': '1'},
                   {'case': 'arm', 'type': '1'},
@@ -455,22 +459,22 @@ SCHEMA_INFO: list[dict[str, Any]] = [
     # "14" = TargetInfo
     {'name': '14',
      'meta-type': 'object',
-     'members': [{'name': 'arch', 'type': '95'}]},
+     'members': [{'name': 'arch', 'type': '96'}]},
     {'name': '[15]', 'meta-type': 'array', 'element-type': '15'},
     # "15" = SchemaInfo
     {'name': '15',
      'meta-type': 'object',
      'members': [{'name': 'name', 'type': 'str'},
-                 {'name': 'meta-type', 'type': '97'},
+                 {'name': 'meta-type', 'type': '98'},
                  {'name': 'features', 'type': '[str]', 'default': None}],
      'tag': 'meta-type',
-     'variants': [{'case': 'builtin', 'type': '98'},
-                  {'case': 'enum', 'type': '99'},
-                  {'case': 'array', 'type': '100'},
-                  {'case': 'object', 'type': '101'},
-                  {'case': 'alternate', 'type': '102'},
-                  {'case': 'command', 'type': '103'},
-                  {'case': 'event', 'type': '104'}]},
+     'variants': [{'case': 'builtin', 'type': '99'},
+                  {'case': 'enum', 'type': '100'},
+                  {'case': 'array', 'type': '101'},
+                  {'case': 'object', 'type': '102'},
+                  {'case': 'alternate', 'type': '103'},
+                  {'case': 'command', 'type': '104'},
+                  {'case': 'event', 'type': '105'}]},
     # "16" = q_obj_qom-list-arg
     {'name': '16',
      'meta-type': 'object',
@@ -508,11 +512,11 @@ SCHEMA_INFO: list[dict[str, Any]] = [
     # "22" = ObjectOptions
     {'name': '22',
      'meta-type': 'object',
-     'members': [{'name': 'qom-type', 'type': '105'},
+     'members': [{'name': 'qom-type', 'type': '106'},
                  {'name': 'id', 'type': 'str'}],
      'tag': 'qom-type',
-     'variants': [{'case': 'memory-backend-ram', 'type': '106'},
-                  {'case': 'secret', 'type': '107'}]},
+     'variants': [{'case': 'memory-backend-ram', 'type': '107'},
+                  {'case': 'secret', 'type': '108'}]},
     # "23" = q_obj_object-del-arg
     {'name': '23',
      'meta-type': 'object',
@@ -538,7 +542,7 @@ SCHEMA_INFO: list[dict[str, Any]] = [
     # "26" = MigrationCapabilityStatus
     {'name': '26',
      'meta-type': 'object',
-     'members': [{'name': 'capability', 'type': '108'},
+     'members': [{'name': 'capability', 'type': '109'},
                  {'name': 'state', 'type': 'bool'}]},
     # "27" = q_obj_migrate-set-capabilities-arg
     {'name': '27',
@@ -552,10 +556,10 @@ SCHEMA_INFO: list[dict[str, Any]] = [
     # "29" = YankInstance
     {'name': '29',
      'meta-type': 'object',
-     'members': [{'name': 'type', 'type': '109'}],
+     'members': [{'name': 'type', 'type': '110'}],
      'tag': 'type',
-     'variants': [{'case': 'block-node', 'type': '110'},
-                  {'case': 'chardev', 'type': '111'},
+     'variants': [{'case': 'block-node', 'type': '111'},
+                  {'case': 'chardev', 'type': '112'},
                   {'case': 'migration', 'type': '1'}]},
     {'name': '[30]', 'meta-type': 'array', 'element-type': '30'},
     # "30" = ChardevInfo
@@ -574,18 +578,18 @@ SCHEMA_INFO: list[dict[str, Any]] = [
      'meta-type': 'object',
      'members': [{'name': 'device', 'type': 'str'},
                  {'name': 'data', 'type': 'str'},
-                 {'name': 'format', 'type': '112', 'default': None}]},
+                 {'name': 'format', 'type': '113', 'default': None}]},
     # "33" = q_obj_ringbuf-read-arg
     {'name': '33',
      'meta-type': 'object',
      'members': [{'name': 'device', 'type': 'str'},
                  {'name': 'size', 'type': 'int'},
-                 {'name': 'format', 'type': '112', 'default': None}]},
+                 {'name': 'format', 'type': '113', 'default': None}]},
     # "34" = q_obj_chardev-add-arg
     {'name': '34',
      'meta-type': 'object',
      'members': [{'name': 'id', 'type': 'str'},
-                 {'name': 'backend', 'type': '113'}]},
+                 {'name': 'backend', 'type': '114'}]},
     # "35" = ChardevReturn
     {'name': '35',
      'meta-type': 'object',
@@ -594,7 +598,7 @@ SCHEMA_INFO: list[dict[str, Any]] = [
     {'name': '36',
      'meta-type': 'object',
      'members': [{'name': 'id', 'type': 'str'},
-                 {'name': 'backend', 'type': '113'}]},
+                 {'name': 'backend', 'type': '114'}]},
     # "37" = q_obj_chardev-remove-arg
     {'name': '37',
      'meta-type': 'object',
@@ -612,7 +616,7 @@ SCHEMA_INFO: list[dict[str, Any]] = [
     {'name': '40',
      'meta-type': 'object',
      'members': [{'name': 'id', 'type': 'str'},
-                 {'name': 'status', 'type': '114'}]},
+                 {'name': 'status', 'type': '115'}]},
     # "41" = q_obj_job-pause-arg
     {'name': '41',
      'meta-type': 'object',
@@ -642,8 +646,8 @@ SCHEMA_INFO: list[dict[str, Any]] = [
     {'name': '47',
      'meta-type': 'object',
      'members': [{'name': 'id', 'type': 'str'},
-                 {'name': 'type', 'type': '115'},
-                 {'name': 'status', 'type': '114'},
+                 {'name': 'type', 'type': '116'},
+                 {'name': 'status', 'type': '115'},
                  {'name': 'current-progress', 'type': 'int'},
                  {'name': 'total-progress', 'type': 'int'},
                  {'name': 'error', 'type': 'str', 'default': None}]},
@@ -658,7 +662,7 @@ SCHEMA_INFO: list[dict[str, Any]] = [
                  {'name': 'locked', 'type': 'bool'},
                  {'name': 'inserted', 'type': '54', 'default': None},
                  {'name': 'tray_open', 'type': 'bool', 'default': None},
-                 {'name': 'io-status', 'type': '116', 'default': None}]},
+                 {'name': 'io-status', 'type': '117', 'default': None}]},
     {'name': '[49]', 'meta-type': 'array', 'element-type': '49'},
     # "49" = BlockJobInfo
     {'name': '49',
@@ -670,9 +674,9 @@ SCHEMA_INFO: list[dict[str, Any]] = [
                  {'name': 'busy', 'type': 'bool'},
                  {'name': 'paused', 'type': 'bool'},
                  {'name': 'speed', 'type': 'int'},
-                 {'name': 'io-status', 'type': '116'},
+                 {'name': 'io-status', 'type': '117'},
                  {'name': 'ready', 'type': 'bool'},
-                 {'name': 'status', 'type': '114'},
+                 {'name': 'status', 'type': '115'},
                  {'name': 'auto-finalize', 'type': 'bool'},
                  {'name': 'auto-dismiss', 'type': 'bool'},
                  {'name': 'error', 'type': 'str', 'default': None}]},
@@ -692,7 +696,7 @@ SCHEMA_INFO: list[dict[str, Any]] = [
                   'type': 'str',
                   'default': None},
                  {'name': 'format', 'type': 'str', 'default': None},
-                 {'name': 'mode', 'type': '117', 'default': None}]},
+                 {'name': 'mode', 'type': '118', 'default': None}]},
     # "52" = BlockdevSnapshot
     {'name': '52',
      'meta-type': 'object',
@@ -713,14 +717,14 @@ SCHEMA_INFO: list[dict[str, Any]] = [
                  {'name': 'backing_file', 'type': 'str', 'default': None},
                  {'name': 'backing_file_depth', 'type': 'int'},
                  {'name': 'encrypted', 'type': 'bool'},
-                 {'name': 'detect_zeroes', 'type': '118'},
+                 {'name': 'detect_zeroes', 'type': '119'},
                  {'name': 'bps', 'type': 'int'},
                  {'name': 'bps_rd', 'type': 'int'},
                  {'name': 'bps_wr', 'type': 'int'},
                  {'name': 'iops', 'type': 'int'},
                  {'name': 'iops_rd', 'type': 'int'},
                  {'name': 'iops_wr', 'type': 'int'},
-                 {'name': 'image', 'type': '119'},
+                 {'name': 'image', 'type': '120'},
                  {'name': 'bps_max', 'type': 'int', 'default': None},
                  {'name': 'bps_rd_max', 'type': 'int', 'default': None},
                  {'name': 'bps_wr_max', 'type': 'int', 'default': None},
@@ -739,32 +743,32 @@ SCHEMA_INFO: list[dict[str, Any]] = [
                   'default': None},
                  {'name': 'iops_size', 'type': 'int', 'default': None},
                  {'name': 'group', 'type': 'str', 'default': None},
-                 {'name': 'cache', 'type': '120'},
+                 {'name': 'cache', 'type': '121'},
                  {'name': 'write_threshold', 'type': 'int'},
-                 {'name': 'dirty-bitmaps', 'type': '[121]', 'default': None}]},
+                 {'name': 'dirty-bitmaps', 'type': '[122]', 'default': None}]},
     # "55" = XDbgBlockGraph
     {'name': '55',
      'meta-type': 'object',
-     'members': [{'name': 'nodes', 'type': '[122]'},
-                 {'name': 'edges', 'type': '[123]'}]},
+     'members': [{'name': 'nodes', 'type': '[123]'},
+                 {'name': 'edges', 'type': '[124]'}]},
     # "56" = BlockdevOptions
     {'name': '56',
      'meta-type': 'object',
-     'members': [{'name': 'driver', 'type': '124'},
+     'members': [{'name': 'driver', 'type': '125'},
                  {'name': 'node-name', 'type': 'str', 'default': None},
-                 {'name': 'discard', 'type': '125', 'default': None},
-                 {'name': 'cache', 'type': '126', 'default': None},
+                 {'name': 'discard', 'type': '126', 'default': None},
+                 {'name': 'cache', 'type': '127', 'default': None},
                  {'name': 'read-only', 'type': 'bool', 'default': None},
                  {'name': 'auto-read-only', 'type': 'bool', 'default': None},
                  {'name': 'force-share', 'type': 'bool', 'default': None},
-                 {'name': 'detect-zeroes', 'type': '118', 'default': None}],
+                 {'name': 'detect-zeroes', 'type': '119', 'default': None}],
      'tag': 'driver',
-     'variants': [{'case': 'blkdebug', 'type': '127'},
-                  {'case': 'copy-on-read', 'type': '128'},
-                  {'case': 'file', 'type': '129'},
-                  {'case': 'null-co', 'type': '130'},
-                  {'case': 'qcow2', 'type': '131'},
-                  {'case': 'raw', 'type': '132'},
+     'variants': [{'case': 'blkdebug', 'type': '128'},
+                  {'case': 'copy-on-read', 'type': '129'},
+                  {'case': 'file', 'type': '130'},
+                  {'case': 'null-co', 'type': '131'},
+                  {'case': 'qcow2', 'type': '132'},
+                  {'case': 'raw', 'type': '133'},
                   {'case': 'blklogwrites', 'type': '1'},
                   {'case': 'blkreplay', 'type': '1'},
                   {'case': 'blkverify', 'type': '1'},
@@ -809,7 +813,7 @@ SCHEMA_INFO: list[dict[str, Any]] = [
     {'name': '58',
      'meta-type': 'object',
      'members': [{'name': 'job-id', 'type': 'str'},
-                 {'name': 'options', 'type': '133'}]},
+                 {'name': 'options', 'type': '134'}]},
     # "59" = BlockDirtyBitmapAdd
     {'name': '59',
      'meta-type': 'object',
@@ -828,7 +832,7 @@ SCHEMA_INFO: list[dict[str, Any]] = [
      'meta-type': 'object',
      'members': [{'name': 'node', 'type': 'str'},
                  {'name': 'target', 'type': 'str'},
-                 {'name': 'bitmaps', 'type': '[134]'}]},
+                 {'name': 'bitmaps', 'type': '[135]'}]},
     # "62" = BlockDirtyBitmapSha256
     {'name': '62',
      'meta-type': 'object',
@@ -861,7 +865,7 @@ SCHEMA_INFO: list[dict[str, Any]] = [
                   'features': ['deprecated']},
                  {'name': 'backing-file', 'type': 'str', 'default': None},
                  {'name': 'speed', 'type': 'int', 'default': None},
-                 {'name': 'on-error', 'type': '135', 'default': None},
+                 {'name': 'on-error', 'type': '136', 'default': None},
                  {'name': 'filter-node-name', 'type': 'str', 'default': None},
                  {'name': 'auto-finalize', 'type': 'bool', 'default': None},
                  {'name': 'auto-dismiss', 'type': 'bool', 'default': None}]},
@@ -875,7 +879,7 @@ SCHEMA_INFO: list[dict[str, Any]] = [
                  {'name': 'backing-file', 'type': 'str', 'default': None},
                  {'name': 'bottom', 'type': 'str', 'default': None},
                  {'name': 'speed', 'type': 'int', 'default': None},
-                 {'name': 'on-error', 'type': '135', 'default': None},
+                 {'name': 'on-error', 'type': '136', 'default': None},
                  {'name': 'filter-node-name', 'type': 'str', 'default': None},
                  {'name': 'auto-finalize', 'type': 'bool', 'default': None},
                  {'name': 'auto-dismiss', 'type': 'bool', 'default': None}]},
@@ -888,15 +892,15 @@ SCHEMA_INFO: list[dict[str, Any]] = [
                  {'name': 'format', 'type': 'str', 'default': None},
                  {'name': 'node-name', 'type': 'str', 'default': None},
                  {'name': 'replaces', 'type': 'str', 'default': None},
-                 {'name': 'sync', 'type': '136'},
-                 {'name': 'mode', 'type': '117', 'default': None},
+                 {'name': 'sync', 'type': '137'},
+                 {'name': 'mode', 'type': '118', 'default': None},
                  {'name': 'speed', 'type': 'int', 'default': None},
                  {'name': 'granularity', 'type': 'int', 'default': None},
                  {'name': 'buf-size', 'type': 'int', 'default': None},
-                 {'name': 'on-source-error', 'type': '135', 'default': None},
-                 {'name': 'on-target-error', 'type': '135', 'default': None},
+                 {'name': 'on-source-error', 'type': '136', 'default': None},
+                 {'name': 'on-target-error', 'type': '136', 'default': None},
                  {'name': 'unmap', 'type': 'bool', 'default': None},
-                 {'name': 'copy-mode', 'type': '137', 'default': None},
+                 {'name': 'copy-mode', 'type': '138', 'default': None},
                  {'name': 'auto-finalize', 'type': 'bool', 'default': None},
                  {'name': 'auto-dismiss', 'type': 'bool', 'default': None}]},
     # "68" = q_obj_blockdev-mirror-arg
@@ -906,14 +910,14 @@ SCHEMA_INFO: list[dict[str, Any]] = [
                  {'name': 'device', 'type': 'str'},
                  {'name': 'target', 'type': 'str'},
                  {'name': 'replaces', 'type': 'str', 'default': None},
-                 {'name': 'sync', 'type': '136'},
+                 {'name': 'sync', 'type': '137'},
                  {'name': 'speed', 'type': 'int', 'default': None},
                  {'name': 'granularity', 'type': 'int', 'default': None},
                  {'name': 'buf-size', 'type': 'int', 'default': None},
-                 {'name': 'on-source-error', 'type': '135', 'default': None},
-                 {'name': 'on-target-error', 'type': '135', 'default': None},
+                 {'name': 'on-source-error', 'type': '136', 'default': None},
+                 {'name': 'on-target-error', 'type': '136', 'default': None},
                  {'name': 'filter-node-name', 'type': 'str', 'default': None},
-                 {'name': 'copy-mode', 'type': '137', 'default': None},
+                 {'name': 'copy-mode', 'type': '138', 'default': None},
                  {'name': 'auto-finalize', 'type': 'bool', 'default': None},
                  {'name': 'auto-dismiss', 'type': 'bool', 'default': None}]},
     # "69" = q_obj_block-job-set-speed-arg
@@ -949,7 +953,7 @@ SCHEMA_INFO: list[dict[str, Any]] = [
     # "76" = q_obj_BLOCK_JOB_COMPLETED-arg
     {'name': '76',
      'meta-type': 'object',
-     'members': [{'name': 'type', 'type': '115'},
+     'members': [{'name': 'type', 'type': '116'},
                  {'name': 'device', 'type': 'str'},
                  {'name': 'len', 'type': 'int'},
                  {'name': 'offset', 'type': 'int'},
@@ -958,7 +962,7 @@ SCHEMA_INFO: list[dict[str, Any]] = [
     # "77" = q_obj_BLOCK_JOB_CANCELLED-arg
     {'name': '77',
      'meta-type': 'object',
-     'members': [{'name': 'type', 'type': '115'},
+     'members': [{'name': 'type', 'type': '116'},
                  {'name': 'device', 'type': 'str'},
                  {'name': 'len', 'type': 'int'},
                  {'name': 'offset', 'type': 'int'},
@@ -967,12 +971,12 @@ SCHEMA_INFO: list[dict[str, Any]] = [
     {'name': '78',
      'meta-type': 'object',
      'members': [{'name': 'device', 'type': 'str'},
-                 {'name': 'operation', 'type': '138'},
-                 {'name': 'action', 'type': '139'}]},
+                 {'name': 'operation', 'type': '139'},
+                 {'name': 'action', 'type': '140'}]},
     # "79" = q_obj_BLOCK_JOB_READY-arg
     {'name': '79',
      'meta-type': 'object',
-     'members': [{'name': 'type', 'type': '115'},
+     'members': [{'name': 'type', 'type': '116'},
                  {'name': 'device', 'type': 'str'},
                  {'name': 'len', 'type': 'int'},
                  {'name': 'offset', 'type': 'int'},
@@ -980,32 +984,32 @@ SCHEMA_INFO: list[dict[str, Any]] = [
     # "80" = q_obj_BLOCK_JOB_PENDING-arg
     {'name': '80',
      'meta-type': 'object',
-     'members': [{'name': 'type', 'type': '115'},
+     'members': [{'name': 'type', 'type': '116'},
                  {'name': 'id', 'type': 'str'}]},
     # "81" = BlockdevBackup
     {'name': '81',
      'meta-type': 'object',
      'members': [{'name': 'job-id', 'type': 'str', 'default': None},
                  {'name': 'device', 'type': 'str'},
-                 {'name': 'sync', 'type': '136'},
+                 {'name': 'sync', 'type': '137'},
                  {'name': 'speed', 'type': 'int', 'default': None},
                  {'name': 'bitmap', 'type': 'str', 'default': None},
-                 {'name': 'bitmap-mode', 'type': '140', 'default': None},
+                 {'name': 'bitmap-mode', 'type': '141', 'default': None},
                  {'name': 'compress', 'type': 'bool', 'default': None},
-                 {'name': 'on-source-error', 'type': '135', 'default': None},
-                 {'name': 'on-target-error', 'type': '135', 'default': None},
+                 {'name': 'on-source-error', 'type': '136', 'default': None},
+                 {'name': 'on-target-error', 'type': '136', 'default': None},
                  {'name': 'auto-finalize', 'type': 'bool', 'default': None},
                  {'name': 'auto-dismiss', 'type': 'bool', 'default': None},
                  {'name': 'filter-node-name', 'type': 'str', 'default': None},
                  {'name': 'x-perf',
-                  'type': '141',
+                  'type': '142',
                   'default': None,
                   'features': ['unstable']},
                  {'name': 'target', 'type': 'str'}]},
     # "82" = q_obj_nbd-server-start-arg
     {'name': '82',
      'meta-type': 'object',
-     'members': [{'name': 'addr', 'type': '142'},
+     'members': [{'name': 'addr', 'type': '143'},
                  {'name': 'tls-creds', 'type': 'str', 'default': None},
                  {'name': 'tls-authz', 'type': 'str', 'default': None},
                  {'name': 'max-connections', 'type': 'int', 'default': None}]},
@@ -1021,11 +1025,11 @@ SCHEMA_INFO: list[dict[str, Any]] = [
     {'name': '84',
      'meta-type': 'object',
      'members': [{'name': 'name', 'type': 'str'},
-                 {'name': 'mode', 'type': '143', 'default': None}]},
+                 {'name': 'mode', 'type': '144', 'default': None}]},
     # "85" = BlockExportOptions
     {'name': '85',
      'meta-type': 'object',
-     'members': [{'name': 'type', 'type': '144'},
+     'members': [{'name': 'type', 'type': '145'},
                  {'name': 'id', 'type': 'str'},
                  {'name': 'fixed-iothread', 'type': 'bool', 'default': None},
                  {'name': 'iothread', 'type': 'str', 'default': None},
@@ -1033,12 +1037,12 @@ SCHEMA_INFO: list[dict[str, Any]] = [
                  {'name': 'writable', 'type': 'bool', 'default': None},
                  {'name': 'writethrough', 'type': 'bool', 'default': None}],
      'tag': 'type',
-     'variants': [{'case': 'nbd', 'type': '145'}]},
+     'variants': [{'case': 'nbd', 'type': '146'}]},
     # "86" = q_obj_block-export-del-arg
     {'name': '86',
      'meta-type': 'object',
      'members': [{'name': 'id', 'type': 'str'},
-                 {'name': 'mode', 'type': '143', 'default': None}]},
+                 {'name': 'mode', 'type': '144', 'default': None}]},
     # "87" = q_obj_BLOCK_EXPORT_DELETED-arg
     {'name': '87',
      'meta-type': 'object',
@@ -1048,24 +1052,30 @@ SCHEMA_INFO: list[dict[str, Any]] = [
     {'name': '88',
      'meta-type': 'object',
      'members': [{'name': 'id', 'type': 'str'},
-                 {'name': 'type', 'type': '144'},
+                 {'name': 'type', 'type': '145'},
                  {'name': 'node-name', 'type': 'str'},
                  {'name': 'shutting-down', 'type': 'bool'}]},
     {'name': '[89]', 'meta-type': 'array', 'element-type': '89'},
-    # "89" = QMPCapability
+    # "89" = PciInfo
     {'name': '89',
+     'meta-type': 'object',
+     'members': [{'name': 'bus', 'type': 'int'},
+                 {'name': 'devices', 'type': '[147]'}]},
+    {'name': '[90]', 'meta-type': 'array', 'element-type': '90'},
+    # "90" = QMPCapability
+    {'name': '90',
      'meta-type': 'enum',
      'members': [{'name': 'oob'}],
      'values': ['oob']},
-    # "90" = VersionTriple
-    {'name': '90',
+    # "91" = VersionTriple
+    {'name': '91',
      'meta-type': 'object',
      'members': [{'name': 'major', 'type': 'int'},
                  {'name': 'minor', 'type': 'int'},
                  {'name': 'micro', 'type': 'int'}]},
     {'name': 'bool', 'meta-type': 'builtin', 'json-type': 'boolean'},
-    # "91" = RunState
-    {'name': '91',
+    # "92" = RunState
+    {'name': '92',
      'meta-type': 'enum',
      'members': [{'name': 'debug'},
                  {'name': 'inmigrate'},
@@ -1099,8 +1109,8 @@ SCHEMA_INFO: list[dict[str, Any]] = [
                 'watchdog',
                 'guest-panicked',
                 'colo']},
-    # "92" = ShutdownCause
-    {'name': '92',
+    # "93" = ShutdownCause
+    {'name': '93',
      'meta-type': 'enum',
      'members': [{'name': 'none'},
                  {'name': 'host-error'},
@@ -1125,16 +1135,16 @@ SCHEMA_INFO: list[dict[str, Any]] = [
                 'subsystem-reset',
                 'snapshot-load']},
     {'name': 'int', 'meta-type': 'builtin', 'json-type': 'int'},
-    {'name': '[93]', 'meta-type': 'array', 'element-type': '93'},
-    # "93" = CommandLineParameterInfo
-    {'name': '93',
+    {'name': '[94]', 'meta-type': 'array', 'element-type': '94'},
+    # "94" = CommandLineParameterInfo
+    {'name': '94',
      'meta-type': 'object',
      'members': [{'name': 'name', 'type': 'str'},
-                 {'name': 'type', 'type': '146'},
+                 {'name': 'type', 'type': '148'},
                  {'name': 'help', 'type': 'str', 'default': None},
                  {'name': 'default', 'type': 'str', 'default': None}]},
-    # "94" = CpuInstanceProperties
-    {'name': '94',
+    # "95" = CpuInstanceProperties
+    {'name': '95',
      'meta-type': 'object',
      'members': [{'name': 'node-id', 'type': 'int', 'default': None},
                  {'name': 'socket-id', 'type': 'int', 'default': None},
@@ -1142,8 +1152,8 @@ SCHEMA_INFO: list[dict[str, Any]] = [
                  {'name': 'cluster-id', 'type': 'int', 'default': None},
                  {'name': 'core-id', 'type': 'int', 'default': None},
                  {'name': 'thread-id', 'type': 'int', 'default': None}]},
-    # "95" = SysEmuTarget
-    {'name': '95',
+    # "96" = SysEmuTarget
+    {'name': '96',
      'meta-type': 'enum',
      'members': [{'name': 'aarch64'},
                  {'name': 'alpha'},
@@ -1207,12 +1217,12 @@ SCHEMA_INFO: list[dict[str, Any]] = [
                 'x86_64',
                 'xtensa',
                 'xtensaeb']},
-    # "96" = CpuInfoS390
-    {'name': '96',
-     'meta-type': 'object',
-     'members': [{'name': 'cpu-state', 'type': '147'}]},
-    # "97" = SchemaMetaType
+    # "97" = CpuInfoS390
     {'name': '97',
+     'meta-type': 'object',
+     'members': [{'name': 'cpu-state', 'type': '149'}]},
+    # "98" = SchemaMetaType
+    {'name': '98',
      'meta-type': 'enum',
      'members': [{'name': 'builtin'},
                  {'name': 'enum'},
@@ -1229,48 +1239,48 @@ SCHEMA_INFO: list[dict[str, Any]] = [
                 'command',
                 'event']},
     {'name': '[str]', 'meta-type': 'array', 'element-type': 'str'},
-    # "98" = SchemaInfoBuiltin
-    {'name': '98',
-     'meta-type': 'object',
-     'members': [{'name': 'json-type', 'type': '148'}]},
-    # "99" = SchemaInfoEnum
+    # "99" = SchemaInfoBuiltin
     {'name': '99',
      'meta-type': 'object',
-     'members': [{'name': 'members', 'type': '[149]'},
+     'members': [{'name': 'json-type', 'type': '150'}]},
+    # "100" = SchemaInfoEnum
+    {'name': '100',
+     'meta-type': 'object',
+     'members': [{'name': 'members', 'type': '[151]'},
                  {'name': 'values',
                   'type': '[str]',
                   'features': ['deprecated']}]},
-    # "100" = SchemaInfoArray
-    {'name': '100',
-     'meta-type': 'object',
-     'members': [{'name': 'element-type', 'type': 'str'}]},
-    # "101" = SchemaInfoObject
+    # "101" = SchemaInfoArray
     {'name': '101',
      'meta-type': 'object',
-     'members': [{'name': 'members', 'type': '[150]'},
-                 {'name': 'tag', 'type': 'str', 'default': None},
-                 {'name': 'variants', 'type': '[151]', 'default': None}]},
-    # "102" = SchemaInfoAlternate
+     'members': [{'name': 'element-type', 'type': 'str'}]},
+    # "102" = SchemaInfoObject
     {'name': '102',
      'meta-type': 'object',
-     'members': [{'name': 'members', 'type': '[152]'}]},
-    # "103" = SchemaInfoCommand
+     'members': [{'name': 'members', 'type': '[152]'},
+                 {'name': 'tag', 'type': 'str', 'default': None},
+                 {'name': 'variants', 'type': '[153]', 'default': None}]},
+    # "103" = SchemaInfoAlternate
     {'name': '103',
+     'meta-type': 'object',
+     'members': [{'name': 'members', 'type': '[154]'}]},
+    # "104" = SchemaInfoCommand
+    {'name': '104',
      'meta-type': 'object',
      'members': [{'name': 'arg-type', 'type': 'str'},
                  {'name': 'ret-type', 'type': 'str'},
                  {'name': 'allow-oob', 'type': 'bool', 'default': None}]},
-    # "104" = SchemaInfoEvent
-    {'name': '104',
+    # "105" = SchemaInfoEvent
+    {'name': '105',
      'meta-type': 'object',
      'members': [{'name': 'arg-type', 'type': 'str'}]},
-    # "105" = ObjectType
-    {'name': '105',
+    # "106" = ObjectType
+    {'name': '106',
      'meta-type': 'enum',
      'members': [{'name': 'memory-backend-ram'}, {'name': 'secret'}],
      'values': ['memory-backend-ram', 'secret']},
-    # "106" = MemoryBackendProperties
-    {'name': '106',
+    # "107" = MemoryBackendProperties
+    {'name': '107',
      'meta-type': 'object',
      'members': [{'name': 'dump', 'type': 'bool', 'default': None},
                  {'name': 'merge', 'type': 'bool', 'default': None},
@@ -1278,20 +1288,20 @@ SCHEMA_INFO: list[dict[str, Any]] = [
                  {'name': 'share', 'type': 'bool', 'default': None},
                  {'name': 'reserve', 'type': 'bool', 'default': None},
                  {'name': 'size', 'type': 'int'}]},
-    # "107" = SecretProperties
-    {'name': '107',
+    # "108" = SecretProperties
+    {'name': '108',
      'meta-type': 'object',
      'members': [{'name': 'loaded',
                   'type': 'bool',
                   'default': None,
                   'features': ['deprecated']},
-                 {'name': 'format', 'type': '153', 'default': None},
+                 {'name': 'format', 'type': '155', 'default': None},
                  {'name': 'keyid', 'type': 'str', 'default': None},
                  {'name': 'iv', 'type': 'str', 'default': None},
                  {'name': 'data', 'type': 'str', 'default': None},
                  {'name': 'file', 'type': 'str', 'default': None}]},
-    # "108" = MigrationCapability
-    {'name': '108',
+    # "109" = MigrationCapability
+    {'name': '109',
      'meta-type': 'enum',
      'members': [{'name': 'xbzrle'},
                  {'name': 'rdma-pin-all'},
@@ -1335,47 +1345,47 @@ SCHEMA_INFO: list[dict[str, Any]] = [
                 'background-snapshot',
                 'zero-copy-send',
                 'postcopy-preempt']},
-    # "109" = YankInstanceType
-    {'name': '109',
+    # "110" = YankInstanceType
+    {'name': '110',
      'meta-type': 'enum',
      'members': [{'name': 'block-node'},
                  {'name': 'chardev'},
                  {'name': 'migration'}],
      'values': ['block-node', 'chardev', 'migration']},
-    # "110" = YankInstanceBlockNode
-    {'name': '110',
-     'meta-type': 'object',
-     'members': [{'name': 'node-name', 'type': 'str'}]},
-    # "111" = YankInstanceChardev
+    # "111" = YankInstanceBlockNode
     {'name': '111',
      'meta-type': 'object',
-     'members': [{'name': 'id', 'type': 'str'}]},
-    # "112" = DataFormat
+     'members': [{'name': 'node-name', 'type': 'str'}]},
+    # "112" = YankInstanceChardev
     {'name': '112',
+     'meta-type': 'object',
+     'members': [{'name': 'id', 'type': 'str'}]},
+    # "113" = DataFormat
+    {'name': '113',
      'meta-type': 'enum',
      'members': [{'name': 'utf8'}, {'name': 'base64'}],
      'values': ['utf8', 'base64']},
-    # "113" = ChardevBackend
-    {'name': '113',
-     'meta-type': 'object',
-     'members': [{'name': 'type', 'type': '154'}],
-     'tag': 'type',
-     'variants': [{'case': 'file', 'type': '155'},
-                  {'case': 'pipe', 'type': '156'},
-                  {'case': 'socket', 'type': '157'},
-                  {'case': 'udp', 'type': '158'},
-                  {'case': 'pty', 'type': '159'},
-                  {'case': 'null', 'type': '159'},
-                  {'case': 'mux', 'type': '160'},
-                  {'case': 'msmouse', 'type': '159'},
-                  {'case': 'wctablet', 'type': '159'},
-                  {'case': 'testdev', 'type': '159'},
-                  {'case': 'stdio', 'type': '161'},
-                  {'case': 'vc', 'type': '162'},
-                  {'case': 'ringbuf', 'type': '163'},
-                  {'case': 'memory', 'type': '163'}]},
-    # "114" = JobStatus
+    # "114" = ChardevBackend
     {'name': '114',
+     'meta-type': 'object',
+     'members': [{'name': 'type', 'type': '156'}],
+     'tag': 'type',
+     'variants': [{'case': 'file', 'type': '157'},
+                  {'case': 'pipe', 'type': '158'},
+                  {'case': 'socket', 'type': '159'},
+                  {'case': 'udp', 'type': '160'},
+                  {'case': 'pty', 'type': '161'},
+                  {'case': 'null', 'type': '161'},
+                  {'case': 'mux', 'type': '162'},
+                  {'case': 'msmouse', 'type': '161'},
+                  {'case': 'wctablet', 'type': '161'},
+                  {'case': 'testdev', 'type': '161'},
+                  {'case': 'stdio', 'type': '163'},
+                  {'case': 'vc', 'type': '164'},
+                  {'case': 'ringbuf', 'type': '165'},
+                  {'case': 'memory', 'type': '165'}]},
+    # "115" = JobStatus
+    {'name': '115',
      'meta-type': 'enum',
      'members': [{'name': 'undefined'},
                  {'name': 'created'},
@@ -1399,8 +1409,8 @@ SCHEMA_INFO: list[dict[str, Any]] = [
                 'aborting',
                 'concluded',
                 'null']},
-    # "115" = JobType
-    {'name': '115',
+    # "116" = JobType
+    {'name': '116',
      'meta-type': 'enum',
      'members': [{'name': 'commit'},
                  {'name': 'stream'},
@@ -1420,23 +1430,23 @@ SCHEMA_INFO: list[dict[str, Any]] = [
                 'snapshot-load',
                 'snapshot-save',
                 'snapshot-delete']},
-    # "116" = BlockDeviceIoStatus
-    {'name': '116',
+    # "117" = BlockDeviceIoStatus
+    {'name': '117',
      'meta-type': 'enum',
      'members': [{'name': 'ok'}, {'name': 'failed'}, {'name': 'nospace'}],
      'values': ['ok', 'failed', 'nospace']},
-    # "117" = NewImageMode
-    {'name': '117',
+    # "118" = NewImageMode
+    {'name': '118',
      'meta-type': 'enum',
      'members': [{'name': 'existing'}, {'name': 'absolute-paths'}],
      'values': ['existing', 'absolute-paths']},
-    # "118" = BlockdevDetectZeroesOptions
-    {'name': '118',
+    # "119" = BlockdevDetectZeroesOptions
+    {'name': '119',
      'meta-type': 'enum',
      'members': [{'name': 'off'}, {'name': 'on'}, {'name': 'unmap'}],
      'values': ['off', 'on', 'unmap']},
-    # "119" = ImageInfo
-    {'name': '119',
+    # "120" = ImageInfo
+    {'name': '120',
      'meta-type': 'object',
      'members': [{'name': 'filename', 'type': 'str'},
                  {'name': 'format', 'type': 'str'},
@@ -1453,18 +1463,18 @@ SCHEMA_INFO: list[dict[str, Any]] = [
                  {'name': 'backing-filename-format',
                   'type': 'str',
                   'default': None},
-                 {'name': 'snapshots', 'type': '[164]', 'default': None},
-                 {'name': 'backing-image', 'type': '119', 'default': None},
-                 {'name': 'format-specific', 'type': '165', 'default': None}]},
-    # "120" = BlockdevCacheInfo
-    {'name': '120',
+                 {'name': 'snapshots', 'type': '[166]', 'default': None},
+                 {'name': 'backing-image', 'type': '120', 'default': None},
+                 {'name': 'format-specific', 'type': '167', 'default': None}]},
+    # "121" = BlockdevCacheInfo
+    {'name': '121',
      'meta-type': 'object',
      'members': [{'name': 'writeback', 'type': 'bool'},
                  {'name': 'direct', 'type': 'bool'},
                  {'name': 'no-flush', 'type': 'bool'}]},
-    {'name': '[121]', 'meta-type': 'array', 'element-type': '121'},
-    # "121" = BlockDirtyInfo
-    {'name': '121',
+    {'name': '[122]', 'meta-type': 'array', 'element-type': '122'},
+    # "122" = BlockDirtyInfo
+    {'name': '122',
      'meta-type': 'object',
      'members': [{'name': 'name', 'type': 'str', 'default': None},
                  {'name': 'count', 'type': 'int'},
@@ -1473,24 +1483,24 @@ SCHEMA_INFO: list[dict[str, Any]] = [
                  {'name': 'busy', 'type': 'bool'},
                  {'name': 'persistent', 'type': 'bool'},
                  {'name': 'inconsistent', 'type': 'bool', 'default': None}]},
-    {'name': '[122]', 'meta-type': 'array', 'element-type': '122'},
-    # "122" = XDbgBlockGraphNode
-    {'name': '122',
+    {'name': '[123]', 'meta-type': 'array', 'element-type': '123'},
+    # "123" = XDbgBlockGraphNode
+    {'name': '123',
      'meta-type': 'object',
      'members': [{'name': 'id', 'type': 'int'},
-                 {'name': 'type', 'type': '166'},
+                 {'name': 'type', 'type': '168'},
                  {'name': 'name', 'type': 'str'}]},
-    {'name': '[123]', 'meta-type': 'array', 'element-type': '123'},
-    # "123" = XDbgBlockGraphEdge
-    {'name': '123',
+    {'name': '[124]', 'meta-type': 'array', 'element-type': '124'},
+    # "124" = XDbgBlockGraphEdge
+    {'name': '124',
      'meta-type': 'object',
      'members': [{'name': 'parent', 'type': 'int'},
                  {'name': 'child', 'type': 'int'},
                  {'name': 'name', 'type': 'str'},
-                 {'name': 'perm', 'type': '[167]'},
-                 {'name': 'shared-perm', 'type': '[167]'}]},
-    # "124" = BlockdevDriver
-    {'name': '124',
+                 {'name': 'perm', 'type': '[169]'},
+                 {'name': 'shared-perm', 'type': '[169]'}]},
+    # "125" = BlockdevDriver
+    {'name': '125',
      'meta-type': 'enum',
      'members': [{'name': 'blkdebug'},
                  {'name': 'blklogwrites'},
@@ -1576,20 +1586,20 @@ SCHEMA_INFO: list[dict[str, Any]] = [
                 'vmdk',
                 'vpc',
                 'vvfat']},
-    # "125" = BlockdevDiscardOptions
-    {'name': '125',
+    # "126" = BlockdevDiscardOptions
+    {'name': '126',
      'meta-type': 'enum',
      'members': [{'name': 'ignore'}, {'name': 'unmap'}],
      'values': ['ignore', 'unmap']},
-    # "126" = BlockdevCacheOptions
-    {'name': '126',
+    # "127" = BlockdevCacheOptions
+    {'name': '127',
      'meta-type': 'object',
      'members': [{'name': 'direct', 'type': 'bool', 'default': None},
                  {'name': 'no-flush', 'type': 'bool', 'default': None}]},
-    # "127" = BlockdevOptionsBlkdebug
-    {'name': '127',
+    # "128" = BlockdevOptionsBlkdebug
+    {'name': '128',
      'meta-type': 'object',
-     'members': [{'name': 'image', 'type': '168'},
+     'members': [{'name': 'image', 'type': '170'},
                  {'name': 'config', 'type': 'str', 'default': None},
                  {'name': 'align', 'type': 'int', 'default': None},
                  {'name': 'max-transfer', 'type': 'int', 'default': None},
@@ -1597,44 +1607,44 @@ SCHEMA_INFO: list[dict[str, Any]] = [
                  {'name': 'max-write-zero', 'type': 'int', 'default': None},
                  {'name': 'opt-discard', 'type': 'int', 'default': None},
                  {'name': 'max-discard', 'type': 'int', 'default': None},
-                 {'name': 'inject-error', 'type': '[169]', 'default': None},
-                 {'name': 'set-state', 'type': '[170]', 'default': None},
+                 {'name': 'inject-error', 'type': '[171]', 'default': None},
+                 {'name': 'set-state', 'type': '[172]', 'default': None},
                  {'name': 'take-child-perms',
-                  'type': '[167]',
+                  'type': '[169]',
                   'default': None},
                  {'name': 'unshare-child-perms',
-                  'type': '[167]',
+                  'type': '[169]',
                   'default': None}]},
-    # "128" = BlockdevOptionsCor
-    {'name': '128',
-     'meta-type': 'object',
-     'members': [{'name': 'file', 'type': '168'},
-                 {'name': 'bottom', 'type': 'str', 'default': None}]},
-    # "129" = BlockdevOptionsFile
+    # "129" = BlockdevOptionsCor
     {'name': '129',
+     'meta-type': 'object',
+     'members': [{'name': 'file', 'type': '170'},
+                 {'name': 'bottom', 'type': 'str', 'default': None}]},
+    # "130" = BlockdevOptionsFile
+    {'name': '130',
      'meta-type': 'object',
      'features': ['dynamic-auto-read-only'],
      'members': [{'name': 'filename', 'type': 'str'},
                  {'name': 'pr-manager', 'type': 'str', 'default': None},
-                 {'name': 'locking', 'type': '171', 'default': None},
-                 {'name': 'aio', 'type': '172', 'default': None},
+                 {'name': 'locking', 'type': '173', 'default': None},
+                 {'name': 'aio', 'type': '174', 'default': None},
                  {'name': 'aio-max-batch', 'type': 'int', 'default': None},
                  {'name': 'drop-cache', 'type': 'bool', 'default': None},
                  {'name': 'x-check-cache-dropped',
                   'type': 'bool',
                   'default': None,
                   'features': ['unstable']}]},
-    # "130" = BlockdevOptionsNull
-    {'name': '130',
+    # "131" = BlockdevOptionsNull
+    {'name': '131',
      'meta-type': 'object',
      'members': [{'name': 'size', 'type': 'int', 'default': None},
                  {'name': 'latency-ns', 'type': 'int', 'default': None},
                  {'name': 'read-zeroes', 'type': 'bool', 'default': None}]},
-    # "131" = BlockdevOptionsQcow2
-    {'name': '131',
+    # "132" = BlockdevOptionsQcow2
+    {'name': '132',
      'meta-type': 'object',
-     'members': [{'name': 'file', 'type': '168'},
-                 {'name': 'backing', 'type': '173', 'default': None},
+     'members': [{'name': 'file', 'type': '170'},
+                 {'name': 'backing', 'type': '175', 'default': None},
                  {'name': 'lazy-refcounts', 'type': 'bool', 'default': None},
                  {'name': 'pass-discard-request',
                   'type': 'bool',
@@ -1645,7 +1655,7 @@ SCHEMA_INFO: list[dict[str, Any]] = [
                  {'name': 'pass-discard-other',
                   'type': 'bool',
                   'default': None},
-                 {'name': 'overlap-check', 'type': '174', 'default': None},
+                 {'name': 'overlap-check', 'type': '176', 'default': None},
                  {'name': 'cache-size', 'type': 'int', 'default': None},
                  {'name': 'l2-cache-size', 'type': 'int', 'default': None},
                  {'name': 'l2-cache-entry-size',
@@ -1657,21 +1667,21 @@ SCHEMA_INFO: list[dict[str, Any]] = [
                  {'name': 'cache-clean-interval',
                   'type': 'int',
                   'default': None},
-                 {'name': 'encrypt', 'type': '175', 'default': None},
-                 {'name': 'data-file', 'type': '168', 'default': None}]},
-    # "132" = BlockdevOptionsRaw
-    {'name': '132',
-     'meta-type': 'object',
-     'members': [{'name': 'file', 'type': '168'},
-                 {'name': 'offset', 'type': 'int', 'default': None},
-                 {'name': 'size', 'type': 'int', 'default': None}]},
-    # "133" = BlockdevCreateOptions
+                 {'name': 'encrypt', 'type': '177', 'default': None},
+                 {'name': 'data-file', 'type': '170', 'default': None}]},
+    # "133" = BlockdevOptionsRaw
     {'name': '133',
      'meta-type': 'object',
-     'members': [{'name': 'driver', 'type': '124'}],
+     'members': [{'name': 'file', 'type': '170'},
+                 {'name': 'offset', 'type': 'int', 'default': None},
+                 {'name': 'size', 'type': 'int', 'default': None}]},
+    # "134" = BlockdevCreateOptions
+    {'name': '134',
+     'meta-type': 'object',
+     'members': [{'name': 'driver', 'type': '125'}],
      'tag': 'driver',
-     'variants': [{'case': 'file', 'type': '176'},
-                  {'case': 'qcow2', 'type': '177'},
+     'variants': [{'case': 'file', 'type': '178'},
+                  {'case': 'qcow2', 'type': '179'},
                   {'case': 'blkdebug', 'type': '1'},
                   {'case': 'blklogwrites', 'type': '1'},
                   {'case': 'blkreplay', 'type': '1'},
@@ -1712,13 +1722,13 @@ SCHEMA_INFO: list[dict[str, Any]] = [
                   {'case': 'vmdk', 'type': '1'},
                   {'case': 'vpc', 'type': '1'},
                   {'case': 'vvfat', 'type': '1'}]},
-    {'name': '[134]', 'meta-type': 'array', 'element-type': '134'},
-    # "134" = BlockDirtyBitmapOrStr
-    {'name': '134',
+    {'name': '[135]', 'meta-type': 'array', 'element-type': '135'},
+    # "135" = BlockDirtyBitmapOrStr
+    {'name': '135',
      'meta-type': 'alternate',
      'members': [{'type': 'str'}, {'type': '60'}]},
-    # "135" = BlockdevOnError
-    {'name': '135',
+    # "136" = BlockdevOnError
+    {'name': '136',
      'meta-type': 'enum',
      'members': [{'name': 'report'},
                  {'name': 'ignore'},
@@ -1726,8 +1736,8 @@ SCHEMA_INFO: list[dict[str, Any]] = [
                  {'name': 'stop'},
                  {'name': 'auto'}],
      'values': ['report', 'ignore', 'enospc', 'stop', 'auto']},
-    # "136" = MirrorSyncMode
-    {'name': '136',
+    # "137" = MirrorSyncMode
+    {'name': '137',
      'meta-type': 'enum',
      'members': [{'name': 'top'},
                  {'name': 'full'},
@@ -1735,72 +1745,86 @@ SCHEMA_INFO: list[dict[str, Any]] = [
                  {'name': 'incremental'},
                  {'name': 'bitmap'}],
      'values': ['top', 'full', 'none', 'incremental', 'bitmap']},
-    # "137" = MirrorCopyMode
-    {'name': '137',
+    # "138" = MirrorCopyMode
+    {'name': '138',
      'meta-type': 'enum',
      'members': [{'name': 'background'}, {'name': 'write-blocking'}],
      'values': ['background', 'write-blocking']},
-    # "138" = IoOperationType
-    {'name': '138',
+    # "139" = IoOperationType
+    {'name': '139',
      'meta-type': 'enum',
      'members': [{'name': 'read'}, {'name': 'write'}],
      'values': ['read', 'write']},
-    # "139" = BlockErrorAction
-    {'name': '139',
+    # "140" = BlockErrorAction
+    {'name': '140',
      'meta-type': 'enum',
      'members': [{'name': 'ignore'}, {'name': 'report'}, {'name': 'stop'}],
      'values': ['ignore', 'report', 'stop']},
-    # "140" = BitmapSyncMode
-    {'name': '140',
+    # "141" = BitmapSyncMode
+    {'name': '141',
      'meta-type': 'enum',
      'members': [{'name': 'on-success'},
                  {'name': 'never'},
                  {'name': 'always'}],
      'values': ['on-success', 'never', 'always']},
-    # "141" = BackupPerf
-    {'name': '141',
+    # "142" = BackupPerf
+    {'name': '142',
      'meta-type': 'object',
      'members': [{'name': 'use-copy-range', 'type': 'bool', 'default': None},
                  {'name': 'max-workers', 'type': 'int', 'default': None},
                  {'name': 'max-chunk', 'type': 'int', 'default': None}]},
-    # "142" = SocketAddressLegacy
-    {'name': '142',
-     'meta-type': 'object',
-     'members': [{'name': 'type', 'type': '178'}],
-     'tag': 'type',
-     'variants': [{'case': 'inet', 'type': '179'},
-                  {'case': 'unix', 'type': '180'},
-                  {'case': 'vsock', 'type': '181'},
-                  {'case': 'fd', 'type': '182'}]},
-    # "143" = BlockExportRemoveMode
+    # "143" = SocketAddressLegacy
     {'name': '143',
+     'meta-type': 'object',
+     'members': [{'name': 'type', 'type': '180'}],
+     'tag': 'type',
+     'variants': [{'case': 'inet', 'type': '181'},
+                  {'case': 'unix', 'type': '182'},
+                  {'case': 'vsock', 'type': '183'},
+                  {'case': 'fd', 'type': '184'}]},
+    # "144" = BlockExportRemoveMode
+    {'name': '144',
      'meta-type': 'enum',
      'members': [{'name': 'safe'}, {'name': 'hard'}],
      'values': ['safe', 'hard']},
-    # "144" = BlockExportType
-    {'name': '144',
+    # "145" = BlockExportType
+    {'name': '145',
      'meta-type': 'enum',
      'members': [{'name': 'nbd'}],
      'values': ['nbd']},
-    # "145" = BlockExportOptionsNbd
-    {'name': '145',
+    # "146" = BlockExportOptionsNbd
+    {'name': '146',
      'meta-type': 'object',
      'members': [{'name': 'name', 'type': 'str', 'default': None},
                  {'name': 'description', 'type': 'str', 'default': None},
-                 {'name': 'bitmaps', 'type': '[134]', 'default': None},
+                 {'name': 'bitmaps', 'type': '[135]', 'default': None},
                  {'name': 'allocation-depth',
                   'type': 'bool',
                   'default': None}]},
-    # "146" = CommandLineParameterType
-    {'name': '146',
+    {'name': '[147]', 'meta-type': 'array', 'element-type': '147'},
+    # "147" = PciDeviceInfo
+    {'name': '147',
+     'meta-type': 'object',
+     'members': [{'name': 'bus', 'type': 'int'},
+                 {'name': 'slot', 'type': 'int'},
+                 {'name': 'function', 'type': 'int'},
+                 {'name': 'class_info', 'type': '185'},
+                 {'name': 'id', 'type': '186'},
+                 {'name': 'irq', 'type': 'int', 'default': None},
+                 {'name': 'irq_pin', 'type': 'int'},
+                 {'name': 'qdev_id', 'type': 'str'},
+                 {'name': 'pci_bridge', 'type': '187', 'default': None},
+                 {'name': 'regions', 'type': '[188]'}]},
+    # "148" = CommandLineParameterType
+    {'name': '148',
      'meta-type': 'enum',
      'members': [{'name': 'string'},
                  {'name': 'boolean'},
                  {'name': 'number'},
                  {'name': 'size'}],
      'values': ['string', 'boolean', 'number', 'size']},
-    # "147" = CpuS390State
-    {'name': '147',
+    # "149" = CpuS390State
+    {'name': '149',
      'meta-type': 'enum',
      'members': [{'name': 'uninitialized'},
                  {'name': 'stopped'},
@@ -1808,8 +1832,8 @@ SCHEMA_INFO: list[dict[str, Any]] = [
                  {'name': 'operating'},
                  {'name': 'load'}],
      'values': ['uninitialized', 'stopped', 'check-stop', 'operating', 'load']},
-    # "148" = JSONType
-    {'name': '148',
+    # "150" = JSONType
+    {'name': '150',
      'meta-type': 'enum',
      'members': [{'name': 'string'},
                  {'name': 'number'},
@@ -1827,38 +1851,38 @@ SCHEMA_INFO: list[dict[str, Any]] = [
                 'object',
                 'array',
                 'value']},
-    {'name': '[149]', 'meta-type': 'array', 'element-type': '149'},
-    # "149" = SchemaInfoEnumMember
-    {'name': '149',
+    {'name': '[151]', 'meta-type': 'array', 'element-type': '151'},
+    # "151" = SchemaInfoEnumMember
+    {'name': '151',
      'meta-type': 'object',
      'members': [{'name': 'name', 'type': 'str'},
                  {'name': 'features', 'type': '[str]', 'default': None}]},
-    {'name': '[150]', 'meta-type': 'array', 'element-type': '150'},
-    # "150" = SchemaInfoObjectMember
-    {'name': '150',
+    {'name': '[152]', 'meta-type': 'array', 'element-type': '152'},
+    # "152" = SchemaInfoObjectMember
+    {'name': '152',
      'meta-type': 'object',
      'members': [{'name': 'name', 'type': 'str'},
                  {'name': 'type', 'type': 'str'},
                  {'name': 'default', 'type': 'any', 'default': None},
                  {'name': 'features', 'type': '[str]', 'default': None}]},
-    {'name': '[151]', 'meta-type': 'array', 'element-type': '151'},
-    # "151" = SchemaInfoObjectVariant
-    {'name': '151',
+    {'name': '[153]', 'meta-type': 'array', 'element-type': '153'},
+    # "153" = SchemaInfoObjectVariant
+    {'name': '153',
      'meta-type': 'object',
      'members': [{'name': 'case', 'type': 'str'},
                  {'name': 'type', 'type': 'str'}]},
-    {'name': '[152]', 'meta-type': 'array', 'element-type': '152'},
-    # "152" = SchemaInfoAlternateMember
-    {'name': '152',
+    {'name': '[154]', 'meta-type': 'array', 'element-type': '154'},
+    # "154" = SchemaInfoAlternateMember
+    {'name': '154',
      'meta-type': 'object',
      'members': [{'name': 'type', 'type': 'str'}]},
-    # "153" = QCryptoSecretFormat
-    {'name': '153',
+    # "155" = QCryptoSecretFormat
+    {'name': '155',
      'meta-type': 'enum',
      'members': [{'name': 'raw'}, {'name': 'base64'}],
      'values': ['raw', 'base64']},
-    # "154" = ChardevBackendKind
-    {'name': '154',
+    # "156" = ChardevBackendKind
+    {'name': '156',
      'meta-type': 'enum',
      'members': [{'name': 'file'},
                  {'name': 'pipe'},
@@ -1888,45 +1912,45 @@ SCHEMA_INFO: list[dict[str, Any]] = [
                 'vc',
                 'ringbuf',
                 'memory']},
-    # "155" = ChardevFileWrapper
-    {'name': '155',
-     'meta-type': 'object',
-     'members': [{'name': 'data', 'type': '183'}]},
-    # "156" = ChardevHostdevWrapper
-    {'name': '156',
-     'meta-type': 'object',
-     'members': [{'name': 'data', 'type': '184'}]},
-    # "157" = ChardevSocketWrapper
+    # "157" = ChardevFileWrapper
     {'name': '157',
      'meta-type': 'object',
-     'members': [{'name': 'data', 'type': '185'}]},
-    # "158" = ChardevUdpWrapper
+     'members': [{'name': 'data', 'type': '189'}]},
+    # "158" = ChardevHostdevWrapper
     {'name': '158',
      'meta-type': 'object',
-     'members': [{'name': 'data', 'type': '186'}]},
-    # "159" = ChardevCommonWrapper
+     'members': [{'name': 'data', 'type': '190'}]},
+    # "159" = ChardevSocketWrapper
     {'name': '159',
      'meta-type': 'object',
-     'members': [{'name': 'data', 'type': '187'}]},
-    # "160" = ChardevMuxWrapper
+     'members': [{'name': 'data', 'type': '191'}]},
+    # "160" = ChardevUdpWrapper
     {'name': '160',
      'meta-type': 'object',
-     'members': [{'name': 'data', 'type': '188'}]},
-    # "161" = ChardevStdioWrapper
+     'members': [{'name': 'data', 'type': '192'}]},
+    # "161" = ChardevCommonWrapper
     {'name': '161',
      'meta-type': 'object',
-     'members': [{'name': 'data', 'type': '189'}]},
-    # "162" = ChardevVCWrapper
+     'members': [{'name': 'data', 'type': '193'}]},
+    # "162" = ChardevMuxWrapper
     {'name': '162',
      'meta-type': 'object',
-     'members': [{'name': 'data', 'type': '190'}]},
-    # "163" = ChardevRingbufWrapper
+     'members': [{'name': 'data', 'type': '194'}]},
+    # "163" = ChardevStdioWrapper
     {'name': '163',
      'meta-type': 'object',
-     'members': [{'name': 'data', 'type': '191'}]},
-    {'name': '[164]', 'meta-type': 'array', 'element-type': '164'},
-    # "164" = SnapshotInfo
+     'members': [{'name': 'data', 'type': '195'}]},
+    # "164" = ChardevVCWrapper
     {'name': '164',
+     'meta-type': 'object',
+     'members': [{'name': 'data', 'type': '196'}]},
+    # "165" = ChardevRingbufWrapper
+    {'name': '165',
+     'meta-type': 'object',
+     'members': [{'name': 'data', 'type': '197'}]},
+    {'name': '[166]', 'meta-type': 'array', 'element-type': '166'},
+    # "166" = SnapshotInfo
+    {'name': '166',
      'meta-type': 'object',
      'members': [{'name': 'id', 'type': 'str'},
                  {'name': 'name', 'type': 'str'},
@@ -1936,149 +1960,176 @@ SCHEMA_INFO: list[dict[str, Any]] = [
                  {'name': 'vm-clock-sec', 'type': 'int'},
                  {'name': 'vm-clock-nsec', 'type': 'int'},
                  {'name': 'icount', 'type': 'int', 'default': None}]},
-    # "165" = ImageInfoSpecific
-    {'name': '165',
+    # "167" = ImageInfoSpecific
+    {'name': '167',
      'meta-type': 'object',
-     'members': [{'name': 'type', 'type': '192'}],
+     'members': [{'name': 'type', 'type': '198'}],
      'tag': 'type',
-     'variants': [{'case': 'qcow2', 'type': '193'},
+     'variants': [{'case': 'qcow2', 'type': '199'},
                   {'case': 'vmdk', 'type': '1'},
                   {'case': 'luks', 'type': '1'},
                   {'case': 'rbd', 'type': '1'}]},
-    # "166" = XDbgBlockGraphNodeType
-    {'name': '166',
+    # "168" = XDbgBlockGraphNodeType
+    {'name': '168',
      'meta-type': 'enum',
      'members': [{'name': 'block-backend'},
                  {'name': 'block-job'},
                  {'name': 'block-driver'}],
      'values': ['block-backend', 'block-job', 'block-driver']},
-    {'name': '[167]', 'meta-type': 'array', 'element-type': '167'},
-    # "167" = BlockPermission
-    {'name': '167',
+    {'name': '[169]', 'meta-type': 'array', 'element-type': '169'},
+    # "169" = BlockPermission
+    {'name': '169',
      'meta-type': 'enum',
      'members': [{'name': 'consistent-read'},
                  {'name': 'write'},
                  {'name': 'write-unchanged'},
                  {'name': 'resize'}],
      'values': ['consistent-read', 'write', 'write-unchanged', 'resize']},
-    # "168" = BlockdevRef
-    {'name': '168',
+    # "170" = BlockdevRef
+    {'name': '170',
      'meta-type': 'alternate',
      'members': [{'type': '56'}, {'type': 'str'}]},
-    {'name': '[169]', 'meta-type': 'array', 'element-type': '169'},
-    # "169" = BlkdebugInjectErrorOptions
-    {'name': '169',
+    {'name': '[171]', 'meta-type': 'array', 'element-type': '171'},
+    # "171" = BlkdebugInjectErrorOptions
+    {'name': '171',
      'meta-type': 'object',
-     'members': [{'name': 'event', 'type': '194'},
+     'members': [{'name': 'event', 'type': '200'},
                  {'name': 'state', 'type': 'int', 'default': None},
-                 {'name': 'iotype', 'type': '195', 'default': None},
+                 {'name': 'iotype', 'type': '201', 'default': None},
                  {'name': 'errno', 'type': 'int', 'default': None},
                  {'name': 'sector', 'type': 'int', 'default': None},
                  {'name': 'once', 'type': 'bool', 'default': None},
                  {'name': 'immediately', 'type': 'bool', 'default': None}]},
-    {'name': '[170]', 'meta-type': 'array', 'element-type': '170'},
-    # "170" = BlkdebugSetStateOptions
-    {'name': '170',
+    {'name': '[172]', 'meta-type': 'array', 'element-type': '172'},
+    # "172" = BlkdebugSetStateOptions
+    {'name': '172',
      'meta-type': 'object',
-     'members': [{'name': 'event', 'type': '194'},
+     'members': [{'name': 'event', 'type': '200'},
                  {'name': 'state', 'type': 'int', 'default': None},
                  {'name': 'new_state', 'type': 'int'}]},
-    # "171" = OnOffAuto
-    {'name': '171',
+    # "173" = OnOffAuto
+    {'name': '173',
      'meta-type': 'enum',
      'members': [{'name': 'auto'}, {'name': 'on'}, {'name': 'off'}],
      'values': ['auto', 'on', 'off']},
-    # "172" = BlockdevAioOptions
-    {'name': '172',
+    # "174" = BlockdevAioOptions
+    {'name': '174',
      'meta-type': 'enum',
      'members': [{'name': 'threads'},
                  {'name': 'native'},
                  {'name': 'io_uring'}],
      'values': ['threads', 'native', 'io_uring']},
-    # "173" = BlockdevRefOrNull
-    {'name': '173',
+    # "175" = BlockdevRefOrNull
+    {'name': '175',
      'meta-type': 'alternate',
      'members': [{'type': '56'}, {'type': 'str'}, {'type': 'null'}]},
-    # "174" = Qcow2OverlapChecks
-    {'name': '174',
-     'meta-type': 'alternate',
-     'members': [{'type': '196'}, {'type': '197'}]},
-    # "175" = BlockdevQcow2Encryption
-    {'name': '175',
-     'meta-type': 'object',
-     'members': [{'name': 'format', 'type': '198'}],
-     'tag': 'format',
-     'variants': [{'case': 'aes', 'type': '199'},
-                  {'case': 'luks', 'type': '200'}]},
-    # "176" = BlockdevCreateOptionsFile
+    # "176" = Qcow2OverlapChecks
     {'name': '176',
+     'meta-type': 'alternate',
+     'members': [{'type': '202'}, {'type': '203'}]},
+    # "177" = BlockdevQcow2Encryption
+    {'name': '177',
+     'meta-type': 'object',
+     'members': [{'name': 'format', 'type': '204'}],
+     'tag': 'format',
+     'variants': [{'case': 'aes', 'type': '205'},
+                  {'case': 'luks', 'type': '206'}]},
+    # "178" = BlockdevCreateOptionsFile
+    {'name': '178',
      'meta-type': 'object',
      'members': [{'name': 'filename', 'type': 'str'},
                  {'name': 'size', 'type': 'int'},
-                 {'name': 'preallocation', 'type': '201', 'default': None},
+                 {'name': 'preallocation', 'type': '207', 'default': None},
                  {'name': 'nocow', 'type': 'bool', 'default': None},
                  {'name': 'extent-size-hint', 'type': 'int', 'default': None}]},
-    # "177" = BlockdevCreateOptionsQcow2
-    {'name': '177',
+    # "179" = BlockdevCreateOptionsQcow2
+    {'name': '179',
      'meta-type': 'object',
-     'members': [{'name': 'file', 'type': '168'},
-                 {'name': 'data-file', 'type': '168', 'default': None},
+     'members': [{'name': 'file', 'type': '170'},
+                 {'name': 'data-file', 'type': '170', 'default': None},
                  {'name': 'data-file-raw', 'type': 'bool', 'default': None},
                  {'name': 'extended-l2', 'type': 'bool', 'default': None},
                  {'name': 'size', 'type': 'int'},
-                 {'name': 'version', 'type': '202', 'default': None},
+                 {'name': 'version', 'type': '208', 'default': None},
                  {'name': 'backing-file', 'type': 'str', 'default': None},
-                 {'name': 'backing-fmt', 'type': '124', 'default': None},
-                 {'name': 'encrypt', 'type': '203', 'default': None},
+                 {'name': 'backing-fmt', 'type': '125', 'default': None},
+                 {'name': 'encrypt', 'type': '209', 'default': None},
                  {'name': 'cluster-size', 'type': 'int', 'default': None},
-                 {'name': 'preallocation', 'type': '201', 'default': None},
+                 {'name': 'preallocation', 'type': '207', 'default': None},
                  {'name': 'lazy-refcounts', 'type': 'bool', 'default': None},
                  {'name': 'refcount-bits', 'type': 'int', 'default': None},
-                 {'name': 'compression-type', 'type': '204', 'default': None}]},
-    # "178" = SocketAddressType
-    {'name': '178',
+                 {'name': 'compression-type', 'type': '210', 'default': None}]},
+    # "180" = SocketAddressType
+    {'name': '180',
      'meta-type': 'enum',
      'members': [{'name': 'inet'},
                  {'name': 'unix'},
                  {'name': 'vsock'},
                  {'name': 'fd'}],
      'values': ['inet', 'unix', 'vsock', 'fd']},
-    # "179" = InetSocketAddressWrapper
-    {'name': '179',
-     'meta-type': 'object',
-     'members': [{'name': 'data', 'type': '205'}]},
-    # "180" = UnixSocketAddressWrapper
-    {'name': '180',
-     'meta-type': 'object',
-     'members': [{'name': 'data', 'type': '206'}]},
-    # "181" = VsockSocketAddressWrapper
+    # "181" = InetSocketAddressWrapper
     {'name': '181',
      'meta-type': 'object',
-     'members': [{'name': 'data', 'type': '207'}]},
-    # "182" = StringWrapper
+     'members': [{'name': 'data', 'type': '211'}]},
+    # "182" = UnixSocketAddressWrapper
     {'name': '182',
      'meta-type': 'object',
-     'members': [{'name': 'data', 'type': '208'}]},
-    # "183" = ChardevFile
+     'members': [{'name': 'data', 'type': '212'}]},
+    # "183" = VsockSocketAddressWrapper
     {'name': '183',
+     'meta-type': 'object',
+     'members': [{'name': 'data', 'type': '213'}]},
+    # "184" = StringWrapper
+    {'name': '184',
+     'meta-type': 'object',
+     'members': [{'name': 'data', 'type': '214'}]},
+    # "185" = PciDeviceClass
+    {'name': '185',
+     'meta-type': 'object',
+     'members': [{'name': 'desc', 'type': 'str', 'default': None},
+                 {'name': 'class', 'type': 'int'}]},
+    # "186" = PciDeviceId
+    {'name': '186',
+     'meta-type': 'object',
+     'members': [{'name': 'device', 'type': 'int'},
+                 {'name': 'vendor', 'type': 'int'},
+                 {'name': 'subsystem', 'type': 'int', 'default': None},
+                 {'name': 'subsystem-vendor', 'type': 'int', 'default': None}]},
+    # "187" = PciBridgeInfo
+    {'name': '187',
+     'meta-type': 'object',
+     'members': [{'name': 'bus', 'type': '215'},
+                 {'name': 'devices', 'type': '[147]', 'default': None}]},
+    {'name': '[188]', 'meta-type': 'array', 'element-type': '188'},
+    # "188" = PciMemoryRegion
+    {'name': '188',
+     'meta-type': 'object',
+     'members': [{'name': 'bar', 'type': 'int'},
+                 {'name': 'type', 'type': 'str'},
+                 {'name': 'address', 'type': 'int'},
+                 {'name': 'size', 'type': 'int'},
+                 {'name': 'prefetch', 'type': 'bool', 'default': None},
+                 {'name': 'mem_type_64', 'type': 'bool', 'default': None}]},
+    # "189" = ChardevFile
+    {'name': '189',
      'meta-type': 'object',
      'members': [{'name': 'logfile', 'type': 'str', 'default': None},
                  {'name': 'logappend', 'type': 'bool', 'default': None},
                  {'name': 'in', 'type': 'str', 'default': None},
                  {'name': 'out', 'type': 'str'},
                  {'name': 'append', 'type': 'bool', 'default': None}]},
-    # "184" = ChardevHostdev
-    {'name': '184',
+    # "190" = ChardevHostdev
+    {'name': '190',
      'meta-type': 'object',
      'members': [{'name': 'logfile', 'type': 'str', 'default': None},
                  {'name': 'logappend', 'type': 'bool', 'default': None},
                  {'name': 'device', 'type': 'str'}]},
-    # "185" = ChardevSocket
-    {'name': '185',
+    # "191" = ChardevSocket
+    {'name': '191',
      'meta-type': 'object',
      'members': [{'name': 'logfile', 'type': 'str', 'default': None},
                  {'name': 'logappend', 'type': 'bool', 'default': None},
-                 {'name': 'addr', 'type': '142'},
+                 {'name': 'addr', 'type': '143'},
                  {'name': 'tls-creds', 'type': 'str', 'default': None},
                  {'name': 'tls-authz', 'type': 'str', 'default': None},
                  {'name': 'server', 'type': 'bool', 'default': None},
@@ -2088,32 +2139,32 @@ SCHEMA_INFO: list[dict[str, Any]] = [
                  {'name': 'tn3270', 'type': 'bool', 'default': None},
                  {'name': 'websocket', 'type': 'bool', 'default': None},
                  {'name': 'reconnect', 'type': 'int', 'default': None}]},
-    # "186" = ChardevUdp
-    {'name': '186',
+    # "192" = ChardevUdp
+    {'name': '192',
      'meta-type': 'object',
      'members': [{'name': 'logfile', 'type': 'str', 'default': None},
                  {'name': 'logappend', 'type': 'bool', 'default': None},
-                 {'name': 'remote', 'type': '142'},
-                 {'name': 'local', 'type': '142', 'default': None}]},
-    # "187" = ChardevCommon
-    {'name': '187',
+                 {'name': 'remote', 'type': '143'},
+                 {'name': 'local', 'type': '143', 'default': None}]},
+    # "193" = ChardevCommon
+    {'name': '193',
      'meta-type': 'object',
      'members': [{'name': 'logfile', 'type': 'str', 'default': None},
                  {'name': 'logappend', 'type': 'bool', 'default': None}]},
-    # "188" = ChardevMux
-    {'name': '188',
+    # "194" = ChardevMux
+    {'name': '194',
      'meta-type': 'object',
      'members': [{'name': 'logfile', 'type': 'str', 'default': None},
                  {'name': 'logappend', 'type': 'bool', 'default': None},
                  {'name': 'chardev', 'type': 'str'}]},
-    # "189" = ChardevStdio
-    {'name': '189',
+    # "195" = ChardevStdio
+    {'name': '195',
      'meta-type': 'object',
      'members': [{'name': 'logfile', 'type': 'str', 'default': None},
                  {'name': 'logappend', 'type': 'bool', 'default': None},
                  {'name': 'signal', 'type': 'bool', 'default': None}]},
-    # "190" = ChardevVC
-    {'name': '190',
+    # "196" = ChardevVC
+    {'name': '196',
      'meta-type': 'object',
      'members': [{'name': 'logfile', 'type': 'str', 'default': None},
                  {'name': 'logappend', 'type': 'bool', 'default': None},
@@ -2121,26 +2172,26 @@ SCHEMA_INFO: list[dict[str, Any]] = [
                  {'name': 'height', 'type': 'int', 'default': None},
                  {'name': 'cols', 'type': 'int', 'default': None},
                  {'name': 'rows', 'type': 'int', 'default': None}]},
-    # "191" = ChardevRingbuf
-    {'name': '191',
+    # "197" = ChardevRingbuf
+    {'name': '197',
      'meta-type': 'object',
      'members': [{'name': 'logfile', 'type': 'str', 'default': None},
                  {'name': 'logappend', 'type': 'bool', 'default': None},
                  {'name': 'size', 'type': 'int', 'default': None}]},
-    # "192" = ImageInfoSpecificKind
-    {'name': '192',
+    # "198" = ImageInfoSpecificKind
+    {'name': '198',
      'meta-type': 'enum',
      'members': [{'name': 'qcow2'},
                  {'name': 'vmdk'},
                  {'name': 'luks'},
                  {'name': 'rbd'}],
      'values': ['qcow2', 'vmdk', 'luks', 'rbd']},
-    # "193" = ImageInfoSpecificQCow2Wrapper
-    {'name': '193',
+    # "199" = ImageInfoSpecificQCow2Wrapper
+    {'name': '199',
      'meta-type': 'object',
-     'members': [{'name': 'data', 'type': '209'}]},
-    # "194" = BlkdebugEvent
-    {'name': '194',
+     'members': [{'name': 'data', 'type': '216'}]},
+    # "200" = BlkdebugEvent
+    {'name': '200',
      'meta-type': 'enum',
      'members': [{'name': 'l1_update'},
                  {'name': 'l1_grow_alloc_table'},
@@ -2238,8 +2289,8 @@ SCHEMA_INFO: list[dict[str, Any]] = [
                 'cor_write',
                 'cluster_alloc_space',
                 'none']},
-    # "195" = BlkdebugIOType
-    {'name': '195',
+    # "201" = BlkdebugIOType
+    {'name': '201',
      'meta-type': 'enum',
      'members': [{'name': 'read'},
                  {'name': 'write'},
@@ -2254,10 +2305,10 @@ SCHEMA_INFO: list[dict[str, Any]] = [
                 'flush',
                 'block-status']},
     {'name': 'null', 'meta-type': 'builtin', 'json-type': 'null'},
-    # "196" = Qcow2OverlapCheckFlags
-    {'name': '196',
+    # "202" = Qcow2OverlapCheckFlags
+    {'name': '202',
      'meta-type': 'object',
-     'members': [{'name': 'template', 'type': '197', 'default': None},
+     'members': [{'name': 'template', 'type': '203', 'default': None},
                  {'name': 'main-header', 'type': 'bool', 'default': None},
                  {'name': 'active-l1', 'type': 'bool', 'default': None},
                  {'name': 'active-l2', 'type': 'bool', 'default': None},
@@ -2269,54 +2320,54 @@ SCHEMA_INFO: list[dict[str, Any]] = [
                  {'name': 'bitmap-directory',
                   'type': 'bool',
                   'default': None}]},
-    # "197" = Qcow2OverlapCheckMode
-    {'name': '197',
+    # "203" = Qcow2OverlapCheckMode
+    {'name': '203',
      'meta-type': 'enum',
      'members': [{'name': 'none'},
                  {'name': 'constant'},
                  {'name': 'cached'},
                  {'name': 'all'}],
      'values': ['none', 'constant', 'cached', 'all']},
-    # "198" = BlockdevQcow2EncryptionFormat
-    {'name': '198',
+    # "204" = BlockdevQcow2EncryptionFormat
+    {'name': '204',
      'meta-type': 'enum',
      'members': [{'name': 'aes'}, {'name': 'luks'}],
      'values': ['aes', 'luks']},
-    # "199" = QCryptoBlockOptionsQCow
-    {'name': '199',
+    # "205" = QCryptoBlockOptionsQCow
+    {'name': '205',
      'meta-type': 'object',
      'members': [{'name': 'key-secret', 'type': 'str', 'default': None}]},
-    # "200" = QCryptoBlockOptionsLUKS
-    {'name': '200',
+    # "206" = QCryptoBlockOptionsLUKS
+    {'name': '206',
      'meta-type': 'object',
      'members': [{'name': 'key-secret', 'type': 'str', 'default': None}]},
-    # "201" = PreallocMode
-    {'name': '201',
+    # "207" = PreallocMode
+    {'name': '207',
      'meta-type': 'enum',
      'members': [{'name': 'off'},
                  {'name': 'metadata'},
                  {'name': 'falloc'},
                  {'name': 'full'}],
      'values': ['off', 'metadata', 'falloc', 'full']},
-    # "202" = BlockdevQcow2Version
-    {'name': '202',
+    # "208" = BlockdevQcow2Version
+    {'name': '208',
      'meta-type': 'enum',
      'members': [{'name': 'v2'}, {'name': 'v3'}],
      'values': ['v2', 'v3']},
-    # "203" = QCryptoBlockCreateOptions
-    {'name': '203',
+    # "209" = QCryptoBlockCreateOptions
+    {'name': '209',
      'meta-type': 'object',
-     'members': [{'name': 'format', 'type': '210'}],
+     'members': [{'name': 'format', 'type': '217'}],
      'tag': 'format',
-     'variants': [{'case': 'qcow', 'type': '199'},
-                  {'case': 'luks', 'type': '211'}]},
-    # "204" = Qcow2CompressionType
-    {'name': '204',
+     'variants': [{'case': 'qcow', 'type': '205'},
+                  {'case': 'luks', 'type': '218'}]},
+    # "210" = Qcow2CompressionType
+    {'name': '210',
      'meta-type': 'enum',
      'members': [{'name': 'zlib'}, {'name': 'zstd'}],
      'values': ['zlib', 'zstd']},
-    # "205" = InetSocketAddress
-    {'name': '205',
+    # "211" = InetSocketAddress
+    {'name': '211',
      'meta-type': 'object',
      'members': [{'name': 'host', 'type': 'str'},
                  {'name': 'port', 'type': 'str'},
@@ -2325,23 +2376,32 @@ SCHEMA_INFO: list[dict[str, Any]] = [
                  {'name': 'ipv4', 'type': 'bool', 'default': None},
                  {'name': 'ipv6', 'type': 'bool', 'default': None},
                  {'name': 'keep-alive', 'type': 'bool', 'default': None}]},
-    # "206" = UnixSocketAddress
-    {'name': '206',
+    # "212" = UnixSocketAddress
+    {'name': '212',
      'meta-type': 'object',
      'members': [{'name': 'path', 'type': 'str'},
                  {'name': 'abstract', 'type': 'bool', 'default': None},
                  {'name': 'tight', 'type': 'bool', 'default': None}]},
-    # "207" = VsockSocketAddress
-    {'name': '207',
+    # "213" = VsockSocketAddress
+    {'name': '213',
      'meta-type': 'object',
      'members': [{'name': 'cid', 'type': 'str'},
                  {'name': 'port', 'type': 'str'}]},
-    # "208" = String
-    {'name': '208',
+    # "214" = String
+    {'name': '214',
      'meta-type': 'object',
      'members': [{'name': 'str', 'type': 'str'}]},
-    # "209" = ImageInfoSpecificQCow2
-    {'name': '209',
+    # "215" = PciBusInfo
+    {'name': '215',
+     'meta-type': 'object',
+     'members': [{'name': 'number', 'type': 'int'},
+                 {'name': 'secondary', 'type': 'int'},
+                 {'name': 'subordinate', 'type': 'int'},
+                 {'name': 'io_range', 'type': '219'},
+                 {'name': 'memory_range', 'type': '219'},
+                 {'name': 'prefetchable_range', 'type': '219'}]},
+    # "216" = ImageInfoSpecificQCow2
+    {'name': '216',
      'meta-type': 'object',
      'members': [{'name': 'compat', 'type': 'str'},
                  {'name': 'data-file', 'type': 'str', 'default': None},
@@ -2350,40 +2410,45 @@ SCHEMA_INFO: list[dict[str, Any]] = [
                  {'name': 'lazy-refcounts', 'type': 'bool', 'default': None},
                  {'name': 'corrupt', 'type': 'bool', 'default': None},
                  {'name': 'refcount-bits', 'type': 'int'},
-                 {'name': 'encrypt', 'type': '212', 'default': None},
-                 {'name': 'bitmaps', 'type': '[213]', 'default': None},
-                 {'name': 'compression-type', 'type': '204'}]},
-    # "210" = QCryptoBlockFormat
-    {'name': '210',
+                 {'name': 'encrypt', 'type': '220', 'default': None},
+                 {'name': 'bitmaps', 'type': '[221]', 'default': None},
+                 {'name': 'compression-type', 'type': '210'}]},
+    # "217" = QCryptoBlockFormat
+    {'name': '217',
      'meta-type': 'enum',
      'members': [{'name': 'qcow'}, {'name': 'luks'}],
      'values': ['qcow', 'luks']},
-    # "211" = QCryptoBlockCreateOptionsLUKS
-    {'name': '211',
+    # "218" = QCryptoBlockCreateOptionsLUKS
+    {'name': '218',
      'meta-type': 'object',
      'members': [{'name': 'key-secret', 'type': 'str', 'default': None},
-                 {'name': 'cipher-alg', 'type': '214', 'default': None},
-                 {'name': 'cipher-mode', 'type': '215', 'default': None},
-                 {'name': 'ivgen-alg', 'type': '216', 'default': None},
-                 {'name': 'ivgen-hash-alg', 'type': '217', 'default': None},
-                 {'name': 'hash-alg', 'type': '217', 'default': None},
+                 {'name': 'cipher-alg', 'type': '222', 'default': None},
+                 {'name': 'cipher-mode', 'type': '223', 'default': None},
+                 {'name': 'ivgen-alg', 'type': '224', 'default': None},
+                 {'name': 'ivgen-hash-alg', 'type': '225', 'default': None},
+                 {'name': 'hash-alg', 'type': '225', 'default': None},
                  {'name': 'iter-time', 'type': 'int', 'default': None}]},
-    # "212" = ImageInfoSpecificQCow2Encryption
-    {'name': '212',
+    # "219" = PciMemoryRange
+    {'name': '219',
      'meta-type': 'object',
-     'members': [{'name': 'format', 'type': '198'}],
+     'members': [{'name': 'base', 'type': 'int'},
+                 {'name': 'limit', 'type': 'int'}]},
+    # "220" = ImageInfoSpecificQCow2Encryption
+    {'name': '220',
+     'meta-type': 'object',
+     'members': [{'name': 'format', 'type': '204'}],
      'tag': 'format',
-     'variants': [{'case': 'luks', 'type': '218'},
+     'variants': [{'case': 'luks', 'type': '226'},
                   {'case': 'aes', 'type': '1'}]},
-    {'name': '[213]', 'meta-type': 'array', 'element-type': '213'},
-    # "213" = Qcow2BitmapInfo
-    {'name': '213',
+    {'name': '[221]', 'meta-type': 'array', 'element-type': '221'},
+    # "221" = Qcow2BitmapInfo
+    {'name': '221',
      'meta-type': 'object',
      'members': [{'name': 'name', 'type': 'str'},
                  {'name': 'granularity', 'type': 'int'},
-                 {'name': 'flags', 'type': '[219]'}]},
-    # "214" = QCryptoCipherAlgorithm
-    {'name': '214',
+                 {'name': 'flags', 'type': '[227]'}]},
+    # "222" = QCryptoCipherAlgorithm
+    {'name': '222',
      'meta-type': 'enum',
      'members': [{'name': 'aes-128'},
                  {'name': 'aes-192'},
@@ -2409,21 +2474,21 @@ SCHEMA_INFO: list[dict[str, Any]] = [
                 'twofish-128',
                 'twofish-192',
                 'twofish-256']},
-    # "215" = QCryptoCipherMode
-    {'name': '215',
+    # "223" = QCryptoCipherMode
+    {'name': '223',
      'meta-type': 'enum',
      'members': [{'name': 'ecb'},
                  {'name': 'cbc'},
                  {'name': 'xts'},
                  {'name': 'ctr'}],
      'values': ['ecb', 'cbc', 'xts', 'ctr']},
-    # "216" = QCryptoIVGenAlgorithm
-    {'name': '216',
+    # "224" = QCryptoIVGenAlgorithm
+    {'name': '224',
      'meta-type': 'enum',
      'members': [{'name': 'plain'}, {'name': 'plain64'}, {'name': 'essiv'}],
      'values': ['plain', 'plain64', 'essiv']},
-    # "217" = QCryptoHashAlgorithm
-    {'name': '217',
+    # "225" = QCryptoHashAlgorithm
+    {'name': '225',
      'meta-type': 'enum',
      'members': [{'name': 'md5'},
                  {'name': 'sha1'},
@@ -2439,27 +2504,27 @@ SCHEMA_INFO: list[dict[str, Any]] = [
                 'sha384',
                 'sha512',
                 'ripemd160']},
-    # "218" = QCryptoBlockInfoLUKS
-    {'name': '218',
+    # "226" = QCryptoBlockInfoLUKS
+    {'name': '226',
      'meta-type': 'object',
-     'members': [{'name': 'cipher-alg', 'type': '214'},
-                 {'name': 'cipher-mode', 'type': '215'},
-                 {'name': 'ivgen-alg', 'type': '216'},
-                 {'name': 'ivgen-hash-alg', 'type': '217', 'default': None},
-                 {'name': 'hash-alg', 'type': '217'},
+     'members': [{'name': 'cipher-alg', 'type': '222'},
+                 {'name': 'cipher-mode', 'type': '223'},
+                 {'name': 'ivgen-alg', 'type': '224'},
+                 {'name': 'ivgen-hash-alg', 'type': '225', 'default': None},
+                 {'name': 'hash-alg', 'type': '225'},
                  {'name': 'payload-offset', 'type': 'int'},
                  {'name': 'master-key-iters', 'type': 'int'},
                  {'name': 'uuid', 'type': 'str'},
-                 {'name': 'slots', 'type': '[220]'}]},
-    {'name': '[219]', 'meta-type': 'array', 'element-type': '219'},
-    # "219" = Qcow2BitmapInfoFlags
-    {'name': '219',
+                 {'name': 'slots', 'type': '[228]'}]},
+    {'name': '[227]', 'meta-type': 'array', 'element-type': '227'},
+    # "227" = Qcow2BitmapInfoFlags
+    {'name': '227',
      'meta-type': 'enum',
      'members': [{'name': 'in-use'}, {'name': 'auto'}],
      'values': ['in-use', 'auto']},
-    {'name': '[220]', 'meta-type': 'array', 'element-type': '220'},
-    # "220" = QCryptoBlockInfoLUKSSlot
-    {'name': '220',
+    {'name': '[228]', 'meta-type': 'array', 'element-type': '228'},
+    # "228" = QCryptoBlockInfoLUKSSlot
+    {'name': '228',
      'meta-type': 'object',
      'members': [{'name': 'active', 'type': 'bool'},
                  {'name': 'iters', 'type': 'int', 'default': None},

@@ -2480,4 +2480,9 @@ COMMAND_SCHEMAS: dict[str, dict[str, Any]] = {
          'title': 'query-block-exports',
          'type': 'object',
          'additionalProperties': False},
+    'query-pci':
+        {'$schema': 'https://json-schema.org/draft/2020-12/schema',
+         'title': 'query-pci',
+         'type': 'object',
+         'additionalProperties': False},
 }

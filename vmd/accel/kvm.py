@@ -139,14 +139,25 @@ class Vm:
                                            "address_hi": address >> 32, "data": data})
         return _ioctl(self.fd, abi.KVM_SIGNAL_MSI, msi, "KVM_SIGNAL_MSI")
 
-    def set_gsi_routing(self, routes: list[tuple[int, int, int]]) -> None:
-        """Install ``(gsi, irqchip, pin)`` routes, replacing the default table."""
-        table = ffi.new("struct kvm_irq_routing *", {"nr": len(routes), "entries": len(routes)})
+    def set_gsi_routing(self, routes: list[tuple[int, int, int]],
+                        msi: list[tuple[int, int, int]] | None = None) -> None:
+        """Install ``(gsi, irqchip, pin)`` and ``(gsi, address, data)`` MSI
+        routes, replacing the whole table (KVM's default table included)."""
+        msi = msi or []
+        count = len(routes) + len(msi)
+        table = ffi.new("struct kvm_irq_routing *", {"nr": count, "entries": count})
         for entry, (gsi, chip, pin) in zip(table.entries, routes):
             entry.gsi = gsi
             entry.type = abi.IRQ_ROUTING_IRQCHIP
             entry.u.irqchip.irqchip = chip
             entry.u.irqchip.pin = pin
+        for index, (gsi, address, data) in enumerate(msi, len(routes)):
+            entry = table.entries[index]
+            entry.gsi = gsi
+            entry.type = abi.IRQ_ROUTING_MSI
+            entry.u.msi.address_lo = address & 0xFFFFFFFF
+            entry.u.msi.address_hi = address >> 32
+            entry.u.msi.data = data
         _ioctl(self.fd, abi.KVM_SET_GSI_ROUTING, table, "KVM_SET_GSI_ROUTING")
 
     def ioeventfd(self, fd: int, address: int, length: int, pio: bool,

@@ -78,6 +78,7 @@ INFO_COMMANDS = [
                "valid with -f only);-o: dump region owners/parents;-D: dump disabled regions",
                machine.info_mtree, rest_of_line=True),
     HmpCommand("name", "", "show the current VM name", _info_name),
+    HmpCommand("pci", "", "show PCI info", machine.info_pci),
     HmpCommand("qtree", "", "show device tree", machine.info_qtree),
     HmpCommand("registers", "[-a|vcpu]",
                "show the cpu registers (-a: show register info for all cpus; vcpu: specific vCPU to query; "

@@ -13,12 +13,29 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
 
 from vmd._generated.types import ShutdownCause
 from vmd.hw.bus import IoBus
 from vmd.hw.charport import CharPort
 from vmd.hw.clock import Clock
 from vmd.hw.irq import IrqLine
+
+if TYPE_CHECKING:
+    from vmd.hw.pci.msix import MsiRoutes
+    from vmd.hw.virtio.memory import GuestMemory
+
+
+class EventNotifier(Protocol):
+    """An eventfd whose signals call a device back on the event loop, BQL held."""
+
+    fd: int
+
+    def set(self) -> None:
+        """Signal it (any thread)."""
+
+    def close(self) -> None:
+        """Stop watching and close the eventfd (loop thread)."""
 
 
 @dataclass
@@ -27,7 +44,9 @@ class DeviceContext:
 
     ``irq(n)`` is ISA/GSI line ``n``; ``chardev(id)`` the port to chardev
     ``id`` or None when there is no such chardev; ``request_exit(status)``
-    ends the process with ``status`` (``isa-debug-exit``).
+    ends the process with ``status`` (``isa-debug-exit``). The last four
+    serve PCI and virtio devices and are None where the machine has no
+    such service (unit tests give plain stand-ins).
     """
 
     pio: IoBus
@@ -40,3 +59,12 @@ class DeviceContext:
     request_exit: Callable[[int], None]
     clock: Clock
     smp_cpus: int = 1
+    #: Guest RAM for device DMA (virtio rings and buffers).
+    memory: GuestMemory | None = None
+    #: MSI vectors (KVM GSI routes + irqfd) for MSI-X.
+    msi: MsiRoutes | None = None
+    #: ``notifier(callback)``: a new ``EventNotifier`` (created on the loop thread).
+    notifier: Callable[[Callable[[], None]], EventNotifier] | None = None
+    #: ``ioeventfd(fd, address, length, assign)``: a guest MMIO write of
+    #: ``length`` bytes at ``address`` signals eventfd ``fd`` without a vCPU exit.
+    ioeventfd: Callable[[int, int, int, bool], None] | None = None

@@ -1,5 +1,6 @@
 """Every device model; importing this module registers their QOM types."""
 
 from vmd.hw import debug_ports, i8042, misc_ports, rtc, serial
+from vmd.hw.pci import host as pci_host
 
-MODULES = (debug_ports, i8042, misc_ports, rtc, serial)
+MODULES = (debug_ports, i8042, misc_ports, rtc, serial, pci_host)

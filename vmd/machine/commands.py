@@ -1,7 +1,7 @@
 """QMP and HMP commands about the machine: CPUs, KVM, memory and device trees.
 
 HMP texts are QEMU's (``info cpus``, ``info registers``, ``info mtree``,
-``info qtree``, ``info kvm``). Without a guest (``-M none``) there are no
+``info qtree``, ``info kvm``, ``info pci``). Without a guest (``-M none``) there are no
 CPUs: the CPU commands answer with empty lists or nothing. ``query-kvm``
 lives with the accelerator choice (``vmd.system.accel``).
 """
@@ -84,6 +84,11 @@ def info_qtree(ctx: Any, _args: list[str]) -> str:
         return "bus: main-system-bus\n  type System\n"
     from vmd.qom.qtree import qtree
     return qtree(machine.board.root_bus)
+
+
+def info_pci(ctx: Any, args: list[str]) -> str:
+    from vmd.hw.pci.info import info_pci as text
+    return text(ctx, args)
 
 
 def info_kvm(ctx: Any, _args: list[str]) -> str:

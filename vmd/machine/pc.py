@@ -11,9 +11,15 @@ Everything is wired here, in one place (Firecracker's builder shape):
   GDTs) and ``pc.bios`` below 4 GiB (a halt loop at the reset vector: vmd
   has no firmware, so without ``-kernel`` the CPU halts, like a PC with no
   boot device);
+* the PCI chipset (``vmd.hw.pci.host``: i440FX host bridge with the
+  configuration ports 0xcf8/0xcfc, PIIX3 at 01.0 routing INTx to GSIs
+  10/11, its IDE and PM functions), MSI routes on KVM (``vmd.machine.msi``)
+  and the services virtio needs: guest RAM views, loop notifiers,
+  ioeventfds;
 * devices from the QOM registry on the port and MMIO buses: the RTC (with
   QEMU's CMOS bytes), i8042, port 0x92, port 0x80, the ACPI PM ports, a
-  16550A per ``-serial``, then every ``-device``;
+  16550A per ``-serial``, then every ``-device`` on the bus its type (or
+  ``bus=``) names;
 * one vCPU per ``-smp`` CPU with the CPUID of ``-cpu``.
 
 Thread use: built on the loop thread; afterwards the buses and devices are
@@ -37,16 +43,22 @@ from vmd.hw.charport import CharPort
 from vmd.hw.clock import LoopClock
 from vmd.hw.context import DeviceContext
 from vmd.hw.misc_ports import IoPort80
+from vmd.hw.notifier import LoopNotifier
 from vmd.hw.pc_cmos import pc_cmos_init, pc_ram_split
+from vmd.hw.pci.bus import CONFIG_ADDRESS_PORT, PciBus
+from vmd.hw.pci.device import PciDevice
+from vmd.hw.pci.host import I440fx, I440fxHost, Piix3, Piix3Ide, Piix4Pm, firmware_setup
+from vmd.hw.virtio.memory import GuestMemory
 from vmd.machine import x86
 from vmd.machine.acpi_pm import PM_BASE, PM_SIZE, SCI_IRQ, AcpiPm
 from vmd.machine.boot import BootError, BootImage, acpi, linux, multiboot, read_file
 from vmd.machine.boot.e820 import memory_map
 from vmd.machine.memory import AddressSpace, MemoryRegion
+from vmd.machine.msi import KvmMsiRoutes
 from vmd.machine.slots import KvmSlots
 from vmd.qom.device import Device, create_device
+from vmd.qom.errors import QOMError
 from vmd.qom.qtree import Bus
-from vmd.qom.types import TYPE_DEVICE, device_type
 
 TSS_ADDR = 0xFEFFD000
 IDENTITY_MAP_ADDR = 0xFEFFC000
@@ -59,11 +71,6 @@ HALT_LOOP = bytes.fromhex("faf4ebfd")  # cli; 1: hlt; jmp 1b
 BUILTIN_DEVICES = ("mc146818rtc", "i8042", "port92")
 #: What QEMU's pc sets on them (its RTC has base_year 0: the year registers hold the real year).
 BUILTIN_PROPERTIES = {"mc146818rtc": {"base_year": "0"}}
-
-
-@device_type("PIIX3", TYPE_DEVICE, user_creatable=False)
-class Piix3(Device):
-    """The PCI-to-ISA bridge that owns ``isa.0`` in ``info qtree``."""
 
 
 class KvmIrq:
@@ -96,16 +103,21 @@ class PcBoard:
         self.mmio = IoBus("memory", unassigned_all_ones=False)
         self.root_bus = Bus("main-system-bus", "System")
         self.isa_bus = Bus("isa.0", "ISA")
-        bridge = Piix3({})
-        bridge.child_buses.append(self.isa_bus)
-        self.root_bus.plug(bridge)
+        self.pci_bus = PciBus("pci.0", self.pio, self.mmio)
+        self.pci_bus.bar_listeners.append(self._bar_mapped)
+        self._bar_regions: dict[tuple[bool, str, int], MemoryRegion] = {}
         self.devices: list[Device] = []
         self.context = DeviceContext(
             pio=self.pio, mmio=self.mmio, irq=lambda gsi: KvmIrq(vm, gsi),
             chardev=lambda chardev_id: self._char_port(services, chardev_id, loop, bql),
             ram_size=self.ram_size, request_reset=services.request_guest_reset,
             request_shutdown=services.request_guest_shutdown, request_exit=services.request_exit,
-            clock=LoopClock(loop, bql), smp_cpus=config.smp.cpus)
+            clock=LoopClock(loop, bql), smp_cpus=config.smp.cpus,
+            memory=self._guest_ram(), msi=KvmMsiRoutes(vm),
+            notifier=lambda callback: LoopNotifier(loop, bql, callback),
+            ioeventfd=lambda fd, address, length, assign: vm.ioeventfd(
+                fd, address, length, pio=False, deassign=not assign))
+        self.piix3 = self._build_chipset()
         self.acpi_pm = AcpiPm(KvmIrq(vm, SCI_IRQ), lambda: services.request_guest_shutdown("guest-shutdown"))
         self._add_devices()
         self.vcpus = self._create_vcpus()
@@ -139,6 +151,26 @@ class PcBoard:
             io.add(base, MemoryRegion.io(name, size, None))
         return memory, AddressSpace("I/O", io)
 
+    def _guest_ram(self) -> GuestMemory:
+        """What devices may DMA to: the flat ranges backed by ``pc.ram``."""
+        ranges = []
+        for flat in self.memory.view:
+            if flat.region.name == "pc.ram" and flat.region.backing is not None:
+                whole = memoryview(flat.region.backing)
+                ranges.append((flat.start, whole[flat.offset:flat.offset + flat.end - flat.start]))
+        return GuestMemory(ranges)
+
+    def _bar_mapped(self, io: bool, name: str, address: int, size: int, mapped: bool) -> None:
+        """Keep ``info mtree`` in step with the guest's BAR placement."""
+        space = self.io if io else self.memory
+        key = (io, name, address)
+        if mapped:
+            region = self._bar_regions[key] = MemoryRegion.io(name, size, None)
+            space.root.add(address, region, priority=0 if io else -1)
+        elif key in self._bar_regions:
+            space.root.remove(self._bar_regions.pop(key))
+        space.commit()
+
     def io_regions(self) -> None:
         """Mirror the buses' device mappings into the tree (for ``info mtree``)."""
         for bus, space in ((self.pio, self.io), (self.mmio, self.memory)):
@@ -156,6 +188,24 @@ class PcBoard:
             return None
         return CharPort(services.chardevs, chardev_id, loop, bql)
 
+    def _build_chipset(self) -> Piix3:
+        """i440FX-pcihost with pci.0: 00.0 host bridge, 01.0 PIIX3 (isa.0), 01.1 IDE, 01.3 PM."""
+        host = I440fxHost({})
+        host.attach_bus(self.pci_bus)
+        self.root_bus.plug(host)
+        assert host.ports is not None
+        self.pio.map(CONFIG_ADDRESS_PORT, 8, host.ports, "pci-conf", max_access=4)
+        self.devices.append(host)
+        piix3 = Piix3({})
+        piix3.child_buses.append(self.isa_bus)
+        for devfn, function in ((0x00, I440fx({})), (0x08, piix3), (0x09, Piix3Ide({})), (0x0B, Piix4Pm({}))):
+            self.pci_bus.attach(function, devfn)
+            function.realize(self.context)
+            self.devices.append(function)
+        self.pci_bus.router = piix3
+        self.pci_bus.first_free_slot = 2
+        return piix3
+
     def _add_devices(self) -> None:
         self.pio.map(0x80, 1, IoPort80(), "ioport80")
         self.pio.map(PM_BASE, PM_SIZE, self.acpi_pm, "acpi-pm", max_access=4)
@@ -167,14 +217,40 @@ class PcBoard:
         for chardev_id in self.config.serials:
             self._realize(create_device({"driver": "isa-serial", "chardev": chardev_id}, user=False))
         for device_config in self.config.devices:
-            self._realize(create_device(dict(device_config.options)))
+            options = dict(device_config.options)
+            self._realize(create_device(options), options.get("bus"))
         self.io_regions()
 
-    def _realize(self, device: Device) -> Device:
-        device.realize(self.context)
-        self.isa_bus.plug(device)
+    def _realize(self, device: Device, bus_name: str | None = None) -> Device:
+        bus = self._bus_for(device, bus_name)
+        if isinstance(device, PciDevice) and isinstance(bus, PciBus):
+            bus.attach(device, device.props.get("addr", -1))
+            try:
+                device.realize(self.context)
+            except QOMError:
+                bus.detach(device)
+                raise
+        else:
+            device.realize(self.context)
+            bus.plug(device)
         self.devices.append(device)
         return device
+
+    def _bus_for(self, device: Device, name: str | None) -> Bus:
+        """The bus ``bus=`` names, or the one of the device's bus type (QEMU's qdev_device_add)."""
+        wanted = device.type_info.bus_type
+        buses = [self.pci_bus, self.isa_bus]
+        if name is not None:
+            bus = next((b for b in buses if b.name == name), None)
+            if bus is None:
+                raise QOMError(f"Bus '{name}' not found")
+            if bus.type_name != wanted:
+                raise QOMError(f"Device '{device.type_name}' can't go on {bus.type_name} bus")
+            return bus
+        bus = next((b for b in buses if b.type_name == wanted), None)
+        if bus is None:
+            raise QOMError(f"No '{wanted}' bus found for device '{device.type_name}'")
+        return bus
 
     # -- CPUs and boot -------------------------------------------------------
 
@@ -216,6 +292,7 @@ class PcBoard:
             self.vm.set_irqchip(state)
         for device in self.devices:
             device.reset()
+        firmware_setup(self.pci_bus, self.piix3)
         self.acpi_pm.reset()
         for address, data in self._firmware + (self.boot.blobs if self.boot else []):
             self.memory.write(address, data)

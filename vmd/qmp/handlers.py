@@ -33,6 +33,7 @@ HANDLER_MODULES: dict[str, tuple[str, ...]] = {
     "qdev": ("vmd.qom.commands",),
     "machine_target": ("vmd.qom.commands",),
     "migration": ("vmd.migration.commands",),
+    "pci": ("vmd.hw.pci.info",),
 }
 
 

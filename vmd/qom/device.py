@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from vmd.qom.errors import QOMError
+from vmd.qom.errors import PropertyValueError, QOMError
 from vmd.qom.types import TYPE_DEVICE, TYPES, TypeInfo, TypeRegistry
 
 if TYPE_CHECKING:
@@ -92,7 +92,10 @@ def create_device(options: dict[str, Any], user: bool = True,
         prop = known.get(key)
         if prop is None:
             raise QOMError(f"Property '{info.name}.{key}' not found")
-        props[key] = prop.parse(value)
+        try:
+            props[key] = prop.parse(value)
+        except PropertyValueError:
+            raise QOMError(f"Property '{info.name}.{key}' doesn't take value '{value}'") from None
     dev_id = options.get("id")
     device: Device = info.instance(props, dev_id if isinstance(dev_id, str) else None)
     return device

@@ -8,3 +8,8 @@ code never imports the QMP server to fail: QMP handlers turn it into a
 
 class QOMError(Exception):
     """Creating or configuring an object failed."""
+
+
+class PropertyValueError(QOMError):
+    """A property refused a value; ``create_device`` names the property
+    (QEMU's "Property 'T.p' doesn't take value 'v'")."""
