@@ -31,3 +31,8 @@ if [ ! -f "$stamp" ]; then
     rm -f .venv/.vmd-setup-*
     touch "$stamp"
 fi
+
+# Byte-compile vmd: an editable install leaves it to the first import, and
+# where PYTHONDONTWRITEBYTECODE is set (or the tree is read-only) every start
+# would compile vmd again, some 40 ms. Up-to-date files are skipped.
+.venv/bin/python -m compileall -q vmd >/dev/null

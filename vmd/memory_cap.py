@@ -16,7 +16,6 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
 
 log = logging.getLogger(__name__)
 
@@ -26,13 +25,15 @@ _SUFFIXES = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
 _CHECK_ABOVE = 1 << 20
 
 
-@dataclass(eq=False)
 class Holder:
-    """One client: how much it holds now, and how to drop it."""
+    """One client: how much it holds now, and how to drop it (compared by identity)."""
 
-    describe: str
-    held: Callable[[], int]
-    drop: Callable[[], None]
+    __slots__ = ("describe", "held", "drop")
+
+    def __init__(self, describe: str, held: Callable[[], int], drop: Callable[[], None]) -> None:
+        self.describe = describe
+        self.held = held
+        self.drop = drop
 
 
 class MemoryCap:

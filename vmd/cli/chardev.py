@@ -44,7 +44,7 @@ CHARDEV_BACKENDS = frozenset({
 _SIMPLE_BACKENDS = ("null", "pty", "msmouse", "wctablet", "braille", "testdev", "stdio")
 _PATH_PREFIXES = (("file:", "file"), ("pipe:", "pipe"), ("pty:", "pty"))
 _SOCKET_PREFIXES = ("tcp:", "telnet:", "tn3270:", "websocket:")
-_HOST_PORT_RE = re.compile(r"([^:]{1,64}):([^,]{1,32})|:([^,]{1,32})")
+_HOST_PORT_RE = r"([^:]{1,64}):([^,]{1,32})|:([^,]{1,32})"  # compiled on first use
 
 
 class CompatParseError(OptionError):
@@ -165,7 +165,7 @@ def _parse_udp(rest: str, options: dict[str, str]) -> None:
 
 def _host_port(text: str) -> tuple[str, str, int]:
     """Split ``HOST:PORT`` or ``:PORT``; return host, port, end index."""
-    match = _HOST_PORT_RE.match(text)
+    match = re.match(_HOST_PORT_RE, text)
     if not match:
         raise CompatParseError("")
     if match.group(3) is not None:

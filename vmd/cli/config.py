@@ -1,32 +1,43 @@
 """The configuration the rest of vmd reads, as produced by the CLI parser.
 
 Everything here is plain data: the parser fills it in from argv without
-touching files, sockets or the environment.
+touching files, sockets or the environment. Every vmd start imports this
+module before its first reply, so the records are plain classes
+(:class:`vmd.record.Record`), not dataclasses.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
+
+from vmd.record import Record
 
 #: Machine type used when no -machine/-M gives one.  QEMU defaults to 'pc';
 #: vmd defaults to 'none' (a storage daemon needs no /dev/kvm).
 DEFAULT_MACHINE = "none"
 
 
-@dataclass(frozen=True)
-class MachineClass:
+class MachineClass(Record):
     """A machine type vmd can build (QEMU's MachineClass): what ``-machine
-    help``, ``query-machines`` and the QOM type list report about it."""
+    help``, ``query-machines`` and the QOM type list report about it.
 
-    name: str
-    desc: str
-    alias: str | None = None
-    cpu_max: int = 1
-    default_cpu_type: str | None = None
-    default_ram_id: str = "ram"
-    #: QOM parent of ``NAME-machine`` (QEMU's: ``generic-pc-machine`` for pc).
-    qom_parent: str = "machine"
+    ``qom_parent`` is the QOM parent of ``NAME-machine`` (QEMU's:
+    ``generic-pc-machine`` for pc).
+    """
+
+    __slots__ = ("name", "desc", "alias", "cpu_max", "default_cpu_type",
+                 "default_ram_id", "qom_parent")
+
+    def __init__(self, name: str, desc: str, *, alias: str | None = None, cpu_max: int = 1,
+                 default_cpu_type: str | None = None, default_ram_id: str = "ram",
+                 qom_parent: str = "machine") -> None:
+        self.name = name
+        self.desc = desc
+        self.alias = alias
+        self.cpu_max = cpu_max
+        self.default_cpu_type = default_cpu_type
+        self.default_ram_id = default_ram_id
+        self.qom_parent = qom_parent
 
     @property
     def is_default(self) -> bool:
@@ -58,8 +69,7 @@ def machine_class(name: str) -> MachineClass | None:
 DEFAULT_RAM_BYTES = 128 << 20
 
 
-@dataclass
-class ChardevConfig:
+class ChardevConfig(Record):
     """One character device, from -chardev or a -serial/-monitor/-qmp shorthand.
 
     ``options`` holds the remaining QemuOpts keys as the user wrote them
@@ -67,35 +77,52 @@ class ChardevConfig:
     :func:`vmd.cli.chardev.socket_flags` for server/wait with CLI defaults.
     """
 
-    id: str
-    backend: str
-    options: dict[str, str] = field(default_factory=dict)
+    __slots__ = ("id", "backend", "options")
+
+    def __init__(self, id: str, backend: str, options: dict[str, str]) -> None:
+        self.id = id
+        self.backend = backend
+        self.options = options
 
 
-@dataclass
-class MonitorConfig:
+class MonitorConfig(Record):
     """A monitor on a chardev: 'control' is QMP, 'readline' is HMP."""
 
-    chardev: str
-    mode: str = "readline"
-    pretty: bool = False
+    __slots__ = ("chardev", "mode", "pretty")
+
+    def __init__(self, chardev: str, mode: str = "readline", pretty: bool = False) -> None:
+        self.chardev = chardev
+        self.mode = mode
+        self.pretty = pretty
 
 
-@dataclass
-class SmpConfig:
+class SmpConfig(Record):
     """CPU topology after QEMU's rules for filling in omitted values."""
 
-    cpus: int = 1
-    sockets: int = 1
-    dies: int = 1
-    clusters: int = 1
-    cores: int = 1
-    threads: int = 1
-    maxcpus: int = 1
+    __slots__ = ("cpus", "sockets", "dies", "clusters", "cores", "threads", "maxcpus")
+
+    def __init__(self, *, cpus: int = 1, sockets: int = 1, dies: int = 1, clusters: int = 1,
+                 cores: int = 1, threads: int = 1, maxcpus: int = 1) -> None:
+        self.cpus = cpus
+        self.sockets = sockets
+        self.dies = dies
+        self.clusters = clusters
+        self.cores = cores
+        self.threads = threads
+        self.maxcpus = maxcpus
 
 
-@dataclass
-class BlockdevConfig:
+class _OptionTree(Record):
+    """An option given as keyval/QemuOpts (string leaves) or as JSON."""
+
+    __slots__ = ("options", "from_json")
+
+    def __init__(self, options: dict[str, Any], from_json: bool = False) -> None:
+        self.options = options
+        self.from_json = from_json
+
+
+class BlockdevConfig(_OptionTree):
     """A -blockdev tree.
 
     With ``from_json`` false every leaf is a string (keyval syntax) and the
@@ -103,63 +130,67 @@ class BlockdevConfig:
     input visitor does; with it true the values are already JSON-typed.
     """
 
-    options: dict[str, Any]
-    from_json: bool = False
+    __slots__ = ()
 
 
-@dataclass
-class DriveConfig:
+class DriveConfig(Record):
     """A -drive (vmd.cli.drive): a named BlockBackend over a node tree.
 
     ``options`` holds the node keys as written (flat, dotted, string
     values) for :mod:`vmd.block.drive` to open; the rest are the drive's
-    and its BlockBackend's settings.
+    and its BlockBackend's settings, which the parser fills in one by one.
     """
 
-    id: str | None
-    file: str | None = None
-    interface: str | None = None
-    unit: int | None = None
-    media: str = "disk"
-    read_only: bool = False
-    copy_on_read: bool = False
-    writeback: bool = True
-    aio: str | None = None
-    detect_zeroes: str | None = None
-    werror: str | None = None
-    rerror: str | None = None
-    throttling: dict[str, str] = field(default_factory=dict)
-    options: dict[str, str] = field(default_factory=dict)
+    __slots__ = ("id", "file", "interface", "unit", "media", "read_only", "copy_on_read",
+                 "writeback", "aio", "detect_zeroes", "werror", "rerror", "throttling", "options")
+
+    def __init__(self, id: str | None, file: str | None = None) -> None:
+        self.id = id
+        self.file = file
+        self.interface: str | None = None
+        self.unit: int | None = None
+        self.media = "disk"
+        self.read_only = False
+        self.copy_on_read = False
+        self.writeback = True
+        self.aio: str | None = None
+        self.detect_zeroes: str | None = None
+        self.werror: str | None = None
+        self.rerror: str | None = None
+        self.throttling: dict[str, str] = {}
+        self.options: dict[str, str] = {}
 
 
-@dataclass
-class DeviceConfig:
+class DeviceConfig(_OptionTree):
     """A -device: QemuOpts (string values, ``driver`` and maybe ``id``) or JSON."""
 
-    options: dict[str, Any]
-    from_json: bool = False
+    __slots__ = ()
 
 
-@dataclass
-class ObjectConfig:
+class ObjectConfig(_OptionTree):
     """An -object: keyval (string leaves, ``qom-type`` implied) or JSON."""
 
-    options: dict[str, Any]
-    from_json: bool = False
+    __slots__ = ()
 
 
-@dataclass
-class FdSetEntry:
+class FdSetEntry(Record):
     """One ``-add-fd``: ``fd`` (inherited, open) belongs to fd set ``fdset``."""
 
-    fdset: int
-    fd: int
-    opaque: str | None = None
+    __slots__ = ("fdset", "fd", "opaque")
+
+    def __init__(self, fdset: int, fd: int, opaque: str | None = None) -> None:
+        self.fdset = fdset
+        self.fd = fd
+        self.opaque = opaque
 
 
-@dataclass
 class Config:
-    """The whole parsed command line."""
+    """The whole parsed command line.
+
+    A plain class: the parser assigns attributes one option at a time.
+    Scalars start as the class attributes below; ``__init__`` gives each
+    configuration its own lists and dicts.
+    """
 
     name: str | None = None
     process_name: str | None = None
@@ -167,7 +198,6 @@ class Config:
     start_paused: bool = False
     daemonize: bool = False
     pidfile: str | None = None
-    machine: dict[str, str] = field(default_factory=lambda: {"type": DEFAULT_MACHINE})
     nodefaults: bool = False
     display: str = "none"
     nographic: bool = False
@@ -176,33 +206,36 @@ class Config:
     memory_bytes: int = DEFAULT_RAM_BYTES
     memory_slots: int | None = None
     memory_maxmem: int | None = None
-    smp: SmpConfig = field(default_factory=SmpConfig)
+    smp: SmpConfig = SmpConfig()
     cpu: str | None = None
-    accels: list[dict[str, str]] = field(default_factory=list)
     kernel: str | None = None
     initrd: str | None = None
     append: str | None = None
     logfile: str | None = None
-    log_items: list[str] = field(default_factory=list)      # -d, besides trace:
-    # -trace/-d trace: in order: (where, "enable", pattern) or (where, "events", file)
-    trace: list[tuple[str, str, str]] = field(default_factory=list)
     stop_grace: float | None = None
-    chardevs: list[ChardevConfig] = field(default_factory=list)
-    monitors: list[MonitorConfig] = field(default_factory=list)
-    serials: list[str] = field(default_factory=list)
-    blockdevs: list[BlockdevConfig] = field(default_factory=list)
-    drives: list[DriveConfig] = field(default_factory=list)
     #: ``-qtest``: the chardev spec of the qtest protocol (vmd.qtest).
     qtest: str | None = None
-    devices: list[DeviceConfig] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
     # Options management tools set (vmd.cli.system_opts).
     uuid: str | None = None
     mem_lock: bool = False
     msg_timestamp: bool = False
     no_new_privs: bool = False
-    fdsets: list[FdSetEntry] = field(default_factory=list)
-    objects: list[ObjectConfig] = field(default_factory=list)
+
+    def __init__(self) -> None:
+        self.machine: dict[str, str] = {"type": DEFAULT_MACHINE}
+        self.accels: list[dict[str, str]] = []
+        self.log_items: list[str] = []       # -d, besides trace:
+        # -trace/-d trace: in order: (where, "enable", pattern) or (where, "events", file)
+        self.trace: list[tuple[str, str, str]] = []
+        self.chardevs: list[ChardevConfig] = []
+        self.monitors: list[MonitorConfig] = []
+        self.serials: list[str] = []
+        self.blockdevs: list[BlockdevConfig] = []
+        self.drives: list[DriveConfig] = []
+        self.devices: list[DeviceConfig] = []
+        self.warnings: list[str] = []
+        self.fdsets: list[FdSetEntry] = []
+        self.objects: list[ObjectConfig] = []
 
     @property
     def memory_mib(self) -> int:
@@ -225,15 +258,20 @@ class Config:
         return next((c for c in self.chardevs if c.id == chardev_id), None)
 
 
-@dataclass
-class HelpRequest:
+class _TextRequest(Record):
+    __slots__ = ("text",)
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+
+class HelpRequest(_TextRequest):
     """The command line asked for help; print ``text`` and exit 0."""
 
-    text: str
+    __slots__ = ()
 
 
-@dataclass
-class VersionRequest:
+class VersionRequest(_TextRequest):
     """The command line asked for the version; print ``text`` and exit 0."""
 
-    text: str
+    __slots__ = ()

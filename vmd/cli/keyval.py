@@ -29,8 +29,9 @@ from vmd.cli.qemu_opts import read_value
 KeyvalTree = dict[str, Any]
 
 _MAX_FRAGMENT = 127
-_QAPI_NAME_RE = re.compile(r"(?:__[A-Za-z0-9.-]*_)?[A-Za-z][A-Za-z0-9_-]*")
-_INDEX_RE = re.compile(r"[0-9]+")
+# Patterns are compiled on first use (re caches them), not at every start.
+_QAPI_NAME_RE = r"(?:__[A-Za-z0-9.-]*_)?[A-Za-z][A-Za-z0-9_-]*"
+_INDEX_RE = r"[0-9]+"
 
 
 def parse_keyval_or_json(text: str, implied_key: str | None = None) -> tuple[KeyvalTree, bool]:
@@ -101,7 +102,8 @@ def _split_key(key: str) -> list[str]:
     fragments: list[str] = []
     pos = 0
     while True:
-        match = (fragments and _INDEX_RE.match(key, pos)) or _QAPI_NAME_RE.match(key, pos)
+        match = ((fragments and re.compile(_INDEX_RE).match(key, pos))
+                 or re.compile(_QAPI_NAME_RE).match(key, pos))
         end = match.end() if match else pos
         if end == pos or (end < len(key) and key[end] != "."):
             raise OptionError(f"Invalid parameter '{key}'")
@@ -138,7 +140,7 @@ def _listify(node: KeyvalTree, path: list[str]) -> Any:
     for key, child in list(node.items()):
         if isinstance(child, dict):
             node[key] = _listify(child, path + [key])
-    is_index = [bool(_INDEX_RE.fullmatch(key)) for key in node]
+    is_index = [bool(re.fullmatch(_INDEX_RE, key)) for key in node]
     if not any(is_index):
         return node
     prefix = "".join(part + "." for part in path)

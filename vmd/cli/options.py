@@ -6,20 +6,22 @@ The parser dispatches on :attr:`OptionSpec.name`; aliases map onto it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import vmd
+from vmd.record import Record
 
 
-@dataclass(frozen=True)
-class OptionSpec:
+class OptionSpec(Record):
     """One option: canonical name, aliases, argument (None: a flag), help."""
 
-    name: str
-    arg: str | None
-    help: str
-    group: str
-    aliases: tuple[str, ...] = ()
+    __slots__ = ("name", "arg", "help", "group", "aliases")
+
+    def __init__(self, name: str, arg: str | None, help: str, group: str,
+                 aliases: tuple[str, ...] = ()) -> None:
+        self.name = name
+        self.arg = arg
+        self.help = help
+        self.group = group
+        self.aliases = aliases
 
     @property
     def names(self) -> tuple[str, ...]:

@@ -13,7 +13,6 @@ display to put them on); ``Config.nodefaults`` is recorded for later.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 from vmd.cli import chardev as chardev_mod
 from vmd.cli import drive as drive_mod
@@ -61,19 +60,19 @@ _OTHER_DISPLAYS = frozenset({"sdl", "gtk", "vnc", "curses", "egl-headless",
 _MONITOR_MODES = ("readline", "control")
 
 
-@dataclass
 class _State:
     """Everything collected while walking argv, plus where things came from."""
 
-    config: Config = field(default_factory=Config)
-    where: dict[str, str] = field(default_factory=dict)    # chardev id -> location
-    monitor_index: int = 0
-    serial_refs: list[tuple[str, str]] = field(default_factory=list)
-    mon_refs: list[tuple[str, str]] = field(default_factory=list)
-    machine_where: str | None = None
-    smp_values: dict[str, int] = field(default_factory=dict)
-    smp_given: bool = False
-    memory: tuple[str, int, int | None, int | None] | None = None
+    def __init__(self) -> None:
+        self.config = Config()
+        self.where: dict[str, str] = {}    # chardev id -> location
+        self.monitor_index = 0
+        self.serial_refs: list[tuple[str, str]] = []
+        self.mon_refs: list[tuple[str, str]] = []
+        self.machine_where: str | None = None
+        self.smp_values: dict[str, int] = {}
+        self.smp_given = False
+        self.memory: tuple[str, int, int | None, int | None] | None = None
 
 
 def parse_args(argv: list[str]) -> ParseResult:
@@ -491,6 +490,8 @@ def _check_accel(config: Config) -> None:
 def _check_machine_options(config: Config) -> None:
     """``-machine`` keys are the machine's properties (vmd.qom.objects), with
     QEMU's texts; a feature vmd lacks may only be switched off."""
+    if config.machine.keys() <= {"type", "accel"}:
+        return  # nothing to check: keep vmd.qom out of start-up
     from vmd.qom.errors import QOMError
     from vmd.qom.objects import ABSENT_FEATURES, MACHINE_PROPERTIES, machine_type_name
     known = {prop.name: prop for prop in MACHINE_PROPERTIES}

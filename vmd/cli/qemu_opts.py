@@ -22,16 +22,17 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Literal
 
 from vmd.cli.errors import OptionError
+from vmd.record import Record
 
 OptType = Literal["string", "bool", "number", "size"]
 
 _TRUE_WORDS = frozenset({"on", "yes", "true", "y"})
 _FALSE_WORDS = frozenset({"off", "no", "false", "n"})
-_ID_RE = re.compile(r"[A-Za-z][A-Za-z0-9_.-]*\Z")
+# Patterns are compiled on first use (re caches them), not at every start.
+_ID_RE = r"[A-Za-z][A-Za-z0-9_.-]*\Z"
 _SIZE_SUFFIXES = {"B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30,
                   "T": 1 << 40, "P": 1 << 50, "E": 1 << 60}
 SIZE_HINT = ("Optional suffix k, M, G, T, P or E means kilo-, mega-, giga-, "
@@ -39,25 +40,31 @@ SIZE_HINT = ("Optional suffix k, M, G, T, P or E means kilo-, mega-, giga-, "
 ID_HINT = "Identifiers consist of letters, digits, '-', '.', '_', starting with a letter."
 
 
-@dataclass(frozen=True)
-class OptsSpec:
+class OptsSpec(Record):
     """Describes one QemuOpts list (QEMU's QemuOptsList).
 
     ``desc`` maps each accepted key to its type; ``None`` means any key is
     accepted and left as a string for the consumer to check.
     """
 
-    name: str
-    implied_key: str | None = None
-    desc: Mapping[str, OptType] | None = None
+    __slots__ = ("name", "implied_key", "desc")
+
+    def __init__(self, name: str, implied_key: str | None = None,
+                 desc: Mapping[str, OptType] | None = None) -> None:
+        self.name = name
+        self.implied_key = implied_key
+        self.desc = desc
 
 
-@dataclass
-class QemuOpts:
+class QemuOpts(Record):
     """One parsed option argument: its id and ordered ``(key, value)`` pairs."""
 
-    id: str | None = None
-    items: list[tuple[str, str]] = field(default_factory=list)
+    __slots__ = ("id", "items")
+
+    def __init__(self, id: str | None = None,
+                 items: list[tuple[str, str]] | None = None) -> None:
+        self.id = id
+        self.items: list[tuple[str, str]] = [] if items is None else items
 
     def get(self, key: str, default: str | None = None) -> str | None:
         """Return the last value given for ``key`` (QEMU: last one wins)."""
@@ -153,7 +160,7 @@ def is_help_option(value: str) -> bool:
 
 def is_valid_id(value: str) -> bool:
     """QEMU's id_wellformed(): a letter, then letters, digits, '-', '.', '_'."""
-    return bool(_ID_RE.match(value))
+    return bool(re.match(_ID_RE, value))
 
 
 def parse_opts(spec: OptsSpec, params: str,
@@ -228,7 +235,7 @@ def _parse_c_uint(value: str) -> int | None:
     return None
 
 
-_SIZE_RE = re.compile(
+_SIZE_RE = (
     r"[ \t\n\r\f\v]*\+?(?:(?P<hex>0[xX][0-9a-fA-F]+)|(?P<int>[0-9]+)(?P<frac>\.[0-9]*)?)"
     r"(?P<suffix>[BbKkMmGgTtPpEe])?\Z")
 
@@ -238,7 +245,7 @@ def parse_size(name: str, value: str) -> int:
 
     ``1.5G`` is fine, a fraction needs a suffix, ``1GB`` is not a size.
     """
-    match = _SIZE_RE.match(value)
+    match = re.match(_SIZE_RE, value)
     if not match or (match["frac"] is not None and not match["suffix"]):
         raise OptionError(f"Parameter '{name}' expects a non-negative number below 2^64",
                           SIZE_HINT)

@@ -53,7 +53,7 @@ ADD_FD_SPEC = OptsSpec("add-fd", desc={"fd": "number", "set": "number", "opaque"
 #: The option lists ``query-command-line-options`` reports (not sandbox).
 LISTED_SPECS = (RTC_SPEC, BOOT_SPEC, OVERCOMMIT_SPEC, MSG_SPEC, ADD_FD_SPEC)
 
-_UUID_RE = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\Z")
+_UUID_RE = r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\Z"  # compiled on first use
 #: -boot keys that hold trivially without firmware (strict=on: nothing to fall back to).
 _BOOT_HARMLESS = ("strict", "splash-time", "reboot-timeout")
 _SANDBOX_VALUES = {"obsolete": ("allow", "deny"), "elevateprivileges": ("allow", "deny", "children"),
@@ -61,7 +61,7 @@ _SANDBOX_VALUES = {"obsolete": ("allow", "deny"), "elevateprivileges": ("allow",
 
 
 def _uuid(config: Config, arg: str) -> None:
-    if not _UUID_RE.match(arg):
+    if not re.match(_UUID_RE, arg):
         raise OptionError("failed to parse UUID string: wrong format")
     config.uuid = arg.lower()
 

@@ -17,7 +17,6 @@ The README's "Security" section is the user-facing account of this.
 
 from __future__ import annotations
 
-import ipaddress
 import socket
 import struct
 from typing import Any
@@ -51,6 +50,7 @@ def is_loopback(host: str) -> bool:
     """Whether ``host`` names only this machine (a loopback address or ``localhost``)."""
     if host == "localhost":
         return True
+    import ipaddress  # only for TCP monitors: not on every start's path
     try:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:

@@ -36,8 +36,9 @@ from __future__ import annotations
 import json
 import re
 import sys
-from dataclasses import dataclass
 from typing import Any
+
+from vmd.record import Record
 
 MAX_TOKEN_SIZE = 64 << 20
 MAX_TOKEN_COUNT = 2 << 20
@@ -47,12 +48,14 @@ MAX_NESTING = 1024
 sys.setrecursionlimit(max(sys.getrecursionlimit(), 4 * MAX_NESTING + 100))
 
 
-@dataclass(frozen=True, slots=True)
-class Message:
+class Message(Record):
     """One complete input message: a parsed value, or QEMU's error text."""
 
-    value: Any = None
-    error: str | None = None
+    __slots__ = ("value", "error")
+
+    def __init__(self, value: Any = None, error: str | None = None) -> None:
+        self.value = value
+        self.error = error
 
 
 # Token types.

@@ -11,7 +11,6 @@ ask of the process, done once at start-up (after ``-daemonize``).
 
 from __future__ import annotations
 
-import ctypes
 import os
 
 from vmd.cli.config import Config
@@ -25,6 +24,7 @@ def apply(config: Config) -> None:
     """Raise StartupError when the kernel refuses what was asked."""
     if not (config.mem_lock or config.no_new_privs):
         return
+    import ctypes  # only when asked for: not on every start's path
     libc = ctypes.CDLL(None, use_errno=True)
     if config.mem_lock and libc.mlockall(_MCL_CURRENT | _MCL_FUTURE) != 0:
         raise StartupError(f"locking memory failed: {os.strerror(ctypes.get_errno())}")

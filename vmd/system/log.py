@@ -16,15 +16,18 @@ record per message.
 Threads: records are formatted where they are logged and queued; one
 writer thread does the writes, so a slow terminal, a full pipe or a slow
 disk never blocks the event loop. ``shutdown_logging`` drains the queue.
+This is what ``logging.handlers``' QueueHandler and QueueListener do; they
+are not used because that module (with ``pickle``, which it imports) costs
+some 3 ms of every start.
 """
 
 from __future__ import annotations
 
 import logging
-import logging.handlers
 import os
 import queue
 import sys
+import threading
 import time
 from typing import TextIO
 
@@ -98,11 +101,47 @@ class _Logging:
             raise LogFileError(f"Error opening logfile {path}: {error.strerror}") from None
         journal = path is None and _stderr_is_journal()
         self.output.setFormatter(_LineFormatter(journal, timestamp))
-        records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
-        self.listener = logging.handlers.QueueListener(records, self.output)
-        # QueueHandler merges the arguments into the message where the
-        # record is made (they may change later), the writer thread the rest.
-        self.enqueue = logging.handlers.QueueHandler(records)
+        self.enqueue = _Enqueue()
+        self.listener = _Writer(self.enqueue.records, self.output)
+
+
+class _Enqueue(logging.Handler):
+    """Queues each record for the writer thread, its message made here.
+
+    The arguments (which may change later) and any traceback are merged
+    into the message where the record is made; the writer formats the line.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: queue.SimpleQueue[logging.LogRecord | None] = queue.SimpleQueue()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        record.msg = record.message = self.format(record)
+        record.args = record.exc_info = record.exc_text = record.stack_info = None
+        self.records.put(record)
+
+
+class _Writer:
+    """The writer thread: hands queued records to the output handler."""
+
+    def __init__(self, records: queue.SimpleQueue[logging.LogRecord | None],
+                 output: logging.Handler) -> None:
+        self._records = records
+        self._output = output
+        self._thread = threading.Thread(target=self._run, name="vmd-log", daemon=True)
+
+    def _run(self) -> None:
+        while (record := self._records.get()) is not None:
+            self._output.handle(record)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Write what is queued, then end the thread."""
+        self._records.put(None)
+        self._thread.join()
 
 
 _active: _Logging | None = None

@@ -19,8 +19,9 @@ import inspect
 import json
 import logging
 from collections.abc import Awaitable, Iterable
-from dataclasses import dataclass
 from typing import Any, TypeVar
+
+from vmd.record import Record
 
 _log = logging.getLogger("vmd.trace")
 
@@ -29,10 +30,14 @@ class TraceError(Exception):
     """A ``-trace``/``-d`` argument vmd cannot apply."""
 
 
-@dataclass
-class TraceEvent:
-    name: str
-    enabled: bool = False
+class TraceEvent(Record):
+    """One event and whether it prints."""
+
+    __slots__ = ("name", "enabled")
+
+    def __init__(self, name: str, enabled: bool = False) -> None:
+        self.name = name
+        self.enabled = enabled
 
 
 _EVENTS: dict[str, TraceEvent] = {}
