@@ -6,7 +6,7 @@
 set -eu
 cd "$(dirname "$0")/.."
 
-PACKAGES="python3 python3-venv qemu-system-x86 qemu-utils libnbd-bin tmux gcc linux-libc-dev curl xz-utils"
+PACKAGES="python3 python3-venv qemu-system-x86 qemu-utils libnbd-bin tmux gcc linux-libc-dev curl xz-utils liburing-dev"
 
 ./scripts/apt-install.sh $PACKAGES
 

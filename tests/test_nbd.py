@@ -573,6 +573,13 @@ async def test_many_requests_in_flight_are_all_answered(nbd: Setup, monkeypatch:
         most = max(most, self._requests)
 
     monkeypatch.setattr(server_module._Client, "_admit", counting_admit)
+    read = nbd.node._co_read
+
+    async def waiting_read(offset: int, buf: memoryview) -> None:
+        await asyncio.sleep(0)  # as a disk read would: the request must wait
+        await read(offset, buf)
+
+    monkeypatch.setattr(nbd.node, "_co_read", waiting_read)
     reader, writer = await raw_client(nbd.sock)
     count = 50
     writer.write(b"".join(req(p.Cmd.READ, MiB, 4096, cookie=i) for i in range(count))
@@ -590,6 +597,33 @@ async def test_many_requests_in_flight_are_all_answered(nbd: Setup, monkeypatch:
     assert set(seen) == set(range(count))
     assert 1 < most <= server_module.MAX_REQUESTS
     assert all(data == bytes(range(256)) * 16 for data in seen.values())
+    writer.write(req(p.Cmd.DISC))
+    assert await reader.read() == b""
+    writer.close()
+
+
+async def test_requests_needing_no_wait_are_served_without_a_task(
+        nbd: Setup, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Reads the page cache serves are answered in the receive loop; a
+    request that has to wait goes on in a task and is answered too."""
+    from vmd.block.nbd import server as server_module
+    tasks = 0
+    go_on = server_module._go_on
+
+    def counting_go_on(*args: Any) -> Any:
+        nonlocal tasks
+        tasks += 1
+        return go_on(*args)
+
+    monkeypatch.setattr(server_module, "_go_on", counting_go_on)
+    reader, writer = await raw_client(nbd.sock)
+    for cookie in range(3):   # the data is in the page cache: no wait
+        writer.write(req(p.Cmd.READ, MiB, 4096, cookie=cookie))
+        assert (await read_chunk(reader))[2] == cookie
+    assert tasks == 0
+    writer.write(req(p.Cmd.FLUSH, cookie=7))  # fdatasync waits for a worker
+    assert (await read_chunk(reader))[:3] == (0, -1, 7)
+    assert tasks == 1
     writer.write(req(p.Cmd.DISC))
     assert await reader.read() == b""
     writer.close()

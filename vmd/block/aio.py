@@ -21,12 +21,16 @@ large requests in parallel on several workers finish sooner than in a row.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
+from vmd.block.uring import Ring
+
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 WORKERS = 8
 ALONE_BYTES = 64 << 10
@@ -125,13 +129,53 @@ def _pwrite_full(fd: int, data: memoryview, offset: int) -> None:
         done += os.pwritev(fd, [data[done:]], offset + done)
 
 
+#: ``VMD_AIO=threads`` keeps reads and writes on the worker threads even
+#: where io_uring works (for comparison, and the tests of both engines).
+ENGINE_ENV = "VMD_AIO"
+_ring: tuple[asyncio.AbstractEventLoop, Ring | None] | None = None
+
+
+def ring() -> Ring | None:
+    """The running loop's io_uring, or None where reads and writes go to workers."""
+    global _ring
+    loop = asyncio.get_running_loop()
+    if _ring is not None and _ring[0] is loop:
+        return _ring[1]
+    if _ring is not None and _ring[1] is not None and not _ring[1].busy:
+        _ring[1].close()  # an earlier loop's (tests run several in turn)
+    made = None
+    if os.environ.get(ENGINE_ENV, "io_uring") != "threads":
+        try:
+            made = Ring.open(loop)
+        except OSError as error:
+            log.debug("io_uring unavailable (%s): file I/O on worker threads", error)
+    _ring = (loop, made)
+    return made
+
+
 async def pread(fd: int, buf: memoryview, offset: int) -> int:
     """Read into ``buf`` (zeroes past EOF); returns bytes read from file."""
-    return await run(_pread_full, fd, buf, offset)
+    uring = ring()
+    if uring is None:
+        return await run(_pread_full, fd, buf, offset)
+    done = 0
+    while done < len(buf):
+        count = await uring.read(fd, buf[done:], offset + done)
+        if count == 0:
+            buf[done:] = bytes(len(buf) - done)
+            break
+        done += count
+    return done
 
 
 async def pwrite(fd: int, data: memoryview, offset: int) -> None:
-    await run(_pwrite_full, fd, data, offset)
+    uring = ring()
+    if uring is None:
+        await run(_pwrite_full, fd, data, offset)
+        return
+    done = 0
+    while done < len(data):
+        done += await uring.write(fd, data[done:], offset + done)
 
 
 async def fdatasync(fd: int) -> None:

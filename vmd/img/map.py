@@ -98,7 +98,7 @@ class Mapper:
         self._prealloc[id(node)] = result
         return result
 
-    async def _status(self, node: BlockNode, offset: int, length: int) -> tuple[Status, int, int | None]:
+    async def _status(self, node: BlockNode, offset: int, length: int) -> tuple[int, int, int | None]:
         ext = await node.block_status(offset, length)
         status, count, where = ext.status, ext.length, ext.file_offset
         if (isinstance(node, Qcow2Node) and where is not None and status & Status.DATA

@@ -271,7 +271,7 @@ class FileNode(BlockNode):
             if count:
                 buf = buf.cast("B")[count:]
                 offset += count
-        await aio.run(aio._pread_full, self.fd, buf, offset)
+        await aio.pread(self.fd, buf, offset)
 
     async def _co_write(self, offset: int, data: memoryview) -> None:
         end = offset + len(data)
@@ -292,7 +292,7 @@ class FileNode(BlockNode):
                     data = data.cast("B")[count:]
                     offset += count
             if data:
-                await aio.run(aio._pwrite_full, self.fd, data, offset)
+                await aio.pwrite(self.fd, data, offset)
         else:
             align = self.request_alignment
             start = offset - offset % align

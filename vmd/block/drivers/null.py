@@ -66,7 +66,7 @@ class NullNode(BlockNode):
     async def _co_block_status(self, offset: int, length: int) -> Extent:
         if self.read_zeroes:
             return Extent(length, Status.ZERO | Status.ALLOCATED, offset)
-        return Extent(length, Status(0), offset)
+        return Extent(length, 0, offset)
 
 
 @driver("null-co", "null-aio")

@@ -2,8 +2,11 @@
 
 ``NBDServer`` listens on a Unix or TCP socket. Each connection runs the
 handshake of ``protocol.ServerConnection``, then serves requests
-concurrently: every checked request becomes a task, and replies go out in
-whatever order the tasks finish (each request's chunks are queued together,
+concurrently: each checked request starts at once, in the receive loop, and
+one that must wait (for the disk, a lock, a drained section) goes on as a
+task of its own; one that needs no wait (a read the page cache serves) is
+answered without a task. Replies go out in whatever order requests finish
+(each request's chunks are queued together,
 so replies never interleave; the replies queued in one turn of the event
 loop go out in one gathered write). The receive loop stops
 reading while a client has ``MAX_REQUESTS`` requests or ``MAX_BYTES`` of
@@ -26,8 +29,10 @@ import errno
 import logging
 import os
 import socket
-from collections.abc import Sequence
+import types
+from collections.abc import Coroutine, Generator, Sequence
 from contextlib import suppress
+from typing import Any
 
 from vmd.block.backend import BlockBackend
 from vmd.block.nbd import protocol as p
@@ -208,6 +213,20 @@ class NBDServer:
         return sum(1 for client in self._clients if client.serving)
 
 
+@types.coroutine
+def _go_on(coro: Coroutine[Any, Any, None], waiting_for: Any) -> Generator[Any, None, None]:
+    """The rest of a request coroutine that was started by hand and had to wait.
+
+    As a task's own first step, this hands the task what the coroutine waits
+    for (a future, or None for a bare yield); once that is done, the
+    coroutine goes on inside the task, where its ``await`` sees the result.
+    (Python 3.12's eager tasks do the same.) Request tasks are never
+    cancelled: a client's requests are waited for when it goes away.
+    """
+    yield waiting_for
+    yield from coro  # type: ignore[misc]  # a started coroutine, resumed
+
+
 class _Client:
     """One connection: the receive loop and its request tasks."""
 
@@ -267,9 +286,11 @@ class _Client:
         conn = self.conn
         await self._send(conn.data_to_send())
         while not self.aborted:
-            await self._capacity.wait()
+            if not self._capacity.is_set():
+                await self._capacity.wait()
             event = conn.next_event()
-            await self._send(conn.data_to_send())
+            if output := conn.data_to_send():
+                await self._send(output)
             if event is p.NEED_DATA:
                 data = await self.reader.read(_READ_SIZE)
                 conn.receive_data(data)
@@ -296,7 +317,12 @@ class _Client:
             self._capacity.clear()
         if CAP.check(self.holder):
             return
-        task = asyncio.get_running_loop().create_task(self._serve(request, cost))
+        coro = self._serve(request, cost)
+        try:
+            waiting_for = coro.send(None)  # run it now, up to its first wait
+        except StopIteration:
+            return  # served without a wait: no task needed
+        task = asyncio.get_running_loop().create_task(_go_on(coro, waiting_for))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 

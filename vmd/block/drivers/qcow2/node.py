@@ -760,7 +760,7 @@ class Qcow2Node(BlockNode):
         if kind == _ZERO:
             # A preallocated zero cluster still says where it lies (QEMU: OFFSET_VALID).
             return Extent(n, Status.ZERO | Status.ALLOCATED, host + in_off if host else None)
-        return Extent(n, Status.ZERO if self.backing is None else Status(0))
+        return Extent(n, Status.ZERO if self.backing is None else 0)
 
 
 async def open_image(path: str, *, read_only: bool = False, backing: bool = True,
