@@ -140,7 +140,7 @@ def normalise(result: list[Any], root: Path) -> list[Any]:
     # How far a running job got (and how much it found to copy) when the
     # query came is a race in both.
     for member in ("len", "offset", "current-progress", "total-progress"):
-        text = re.sub(rf'"{member}": \d+(, [^]]*?"status": "running")', rf'"{member}": "-"\1', text)
+        text = re.sub(rf'"{member}": \d+(, [^]}}]*?"status": "running")', rf'"{member}": "-"\1', text)
     loaded: list[Any] = json.loads(text)
     return loaded
 

@@ -212,6 +212,8 @@ def test_corrupt_refcount_table_is_refused_or_reported(tmp_path: Path) -> None:
 
 
 def test_snapshot_sync_and_write_threshold_event(tmp_path: Path) -> None:
+    """The export of the old top follows the snapshot onto the overlay (as
+    in QEMU, an overlay put over a node nobody uses would go away again)."""
     base = tmp_path / "base.qcow2"
     qemu_img("create", "-f", "qcow2", str(base), "4M")
     overlay = tmp_path / "overlay.qcow2"
@@ -219,6 +221,10 @@ def test_snapshot_sync_and_write_threshold_event(tmp_path: Path) -> None:
     with running_vmd(tmp_path) as vmd, RawQMP(vmd.qmp_path) as qmp:
         qmp.negotiate()
         assert qmp.command(qcow2("base", base)) == {"return": {}}
+        qmp.command({"execute": "nbd-server-start", "arguments": {"addr": {"type": "unix",
+                                                                          "data": {"path": str(nbd)}}}})
+        assert qmp.command({"execute": "block-export-add", "arguments": {
+            "type": "nbd", "id": "e", "node-name": "base", "writable": True}}) == {"return": {}}
         assert qmp.command({"execute": "blockdev-snapshot-sync", "arguments": {
             "node-name": "base", "snapshot-file": str(overlay), "snapshot-node-name": "top",
             "format": "qcow2"}}) == {"return": {}}
@@ -226,11 +232,7 @@ def test_snapshot_sync_and_write_threshold_event(tmp_path: Path) -> None:
         assert nodes["top"]["image"]["backing-image"]["filename"] == str(base)
         assert qmp.command({"execute": "block-set-write-threshold",
                             "arguments": {"node-name": "top", "write-threshold": 1 << 20}}) == {"return": {}}
-        qmp.command({"execute": "nbd-server-start", "arguments": {"addr": {"type": "unix",
-                                                                          "data": {"path": str(nbd)}}}})
-        assert qmp.command({"execute": "block-export-add", "arguments": {
-            "type": "nbd", "id": "e", "node-name": "top", "writable": True}}) == {"return": {}}
-        subprocess.run(["qemu-io", "-f", "raw", "-c", "write -P 7 1M 64k", f"nbd+unix:///top?socket={nbd}"],
+        subprocess.run(["qemu-io", "-f", "raw", "-c", "write -P 7 1M 64k", f"nbd+unix:///base?socket={nbd}"],
                        check=True, capture_output=True)
         event = qmp.read()
         assert event["event"] == "BLOCK_WRITE_THRESHOLD"

@@ -20,6 +20,7 @@ from .types_block_jobs import (
     members_q_obj_block_stream_arg,
     members_q_obj_blockdev_mirror_arg,
     visit_BlockdevBackup,
+    visit_DriveBackup,
     visit_DriveMirror,
 )
 
@@ -118,5 +119,13 @@ async def marshal_blockdev_backup(
         handler: Handler, ctx: Any, arguments: dict[str, Any],
 ) -> Any:
     obj = visit_BlockdevBackup(arguments, None, '')
+    await handler(ctx, obj)
+    return {}
+
+
+async def marshal_drive_backup(
+        handler: Handler, ctx: Any, arguments: dict[str, Any],
+) -> Any:
+    obj = visit_DriveBackup(arguments, None, '')
     await handler(ctx, obj)
     return {}

@@ -201,6 +201,11 @@ class BlockdevQcow2EncryptionFormat(enum.StrEnum):
     LUKS = "luks"
 
 
+class OnCbwError(enum.StrEnum):
+    BREAK_GUEST_WRITE = "break-guest-write"
+    BREAK_SNAPSHOT = "break-snapshot"
+
+
 class PreallocMode(enum.StrEnum):
     OFF = "off"
     METADATA = "metadata"
@@ -796,6 +801,20 @@ class BlockdevOptionsRaw(BlockdevOptionsGenericFormat):
     )
 
 
+class BlockdevOptionsCbw(BlockdevOptionsGenericFormat):
+    target: BlockdevRef
+    on_cbw_error: OnCbwError | None
+    cbw_timeout: int | None
+    __slots__ = ("target", "on_cbw_error", "cbw_timeout", )
+    _qapi_fields: ClassVar[Fields] = ("file", "target", "on_cbw_error", "cbw_timeout", )
+    _qapi_members: ClassVar[Members] = (
+        ("file", "file", False),
+        ("target", "target", False),
+        ("on_cbw_error", "on-cbw-error", True),
+        ("cbw_timeout", "cbw-timeout", True),
+    )
+
+
 class BlockdevOptionsCor(BlockdevOptionsGenericFormat):
     bottom: str | None
     __slots__ = ("bottom", )
@@ -815,7 +834,7 @@ class BlockdevOptions(rt.QAPIObject):
     auto_read_only: bool | None
     force_share: bool | None
     detect_zeroes: BlockdevDetectZeroesOptions | None
-    u: BlockdevOptionsBlkdebug | BlockdevOptionsCor | BlockdevOptionsFile | BlockdevOptionsNull | BlockdevOptionsQcow2 | BlockdevOptionsRaw | None
+    u: BlockdevOptionsBlkdebug | BlockdevOptionsCbw | BlockdevOptionsCor | BlockdevOptionsFile | BlockdevOptionsNull | BlockdevOptionsQcow2 | BlockdevOptionsRaw | BlockdevOptionsGenericFormat | None
     __slots__ = ("driver", "node_name", "discard", "cache", "read_only", "auto_read_only", "force_share", "detect_zeroes", "u", )
     _qapi_fields: ClassVar[Fields] = ("driver", "node_name", "discard", "cache", "read_only", "auto_read_only", "force_share", "detect_zeroes", "u", )
     _qapi_members: ClassVar[Members] = (
@@ -1504,6 +1523,23 @@ def visit_BlockdevOptionsRaw(value: Any, name: str | None, path: str) -> Blockde
     return rt.visit_struct(value, path, members_BlockdevOptionsRaw, BlockdevOptionsRaw)
 
 
+def visit_OnCbwError(value: Any, name: str | None, path: str) -> OnCbwError:
+    return rt.visit_enum(value, name, path, OnCbwError)
+
+
+def members_BlockdevOptionsCbw(obj: dict[str, Any], path: str, seen: set[str]) -> dict[str, Any]:
+    return {
+        **members_BlockdevOptionsGenericFormat(obj, path, seen),
+        "target": rt.member(obj, "target", path, seen, visit_BlockdevRef),
+        "on_cbw_error": rt.member(obj, "on-cbw-error", path, seen, visit_OnCbwError, optional=True),
+        "cbw_timeout": rt.member(obj, "cbw-timeout", path, seen, rt.visit_uint32, optional=True),
+    }
+
+
+def visit_BlockdevOptionsCbw(value: Any, name: str | None, path: str) -> BlockdevOptionsCbw:
+    return rt.visit_struct(value, path, members_BlockdevOptionsCbw, BlockdevOptionsCbw)
+
+
 def members_BlockdevOptionsCor(obj: dict[str, Any], path: str, seen: set[str]) -> dict[str, Any]:
     return {
         **members_BlockdevOptionsGenericFormat(obj, path, seen),
@@ -1777,11 +1813,13 @@ _BlockdevQcow2Encryption_BRANCHES: dict[str, rt.Branch] = {
 
 _BlockdevOptions_BRANCHES: dict[str, rt.Branch] = {
     "blkdebug": (BlockdevOptionsBlkdebug, members_BlockdevOptionsBlkdebug),
+    "copy-before-write": (BlockdevOptionsCbw, members_BlockdevOptionsCbw),
     "copy-on-read": (BlockdevOptionsCor, members_BlockdevOptionsCor),
     "file": (BlockdevOptionsFile, members_BlockdevOptionsFile),
     "null-co": (BlockdevOptionsNull, members_BlockdevOptionsNull),
     "qcow2": (BlockdevOptionsQcow2, members_BlockdevOptionsQcow2),
     "raw": (BlockdevOptionsRaw, members_BlockdevOptionsRaw),
+    "snapshot-access": (BlockdevOptionsGenericFormat, members_BlockdevOptionsGenericFormat),
 }
 
 

@@ -165,6 +165,32 @@ class BlockdevBackup(BackupCommon):
     )
 
 
+class DriveBackup(BackupCommon):
+    target: str
+    format: str | None
+    mode: NewImageMode | None
+    __slots__ = ("target", "format", "mode", )
+    _qapi_fields: ClassVar[Fields] = ("job_id", "device", "sync", "speed", "bitmap", "bitmap_mode", "compress", "on_source_error", "on_target_error", "auto_finalize", "auto_dismiss", "filter_node_name", "x_perf", "target", "format", "mode", )
+    _qapi_members: ClassVar[Members] = (
+        ("job_id", "job-id", True),
+        ("device", "device", False),
+        ("sync", "sync", False),
+        ("speed", "speed", True),
+        ("bitmap", "bitmap", True),
+        ("bitmap_mode", "bitmap-mode", True),
+        ("compress", "compress", True),
+        ("on_source_error", "on-source-error", True),
+        ("on_target_error", "on-target-error", True),
+        ("auto_finalize", "auto-finalize", True),
+        ("auto_dismiss", "auto-dismiss", True),
+        ("filter_node_name", "filter-node-name", True),
+        ("x_perf", "x-perf", True),
+        ("target", "target", False),
+        ("format", "format", True),
+        ("mode", "mode", True),
+    )
+
+
 def visit_BlockdevOnError(value: Any, name: str | None, path: str) -> BlockdevOnError:
     return rt.visit_enum(value, name, path, BlockdevOnError)
 
@@ -396,3 +422,16 @@ def members_BlockdevBackup(obj: dict[str, Any], path: str, seen: set[str]) -> di
 
 def visit_BlockdevBackup(value: Any, name: str | None, path: str) -> BlockdevBackup:
     return rt.visit_struct(value, path, members_BlockdevBackup, BlockdevBackup)
+
+
+def members_DriveBackup(obj: dict[str, Any], path: str, seen: set[str]) -> dict[str, Any]:
+    return {
+        **members_BackupCommon(obj, path, seen),
+        "target": rt.member(obj, "target", path, seen, rt.visit_str),
+        "format": rt.member(obj, "format", path, seen, rt.visit_str, optional=True),
+        "mode": rt.member(obj, "mode", path, seen, visit_NewImageMode, optional=True),
+    }
+
+
+def visit_DriveBackup(value: Any, name: str | None, path: str) -> DriveBackup:
+    return rt.visit_struct(value, path, members_DriveBackup, DriveBackup)

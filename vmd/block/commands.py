@@ -11,37 +11,33 @@ import os
 from typing import Any
 
 from vmd._generated.types import (
+    BlockdevSnapshot,
+    BlockdevSnapshotSync,
+    NewImageMode,
+    TransactionActionKind,
     XDbgBlockGraph,
     XDbgBlockGraphEdge,
     XDbgBlockGraphNode,
     XDbgBlockGraphNodeType,
-    visit_BlockdevOptions,
 )
-from vmd.block import aio
-from vmd.block.create import create_empty_file
 from vmd.block.dirty_bitmap import DirtyBitmap
-from vmd.block.edge import Transaction, add_edge, cumulative_perms, drained, refresh_perms, replace_node
-from vmd.block.graph import BlockGraph, check_not_backing
+from vmd.block.graph import block_graph
 from vmd.block.node import BlockNode
-from vmd.block.perm import ALL, Perm, Role, perm_qapi
+from vmd.block.perm import ALL, Perm, perm_qapi
+from vmd.block.transaction import run_action
 from vmd.errors import QMPError
 
 
-def _graph(ctx: Any) -> BlockGraph:
-    graph: BlockGraph = ctx.daemon.block
-    return graph
-
-
 async def qmp_blockdev_add(ctx: Any, options: Any) -> None:
-    await _graph(ctx).add(options)
+    await block_graph(ctx).add(options)
 
 
 async def qmp_blockdev_del(ctx: Any, node_name: str) -> None:
-    await _graph(ctx).remove(node_name)
+    await block_graph(ctx).remove(node_name)
 
 
 def qmp_query_named_block_nodes(ctx: Any, flat: bool | None) -> list[dict[str, Any]]:
-    return [device_info(node, flat=bool(flat)) for node in _graph(ctx)]
+    return [device_info(node, flat=bool(flat)) for node in block_graph(ctx)]
 
 
 def qmp_query_block(ctx: Any) -> list[dict[str, Any]]:
@@ -127,7 +123,7 @@ def qmp_x_debug_query_block_graph(ctx: Any) -> XDbgBlockGraph:
     As QEMU: ids count from 1 over the users, then the nodes; both lists
     come out newest first because QEMU builds them by prepending.
     """
-    graph = _graph(ctx)
+    graph = block_graph(ctx)
     holders: list[Any] = list(graph.backends)
     nodes = list(graph)
     ids = {id(item): number for number, item in enumerate(holders + nodes, start=1)}
@@ -146,7 +142,7 @@ def qmp_x_debug_query_block_graph(ctx: Any) -> XDbgBlockGraph:
 async def qmp_block_resize(ctx: Any, device: str | None, node_name: str | None, size: int) -> None:
     if (device is None) == (node_name is None):
         raise QMPError("Need exactly one of 'device' and 'node-name'")
-    graph = _graph(ctx)
+    graph = block_graph(ctx)
     node = graph.find(node_name) if node_name is not None else graph.find(device or "")
     if size < 0:
         raise QMPError("Parameter 'size' expects a >0 size")
@@ -159,80 +155,16 @@ async def qmp_block_resize(ctx: Any, device: str | None, node_name: str | None, 
         backend.detach()
 
 
-def _lookup(graph: BlockGraph, name: str) -> BlockNode:
-    node = graph.find_bs(name)
-    if node is None:
-        raise QMPError(f"Cannot find device='{name}' nor node-name='{name}'")
-    return node
-
-
-def _check_overlay(overlay: BlockNode) -> None:
-    """What QEMU's external_snapshot_prepare asks of a new overlay: nobody
-    reads it yet (a write-only user such as a mirror target may)."""
-    if cumulative_perms(overlay)[0] & Perm.CONSISTENT_READ:
-        raise QMPError("The overlay is already in use")
-    if overlay.is_filter:
-        raise QMPError("Filters cannot be used as overlays")
-    if overlay.backing is not None:
-        raise QMPError("The overlay already has a backing image")
-    if not overlay.supports_backing:
-        raise QMPError("The overlay does not support backing images")
-
-
-async def _append(base: BlockNode, overlay: BlockNode) -> None:
-    """Put ``overlay`` over ``base`` and move base's users and parents to it
-    (QEMU's bdrv_append), then make ``base`` read-only as QEMU's snapshot
-    commit does."""
-    async with drained(base, overlay):
-        with Transaction() as tran:
-            add_edge(overlay, base, "backing", Role.COW, tran)
-            replace_node(base, overlay, tran)
-    overlay.backing_file = base.filename()
-    overlay.backing_fmt = base.driver
-    if not base.read_only:
-        await base.reopen_read_only()
-        with Transaction() as tran:
-            refresh_perms([base], tran)
-
-
 async def qmp_blockdev_snapshot(ctx: Any, node: str, overlay: str) -> None:
     """Put an existing overlay (opened without backing) on top of ``node``."""
-    graph = _graph(ctx)
-    base = _lookup(graph, node)
-    check_not_backing(base)
-    top = _lookup(graph, overlay)
-    _check_overlay(top)
-    await _append(base, top)
+    await run_action(ctx.daemon, TransactionActionKind.BLOCKDEV_SNAPSHOT,
+                     BlockdevSnapshot(node=node, overlay=overlay))
 
 
 async def qmp_blockdev_snapshot_sync(ctx: Any, device: str | None, node_name: str | None, snapshot_file: str,
-                                     snapshot_node_name: str | None, format: str | None, mode: Any) -> None:
+                                     snapshot_node_name: str | None, format: str | None,
+                                     mode: NewImageMode | None) -> None:
     """Create a qcow2 overlay file over a node, open it, make it the new top."""
-    from vmd.block.drivers.file import FileNode
-    from vmd.block.drivers.qcow2 import create_qcow2
-    graph = _graph(ctx)
-    base = graph.lookup(device, node_name)
-    check_not_backing(base)
-    if (format or "qcow2") != "qcow2":
-        raise QMPError(f"Unsupported snapshot format '{format}'; vmd creates qcow2 overlays")
-    if snapshot_node_name and graph.get(snapshot_node_name) is not None:
-        raise QMPError(f"Duplicate nodes with node-name='{snapshot_node_name}'")
-    if str(mode or "absolute-paths") == "absolute-paths":
-        await aio.run(create_empty_file, snapshot_file, 0)
-        file = FileNode("", snapshot_file)
-        await file.open()
-        try:
-            await create_qcow2(file, base.total_size, backing_file=base.filename(), backing_fmt=base.driver)
-        finally:
-            await file.close()
-    wire: dict[str, Any] = {"driver": "qcow2", "file": {"driver": "file", "filename": snapshot_file},
-                            "backing": None}
-    if snapshot_node_name:
-        wire["node-name"] = snapshot_node_name
-    overlay = await graph.open(visit_BlockdevOptions(wire, None, ""))
-    try:
-        _check_overlay(overlay)
-        await _append(base, overlay)
-    except BaseException:
-        await graph.close_tree(overlay)
-        raise
+    await run_action(ctx.daemon, TransactionActionKind.BLOCKDEV_SNAPSHOT_SYNC, BlockdevSnapshotSync(
+        device=device, node_name=node_name, snapshot_file=snapshot_file,
+        snapshot_node_name=snapshot_node_name, format=format, mode=mode))

@@ -76,3 +76,27 @@ def create_empty_file(path: str, size: int) -> None:
 
 def qmp_blockdev_create(ctx: Any, job_id: str, options: BlockdevCreateOptions) -> None:
     BlockdevCreateJob(ctx.daemon.jobs, job_id, options, ctx.daemon.block).start()
+
+
+async def create_image(path: str, fmt: str, size: int, backing_file: str | None = None,
+                       backing_fmt: str | None = None) -> None:
+    """A new, empty image file (QEMU's bdrv_img_create, for the formats vmd
+    writes): what drive-mirror, drive-backup and blockdev-snapshot-sync
+    create unless told to use an existing image."""
+    from vmd.block.drivers.file import FileNode
+    from vmd.block.drivers.qcow2 import create_qcow2
+    if fmt not in ("qcow2", "raw"):
+        raise QMPError(f"Unknown file format '{fmt}'")
+    if fmt == "raw" and backing_file is not None:
+        raise QMPError("Backing file not supported for file format 'raw'")
+    await aio.run(create_empty_file, path, size if fmt == "raw" else 0)
+    if fmt == "raw":
+        return
+    file = FileNode("", path)
+    await file.open()
+    try:
+        await create_qcow2(file, size, backing_file=backing_file, backing_fmt=backing_fmt)
+    except OSError as error:
+        raise QMPError(f"Could not create '{path}': {os.strerror(error.errno or errno.EIO)}") from None
+    finally:
+        await file.close()

@@ -239,6 +239,12 @@ def detect_zeroes_of(options: Any) -> str:
     return value
 
 
+def block_graph(ctx: Any) -> BlockGraph:
+    """The daemon's graph, for a QMP handler's ``ctx``."""
+    graph: BlockGraph = ctx.daemon.block
+    return graph
+
+
 def check_not_backing(node: BlockNode) -> None:
     """QEMU's op blockers (``Node 'x' is busy: ...``): a block job's (the
     newest, so QEMU reports it first), then a backing node's."""

@@ -81,7 +81,10 @@ def error_text(exc: BaseException) -> str:
 
 
 class JobTxn:
-    """Jobs that complete together (QEMU's JobTxn); one per job by default."""
+    """Jobs that complete together (QEMU's JobTxn); one per job by default.
+
+    ``jobs`` lists the newest first (QEMU inserts at the head), the order
+    in which a transaction's jobs go pending and are finalized."""
 
     def __init__(self) -> None:
         self.jobs: list[Job] = []
@@ -147,8 +150,10 @@ class Job:
         self.task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._done = asyncio.Event()
+        #: Set when the run is over and the job completed (_completed).
+        self._run_over = asyncio.Event()
         self.txn = txn if txn is not None else JobTxn()
-        self.txn.jobs.append(self)
+        self.txn.jobs.insert(0, self)
         registry.add(self)
         self.state_transition(S.CREATED)
 
@@ -312,13 +317,19 @@ class Job:
         self.on_resume()
 
     async def sleep(self, seconds: float) -> None:
-        """Sleep (rate limiting), cut short by enter(); then a pause point."""
+        """Sleep (rate limiting), cut short by enter(); then a pause point.
+        A job cancelled while it was busy does not sleep (job_sleep_ns)."""
+        if self.is_cancelled():
+            return
         if not self.should_pause():
             await self._yield(max(seconds, 0.0))
         await self.pause_point()
 
     async def yield_(self) -> None:
-        """Wait until entered (a ready job waiting for complete/cancel)."""
+        """Wait until entered (a ready job waiting for complete/cancel);
+        not if cancelled meanwhile (job_yield)."""
+        if self.is_cancelled():
+            return
         if not self.should_pause():
             await self._yield()
         await self.pause_point()
@@ -423,7 +434,9 @@ class Job:
     async def _completed(self) -> None:
         if self.is_completed():
             return
-        if self._update_rc():
+        failed = self._update_rc()
+        self._run_over.set()
+        if failed:
             await self._completed_txn_abort()
         else:
             await self._completed_txn_success()
@@ -442,21 +455,36 @@ class Job:
             self.event_pending()
 
     async def _completed_txn_abort(self) -> None:
-        """Fail the transaction: force-cancel the others, finalize all.
-
-        QEMU waits here for still-running members (job_finish_sync); vmd
-        lets them finish their run and finalize from their own exit.
-        """
+        """Fail the transaction: force-cancel the others, then finalize
+        every member in the transaction's order, each once its run is over
+        (QEMU's job_finish_sync). A member aborting because of this one
+        leaves everything to it."""
         txn = self.txn
-        if not txn.aborting:
-            txn.aborting = True
-            for other in list(txn.jobs):
-                if other is not self:
-                    other._cancel_async(True)
-                    other.enter()
+        if txn.aborting:
+            return
+        txn.aborting = True
         for other in list(txn.jobs):
-            if other.is_completed() or not other.started():
-                await other._finalize_single()
+            if other is not self:
+                other._cancel_async(True)
+                other.enter()
+        while txn.jobs:
+            other = txn.jobs[0]
+            if other._finalizing:  # finalized by another task right now
+                await other.wait_concluded()
+                continue
+            if not other.is_completed():
+                await other._finish_sync()
+            await other._finalize_single()
+
+    async def _finish_sync(self) -> None:
+        """Wait until a cancelled member's run is over (job_finish_sync);
+        one that never started aborts at once."""
+        if not self.started():
+            self._update_rc()
+            return
+        while not self.is_completed():
+            await self._run_over.wait()
+            self._run_over.clear()
 
     async def _prepare(self) -> int:
         if self.ret == 0:

@@ -27,6 +27,7 @@ HANDLER_MODULES: dict[str, tuple[str, ...]] = {
     "block_core": ("vmd.block.commands", "vmd.block.threshold", "vmd.block.bitmap_commands",
                    "vmd.block.create", "vmd.block.jobs.commands"),
     "block_jobs": ("vmd.block.jobs.commands",),
+    "transaction": ("vmd.block.transaction",),
     "block_export": ("vmd.block.nbd.commands",),
     "machine": ("vmd.system.accel", "vmd.qom.commands", "vmd.machine.commands"),
     "qom": ("vmd.qom.commands", "vmd.qom.user_objects"),

@@ -14,22 +14,20 @@ from vmd._generated.types import (
     BlockdevBackup,
     BlockdevOnError,
     BlockJobInfo,
+    DriveBackup,
     DriveMirror,
     MirrorCopyMode,
     MirrorSyncMode,
+    TransactionActionKind,
 )
 from vmd.block.backend import BlockBackend, device_name
-from vmd.block.graph import BlockGraph
+from vmd.block.graph import BlockGraph, block_graph
 from vmd.block.jobs.chain import chain_contains, overlay_of
 from vmd.block.node import BlockNode
 from vmd.block.perm import Perm
+from vmd.block.transaction import run_action
 from vmd.errors import DEVICE_NOT_FOUND, QMPError
 from vmd.job.blockjob import BlockJob, check_not_blocked, find_block_job
-
-
-def _graph(ctx: Any) -> BlockGraph:
-    graph: BlockGraph = ctx.daemon.block
-    return graph
 
 
 def _root_node(graph: BlockGraph, device: str) -> BlockNode:
@@ -78,7 +76,7 @@ async def qmp_block_commit(ctx: Any, job_id: str | None, device: str, base_node:
                            top_node: str | None, top: str | None, backing_file: str | None, speed: int | None,
                            on_error: BlockdevOnError | None, filter_node_name: str | None,
                            auto_finalize: bool | None, auto_dismiss: bool | None) -> None:
-    graph = _graph(ctx)
+    graph = block_graph(ctx)
     bs = _root_node(graph, device)
     if base is not None and base_node is not None:
         raise QMPError("'base-node' and 'base' are mutually exclusive")
@@ -136,7 +134,7 @@ async def qmp_block_stream(ctx: Any, job_id: str | None, device: str, base: str 
                            backing_file: str | None, bottom: str | None, speed: int | None,
                            on_error: BlockdevOnError | None, filter_node_name: str | None,
                            auto_finalize: bool | None, auto_dismiss: bool | None) -> None:
-    graph = _graph(ctx)
+    graph = block_graph(ctx)
     if base is not None and base_node is not None:
         raise QMPError("'base' and 'base-node' cannot be specified at the same time")
     if base is not None and bottom is not None:
@@ -181,7 +179,7 @@ async def qmp_blockdev_mirror(ctx: Any, job_id: str | None, device: str, target:
                               copy_mode: MirrorCopyMode | None, auto_finalize: bool | None,
                               auto_dismiss: bool | None) -> None:
     from vmd.block.jobs.mirror import MirrorRequest, start_blockdev_mirror
-    graph = _graph(ctx)
+    graph = block_graph(ctx)
     bs = _lookup(graph, device)
     target_bs = _lookup(graph, target)
     await start_blockdev_mirror(ctx.daemon, MirrorRequest(
@@ -197,8 +195,11 @@ async def qmp_drive_mirror(ctx: Any, arg: DriveMirror) -> None:
 
 
 async def qmp_blockdev_backup(ctx: Any, arg: BlockdevBackup) -> None:
-    from vmd.block.jobs.backup import qmp_start_backup
-    await qmp_start_backup(ctx.daemon, arg)
+    await run_action(ctx.daemon, TransactionActionKind.BLOCKDEV_BACKUP, arg)
+
+
+async def qmp_drive_backup(ctx: Any, arg: DriveBackup) -> None:
+    await run_action(ctx.daemon, TransactionActionKind.DRIVE_BACKUP, arg)
 
 
 # -- the legacy block-job-* commands and query-block-jobs --------------------------------

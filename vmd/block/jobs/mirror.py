@@ -29,8 +29,6 @@ between are let go of.
 from __future__ import annotations
 
 import asyncio
-import errno
-import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,6 +43,7 @@ from vmd._generated.types import (
     visit_BlockdevOptions,
 )
 from vmd.block.backend import BlockBackend, device_name
+from vmd.block.create import create_image
 from vmd.block.dirty_bitmap import DirtyBitmap, default_granularity
 from vmd.block.edge import Transaction, detach, drained, refresh_perms, replace_node
 from vmd.block.graph import BlockGraph
@@ -458,7 +457,9 @@ async def start_drive_mirror(daemon: Any, arg: DriveMirror) -> None:
         raise QMPError(f"Duplicate nodes with node-name='{arg.node_name}'")
     new_backing = {MirrorSyncMode.TOP: source.backing, MirrorSyncMode.NONE: source}.get(sync)
     if mode == NewImageMode.ABSOLUTE_PATHS:
-        await _create_image(arg.target, fmt_name, source.total_size, new_backing)
+        await create_image(arg.target, fmt_name, source.total_size,
+                           new_backing.filename() if new_backing is not None else None,
+                           new_backing.driver if new_backing is not None else None)
     wire: dict[str, Any] = {"driver": fmt_name, "file": {"driver": "file", "filename": arg.target}}
     if fmt_name == "qcow2":
         wire["backing"] = None
@@ -477,25 +478,3 @@ async def start_drive_mirror(daemon: Any, arg: DriveMirror) -> None:
         if not target.parents:
             await graph.close_tree(target)
         raise
-
-
-async def _create_image(path: str, fmt_name: str, size: int, backing: BlockNode | None) -> None:
-    """An empty image for drive-mirror's target (``absolute-paths``)."""
-    from vmd.block import aio
-    from vmd.block.create import create_empty_file
-    from vmd.block.drivers.file import FileNode
-    from vmd.block.drivers.qcow2 import create_qcow2
-    if fmt_name not in ("qcow2", "raw"):
-        raise QMPError(f"Unknown driver '{fmt_name}'")
-    await aio.run(create_empty_file, path, size if fmt_name == "raw" else 0)
-    if fmt_name == "raw":
-        return
-    file = FileNode("", path)
-    await file.open()
-    try:
-        await create_qcow2(file, size, backing_file=backing.filename() if backing is not None else None,
-                           backing_fmt=backing.driver if backing is not None else None)
-    except OSError as error:
-        raise QMPError(f"Could not create '{path}': {os.strerror(error.errno or errno.EIO)}") from None
-    finally:
-        await file.close()
