@@ -20,16 +20,11 @@ from vmd.block.dirty_bitmap import (
     find_bitmap,
     release_bitmap,
 )
-from vmd.block.graph import BlockGraph
+from vmd.block.graph import BlockGraph, block_graph
 from vmd.block.node import BlockNode
 from vmd.errors import QMPError
 
 Undo = Callable[[], None]
-
-
-def _graph(ctx: Any) -> BlockGraph:
-    graph: BlockGraph = ctx.daemon.block
-    return graph
 
 
 def lookup(graph: BlockGraph, node_name: str, name: str) -> tuple[BlockNode, DirtyBitmap]:
@@ -66,7 +61,7 @@ def add_prepare(graph: BlockGraph, node_name: str, name: str, granularity: int |
 
 def qmp_block_dirty_bitmap_add(ctx: Any, node: str, name: str, granularity: int | None = None,
                                persistent: bool | None = None, disabled: bool | None = None) -> None:
-    add_prepare(_graph(ctx), node, name, granularity, persistent, disabled)
+    add_prepare(block_graph(ctx), node, name, granularity, persistent, disabled)
 
 
 # -- remove -----------------------------------------------------------------------------
@@ -85,7 +80,7 @@ async def remove(node: BlockNode, bitmap: DirtyBitmap) -> None:
 
 
 async def qmp_block_dirty_bitmap_remove(ctx: Any, node: str, name: str) -> None:
-    await remove(*remove_check(_graph(ctx), node, name))
+    await remove(*remove_check(block_graph(ctx), node, name))
 
 
 # -- clear, enable, disable -------------------------------------------------------------------
@@ -99,7 +94,7 @@ def clear_prepare(graph: BlockGraph, node_name: str, name: str) -> Undo:
 
 
 def qmp_block_dirty_bitmap_clear(ctx: Any, node: str, name: str) -> None:
-    clear_prepare(_graph(ctx), node, name)
+    clear_prepare(block_graph(ctx), node, name)
 
 
 def enable_prepare(graph: BlockGraph, node_name: str, name: str, enable: bool) -> Undo:
@@ -114,11 +109,11 @@ def enable_prepare(graph: BlockGraph, node_name: str, name: str, enable: bool) -
 
 
 def qmp_block_dirty_bitmap_enable(ctx: Any, node: str, name: str) -> None:
-    enable_prepare(_graph(ctx), node, name, True)
+    enable_prepare(block_graph(ctx), node, name, True)
 
 
 def qmp_block_dirty_bitmap_disable(ctx: Any, node: str, name: str) -> None:
-    enable_prepare(_graph(ctx), node, name, False)
+    enable_prepare(block_graph(ctx), node, name, False)
 
 
 # -- merge ------------------------------------------------------------------------------------
@@ -158,9 +153,9 @@ def merge_prepare(graph: BlockGraph, node_name: str, target_name: str, bitmaps: 
 
 
 def qmp_block_dirty_bitmap_merge(ctx: Any, node: str, target: str, bitmaps: list[Any]) -> None:
-    merge_prepare(_graph(ctx), node, target, bitmaps)
+    merge_prepare(block_graph(ctx), node, target, bitmaps)
 
 
 def qmp_x_debug_block_dirty_bitmap_sha256(ctx: Any, node: str, name: str) -> BlockDirtyBitmapSha256:
-    return BlockDirtyBitmapSha256(sha256=lookup(_graph(ctx), node, name)[1].sha256())
+    return BlockDirtyBitmapSha256(sha256=lookup(block_graph(ctx), node, name)[1].sha256())
 
