@@ -75,6 +75,9 @@ async def run(config: Config, daemonizer: Daemonizer | None,
         from vmd.system.startup_commands import create_drives
         await create_drives(daemon, config)
     await create_chardevs(daemon, config, early)
+    if config.qtest is not None:
+        from vmd.qtest.frontend import start_qtest
+        start_qtest(daemon, config.qtest)
     early.abandon()  # anything the monitors did not take
     listen_fds.close_unused()
     if config.machine.get("type") != "none":

@@ -815,6 +815,109 @@ class BlockdevOptionsCbw(BlockdevOptionsGenericFormat):
     )
 
 
+class ThrottleLimits(rt.QAPIObject):
+    iops_total: int | None
+    iops_total_max: int | None
+    iops_total_max_length: int | None
+    iops_read: int | None
+    iops_read_max: int | None
+    iops_read_max_length: int | None
+    iops_write: int | None
+    iops_write_max: int | None
+    iops_write_max_length: int | None
+    bps_total: int | None
+    bps_total_max: int | None
+    bps_total_max_length: int | None
+    bps_read: int | None
+    bps_read_max: int | None
+    bps_read_max_length: int | None
+    bps_write: int | None
+    bps_write_max: int | None
+    bps_write_max_length: int | None
+    iops_size: int | None
+    __slots__ = ("iops_total", "iops_total_max", "iops_total_max_length", "iops_read", "iops_read_max", "iops_read_max_length", "iops_write", "iops_write_max", "iops_write_max_length", "bps_total", "bps_total_max", "bps_total_max_length", "bps_read", "bps_read_max", "bps_read_max_length", "bps_write", "bps_write_max", "bps_write_max_length", "iops_size", )
+    _qapi_fields: ClassVar[Fields] = ("iops_total", "iops_total_max", "iops_total_max_length", "iops_read", "iops_read_max", "iops_read_max_length", "iops_write", "iops_write_max", "iops_write_max_length", "bps_total", "bps_total_max", "bps_total_max_length", "bps_read", "bps_read_max", "bps_read_max_length", "bps_write", "bps_write_max", "bps_write_max_length", "iops_size", )
+    _qapi_members: ClassVar[Members] = (
+        ("iops_total", "iops-total", True),
+        ("iops_total_max", "iops-total-max", True),
+        ("iops_total_max_length", "iops-total-max-length", True),
+        ("iops_read", "iops-read", True),
+        ("iops_read_max", "iops-read-max", True),
+        ("iops_read_max_length", "iops-read-max-length", True),
+        ("iops_write", "iops-write", True),
+        ("iops_write_max", "iops-write-max", True),
+        ("iops_write_max_length", "iops-write-max-length", True),
+        ("bps_total", "bps-total", True),
+        ("bps_total_max", "bps-total-max", True),
+        ("bps_total_max_length", "bps-total-max-length", True),
+        ("bps_read", "bps-read", True),
+        ("bps_read_max", "bps-read-max", True),
+        ("bps_read_max_length", "bps-read-max-length", True),
+        ("bps_write", "bps-write", True),
+        ("bps_write_max", "bps-write-max", True),
+        ("bps_write_max_length", "bps-write-max-length", True),
+        ("iops_size", "iops-size", True),
+    )
+
+
+class ThrottleGroupProperties(rt.QAPIObject):
+    limits: ThrottleLimits | None
+    x_iops_total: int | None
+    x_iops_total_max: int | None
+    x_iops_total_max_length: int | None
+    x_iops_read: int | None
+    x_iops_read_max: int | None
+    x_iops_read_max_length: int | None
+    x_iops_write: int | None
+    x_iops_write_max: int | None
+    x_iops_write_max_length: int | None
+    x_bps_total: int | None
+    x_bps_total_max: int | None
+    x_bps_total_max_length: int | None
+    x_bps_read: int | None
+    x_bps_read_max: int | None
+    x_bps_read_max_length: int | None
+    x_bps_write: int | None
+    x_bps_write_max: int | None
+    x_bps_write_max_length: int | None
+    x_iops_size: int | None
+    __slots__ = ("limits", "x_iops_total", "x_iops_total_max", "x_iops_total_max_length", "x_iops_read", "x_iops_read_max", "x_iops_read_max_length", "x_iops_write", "x_iops_write_max", "x_iops_write_max_length", "x_bps_total", "x_bps_total_max", "x_bps_total_max_length", "x_bps_read", "x_bps_read_max", "x_bps_read_max_length", "x_bps_write", "x_bps_write_max", "x_bps_write_max_length", "x_iops_size", )
+    _qapi_fields: ClassVar[Fields] = ("limits", "x_iops_total", "x_iops_total_max", "x_iops_total_max_length", "x_iops_read", "x_iops_read_max", "x_iops_read_max_length", "x_iops_write", "x_iops_write_max", "x_iops_write_max_length", "x_bps_total", "x_bps_total_max", "x_bps_total_max_length", "x_bps_read", "x_bps_read_max", "x_bps_read_max_length", "x_bps_write", "x_bps_write_max", "x_bps_write_max_length", "x_iops_size", )
+    _qapi_members: ClassVar[Members] = (
+        ("limits", "limits", True),
+        ("x_iops_total", "x-iops-total", True),
+        ("x_iops_total_max", "x-iops-total-max", True),
+        ("x_iops_total_max_length", "x-iops-total-max-length", True),
+        ("x_iops_read", "x-iops-read", True),
+        ("x_iops_read_max", "x-iops-read-max", True),
+        ("x_iops_read_max_length", "x-iops-read-max-length", True),
+        ("x_iops_write", "x-iops-write", True),
+        ("x_iops_write_max", "x-iops-write-max", True),
+        ("x_iops_write_max_length", "x-iops-write-max-length", True),
+        ("x_bps_total", "x-bps-total", True),
+        ("x_bps_total_max", "x-bps-total-max", True),
+        ("x_bps_total_max_length", "x-bps-total-max-length", True),
+        ("x_bps_read", "x-bps-read", True),
+        ("x_bps_read_max", "x-bps-read-max", True),
+        ("x_bps_read_max_length", "x-bps-read-max-length", True),
+        ("x_bps_write", "x-bps-write", True),
+        ("x_bps_write_max", "x-bps-write-max", True),
+        ("x_bps_write_max_length", "x-bps-write-max-length", True),
+        ("x_iops_size", "x-iops-size", True),
+    )
+
+
+class BlockdevOptionsThrottle(rt.QAPIObject):
+    throttle_group: str
+    file: BlockdevRef
+    __slots__ = ("throttle_group", "file", )
+    _qapi_fields: ClassVar[Fields] = ("throttle_group", "file", )
+    _qapi_members: ClassVar[Members] = (
+        ("throttle_group", "throttle-group", False),
+        ("file", "file", False),
+    )
+
+
 class BlockdevOptionsCor(BlockdevOptionsGenericFormat):
     bottom: str | None
     __slots__ = ("bottom", )
@@ -834,7 +937,7 @@ class BlockdevOptions(rt.QAPIObject):
     auto_read_only: bool | None
     force_share: bool | None
     detect_zeroes: BlockdevDetectZeroesOptions | None
-    u: BlockdevOptionsBlkdebug | BlockdevOptionsCbw | BlockdevOptionsCor | BlockdevOptionsFile | BlockdevOptionsNull | BlockdevOptionsQcow2 | BlockdevOptionsRaw | BlockdevOptionsGenericFormat | None
+    u: BlockdevOptionsBlkdebug | BlockdevOptionsCbw | BlockdevOptionsCor | BlockdevOptionsFile | BlockdevOptionsNull | BlockdevOptionsQcow2 | BlockdevOptionsRaw | BlockdevOptionsGenericFormat | BlockdevOptionsThrottle | None
     __slots__ = ("driver", "node_name", "discard", "cache", "read_only", "auto_read_only", "force_share", "detect_zeroes", "u", )
     _qapi_fields: ClassVar[Fields] = ("driver", "node_name", "discard", "cache", "read_only", "auto_read_only", "force_share", "detect_zeroes", "u", )
     _qapi_members: ClassVar[Members] = (
@@ -1540,6 +1643,74 @@ def visit_BlockdevOptionsCbw(value: Any, name: str | None, path: str) -> Blockde
     return rt.visit_struct(value, path, members_BlockdevOptionsCbw, BlockdevOptionsCbw)
 
 
+def members_ThrottleLimits(obj: dict[str, Any], path: str, seen: set[str]) -> dict[str, Any]:
+    return {
+        "iops_total": rt.member(obj, "iops-total", path, seen, rt.visit_int, optional=True),
+        "iops_total_max": rt.member(obj, "iops-total-max", path, seen, rt.visit_int, optional=True),
+        "iops_total_max_length": rt.member(obj, "iops-total-max-length", path, seen, rt.visit_int, optional=True),
+        "iops_read": rt.member(obj, "iops-read", path, seen, rt.visit_int, optional=True),
+        "iops_read_max": rt.member(obj, "iops-read-max", path, seen, rt.visit_int, optional=True),
+        "iops_read_max_length": rt.member(obj, "iops-read-max-length", path, seen, rt.visit_int, optional=True),
+        "iops_write": rt.member(obj, "iops-write", path, seen, rt.visit_int, optional=True),
+        "iops_write_max": rt.member(obj, "iops-write-max", path, seen, rt.visit_int, optional=True),
+        "iops_write_max_length": rt.member(obj, "iops-write-max-length", path, seen, rt.visit_int, optional=True),
+        "bps_total": rt.member(obj, "bps-total", path, seen, rt.visit_int, optional=True),
+        "bps_total_max": rt.member(obj, "bps-total-max", path, seen, rt.visit_int, optional=True),
+        "bps_total_max_length": rt.member(obj, "bps-total-max-length", path, seen, rt.visit_int, optional=True),
+        "bps_read": rt.member(obj, "bps-read", path, seen, rt.visit_int, optional=True),
+        "bps_read_max": rt.member(obj, "bps-read-max", path, seen, rt.visit_int, optional=True),
+        "bps_read_max_length": rt.member(obj, "bps-read-max-length", path, seen, rt.visit_int, optional=True),
+        "bps_write": rt.member(obj, "bps-write", path, seen, rt.visit_int, optional=True),
+        "bps_write_max": rt.member(obj, "bps-write-max", path, seen, rt.visit_int, optional=True),
+        "bps_write_max_length": rt.member(obj, "bps-write-max-length", path, seen, rt.visit_int, optional=True),
+        "iops_size": rt.member(obj, "iops-size", path, seen, rt.visit_int, optional=True),
+    }
+
+
+def visit_ThrottleLimits(value: Any, name: str | None, path: str) -> ThrottleLimits:
+    return rt.visit_struct(value, path, members_ThrottleLimits, ThrottleLimits)
+
+
+def members_ThrottleGroupProperties(obj: dict[str, Any], path: str, seen: set[str]) -> dict[str, Any]:
+    return {
+        "limits": rt.member(obj, "limits", path, seen, visit_ThrottleLimits, optional=True),
+        "x_iops_total": rt.member(obj, "x-iops-total", path, seen, rt.visit_int, optional=True),
+        "x_iops_total_max": rt.member(obj, "x-iops-total-max", path, seen, rt.visit_int, optional=True),
+        "x_iops_total_max_length": rt.member(obj, "x-iops-total-max-length", path, seen, rt.visit_int, optional=True),
+        "x_iops_read": rt.member(obj, "x-iops-read", path, seen, rt.visit_int, optional=True),
+        "x_iops_read_max": rt.member(obj, "x-iops-read-max", path, seen, rt.visit_int, optional=True),
+        "x_iops_read_max_length": rt.member(obj, "x-iops-read-max-length", path, seen, rt.visit_int, optional=True),
+        "x_iops_write": rt.member(obj, "x-iops-write", path, seen, rt.visit_int, optional=True),
+        "x_iops_write_max": rt.member(obj, "x-iops-write-max", path, seen, rt.visit_int, optional=True),
+        "x_iops_write_max_length": rt.member(obj, "x-iops-write-max-length", path, seen, rt.visit_int, optional=True),
+        "x_bps_total": rt.member(obj, "x-bps-total", path, seen, rt.visit_int, optional=True),
+        "x_bps_total_max": rt.member(obj, "x-bps-total-max", path, seen, rt.visit_int, optional=True),
+        "x_bps_total_max_length": rt.member(obj, "x-bps-total-max-length", path, seen, rt.visit_int, optional=True),
+        "x_bps_read": rt.member(obj, "x-bps-read", path, seen, rt.visit_int, optional=True),
+        "x_bps_read_max": rt.member(obj, "x-bps-read-max", path, seen, rt.visit_int, optional=True),
+        "x_bps_read_max_length": rt.member(obj, "x-bps-read-max-length", path, seen, rt.visit_int, optional=True),
+        "x_bps_write": rt.member(obj, "x-bps-write", path, seen, rt.visit_int, optional=True),
+        "x_bps_write_max": rt.member(obj, "x-bps-write-max", path, seen, rt.visit_int, optional=True),
+        "x_bps_write_max_length": rt.member(obj, "x-bps-write-max-length", path, seen, rt.visit_int, optional=True),
+        "x_iops_size": rt.member(obj, "x-iops-size", path, seen, rt.visit_int, optional=True),
+    }
+
+
+def visit_ThrottleGroupProperties(value: Any, name: str | None, path: str) -> ThrottleGroupProperties:
+    return rt.visit_struct(value, path, members_ThrottleGroupProperties, ThrottleGroupProperties)
+
+
+def members_BlockdevOptionsThrottle(obj: dict[str, Any], path: str, seen: set[str]) -> dict[str, Any]:
+    return {
+        "throttle_group": rt.member(obj, "throttle-group", path, seen, rt.visit_str),
+        "file": rt.member(obj, "file", path, seen, visit_BlockdevRef),
+    }
+
+
+def visit_BlockdevOptionsThrottle(value: Any, name: str | None, path: str) -> BlockdevOptionsThrottle:
+    return rt.visit_struct(value, path, members_BlockdevOptionsThrottle, BlockdevOptionsThrottle)
+
+
 def members_BlockdevOptionsCor(obj: dict[str, Any], path: str, seen: set[str]) -> dict[str, Any]:
     return {
         **members_BlockdevOptionsGenericFormat(obj, path, seen),
@@ -1820,6 +1991,7 @@ _BlockdevOptions_BRANCHES: dict[str, rt.Branch] = {
     "qcow2": (BlockdevOptionsQcow2, members_BlockdevOptionsQcow2),
     "raw": (BlockdevOptionsRaw, members_BlockdevOptionsRaw),
     "snapshot-access": (BlockdevOptionsGenericFormat, members_BlockdevOptionsGenericFormat),
+    "throttle": (BlockdevOptionsThrottle, members_BlockdevOptionsThrottle),
 }
 
 

@@ -8,6 +8,10 @@ from typing import Any, ClassVar, TypeAlias
 
 from vmd import qapi_runtime as rt
 
+from .types_block_core import (
+    ThrottleGroupProperties,
+    members_ThrottleGroupProperties,
+)
 from .types_crypto import (
     SecretProperties,
     members_SecretProperties,
@@ -20,6 +24,7 @@ Fields: TypeAlias = tuple[str, ...]
 class ObjectType(enum.StrEnum):
     MEMORY_BACKEND_RAM = "memory-backend-ram"
     SECRET = "secret"
+    THROTTLE_GROUP = "throttle-group"
 
 
 class ObjectPropertyInfo(rt.QAPIObject):
@@ -72,7 +77,7 @@ class MemoryBackendProperties(rt.QAPIObject):
 class ObjectOptions(rt.QAPIObject):
     qom_type: ObjectType
     id: str
-    u: MemoryBackendProperties | SecretProperties | None
+    u: MemoryBackendProperties | SecretProperties | ThrottleGroupProperties | None
     __slots__ = ("qom_type", "id", "u", )
     _qapi_fields: ClassVar[Fields] = ("qom_type", "id", "u", )
     _qapi_members: ClassVar[Members] = (
@@ -187,4 +192,5 @@ def visit_ObjectTypeInfoList(value: Any, name: str | None, path: str) -> list[Ob
 _ObjectOptions_BRANCHES: dict[str, rt.Branch] = {
     "memory-backend-ram": (MemoryBackendProperties, members_MemoryBackendProperties),
     "secret": (SecretProperties, members_SecretProperties),
+    "throttle-group": (ThrottleGroupProperties, members_ThrottleGroupProperties),
 }

@@ -158,7 +158,13 @@ def topological(starts: Iterable[BlockNode]) -> list[BlockNode]:
 
 def holders_above(*nodes: BlockNode) -> list[RootHolder]:
     """Every user reaching any of ``nodes`` through any path of edges."""
+    return _above(nodes)[0]
+
+
+def _above(nodes: tuple[BlockNode, ...]) -> tuple[list[RootHolder], list[BlockNode]]:
+    """The users and the nodes above ``nodes`` (each once)."""
     holders: list[RootHolder] = []
+    parents: list[BlockNode] = []
     seen = {id(node) for node in nodes}
     stack = list(nodes)
     while stack:
@@ -170,8 +176,9 @@ def holders_above(*nodes: BlockNode) -> list[RootHolder]:
             if isinstance(parent, RootHolder):
                 holders.append(parent)
             else:
+                parents.append(parent)
                 stack.append(parent)
-    return holders
+    return holders, parents
 
 
 # -- permissions --------------------------------------------------------------------------
@@ -383,11 +390,15 @@ async def drained(*nodes: BlockNode) -> AsyncIterator[None]:
     """A drained section over ``nodes`` (bdrv_drained_begin/end).
 
     Every user above them stops starting requests, then the section waits
-    until the requests they had in flight have finished.
+    until the requests they had in flight have finished. The nodes and
+    those above them learn of the section (``drain_begin``/``drain_end``),
+    so that one holding requests back (a throttle filter) lets them go.
     """
-    holders = holders_above(*nodes)
+    holders, parents = _above(nodes)
     for node in nodes:
         node.quiesce_counter += 1
+    for node in (*nodes, *parents):
+        node.drain_begin()
     for holder in holders:
         holder.quiesce_begin()
     try:
@@ -397,5 +408,7 @@ async def drained(*nodes: BlockNode) -> AsyncIterator[None]:
     finally:
         for node in nodes:
             node.quiesce_counter -= 1
+        for node in (*nodes, *parents):
+            node.drain_end()
         for holder in holders:
             holder.quiesce_end()

@@ -151,6 +151,13 @@ class BlockNode:
     async def close(self) -> None:
         """Flush what must be flushed and release host resources."""
 
+    def drain_begin(self) -> None:
+        """A drained section covers this node (QEMU's bdrv_drain_begin
+        callback): requests it holds back must be let go."""
+
+    def drain_end(self) -> None:
+        """The drained section is over."""
+
     async def reopen_read_only(self) -> None:
         """Become read-only (the old top after a snapshot), with the
         children that inherit from this node; a format writes back what it

@@ -251,6 +251,12 @@ def _drive(state: _State, arg: str, _where: str) -> HelpRequest | None:
     return None
 
 
+def _qtest(state: _State, arg: str, where: str) -> None:
+    """-qtest DEV: the chardev ``qtest``, as QEMU's qtest_server_init names it."""
+    _compat_chardev(state, "qtest", arg, where, f'Failed to initialize device for qtest: "{arg}"')
+    state.config.qtest = "qtest"
+
+
 def _blockdev(state: _State, arg: str, _where: str) -> None:
     tree, from_json = parse_keyval_or_json(arg, "driver")
     state.config.blockdevs.append(BlockdevConfig(options=tree, from_json=from_json))
@@ -534,7 +540,7 @@ _HANDLERS: dict[str, Callable[[_State, str, str], HelpRequest | VersionRequest |
     "display": _display,
     "drive": _drive,
     "vga": _vga,
-    "qtest": _set_string("qtest"),
+    "qtest": _qtest,
     "nographic": _set_flag("nographic"),
     "chardev": _chardev,
     "kernel": _set_string("kernel"),

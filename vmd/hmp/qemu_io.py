@@ -39,7 +39,7 @@ from typing import Any
 
 from vmd.block.backend import BlockBackend
 from vmd.block.node import BlockNode
-from vmd.block.perm import ALL, Perm
+from vmd.block.perm import ALL, NONE, Perm
 from vmd.errors import QMPError
 from vmd.hmp.args import ArgumentError, parse_arguments
 
@@ -133,7 +133,7 @@ class Command:
     argmax: int = 0
     args: str = ""
     oneline: str = ""
-    perm: Perm = Perm(0)
+    perm: Perm = NONE
 
     def usage(self) -> str:
         return f"{self.name} {self.args} -- {self.oneline}\n"

@@ -75,8 +75,10 @@ class Machine:
         except KvmError as error:
             raise StartupError(f"kvm: {error}") from None
         install_kick_handler()
-        self.threads = [VcpuThread(vcpu, self.board.pio, self.board.mmio, self.bql, self._vcpu_report)
-                        for vcpu in self.board.vcpus]
+        # Under -accel qtest the test drives the machine: no vCPU runs.
+        self.threads = [] if daemon.accel == "qtest" else [
+            VcpuThread(vcpu, self.board.pio, self.board.mmio, self.bql, self._vcpu_report)
+            for vcpu in self.board.vcpus]
 
     def start(self, running: bool) -> None:
         """Reset to the power-on state, start the threads; run unless ``-S``."""

@@ -10,7 +10,9 @@ and texts:
 * ``memory-backend-ram``: the guest's RAM, named by ``-machine
   memory-backend=ID``. vmd's RAM is private anonymous memory, so the
   backend only says how much (its size must be ``-m``'s, as in QEMU);
-  shared, preallocated, mergeable or dumped memory is refused.
+  shared, preallocated, mergeable or dumped memory is refused;
+* ``throttle-group``: limits shared by ``throttle`` filter nodes
+  (``vmd.block.drivers.throttle``); one in use cannot be deleted.
 
 ``-object`` runs through ``object-add`` (``vmd.system.startup_commands``),
 so both paths check the same way. Reading ``file`` happens on a worker
@@ -29,6 +31,7 @@ from vmd._generated.types import (
     ObjectOptions,
     QCryptoSecretFormat,
     SecretProperties,
+    ThrottleGroupProperties,
 )
 from vmd.errors import QMPError
 from vmd.qom.objects import ensure_registered
@@ -53,7 +56,7 @@ class RamBackend:
         self.size = size
 
 
-UserObject = Secret | RamBackend
+UserObject = Any   # Secret, RamBackend or a ThrottleGroup
 
 
 class UserObjects:
@@ -81,9 +84,12 @@ class UserObjects:
         obj = self._objects.get(object_id)
         if obj is None:
             raise QMPError(f"object '{object_id}' not found")
-        if obj is self.in_use:
+        if obj is self.in_use or getattr(obj, "busy", False):
             raise QMPError(f"object '{object_id}' is in use, can not be deleted")
         del self._objects[object_id]
+        if getattr(obj, "type_name", None) == "throttle-group":
+            from vmd.block.drivers.throttle import GROUPS
+            del GROUPS[object_id]
 
     #: The object the machine uses (its memory backend), not deletable.
     in_use: UserObject | None = None
@@ -144,10 +150,16 @@ async def qmp_object_add(ctx: Any, options: ObjectOptions) -> None:
     obj: UserObject
     if isinstance(options.u, SecretProperties):
         obj = await _load_secret(options.u)
+    elif isinstance(options.u, ThrottleGroupProperties):
+        from vmd.block.drivers.throttle import new_group
+        obj = new_group(options.id, options.u)
     else:
         assert isinstance(options.u, MemoryBackendProperties)
         obj = _ram_backend(options.u)
     ctx.daemon.objects.add(options.id, obj)
+    if getattr(obj, "type_name", None) == "throttle-group":
+        from vmd.block.drivers.throttle import GROUPS
+        GROUPS[options.id] = obj
 
 
 def qmp_object_del(ctx: Any, id: str) -> None:

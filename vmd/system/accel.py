@@ -13,16 +13,18 @@ only, so:
   machine type that can run (``query-machines`` lists only ``none``) and
   no CPU model, so libvirt offers no ``<domain type='qemu'>``;
 * ``qtest`` (QEMU's accelerator for its test suite, where the test, not
-  guest code, drives the machine through the ``-qtest`` socket) is taken
-  like ``tcg``: only with ``-machine none``;
-* any other name, or TCG or qtest for a machine with a guest, is refused
-  with a clear error.
+  guest code, drives the machine through the ``-qtest`` socket) is a label
+  with ``-machine none``; a ``pc`` is built as usual (on ``/dev/kvm``, for
+  its memory and interrupt controllers) and no vCPU ever runs;
+* any other name, or TCG for a machine with a guest, is refused with a
+  clear error.
 
 ``-accel help`` lists what can be asked for, without ``qtest`` (QEMU
 leaves it out too: it is for tests only).
 
-With no accelerator given, a machine with a guest uses KVM and ``none``
-uses TCG, as QEMU's default (``tcg``) does for it.
+With no accelerator given, ``-qtest`` means qtest (as in QEMU), else a
+machine with a guest uses KVM and ``none`` uses TCG, as QEMU's default
+(``tcg``) does for it.
 """
 
 from __future__ import annotations
@@ -79,7 +81,7 @@ def check_accelerators(config: Config) -> None:
         if name not in ACCELERATORS:
             raise AccelError(f"invalid accelerator {name}")
     machine = config.machine.get("type", "none")
-    if machine != "none" and wanted and wanted[0] != "kvm":
+    if machine != "none" and wanted and wanted[0] not in ("kvm", "qtest"):
         raise AccelError(f"invalid accelerator {wanted[0]}: vmd runs guests on KVM only "
                          f"(machine '{machine}')")
 
@@ -87,10 +89,11 @@ def check_accelerators(config: Config) -> None:
 def choose_accelerator(config: Config) -> str:
     """The first accelerator of the list that works (``check_accelerators`` passed)."""
     guest = config.machine.get("type", "none") != "none"
-    wanted = wanted_accelerators(config) or (["kvm"] if guest else ["tcg"])
+    default = "qtest" if config.qtest is not None else "kvm" if guest else "tcg"
+    wanted = wanted_accelerators(config) or [default]
     error = None
     for name in wanted:
-        if name == "kvm":
+        if name == "kvm" or (name == "qtest" and guest):
             error = kvm_open_error()
             if error is None:
                 return name

@@ -3,4 +3,4 @@
 
 def load_all() -> None:
     """Import every driver module (each registers itself with the graph)."""
-    from vmd.block.drivers import blkdebug, cor, file, null, qcow2, raw  # noqa: F401
+    from vmd.block.drivers import blkdebug, cor, file, null, qcow2, raw, throttle  # noqa: F401

@@ -36,8 +36,16 @@ written since the last flush) on the node written or flushed, which this
 node does for the requests it receives. vmd's formats report no
 metadata events (``l2_update``, ``refblock_alloc``, ...): rules on them are
 accepted and never fire. ``align``, ``max-transfer`` and the other request
-limits, and ``take-child-perms``/``unshare-child-perms``, are accepted and
-not applied.
+limits are accepted and not applied. ``take-child-perms`` and
+``unshare-child-perms`` change what the node asks of its image, as QEMU's.
+
+Breakpoints (qemu-io's ``break EVENT TAG``, ``resume TAG``,
+``remove_break TAG``, ``wait_break TAG``) suspend the request that fires
+EVENT until it is resumed; each breakpoint suspends one request and is
+gone. An event a format reports on this node (``read_aio``...) comes just
+before its request reaches the node, so the request is held as it
+arrives; the node's own events hold it where they fire. QEMU prints
+"blkdebug: Suspended request" only outside qtest; vmd never prints it.
 """
 
 from __future__ import annotations
@@ -53,7 +61,7 @@ from vmd._generated.types import BlkdebugEvent, BlkdebugIOType
 from vmd.block import aio
 from vmd.block.graph import BlockGraph, driver, node_name_of
 from vmd.block.node import BlockNode, Extent
-from vmd.block.perm import Role
+from vmd.block.perm import NONE, Perm, Role
 from vmd.errors import QMPError
 
 SECTOR_SIZE = 512
@@ -94,10 +102,17 @@ class BlkdebugNode(BlockNode):
     is_filter = True
 
     def __init__(self, node_name: str, image: BlockNode, rules: list[InjectRule | StateRule],
-                 *, config: str | None = None, read_only: bool = False) -> None:
+                 *, config: str | None = None, read_only: bool = False,
+                 take: Perm = NONE, unshare: Perm = NONE) -> None:
         super().__init__(node_name, read_only=read_only)
+        self.take, self.unshare = take, unshare
         self.attach_child("image", image, Role.FILTERED | Role.PRIMARY)
         self.rules = rules
+        #: Breakpoints as (event, tag); suspended requests by tag.
+        self.breakpoints: list[tuple[str, str]] = []
+        self.suspended: list[tuple[str, asyncio.Future[None]]] = []
+        self._held: list[str] = []   # tags of requests to hold as they arrive
+        self._suspend_waiters: list[asyncio.Future[None]] = []
         self.active: list[InjectRule] = []
         self.state = 1
         self.config = config
@@ -123,8 +138,63 @@ class BlkdebugNode(BlockNode):
 
     # -- rules -------------------------------------------------------------------
 
+    def child_perm(self, edge: Any, perm: Perm, shared: Perm) -> tuple[Perm, Perm]:
+        """The default permissions, plus ``take-child-perms``, less ``unshare-child-perms``."""
+        need, share = super().child_perm(edge, perm, shared)
+        return need | self.take, share & ~self.unshare
+
+    # -- breakpoints ---------------------------------------------------------------
+
+    def add_breakpoint(self, event: str, tag: str) -> int:
+        """``break EVENT TAG``: 0, or ENOENT for an unknown event."""
+        if event not in {member.value for member in BlkdebugEvent}:
+            return errnos.ENOENT
+        self.breakpoints.insert(0, (event, tag))
+        return 0
+
+    def remove_breakpoint(self, tag: str) -> int:
+        """``remove_break TAG``: drop its breakpoints, resume what it holds."""
+        found = any(bp_tag == tag for _event, bp_tag in self.breakpoints)
+        self.breakpoints = [bp for bp in self.breakpoints if bp[1] != tag]
+        resumed = False
+        while self.resume(tag) == 0:
+            resumed = True
+        return 0 if found or resumed else errnos.ENOENT
+
+    def resume(self, tag: str) -> int:
+        """``resume TAG``: let the first request held under ``tag`` go on."""
+        for index, (held_tag, future) in enumerate(self.suspended):
+            if held_tag == tag:
+                del self.suspended[index]
+                future.set_result(None)
+                return 0
+        return errnos.ENOENT
+
+    async def wait_suspended(self, tag: str) -> None:
+        """``wait_break TAG``: until a request is held under ``tag``."""
+        while not any(held_tag == tag for held_tag, _future in self.suspended):
+            waiter = asyncio.get_running_loop().create_future()
+            self._suspend_waiters.append(waiter)
+            await waiter
+
+    async def _hold(self) -> None:
+        """Suspend the arriving request for each breakpoint that fired."""
+        while self._held:
+            future = asyncio.get_running_loop().create_future()
+            self.suspended.insert(0, (self._held.pop(0), future))
+            waiters, self._suspend_waiters = self._suspend_waiters, []
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
+            await future
+
     def debug_event(self, event: str) -> None:
-        """Fire ``event``: activate its error rules, apply its state changes."""
+        """Fire ``event``: activate its error rules, apply its state changes,
+        and mark the request for suspension if a breakpoint is on it."""
+        for bp_event, tag in list(self.breakpoints):
+            if bp_event == event:
+                self.breakpoints.remove((bp_event, tag))
+                self._held.append(tag)
         new_state = self.state
         for rule in self.rules:
             if rule.event != event or (rule.state and rule.state != self.state):
@@ -151,28 +221,35 @@ class BlkdebugNode(BlockNode):
     # -- I/O -----------------------------------------------------------------------
 
     async def _co_read(self, offset: int, buf: memoryview) -> None:
+        await self._hold()
         await self._check(offset, len(buf), BlkdebugIOType.READ)
         await self.image.read(offset, buf)
 
     async def _co_write(self, offset: int, data: memoryview) -> None:
+        await self._hold()
         self.debug_event(BlkdebugEvent.PWRITEV)
+        await self._hold()
         self._written = True
         await self._check(offset, len(data), BlkdebugIOType.WRITE)
         await self.image.write(offset, data)
         self.debug_event(BlkdebugEvent.PWRITEV_DONE)
 
     async def _co_write_zeroes(self, offset: int, length: int, may_unmap: bool) -> None:
+        await self._hold()
         self.debug_event(BlkdebugEvent.PWRITEV_ZERO)
+        await self._hold()
         self._written = True
         await self._check(offset, length, BlkdebugIOType.WRITE_ZEROES)
         await self.image.write_zeroes(offset, length, may_unmap)
 
     async def _co_discard(self, offset: int, length: int) -> None:
+        await self._hold()
         self._written = True
         await self._check(offset, length, BlkdebugIOType.DISCARD)
         await self.image.discard(offset, length)
 
     async def _co_flush(self) -> None:
+        await self._hold()
         self.debug_event(BlkdebugEvent.FLUSH_TO_OS)
         # QEMU goes to the disk (and fires the event) only after writes.
         written, self._written = self._written, False
@@ -296,4 +373,13 @@ async def open_blkdebug(options: Any, graph: BlockGraph) -> BlockNode:
     rules += inline_rules(branch)
     image = await graph.open_child(branch.image, options, "image")
     return BlkdebugNode(node_name_of(options), image, rules, config=branch.config,
-                        read_only=bool(getattr(options, "read_only", False)))
+                        read_only=bool(getattr(options, "read_only", False)),
+                        take=_perms(branch.take_child_perms), unshare=_perms(branch.unshare_child_perms))
+
+
+def _perms(names: Any) -> Perm:
+    """A BlockPermission list as permission bits."""
+    bits = Perm(0)
+    for name in names or ():
+        bits |= Perm[str(getattr(name, "value", name)).replace("-", "_").upper()]
+    return bits
