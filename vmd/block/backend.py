@@ -74,12 +74,19 @@ class BlockBackend(RootHolder):
 
     # -- requests and drained sections -----------------------------------------------------
 
-    async def request_begin(self) -> None:
-        """Wait while drained, then count a request in flight."""
+    def try_begin(self) -> bool:
+        """Count a request in flight, unless it must wait (drained): then
+        return False and let ``request_begin`` wait."""
         if self._quiesce and self.queue_requests:
-            await self._resumed.wait()
+            return False
         self.in_flight += 1
         self._idle.clear()
+        return True
+
+    async def request_begin(self) -> None:
+        """Wait while drained, then count a request in flight."""
+        while not self.try_begin():
+            await self._resumed.wait()
 
     def request_end(self) -> None:
         self.in_flight -= 1

@@ -640,11 +640,11 @@ class ServerConnection:
         if command == Cmd.DISC:
             self._pos += REQUEST_SIZE
             return self._close("client sent NBD_CMD_DISC", clean=True)
-        request = Request(cookie, command, flags, offset, length)
         if command in (Cmd.READ, Cmd.WRITE, Cmd.CACHE) and length > MAX_PAYLOAD:
             self._pos += REQUEST_SIZE
             # QEMU 7.2's text, stray space included.
-            self._reply_error_now(request, EINVAL, f"len ({length} ) is larger than max len ({MAX_PAYLOAD})")
+            self._reply_error_now(Request(cookie, command, flags, offset, length), EINVAL,
+                                  f"len ({length} ) is larger than max len ({MAX_PAYLOAD})")
             if command == Cmd.WRITE:
                 # The payload cannot be skipped safely: hang up, as QEMU does.
                 return self._close("Request handling failed in intermediate state")
@@ -656,6 +656,7 @@ class ServerConnection:
             request = Request(cookie, command, flags, offset, length, self._take(length))
         else:
             self._pos += REQUEST_SIZE
+            request = Request(cookie, command, flags, offset, length)
         problem = self._check(request)
         if problem is not None:
             self._reply_error_now(request, *problem)

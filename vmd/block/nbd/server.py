@@ -332,7 +332,8 @@ class _Client:
                 return
             assert self.export is not None
             backend = self.export.backend
-            await backend.request_begin()
+            if not backend.try_begin():
+                await backend.request_begin()
             try:
                 reply = await self._execute(request)
             except OSError as error:

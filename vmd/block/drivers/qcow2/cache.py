@@ -47,6 +47,13 @@ class TableCache:
         self._tables[offset] = table
         return table
 
+    def peek(self, offset: int) -> bytearray | None:
+        """The table at ``offset`` if it is cached (no I/O), else None."""
+        table = self._tables.get(offset)
+        if table is not None:
+            self._tables.move_to_end(offset)
+        return table
+
     async def _read_partial(self, offset: int, table: bytearray) -> None:
         avail = max(0, min(self.table_size, self.file.total_size - offset))
         if avail:

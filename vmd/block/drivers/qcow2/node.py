@@ -271,6 +271,20 @@ class Qcow2Node(BlockNode):
         table = await self.l2_cache.get(off)
         return int(struct.unpack_from(">Q", table, l2i * 8)[0])
 
+    def _cached_entry(self, vc: int) -> int | None:
+        """The L2 entry of ``vc`` when no table has to be read for it, else None.
+
+        The fast paths of small requests use it while nobody holds ``_lock``:
+        it does not wait, so the lookup is as atomic as one under the lock.
+        """
+        l1i, l2i = divmod(vc, self.l2_entries)
+        l1e = self.l1[l1i] if l1i < len(self.l1) else 0
+        off = l1e & fmt.L1E_OFFSET_MASK
+        if not off:
+            return 0
+        table = self.l2_cache.peek(off) if off % self.cs == 0 else None
+        return None if table is None else int(struct.unpack_from(">Q", table, l2i * 8)[0])
+
     def _kind(self, entry: int) -> int:
         if entry & fmt.OFLAG_COMPRESSED:
             return _COMPRESSED
@@ -347,6 +361,11 @@ class Qcow2Node(BlockNode):
         """
         vc, in_off = divmod(offset, self.cs)
         n = min(self.cs - in_off, len(buf))
+        if n == len(buf) and not self._lock.locked():  # within one cluster: no lock needed
+            entry = self._cached_entry(vc)
+            if entry is not None and self._kind(entry) == _DATA:
+                await self._read_host((entry & fmt.L2E_OFFSET_MASK) + in_off, buf)
+                return n
         async with self._lock:
             entry = await self._entry(vc)
             if self._kind(entry) == _DATA:
@@ -400,6 +419,16 @@ class Qcow2Node(BlockNode):
         exclusive path (its old host cluster would be freed).
         """
         vc, in_off = divmod(offset, self.cs)
+        if (len(data) <= self.cs - in_off and not self._lock.locked()
+                and self._allocations.pending(vc) is None):
+            # Within one cluster of ours, in a table of ours: written in place
+            # without the lock (the lookup does not wait).
+            entry = self._cached_entry(vc)
+            if (entry is not None and self._kind(entry) == _DATA and entry & fmt.OFLAG_COPIED
+                    and self.l1[vc // self.l2_entries] & fmt.OFLAG_COPIED):
+                self.file.debug_event(BlkdebugEvent.WRITE_AIO)
+                await self.file.write((entry & fmt.L2E_OFFSET_MASK) + in_off, data)
+                return len(data)
         while True:
             while (pending := self._allocations.pending(vc)) is not None:
                 await self._allocations.wait(pending)
@@ -735,6 +764,12 @@ class Qcow2Node(BlockNode):
     # -- block status ------------------------------------------------------------
 
     async def _co_block_status(self, offset: int, length: int) -> Extent:
+        in_off = offset % self.cs
+        if length <= self.cs - in_off and not self._lock.locked():  # within one cluster
+            entry = self._cached_entry(offset // self.cs)
+            if entry is not None and self._kind(entry) == _DATA:
+                host = (entry & fmt.L2E_OFFSET_MASK) + in_off
+                return Extent(length, Status.DATA | Status.ALLOCATED, host)
         async with self._lock:
             vc, in_off = divmod(offset, self.cs)
             entry = await self._entry(vc)
