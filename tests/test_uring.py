@@ -100,3 +100,44 @@ async def test_workers_without_liburing(tmp_path: Path, monkeypatch: pytest.Monk
     monkeypatch.setattr(aio, "_ring", None)
     assert aio.ring() is None
     await _exercise(tmp_path / "f")
+
+
+class _Refusing:
+    """liburing as the ring sees it, with some calls answered otherwise."""
+
+    def __init__(self, real: object, **answers: object) -> None:
+        self._real = real
+        self.calls: dict[str, int] = {}
+        self._answers = answers
+
+    def __getattr__(self, name: str) -> object:
+        real = getattr(self._real, name)
+        if name not in self._answers:
+            return real
+
+        def call(*args: object) -> object:
+            self.calls[name] = self.calls.get(name, 0) + 1
+            return self._answers[name](self.calls[name], real, *args)  # type: ignore[operator]
+        return call
+
+
+async def test_a_refused_submission_is_retried(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    ring = aio.ring()
+    if ring is None:
+        pytest.skip("io_uring is not available here")
+    busy_once = _Refusing(ring._lib, io_uring_submit=lambda n, real, r: -errno.EBUSY if n == 1
+                          else real(r))
+    monkeypatch.setattr(ring, "_lib", busy_once)
+    await _exercise(tmp_path / "f")
+    assert busy_once.calls["io_uring_submit"] > 1
+
+
+async def test_a_full_ring_sends_the_call_to_a_worker(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    ring = aio.ring()
+    if ring is None:
+        pytest.skip("io_uring is not available here")
+    null = ring._ffi.NULL
+    full = _Refusing(ring._lib, io_uring_get_sqe=lambda n, real, r: null)
+    monkeypatch.setattr(ring, "_lib", full)
+    await _exercise(tmp_path / "f")
+    assert full.calls["io_uring_get_sqe"] >= 300 and not ring.busy

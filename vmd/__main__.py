@@ -74,6 +74,8 @@ def _serve(config, early: EarlyGreeter) -> int:  # type: ignore[no-untyped-def]
 
 def _apply_trace(config) -> list[str]:  # type: ignore[no-untyped-def]
     """Switch on the -trace/-d trace: events; return warnings to print."""
+    if not config.trace:
+        return []  # the per-command events exist for -trace patterns to match
     from vmd._generated.commands import COMMANDS
     from vmd.system import trace
 

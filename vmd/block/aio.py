@@ -27,7 +27,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from vmd.block.uring import Ring
+from vmd.block.uring import Ring, RingFull
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -160,7 +160,10 @@ async def pread(fd: int, buf: memoryview, offset: int) -> int:
         return await run(_pread_full, fd, buf, offset)
     done = 0
     while done < len(buf):
-        count = await uring.read(fd, buf[done:], offset + done)
+        try:
+            count = await uring.read(fd, buf[done:], offset + done)
+        except RingFull:
+            return done + await run(_pread_full, fd, buf[done:], offset + done)
         if count == 0:
             buf[done:] = bytes(len(buf) - done)
             break
@@ -175,7 +178,11 @@ async def pwrite(fd: int, data: memoryview, offset: int) -> None:
         return
     done = 0
     while done < len(data):
-        done += await uring.write(fd, data[done:], offset + done)
+        try:
+            done += await uring.write(fd, data[done:], offset + done)
+        except RingFull:
+            await run(_pwrite_full, fd, data[done:], offset + done)
+            return
 
 
 async def fdatasync(fd: int) -> None:

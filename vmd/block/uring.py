@@ -68,6 +68,8 @@ IORING_OP_WRITE = 23
 IOSQE_ASYNC = 1 << 4
 #: Entries in the submission queue (the completion queue has twice as many).
 ENTRIES = 256
+#: How soon a submission the kernel refused for now (EAGAIN, EBUSY) is retried.
+_RETRY_S = 0.001
 #: One submission entry as io_uring_prep_rw fills it: opcode, flags, ioprio,
 #: fd, off, addr, len, rw_flags, user_data, buf_index, personality,
 #: splice_fd_in, addr3, pad.
@@ -87,6 +89,10 @@ def _load() -> tuple[Any, Any]:
         _lib = ffi.dlopen("liburing.so.2")
         _ffi = ffi
     return _ffi, _lib
+
+
+class RingFull(OSError):
+    """No submission entry is free even after submitting: use a worker."""
 
 
 class Ring:
@@ -144,23 +150,28 @@ class Ring:
         return bool(self._inflight)
 
     def read(self, fd: int, buf: memoryview, offset: int) -> asyncio.Future[int]:
-        """Read into ``buf``; the future's result is the byte count (short at EOF)."""
-        return self._queue(IORING_OP_READ, fd, self._ffi.from_buffer(buf, require_writable=True),
-                           len(buf), offset)
+        """Read into ``buf``; the future's result is the byte count (short at EOF).
+
+        Raises RingFull when no submission entry can be had.
+        """
+        return self._queue(IORING_OP_READ, fd, buf, offset)
 
     def write(self, fd: int, data: memoryview, offset: int) -> asyncio.Future[int]:
-        """Write ``data``; the future's result is the byte count."""
-        return self._queue(IORING_OP_WRITE, fd, self._ffi.from_buffer(data), len(data), offset)
+        """Write ``data``; the future's result is the byte count. Raises RingFull."""
+        return self._queue(IORING_OP_WRITE, fd, data, offset)
 
-    def _queue(self, opcode: int, fd: int, pointer: Any, length: int,
-               offset: int) -> asyncio.Future[int]:
+    def _queue(self, opcode: int, fd: int, buf: memoryview, offset: int) -> asyncio.Future[int]:
         sqe = self._lib.io_uring_get_sqe(self._ring)
         if sqe == self._ffi.NULL:  # the queue is full: submit what is there
             self._submit()
             sqe = self._lib.io_uring_get_sqe(self._ring)
+            if sqe == self._ffi.NULL:
+                raise RingFull(errno.EAGAIN, "io_uring submission queue full")
+        # The pointer holds the buffer (and keeps it alive) until completion.
+        pointer = self._ffi.from_buffer(buf, require_writable=opcode == IORING_OP_READ)
         key = self._next = (self._next + 1) & 0xFFFFFFFFFFFF
         address = int(self._ffi.cast("uintptr_t", pointer))
-        self._ffi.memmove(sqe, SQE.pack(opcode, IOSQE_ASYNC, 0, fd, offset, address, length, 0,
+        self._ffi.memmove(sqe, SQE.pack(opcode, IOSQE_ASYNC, 0, fd, offset, address, len(buf), 0,
                                         key, 0, 0, 0, 0, 0), SQE.size)
         future = self.loop.create_future()
         self._inflight[key] = (future, pointer)
@@ -170,19 +181,26 @@ class Ring:
         return future
 
     def _submit(self) -> None:
+        """Hand the kernel what was queued; what it did not take is retried."""
         if not self._unsubmitted:
             return
-        self._unsubmitted = 0
         code = self._lib.io_uring_submit(self._ring)
-        if code < 0:  # nothing was taken: fail what waits to be submitted
-            self._fail_unsubmitted(OSError(-code, os.strerror(-code)))
+        if code >= 0:
+            self._unsubmitted = max(0, self._unsubmitted - code)
+            if self._unsubmitted:
+                self.loop.call_later(_RETRY_S, self._submit)
+        elif -code in (errno.EAGAIN, errno.EBUSY, errno.EINTR):
+            self.loop.call_later(_RETRY_S, self._submit)  # the entries stay queued
+        else:
+            self._fail_all(OSError(-code, f"io_uring_submit: {os.strerror(-code)}"))
 
-    def _fail_unsubmitted(self, error: OSError) -> None:
-        """After a failed submit, every entry not yet completed has failed."""
+    def _fail_all(self, error: OSError) -> None:
+        """The ring is broken: every waiting caller gets ``error``. The
+        buffers stay referenced, since the kernel may still use them."""
+        self._unsubmitted = 0
         for future, _pointer in self._inflight.values():
             if not future.done():
                 future.set_exception(error)
-        self._inflight.clear()
 
     def _reap(self) -> None:
         """The eventfd fired: hand out every completion there is."""
