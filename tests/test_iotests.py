@@ -37,6 +37,11 @@ TIMEOUT = 300
 
 #: (test, image format) pairs known to pass.
 TESTS = [
+    ("117", "qcow2"),   # blockdev-add of a node whose file child is added separately, qemu-io on it
+    ("120", "qcow2"),   # -drive driver=raw over file.driver=qcow2 (a format over a format)
+    ("130", "qcow2"),   # HMP commit with backing.* options overriding the header's backing file
+    ("143", "qcow2"),   # NBD server on a blockdev-add'ed node, client gone before the export
+    ("176", "qcow2"),   # qemu-img commit with bitmaps; blockdev-add/-del of the chain in between
     ("156", "qcow2"),   # drive-mirror of a snapshot, completed onto a copied chain
     ("161", "qcow2"),   # reopen of the backing file after stream and commit
     ("247", "qcow2"),   # commit with auto-read-only nodes, over -qmp stdio

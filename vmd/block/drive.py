@@ -100,20 +100,31 @@ async def resolve(tree: dict[str, Any], filename: str | None, aio_mode: str | No
     if filename is None and not isinstance(file, dict):
         raise QMPError(f"The '{driver}' block driver requires a file name" if driver
                        else "Must specify either driver or file")
-    protocol = {**(_protocol(filename, aio_mode) if filename else {}), **(file or {})}
+    child = dict(file or {})
+    if child.get("driver", "file") in _PROTOCOLS:
+        child = {"driver": "file", **(_protocol(filename, aio_mode) if filename else {}), **child}
+    else:   # a format over a format: the file name goes down to the lower one
+        child = await resolve(child, filename, aio_mode)
+    tree["file"] = child
     if driver is None:
-        driver = tree["driver"] = await aio.run(_probe, _host_path(protocol))
-    tree["file"] = protocol
+        driver = tree["driver"] = await aio.run(_probe, _host_path(child))
     backing = tree.get("backing")
-    if driver == "qcow2" and isinstance(backing, dict) and "driver" not in backing and "file" not in backing:
-        path = _host_path(protocol)
-        name, fmt = await aio.run(_backing_of, path)
-        if name is None:
-            raise QMPError("backing options given for an image without a backing file")
-        if fmt is not None:
-            backing["driver"] = fmt
-        tree["backing"] = await resolve(backing, _relative_to(path, name))
+    if driver == "qcow2" and isinstance(backing, dict):
+        tree["backing"] = await _resolve_backing(backing, _host_path(child))
     return tree
+
+
+async def _resolve_backing(backing: dict[str, Any], overlay: str) -> dict[str, Any]:
+    """``backing.*`` options: the image the header names (and its format),
+    unless they name another file."""
+    if "file" in backing:
+        return await resolve(backing, None)
+    name, fmt = await aio.run(_backing_of, overlay)
+    if name is None:
+        raise QMPError("backing options given for an image without a backing file")
+    if fmt is not None:
+        backing.setdefault("driver", fmt)
+    return await resolve(backing, _relative_to(overlay, name))
 
 
 def _json_filename(filename: str) -> dict[str, Any]:

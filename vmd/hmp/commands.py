@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from vmd._generated.types import ShutdownCause
-from vmd.hmp import chardev, qemu_io
+from vmd.hmp import block, chardev, qemu_io
 from vmd.hmp.args import ArgumentError, parse_arguments
 from vmd.machine import commands as machine
 from vmd.qmp.errors import QMPError
@@ -156,6 +156,9 @@ COMMANDS = [
                args="s"),
     HmpCommand("chardev-remove", "id", "remove chardev",
                chardev.chardev_remove, args="s"),
+    HmpCommand("commit", "device|all",
+               "commit changes to the disk images (if -snapshot is used) or backing files",
+               block.hmp_commit, args="s"),
     HmpCommand("cont|c", "", "resume emulation", _cont),
     HmpCommand("help|?", "[cmd]", "show the help", _help,
                rest_of_line=True),

@@ -460,7 +460,8 @@ async def start_drive_mirror(daemon: Any, arg: DriveMirror) -> None:
         await create_image(arg.target, fmt_name, source.total_size,
                            new_backing.filename() if new_backing is not None else None,
                            new_backing.driver if new_backing is not None else None)
-    wire: dict[str, Any] = {"driver": fmt_name, "file": {"driver": "file", "filename": arg.target}}
+    from vmd.block.drive import resolve  # the target's name may carry a protocol (blkdebug:...)
+    wire = await resolve({"driver": fmt_name}, arg.target)
     if fmt_name == "qcow2":
         wire["backing"] = None
     if arg.node_name is not None:
