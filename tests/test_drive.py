@@ -73,3 +73,30 @@ def test_qemu_io_numbers_as_qemu_io_prints_them() -> None:
     assert timestr(0.5) == "00.50 sec" and timestr(61.25) == "0:01:01.25"
     assert report("wrote", 0.5, 0, 1024, 1024, 1, False) == (
         "wrote 1024/1024 bytes at offset 0\n1 KiB, 1 ops; 00.50 sec (2 KiB/sec and 2.0000 ops/sec)\n")
+
+
+def test_hmp_commit_copies_the_top_into_the_backing_file(tmp_path) -> None:
+    from tests.harness import RawQMP, start_vmd
+    base, top = tmp_path / "base.qcow2", tmp_path / "top.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(base), "1M"], check=True)
+    subprocess.run(["qemu-io", "-c", "write -P 1 0 128k", str(base)], check=True, capture_output=True)
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(base), "-F", "qcow2", str(top)],
+                   check=True)
+    subprocess.run(["qemu-io", "-c", "write -P 2 64k 64k", str(top)], check=True, capture_output=True)
+    vmd = start_vmd(tmp_path, "-drive", f"if=none,id=disk,file={top},read-only=on")
+    try:
+        with RawQMP(vmd.qmp_path) as qmp:
+            qmp.negotiate()
+            def hmp(line: str) -> object:
+                return qmp.command({"execute": "human-monitor-command", "arguments": {"command-line": line}})
+            assert hmp("commit nosuch") == {"return": "Device 'nosuch' not found\r\n"}
+            assert hmp("commit disk") == {"return": ""}
+            assert qmp.command({"execute": "quit"}) == {"return": {}}
+        assert vmd.process.wait(10) == 0
+    finally:
+        if vmd.process.poll() is None:
+            vmd.process.kill()
+    checked = subprocess.run(["qemu-io", "-c", "read -P 1 0 64k", "-c", "read -P 2 64k 64k", str(base)],
+                             capture_output=True, text=True, check=True)
+    assert "Pattern verification failed" not in checked.stdout, checked.stdout
+    assert subprocess.run(["qemu-img", "check", "-q", str(base)], check=False).returncode == 0
