@@ -143,8 +143,8 @@ uint32_t guest_main(uint32_t magic, struct multiboot_info *info)
     }
     b.indirect = str_has(cmdline, "indirect");
     uint64_t offered = virtio_device_features(&b.v);
-    print("device features %x transport %x:%x\n", (uint32_t)offered & 0xffffff,
-          (uint32_t)(offered >> 32), (uint32_t)offered & 0xff000000u);
+    print("device features %x\n", (uint32_t)offered & 0xffffff);
+    print("transport %x:%x\n", (uint32_t)(offered >> 32), (uint32_t)offered & 0xff000000u);
     print("negotiated %x:%x\n", (uint32_t)(b.v.features >> 32), (uint32_t)b.v.features);
     print("queues %u queue 0 size %u\n", virtio_num_queues(&b.v), b.vq.size);
     print_config(&b);

@@ -183,6 +183,18 @@ void *memset(void *dst, int c, size_t n)
     return dst;
 }
 
+uint64_t tsc_per_second(void)
+{
+    uint8_t s = cmos_read(0x00);
+    while (cmos_read(0x00) == s)
+        ;
+    uint64_t t0 = rdtsc();
+    s = cmos_read(0x00);
+    while (cmos_read(0x00) == s)
+        ;
+    return rdtsc() - t0;
+}
+
 void guest_exit(uint32_t code)
 {
     outl(EXIT_PORT, code);

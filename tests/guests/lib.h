@@ -50,6 +50,8 @@ void print_u64(uint64_t v);
 uint64_t udiv64(uint64_t n, uint32_t d, uint32_t *rem);
 
 uint8_t cmos_read(uint8_t index);
+/* TSC ticks in one RTC second (waits for two second boundaries). */
+uint64_t tsc_per_second(void);
 void cmos_write(uint8_t index, uint8_t value);
 uint32_t pci_read32(int bus, int dev, int fn, int reg);
 void pci_write32(int bus, int dev, int fn, int reg, uint32_t value);

@@ -16,18 +16,6 @@ static uint32_t parse_count(const char *cmdline)
     return 200000;
 }
 
-static uint64_t tsc_per_second(void)
-{
-    uint8_t s = cmos_read(0x00);
-    while (cmos_read(0x00) == s)
-        ;
-    uint64_t t0 = rdtsc();
-    s = cmos_read(0x00);
-    while (cmos_read(0x00) == s)
-        ;
-    return rdtsc() - t0;
-}
-
 uint32_t guest_main(uint32_t magic, struct multiboot_info *info)
 {
     uint32_t count = parse_count(guest_cmdline(info));

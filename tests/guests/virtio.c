@@ -16,14 +16,19 @@ void guest_alloc_init(const struct multiboot_info *info)
         pool_top = 0x100000u + info->mem_upper * 1024u;
 }
 
-void *guest_alloc(uint32_t size, uint32_t align)
+void *guest_alloc_uninit(uint32_t size, uint32_t align)
 {
     uintptr_t base = (pool_next + align - 1) & ~(uintptr_t)(align - 1);
     if (base + size > pool_top || base + size < base)
         return 0;
     pool_next = base + size;
-    memset((void *)base, 0, size);
     return (void *)base;
+}
+
+void *guest_alloc(uint32_t size, uint32_t align)
+{
+    void *p = guest_alloc_uninit(size, align);
+    return p ? memset(p, 0, size) : 0;
 }
 
 struct find_state {

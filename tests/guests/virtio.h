@@ -120,5 +120,8 @@ static inline void mb(void) { __asm__ volatile("lock; addl $0, (%%esp)" ::: "mem
    multiboot info reports (call guest_alloc_init first); 0 when exhausted. */
 void guest_alloc_init(const struct multiboot_info *info);
 void *guest_alloc(uint32_t size, uint32_t align);
+/* The same without zeroing: first touches of guest pages are slow on a
+   software KVM, so large buffers whose content does not matter skip it. */
+void *guest_alloc_uninit(uint32_t size, uint32_t align);
 
 #endif

@@ -524,9 +524,10 @@ SCHEMA_INFO: list[dict[str, Any]] = [
      'members': [{'name': 'qom-type', 'type': '108'},
                  {'name': 'id', 'type': 'str'}],
      'tag': 'qom-type',
-     'variants': [{'case': 'memory-backend-ram', 'type': '109'},
-                  {'case': 'secret', 'type': '110'},
-                  {'case': 'throttle-group', 'type': '111'}]},
+     'variants': [{'case': 'iothread', 'type': '109'},
+                  {'case': 'memory-backend-ram', 'type': '110'},
+                  {'case': 'secret', 'type': '111'},
+                  {'case': 'throttle-group', 'type': '112'}]},
     # "23" = q_obj_object-del-arg
     {'name': '23',
      'meta-type': 'object',
@@ -552,7 +553,7 @@ SCHEMA_INFO: list[dict[str, Any]] = [
     # "26" = MigrationCapabilityStatus
     {'name': '26',
      'meta-type': 'object',
-     'members': [{'name': 'capability', 'type': '112'},
+     'members': [{'name': 'capability', 'type': '113'},
                  {'name': 'state', 'type': 'bool'}]},
     # "27" = q_obj_migrate-set-capabilities-arg
     {'name': '27',
@@ -566,10 +567,10 @@ SCHEMA_INFO: list[dict[str, Any]] = [
     # "29" = YankInstance
     {'name': '29',
      'meta-type': 'object',
-     'members': [{'name': 'type', 'type': '113'}],
+     'members': [{'name': 'type', 'type': '114'}],
      'tag': 'type',
-     'variants': [{'case': 'block-node', 'type': '114'},
-                  {'case': 'chardev', 'type': '115'},
+     'variants': [{'case': 'block-node', 'type': '115'},
+                  {'case': 'chardev', 'type': '116'},
                   {'case': 'migration', 'type': '1'}]},
     {'name': '[30]', 'meta-type': 'array', 'element-type': '30'},
     # "30" = ChardevInfo
@@ -588,18 +589,18 @@ SCHEMA_INFO: list[dict[str, Any]] = [
      'meta-type': 'object',
      'members': [{'name': 'device', 'type': 'str'},
                  {'name': 'data', 'type': 'str'},
-                 {'name': 'format', 'type': '116', 'default': None}]},
+                 {'name': 'format', 'type': '117', 'default': None}]},
     # "33" = q_obj_ringbuf-read-arg
     {'name': '33',
      'meta-type': 'object',
      'members': [{'name': 'device', 'type': 'str'},
                  {'name': 'size', 'type': 'int'},
-                 {'name': 'format', 'type': '116', 'default': None}]},
+                 {'name': 'format', 'type': '117', 'default': None}]},
     # "34" = q_obj_chardev-add-arg
     {'name': '34',
      'meta-type': 'object',
      'members': [{'name': 'id', 'type': 'str'},
-                 {'name': 'backend', 'type': '117'}]},
+                 {'name': 'backend', 'type': '118'}]},
     # "35" = ChardevReturn
     {'name': '35',
      'meta-type': 'object',
@@ -608,7 +609,7 @@ SCHEMA_INFO: list[dict[str, Any]] = [
     {'name': '36',
      'meta-type': 'object',
      'members': [{'name': 'id', 'type': 'str'},
-                 {'name': 'backend', 'type': '117'}]},
+                 {'name': 'backend', 'type': '118'}]},
     # "37" = q_obj_chardev-remove-arg
     {'name': '37',
      'meta-type': 'object',
@@ -626,7 +627,7 @@ SCHEMA_INFO: list[dict[str, Any]] = [
     {'name': '40',
      'meta-type': 'object',
      'members': [{'name': 'id', 'type': 'str'},
-                 {'name': 'status', 'type': '118'}]},
+                 {'name': 'status', 'type': '119'}]},
     # "41" = q_obj_job-pause-arg
     {'name': '41',
      'meta-type': 'object',
@@ -656,8 +657,8 @@ SCHEMA_INFO: list[dict[str, Any]] = [
     {'name': '47',
      'meta-type': 'object',
      'members': [{'name': 'id', 'type': 'str'},
-                 {'name': 'type', 'type': '119'},
-                 {'name': 'status', 'type': '118'},
+                 {'name': 'type', 'type': '120'},
+                 {'name': 'status', 'type': '119'},
                  {'name': 'current-progress', 'type': 'int'},
                  {'name': 'total-progress', 'type': 'int'},
                  {'name': 'error', 'type': 'str', 'default': None}]},
@@ -672,7 +673,7 @@ SCHEMA_INFO: list[dict[str, Any]] = [
                  {'name': 'locked', 'type': 'bool'},
                  {'name': 'inserted', 'type': '54', 'default': None},
                  {'name': 'tray_open', 'type': 'bool', 'default': None},
-                 {'name': 'io-status', 'type': '120', 'default': None}]},
+                 {'name': 'io-status', 'type': '121', 'default': None}]},
     {'name': '[49]', 'meta-type': 'array', 'element-type': '49'},
     # "49" = BlockJobInfo
     {'name': '49',
@@ -684,9 +685,9 @@ SCHEMA_INFO: list[dict[str, Any]] = [
                  {'name': 'busy', 'type': 'bool'},
                  {'name': 'paused', 'type': 'bool'},
                  {'name': 'speed', 'type': 'int'},
-                 {'name': 'io-status', 'type': '120'},
+                 {'name': 'io-status', 'type': '121'},
                  {'name': 'ready', 'type': 'bool'},
-                 {'name': 'status', 'type': '118'},
+                 {'name': 'status', 'type': '119'},
                  {'name': 'auto-finalize', 'type': 'bool'},
                  {'name': 'auto-dismiss', 'type': 'bool'},
                  {'name': 'error', 'type': 'str', 'default': None}]},
@@ -706,7 +707,7 @@ SCHEMA_INFO: list[dict[str, Any]] = [
                   'type': 'str',
                   'default': None},
                  {'name': 'format', 'type': 'str', 'default': None},
-                 {'name': 'mode', 'type': '121', 'default': None}]},
+                 {'name': 'mode', 'type': '122', 'default': None}]},
     # "52" = BlockdevSnapshot
     {'name': '52',
      'meta-type': 'object',
@@ -727,14 +728,14 @@ SCHEMA_INFO: list[dict[str, Any]] = [
                  {'name': 'backing_file', 'type': 'str', 'default': None},
                  {'name': 'backing_file_depth', 'type': 'int'},
                  {'name': 'encrypted', 'type': 'bool'},
-                 {'name': 'detect_zeroes', 'type': '122'},
+                 {'name': 'detect_zeroes', 'type': '123'},
                  {'name': 'bps', 'type': 'int'},
                  {'name': 'bps_rd', 'type': 'int'},
                  {'name': 'bps_wr', 'type': 'int'},
                  {'name': 'iops', 'type': 'int'},
                  {'name': 'iops_rd', 'type': 'int'},
                  {'name': 'iops_wr', 'type': 'int'},
-                 {'name': 'image', 'type': '123'},
+                 {'name': 'image', 'type': '124'},
                  {'name': 'bps_max', 'type': 'int', 'default': None},
                  {'name': 'bps_rd_max', 'type': 'int', 'default': None},
                  {'name': 'bps_wr_max', 'type': 'int', 'default': None},
@@ -753,35 +754,35 @@ SCHEMA_INFO: list[dict[str, Any]] = [
                   'default': None},
                  {'name': 'iops_size', 'type': 'int', 'default': None},
                  {'name': 'group', 'type': 'str', 'default': None},
-                 {'name': 'cache', 'type': '124'},
+                 {'name': 'cache', 'type': '125'},
                  {'name': 'write_threshold', 'type': 'int'},
-                 {'name': 'dirty-bitmaps', 'type': '[125]', 'default': None}]},
+                 {'name': 'dirty-bitmaps', 'type': '[126]', 'default': None}]},
     # "55" = XDbgBlockGraph
     {'name': '55',
      'meta-type': 'object',
-     'members': [{'name': 'nodes', 'type': '[126]'},
-                 {'name': 'edges', 'type': '[127]'}]},
+     'members': [{'name': 'nodes', 'type': '[127]'},
+                 {'name': 'edges', 'type': '[128]'}]},
     # "56" = BlockdevOptions
     {'name': '56',
      'meta-type': 'object',
-     'members': [{'name': 'driver', 'type': '128'},
+     'members': [{'name': 'driver', 'type': '129'},
                  {'name': 'node-name', 'type': 'str', 'default': None},
-                 {'name': 'discard', 'type': '129', 'default': None},
-                 {'name': 'cache', 'type': '130', 'default': None},
+                 {'name': 'discard', 'type': '130', 'default': None},
+                 {'name': 'cache', 'type': '131', 'default': None},
                  {'name': 'read-only', 'type': 'bool', 'default': None},
                  {'name': 'auto-read-only', 'type': 'bool', 'default': None},
                  {'name': 'force-share', 'type': 'bool', 'default': None},
-                 {'name': 'detect-zeroes', 'type': '122', 'default': None}],
+                 {'name': 'detect-zeroes', 'type': '123', 'default': None}],
      'tag': 'driver',
-     'variants': [{'case': 'blkdebug', 'type': '131'},
-                  {'case': 'copy-before-write', 'type': '132'},
-                  {'case': 'copy-on-read', 'type': '133'},
-                  {'case': 'file', 'type': '134'},
-                  {'case': 'null-co', 'type': '135'},
-                  {'case': 'qcow2', 'type': '136'},
-                  {'case': 'raw', 'type': '137'},
-                  {'case': 'snapshot-access', 'type': '138'},
-                  {'case': 'throttle', 'type': '139'},
+     'variants': [{'case': 'blkdebug', 'type': '132'},
+                  {'case': 'copy-before-write', 'type': '133'},
+                  {'case': 'copy-on-read', 'type': '134'},
+                  {'case': 'file', 'type': '135'},
+                  {'case': 'null-co', 'type': '136'},
+                  {'case': 'qcow2', 'type': '137'},
+                  {'case': 'raw', 'type': '138'},
+                  {'case': 'snapshot-access', 'type': '139'},
+                  {'case': 'throttle', 'type': '140'},
                   {'case': 'blklogwrites', 'type': '1'},
                   {'case': 'blkreplay', 'type': '1'},
                   {'case': 'blkverify', 'type': '1'},
@@ -823,7 +824,7 @@ SCHEMA_INFO: list[dict[str, Any]] = [
     {'name': '58',
      'meta-type': 'object',
      'members': [{'name': 'job-id', 'type': 'str'},
-                 {'name': 'options', 'type': '140'}]},
+                 {'name': 'options', 'type': '141'}]},
     # "59" = BlockDirtyBitmapAdd
     {'name': '59',
      'meta-type': 'object',
@@ -842,7 +843,7 @@ SCHEMA_INFO: list[dict[str, Any]] = [
      'meta-type': 'object',
      'members': [{'name': 'node', 'type': 'str'},
                  {'name': 'target', 'type': 'str'},
-                 {'name': 'bitmaps', 'type': '[141]'}]},
+                 {'name': 'bitmaps', 'type': '[142]'}]},
     # "62" = BlockDirtyBitmapSha256
     {'name': '62',
      'meta-type': 'object',
@@ -875,7 +876,7 @@ SCHEMA_INFO: list[dict[str, Any]] = [
                   'features': ['deprecated']},
                  {'name': 'backing-file', 'type': 'str', 'default': None},
                  {'name': 'speed', 'type': 'int', 'default': None},
-                 {'name': 'on-error', 'type': '142', 'default': None},
+                 {'name': 'on-error', 'type': '143', 'default': None},
                  {'name': 'filter-node-name', 'type': 'str', 'default': None},
                  {'name': 'auto-finalize', 'type': 'bool', 'default': None},
                  {'name': 'auto-dismiss', 'type': 'bool', 'default': None}]},
@@ -889,7 +890,7 @@ SCHEMA_INFO: list[dict[str, Any]] = [
                  {'name': 'backing-file', 'type': 'str', 'default': None},
                  {'name': 'bottom', 'type': 'str', 'default': None},
                  {'name': 'speed', 'type': 'int', 'default': None},
-                 {'name': 'on-error', 'type': '142', 'default': None},
+                 {'name': 'on-error', 'type': '143', 'default': None},
                  {'name': 'filter-node-name', 'type': 'str', 'default': None},
                  {'name': 'auto-finalize', 'type': 'bool', 'default': None},
                  {'name': 'auto-dismiss', 'type': 'bool', 'default': None}]},
@@ -902,15 +903,15 @@ SCHEMA_INFO: list[dict[str, Any]] = [
                  {'name': 'format', 'type': 'str', 'default': None},
                  {'name': 'node-name', 'type': 'str', 'default': None},
                  {'name': 'replaces', 'type': 'str', 'default': None},
-                 {'name': 'sync', 'type': '143'},
-                 {'name': 'mode', 'type': '121', 'default': None},
+                 {'name': 'sync', 'type': '144'},
+                 {'name': 'mode', 'type': '122', 'default': None},
                  {'name': 'speed', 'type': 'int', 'default': None},
                  {'name': 'granularity', 'type': 'int', 'default': None},
                  {'name': 'buf-size', 'type': 'int', 'default': None},
-                 {'name': 'on-source-error', 'type': '142', 'default': None},
-                 {'name': 'on-target-error', 'type': '142', 'default': None},
+                 {'name': 'on-source-error', 'type': '143', 'default': None},
+                 {'name': 'on-target-error', 'type': '143', 'default': None},
                  {'name': 'unmap', 'type': 'bool', 'default': None},
-                 {'name': 'copy-mode', 'type': '144', 'default': None},
+                 {'name': 'copy-mode', 'type': '145', 'default': None},
                  {'name': 'auto-finalize', 'type': 'bool', 'default': None},
                  {'name': 'auto-dismiss', 'type': 'bool', 'default': None}]},
     # "68" = q_obj_blockdev-mirror-arg
@@ -920,14 +921,14 @@ SCHEMA_INFO: list[dict[str, Any]] = [
                  {'name': 'device', 'type': 'str'},
                  {'name': 'target', 'type': 'str'},
                  {'name': 'replaces', 'type': 'str', 'default': None},
-                 {'name': 'sync', 'type': '143'},
+                 {'name': 'sync', 'type': '144'},
                  {'name': 'speed', 'type': 'int', 'default': None},
                  {'name': 'granularity', 'type': 'int', 'default': None},
                  {'name': 'buf-size', 'type': 'int', 'default': None},
-                 {'name': 'on-source-error', 'type': '142', 'default': None},
-                 {'name': 'on-target-error', 'type': '142', 'default': None},
+                 {'name': 'on-source-error', 'type': '143', 'default': None},
+                 {'name': 'on-target-error', 'type': '143', 'default': None},
                  {'name': 'filter-node-name', 'type': 'str', 'default': None},
-                 {'name': 'copy-mode', 'type': '144', 'default': None},
+                 {'name': 'copy-mode', 'type': '145', 'default': None},
                  {'name': 'auto-finalize', 'type': 'bool', 'default': None},
                  {'name': 'auto-dismiss', 'type': 'bool', 'default': None}]},
     # "69" = q_obj_block-job-set-speed-arg
@@ -963,7 +964,7 @@ SCHEMA_INFO: list[dict[str, Any]] = [
     # "76" = q_obj_BLOCK_JOB_COMPLETED-arg
     {'name': '76',
      'meta-type': 'object',
-     'members': [{'name': 'type', 'type': '119'},
+     'members': [{'name': 'type', 'type': '120'},
                  {'name': 'device', 'type': 'str'},
                  {'name': 'len', 'type': 'int'},
                  {'name': 'offset', 'type': 'int'},
@@ -972,7 +973,7 @@ SCHEMA_INFO: list[dict[str, Any]] = [
     # "77" = q_obj_BLOCK_JOB_CANCELLED-arg
     {'name': '77',
      'meta-type': 'object',
-     'members': [{'name': 'type', 'type': '119'},
+     'members': [{'name': 'type', 'type': '120'},
                  {'name': 'device', 'type': 'str'},
                  {'name': 'len', 'type': 'int'},
                  {'name': 'offset', 'type': 'int'},
@@ -981,12 +982,12 @@ SCHEMA_INFO: list[dict[str, Any]] = [
     {'name': '78',
      'meta-type': 'object',
      'members': [{'name': 'device', 'type': 'str'},
-                 {'name': 'operation', 'type': '145'},
-                 {'name': 'action', 'type': '146'}]},
+                 {'name': 'operation', 'type': '146'},
+                 {'name': 'action', 'type': '147'}]},
     # "79" = q_obj_BLOCK_JOB_READY-arg
     {'name': '79',
      'meta-type': 'object',
-     'members': [{'name': 'type', 'type': '119'},
+     'members': [{'name': 'type', 'type': '120'},
                  {'name': 'device', 'type': 'str'},
                  {'name': 'len', 'type': 'int'},
                  {'name': 'offset', 'type': 'int'},
@@ -994,25 +995,25 @@ SCHEMA_INFO: list[dict[str, Any]] = [
     # "80" = q_obj_BLOCK_JOB_PENDING-arg
     {'name': '80',
      'meta-type': 'object',
-     'members': [{'name': 'type', 'type': '119'},
+     'members': [{'name': 'type', 'type': '120'},
                  {'name': 'id', 'type': 'str'}]},
     # "81" = BlockdevBackup
     {'name': '81',
      'meta-type': 'object',
      'members': [{'name': 'job-id', 'type': 'str', 'default': None},
                  {'name': 'device', 'type': 'str'},
-                 {'name': 'sync', 'type': '143'},
+                 {'name': 'sync', 'type': '144'},
                  {'name': 'speed', 'type': 'int', 'default': None},
                  {'name': 'bitmap', 'type': 'str', 'default': None},
-                 {'name': 'bitmap-mode', 'type': '147', 'default': None},
+                 {'name': 'bitmap-mode', 'type': '148', 'default': None},
                  {'name': 'compress', 'type': 'bool', 'default': None},
-                 {'name': 'on-source-error', 'type': '142', 'default': None},
-                 {'name': 'on-target-error', 'type': '142', 'default': None},
+                 {'name': 'on-source-error', 'type': '143', 'default': None},
+                 {'name': 'on-target-error', 'type': '143', 'default': None},
                  {'name': 'auto-finalize', 'type': 'bool', 'default': None},
                  {'name': 'auto-dismiss', 'type': 'bool', 'default': None},
                  {'name': 'filter-node-name', 'type': 'str', 'default': None},
                  {'name': 'x-perf',
-                  'type': '148',
+                  'type': '149',
                   'default': None,
                   'features': ['unstable']},
                  {'name': 'target', 'type': 'str'}]},
@@ -1021,32 +1022,32 @@ SCHEMA_INFO: list[dict[str, Any]] = [
      'meta-type': 'object',
      'members': [{'name': 'job-id', 'type': 'str', 'default': None},
                  {'name': 'device', 'type': 'str'},
-                 {'name': 'sync', 'type': '143'},
+                 {'name': 'sync', 'type': '144'},
                  {'name': 'speed', 'type': 'int', 'default': None},
                  {'name': 'bitmap', 'type': 'str', 'default': None},
-                 {'name': 'bitmap-mode', 'type': '147', 'default': None},
+                 {'name': 'bitmap-mode', 'type': '148', 'default': None},
                  {'name': 'compress', 'type': 'bool', 'default': None},
-                 {'name': 'on-source-error', 'type': '142', 'default': None},
-                 {'name': 'on-target-error', 'type': '142', 'default': None},
+                 {'name': 'on-source-error', 'type': '143', 'default': None},
+                 {'name': 'on-target-error', 'type': '143', 'default': None},
                  {'name': 'auto-finalize', 'type': 'bool', 'default': None},
                  {'name': 'auto-dismiss', 'type': 'bool', 'default': None},
                  {'name': 'filter-node-name', 'type': 'str', 'default': None},
                  {'name': 'x-perf',
-                  'type': '148',
+                  'type': '149',
                   'default': None,
                   'features': ['unstable']},
                  {'name': 'target', 'type': 'str'},
                  {'name': 'format', 'type': 'str', 'default': None},
-                 {'name': 'mode', 'type': '121', 'default': None}]},
+                 {'name': 'mode', 'type': '122', 'default': None}]},
     # "83" = q_obj_transaction-arg
     {'name': '83',
      'meta-type': 'object',
-     'members': [{'name': 'actions', 'type': '[149]'},
-                 {'name': 'properties', 'type': '150', 'default': None}]},
+     'members': [{'name': 'actions', 'type': '[150]'},
+                 {'name': 'properties', 'type': '151', 'default': None}]},
     # "84" = q_obj_nbd-server-start-arg
     {'name': '84',
      'meta-type': 'object',
-     'members': [{'name': 'addr', 'type': '151'},
+     'members': [{'name': 'addr', 'type': '152'},
                  {'name': 'tls-creds', 'type': 'str', 'default': None},
                  {'name': 'tls-authz', 'type': 'str', 'default': None},
                  {'name': 'max-connections', 'type': 'int', 'default': None}]},
@@ -1062,11 +1063,11 @@ SCHEMA_INFO: list[dict[str, Any]] = [
     {'name': '86',
      'meta-type': 'object',
      'members': [{'name': 'name', 'type': 'str'},
-                 {'name': 'mode', 'type': '152', 'default': None}]},
+                 {'name': 'mode', 'type': '153', 'default': None}]},
     # "87" = BlockExportOptions
     {'name': '87',
      'meta-type': 'object',
-     'members': [{'name': 'type', 'type': '153'},
+     'members': [{'name': 'type', 'type': '154'},
                  {'name': 'id', 'type': 'str'},
                  {'name': 'fixed-iothread', 'type': 'bool', 'default': None},
                  {'name': 'iothread', 'type': 'str', 'default': None},
@@ -1074,12 +1075,12 @@ SCHEMA_INFO: list[dict[str, Any]] = [
                  {'name': 'writable', 'type': 'bool', 'default': None},
                  {'name': 'writethrough', 'type': 'bool', 'default': None}],
      'tag': 'type',
-     'variants': [{'case': 'nbd', 'type': '154'}]},
+     'variants': [{'case': 'nbd', 'type': '155'}]},
     # "88" = q_obj_block-export-del-arg
     {'name': '88',
      'meta-type': 'object',
      'members': [{'name': 'id', 'type': 'str'},
-                 {'name': 'mode', 'type': '152', 'default': None}]},
+                 {'name': 'mode', 'type': '153', 'default': None}]},
     # "89" = q_obj_BLOCK_EXPORT_DELETED-arg
     {'name': '89',
      'meta-type': 'object',
@@ -1089,7 +1090,7 @@ SCHEMA_INFO: list[dict[str, Any]] = [
     {'name': '90',
      'meta-type': 'object',
      'members': [{'name': 'id', 'type': 'str'},
-                 {'name': 'type', 'type': '153'},
+                 {'name': 'type', 'type': '154'},
                  {'name': 'node-name', 'type': 'str'},
                  {'name': 'shutting-down', 'type': 'bool'}]},
     {'name': '[91]', 'meta-type': 'array', 'element-type': '91'},
@@ -1097,7 +1098,7 @@ SCHEMA_INFO: list[dict[str, Any]] = [
     {'name': '91',
      'meta-type': 'object',
      'members': [{'name': 'bus', 'type': 'int'},
-                 {'name': 'devices', 'type': '[155]'}]},
+                 {'name': 'devices', 'type': '[156]'}]},
     {'name': '[92]', 'meta-type': 'array', 'element-type': '92'},
     # "92" = QMPCapability
     {'name': '92',
@@ -1177,7 +1178,7 @@ SCHEMA_INFO: list[dict[str, Any]] = [
     {'name': '96',
      'meta-type': 'object',
      'members': [{'name': 'name', 'type': 'str'},
-                 {'name': 'type', 'type': '156'},
+                 {'name': 'type', 'type': '157'},
                  {'name': 'help', 'type': 'str', 'default': None},
                  {'name': 'default', 'type': 'str', 'default': None}]},
     # "97" = CpuInstanceProperties
@@ -1257,7 +1258,7 @@ SCHEMA_INFO: list[dict[str, Any]] = [
     # "99" = CpuInfoS390
     {'name': '99',
      'meta-type': 'object',
-     'members': [{'name': 'cpu-state', 'type': '157'}]},
+     'members': [{'name': 'cpu-state', 'type': '158'}]},
     # "100" = SchemaMetaType
     {'name': '100',
      'meta-type': 'enum',
@@ -1279,11 +1280,11 @@ SCHEMA_INFO: list[dict[str, Any]] = [
     # "101" = SchemaInfoBuiltin
     {'name': '101',
      'meta-type': 'object',
-     'members': [{'name': 'json-type', 'type': '158'}]},
+     'members': [{'name': 'json-type', 'type': '159'}]},
     # "102" = SchemaInfoEnum
     {'name': '102',
      'meta-type': 'object',
-     'members': [{'name': 'members', 'type': '[159]'},
+     'members': [{'name': 'members', 'type': '[160]'},
                  {'name': 'values',
                   'type': '[str]',
                   'features': ['deprecated']}]},
@@ -1294,13 +1295,13 @@ SCHEMA_INFO: list[dict[str, Any]] = [
     # "104" = SchemaInfoObject
     {'name': '104',
      'meta-type': 'object',
-     'members': [{'name': 'members', 'type': '[160]'},
+     'members': [{'name': 'members', 'type': '[161]'},
                  {'name': 'tag', 'type': 'str', 'default': None},
-                 {'name': 'variants', 'type': '[161]', 'default': None}]},
+                 {'name': 'variants', 'type': '[162]', 'default': None}]},
     # "105" = SchemaInfoAlternate
     {'name': '105',
      'meta-type': 'object',
-     'members': [{'name': 'members', 'type': '[162]'}]},
+     'members': [{'name': 'members', 'type': '[163]'}]},
     # "106" = SchemaInfoCommand
     {'name': '106',
      'meta-type': 'object',
@@ -1314,12 +1315,20 @@ SCHEMA_INFO: list[dict[str, Any]] = [
     # "108" = ObjectType
     {'name': '108',
      'meta-type': 'enum',
-     'members': [{'name': 'memory-backend-ram'},
+     'members': [{'name': 'iothread'},
+                 {'name': 'memory-backend-ram'},
                  {'name': 'secret'},
                  {'name': 'throttle-group'}],
-     'values': ['memory-backend-ram', 'secret', 'throttle-group']},
-    # "109" = MemoryBackendProperties
+     'values': ['iothread', 'memory-backend-ram', 'secret', 'throttle-group']},
+    # "109" = IothreadProperties
     {'name': '109',
+     'meta-type': 'object',
+     'members': [{'name': 'poll-max-ns', 'type': 'int', 'default': None},
+                 {'name': 'poll-grow', 'type': 'int', 'default': None},
+                 {'name': 'poll-shrink', 'type': 'int', 'default': None},
+                 {'name': 'aio-max-batch', 'type': 'int', 'default': None}]},
+    # "110" = MemoryBackendProperties
+    {'name': '110',
      'meta-type': 'object',
      'members': [{'name': 'dump', 'type': 'bool', 'default': None},
                  {'name': 'merge', 'type': 'bool', 'default': None},
@@ -1327,22 +1336,22 @@ SCHEMA_INFO: list[dict[str, Any]] = [
                  {'name': 'share', 'type': 'bool', 'default': None},
                  {'name': 'reserve', 'type': 'bool', 'default': None},
                  {'name': 'size', 'type': 'int'}]},
-    # "110" = SecretProperties
-    {'name': '110',
+    # "111" = SecretProperties
+    {'name': '111',
      'meta-type': 'object',
      'members': [{'name': 'loaded',
                   'type': 'bool',
                   'default': None,
                   'features': ['deprecated']},
-                 {'name': 'format', 'type': '163', 'default': None},
+                 {'name': 'format', 'type': '164', 'default': None},
                  {'name': 'keyid', 'type': 'str', 'default': None},
                  {'name': 'iv', 'type': 'str', 'default': None},
                  {'name': 'data', 'type': 'str', 'default': None},
                  {'name': 'file', 'type': 'str', 'default': None}]},
-    # "111" = ThrottleGroupProperties
-    {'name': '111',
+    # "112" = ThrottleGroupProperties
+    {'name': '112',
      'meta-type': 'object',
-     'members': [{'name': 'limits', 'type': '164', 'default': None},
+     'members': [{'name': 'limits', 'type': '165', 'default': None},
                  {'name': 'x-iops-total',
                   'type': 'int',
                   'default': None,
@@ -1419,8 +1428,8 @@ SCHEMA_INFO: list[dict[str, Any]] = [
                   'type': 'int',
                   'default': None,
                   'features': ['unstable']}]},
-    # "112" = MigrationCapability
-    {'name': '112',
+    # "113" = MigrationCapability
+    {'name': '113',
      'meta-type': 'enum',
      'members': [{'name': 'xbzrle'},
                  {'name': 'rdma-pin-all'},
@@ -1464,47 +1473,47 @@ SCHEMA_INFO: list[dict[str, Any]] = [
                 'background-snapshot',
                 'zero-copy-send',
                 'postcopy-preempt']},
-    # "113" = YankInstanceType
-    {'name': '113',
+    # "114" = YankInstanceType
+    {'name': '114',
      'meta-type': 'enum',
      'members': [{'name': 'block-node'},
                  {'name': 'chardev'},
                  {'name': 'migration'}],
      'values': ['block-node', 'chardev', 'migration']},
-    # "114" = YankInstanceBlockNode
-    {'name': '114',
-     'meta-type': 'object',
-     'members': [{'name': 'node-name', 'type': 'str'}]},
-    # "115" = YankInstanceChardev
+    # "115" = YankInstanceBlockNode
     {'name': '115',
      'meta-type': 'object',
-     'members': [{'name': 'id', 'type': 'str'}]},
-    # "116" = DataFormat
+     'members': [{'name': 'node-name', 'type': 'str'}]},
+    # "116" = YankInstanceChardev
     {'name': '116',
+     'meta-type': 'object',
+     'members': [{'name': 'id', 'type': 'str'}]},
+    # "117" = DataFormat
+    {'name': '117',
      'meta-type': 'enum',
      'members': [{'name': 'utf8'}, {'name': 'base64'}],
      'values': ['utf8', 'base64']},
-    # "117" = ChardevBackend
-    {'name': '117',
-     'meta-type': 'object',
-     'members': [{'name': 'type', 'type': '165'}],
-     'tag': 'type',
-     'variants': [{'case': 'file', 'type': '166'},
-                  {'case': 'pipe', 'type': '167'},
-                  {'case': 'socket', 'type': '168'},
-                  {'case': 'udp', 'type': '169'},
-                  {'case': 'pty', 'type': '170'},
-                  {'case': 'null', 'type': '170'},
-                  {'case': 'mux', 'type': '171'},
-                  {'case': 'msmouse', 'type': '170'},
-                  {'case': 'wctablet', 'type': '170'},
-                  {'case': 'testdev', 'type': '170'},
-                  {'case': 'stdio', 'type': '172'},
-                  {'case': 'vc', 'type': '173'},
-                  {'case': 'ringbuf', 'type': '174'},
-                  {'case': 'memory', 'type': '174'}]},
-    # "118" = JobStatus
+    # "118" = ChardevBackend
     {'name': '118',
+     'meta-type': 'object',
+     'members': [{'name': 'type', 'type': '166'}],
+     'tag': 'type',
+     'variants': [{'case': 'file', 'type': '167'},
+                  {'case': 'pipe', 'type': '168'},
+                  {'case': 'socket', 'type': '169'},
+                  {'case': 'udp', 'type': '170'},
+                  {'case': 'pty', 'type': '171'},
+                  {'case': 'null', 'type': '171'},
+                  {'case': 'mux', 'type': '172'},
+                  {'case': 'msmouse', 'type': '171'},
+                  {'case': 'wctablet', 'type': '171'},
+                  {'case': 'testdev', 'type': '171'},
+                  {'case': 'stdio', 'type': '173'},
+                  {'case': 'vc', 'type': '174'},
+                  {'case': 'ringbuf', 'type': '175'},
+                  {'case': 'memory', 'type': '175'}]},
+    # "119" = JobStatus
+    {'name': '119',
      'meta-type': 'enum',
      'members': [{'name': 'undefined'},
                  {'name': 'created'},
@@ -1528,8 +1537,8 @@ SCHEMA_INFO: list[dict[str, Any]] = [
                 'aborting',
                 'concluded',
                 'null']},
-    # "119" = JobType
-    {'name': '119',
+    # "120" = JobType
+    {'name': '120',
      'meta-type': 'enum',
      'members': [{'name': 'commit'},
                  {'name': 'stream'},
@@ -1549,23 +1558,23 @@ SCHEMA_INFO: list[dict[str, Any]] = [
                 'snapshot-load',
                 'snapshot-save',
                 'snapshot-delete']},
-    # "120" = BlockDeviceIoStatus
-    {'name': '120',
+    # "121" = BlockDeviceIoStatus
+    {'name': '121',
      'meta-type': 'enum',
      'members': [{'name': 'ok'}, {'name': 'failed'}, {'name': 'nospace'}],
      'values': ['ok', 'failed', 'nospace']},
-    # "121" = NewImageMode
-    {'name': '121',
+    # "122" = NewImageMode
+    {'name': '122',
      'meta-type': 'enum',
      'members': [{'name': 'existing'}, {'name': 'absolute-paths'}],
      'values': ['existing', 'absolute-paths']},
-    # "122" = BlockdevDetectZeroesOptions
-    {'name': '122',
+    # "123" = BlockdevDetectZeroesOptions
+    {'name': '123',
      'meta-type': 'enum',
      'members': [{'name': 'off'}, {'name': 'on'}, {'name': 'unmap'}],
      'values': ['off', 'on', 'unmap']},
-    # "123" = ImageInfo
-    {'name': '123',
+    # "124" = ImageInfo
+    {'name': '124',
      'meta-type': 'object',
      'members': [{'name': 'filename', 'type': 'str'},
                  {'name': 'format', 'type': 'str'},
@@ -1582,18 +1591,18 @@ SCHEMA_INFO: list[dict[str, Any]] = [
                  {'name': 'backing-filename-format',
                   'type': 'str',
                   'default': None},
-                 {'name': 'snapshots', 'type': '[175]', 'default': None},
-                 {'name': 'backing-image', 'type': '123', 'default': None},
-                 {'name': 'format-specific', 'type': '176', 'default': None}]},
-    # "124" = BlockdevCacheInfo
-    {'name': '124',
+                 {'name': 'snapshots', 'type': '[176]', 'default': None},
+                 {'name': 'backing-image', 'type': '124', 'default': None},
+                 {'name': 'format-specific', 'type': '177', 'default': None}]},
+    # "125" = BlockdevCacheInfo
+    {'name': '125',
      'meta-type': 'object',
      'members': [{'name': 'writeback', 'type': 'bool'},
                  {'name': 'direct', 'type': 'bool'},
                  {'name': 'no-flush', 'type': 'bool'}]},
-    {'name': '[125]', 'meta-type': 'array', 'element-type': '125'},
-    # "125" = BlockDirtyInfo
-    {'name': '125',
+    {'name': '[126]', 'meta-type': 'array', 'element-type': '126'},
+    # "126" = BlockDirtyInfo
+    {'name': '126',
      'meta-type': 'object',
      'members': [{'name': 'name', 'type': 'str', 'default': None},
                  {'name': 'count', 'type': 'int'},
@@ -1602,24 +1611,24 @@ SCHEMA_INFO: list[dict[str, Any]] = [
                  {'name': 'busy', 'type': 'bool'},
                  {'name': 'persistent', 'type': 'bool'},
                  {'name': 'inconsistent', 'type': 'bool', 'default': None}]},
-    {'name': '[126]', 'meta-type': 'array', 'element-type': '126'},
-    # "126" = XDbgBlockGraphNode
-    {'name': '126',
+    {'name': '[127]', 'meta-type': 'array', 'element-type': '127'},
+    # "127" = XDbgBlockGraphNode
+    {'name': '127',
      'meta-type': 'object',
      'members': [{'name': 'id', 'type': 'int'},
-                 {'name': 'type', 'type': '177'},
+                 {'name': 'type', 'type': '178'},
                  {'name': 'name', 'type': 'str'}]},
-    {'name': '[127]', 'meta-type': 'array', 'element-type': '127'},
-    # "127" = XDbgBlockGraphEdge
-    {'name': '127',
+    {'name': '[128]', 'meta-type': 'array', 'element-type': '128'},
+    # "128" = XDbgBlockGraphEdge
+    {'name': '128',
      'meta-type': 'object',
      'members': [{'name': 'parent', 'type': 'int'},
                  {'name': 'child', 'type': 'int'},
                  {'name': 'name', 'type': 'str'},
-                 {'name': 'perm', 'type': '[178]'},
-                 {'name': 'shared-perm', 'type': '[178]'}]},
-    # "128" = BlockdevDriver
-    {'name': '128',
+                 {'name': 'perm', 'type': '[179]'},
+                 {'name': 'shared-perm', 'type': '[179]'}]},
+    # "129" = BlockdevDriver
+    {'name': '129',
      'meta-type': 'enum',
      'members': [{'name': 'blkdebug'},
                  {'name': 'blklogwrites'},
@@ -1705,20 +1714,20 @@ SCHEMA_INFO: list[dict[str, Any]] = [
                 'vmdk',
                 'vpc',
                 'vvfat']},
-    # "129" = BlockdevDiscardOptions
-    {'name': '129',
+    # "130" = BlockdevDiscardOptions
+    {'name': '130',
      'meta-type': 'enum',
      'members': [{'name': 'ignore'}, {'name': 'unmap'}],
      'values': ['ignore', 'unmap']},
-    # "130" = BlockdevCacheOptions
-    {'name': '130',
+    # "131" = BlockdevCacheOptions
+    {'name': '131',
      'meta-type': 'object',
      'members': [{'name': 'direct', 'type': 'bool', 'default': None},
                  {'name': 'no-flush', 'type': 'bool', 'default': None}]},
-    # "131" = BlockdevOptionsBlkdebug
-    {'name': '131',
+    # "132" = BlockdevOptionsBlkdebug
+    {'name': '132',
      'meta-type': 'object',
-     'members': [{'name': 'image', 'type': '179'},
+     'members': [{'name': 'image', 'type': '180'},
                  {'name': 'config', 'type': 'str', 'default': None},
                  {'name': 'align', 'type': 'int', 'default': None},
                  {'name': 'max-transfer', 'type': 'int', 'default': None},
@@ -1726,51 +1735,51 @@ SCHEMA_INFO: list[dict[str, Any]] = [
                  {'name': 'max-write-zero', 'type': 'int', 'default': None},
                  {'name': 'opt-discard', 'type': 'int', 'default': None},
                  {'name': 'max-discard', 'type': 'int', 'default': None},
-                 {'name': 'inject-error', 'type': '[180]', 'default': None},
-                 {'name': 'set-state', 'type': '[181]', 'default': None},
+                 {'name': 'inject-error', 'type': '[181]', 'default': None},
+                 {'name': 'set-state', 'type': '[182]', 'default': None},
                  {'name': 'take-child-perms',
-                  'type': '[178]',
+                  'type': '[179]',
                   'default': None},
                  {'name': 'unshare-child-perms',
-                  'type': '[178]',
+                  'type': '[179]',
                   'default': None}]},
-    # "132" = BlockdevOptionsCbw
-    {'name': '132',
-     'meta-type': 'object',
-     'members': [{'name': 'file', 'type': '179'},
-                 {'name': 'target', 'type': '179'},
-                 {'name': 'on-cbw-error', 'type': '182', 'default': None},
-                 {'name': 'cbw-timeout', 'type': 'int', 'default': None}]},
-    # "133" = BlockdevOptionsCor
+    # "133" = BlockdevOptionsCbw
     {'name': '133',
      'meta-type': 'object',
-     'members': [{'name': 'file', 'type': '179'},
-                 {'name': 'bottom', 'type': 'str', 'default': None}]},
-    # "134" = BlockdevOptionsFile
+     'members': [{'name': 'file', 'type': '180'},
+                 {'name': 'target', 'type': '180'},
+                 {'name': 'on-cbw-error', 'type': '183', 'default': None},
+                 {'name': 'cbw-timeout', 'type': 'int', 'default': None}]},
+    # "134" = BlockdevOptionsCor
     {'name': '134',
+     'meta-type': 'object',
+     'members': [{'name': 'file', 'type': '180'},
+                 {'name': 'bottom', 'type': 'str', 'default': None}]},
+    # "135" = BlockdevOptionsFile
+    {'name': '135',
      'meta-type': 'object',
      'features': ['dynamic-auto-read-only'],
      'members': [{'name': 'filename', 'type': 'str'},
                  {'name': 'pr-manager', 'type': 'str', 'default': None},
-                 {'name': 'locking', 'type': '183', 'default': None},
-                 {'name': 'aio', 'type': '184', 'default': None},
+                 {'name': 'locking', 'type': '184', 'default': None},
+                 {'name': 'aio', 'type': '185', 'default': None},
                  {'name': 'aio-max-batch', 'type': 'int', 'default': None},
                  {'name': 'drop-cache', 'type': 'bool', 'default': None},
                  {'name': 'x-check-cache-dropped',
                   'type': 'bool',
                   'default': None,
                   'features': ['unstable']}]},
-    # "135" = BlockdevOptionsNull
-    {'name': '135',
+    # "136" = BlockdevOptionsNull
+    {'name': '136',
      'meta-type': 'object',
      'members': [{'name': 'size', 'type': 'int', 'default': None},
                  {'name': 'latency-ns', 'type': 'int', 'default': None},
                  {'name': 'read-zeroes', 'type': 'bool', 'default': None}]},
-    # "136" = BlockdevOptionsQcow2
-    {'name': '136',
+    # "137" = BlockdevOptionsQcow2
+    {'name': '137',
      'meta-type': 'object',
-     'members': [{'name': 'file', 'type': '179'},
-                 {'name': 'backing', 'type': '185', 'default': None},
+     'members': [{'name': 'file', 'type': '180'},
+                 {'name': 'backing', 'type': '186', 'default': None},
                  {'name': 'lazy-refcounts', 'type': 'bool', 'default': None},
                  {'name': 'pass-discard-request',
                   'type': 'bool',
@@ -1781,7 +1790,7 @@ SCHEMA_INFO: list[dict[str, Any]] = [
                  {'name': 'pass-discard-other',
                   'type': 'bool',
                   'default': None},
-                 {'name': 'overlap-check', 'type': '186', 'default': None},
+                 {'name': 'overlap-check', 'type': '187', 'default': None},
                  {'name': 'cache-size', 'type': 'int', 'default': None},
                  {'name': 'l2-cache-size', 'type': 'int', 'default': None},
                  {'name': 'l2-cache-entry-size',
@@ -1793,30 +1802,30 @@ SCHEMA_INFO: list[dict[str, Any]] = [
                  {'name': 'cache-clean-interval',
                   'type': 'int',
                   'default': None},
-                 {'name': 'encrypt', 'type': '187', 'default': None},
-                 {'name': 'data-file', 'type': '179', 'default': None}]},
-    # "137" = BlockdevOptionsRaw
-    {'name': '137',
-     'meta-type': 'object',
-     'members': [{'name': 'file', 'type': '179'},
-                 {'name': 'offset', 'type': 'int', 'default': None},
-                 {'name': 'size', 'type': 'int', 'default': None}]},
-    # "138" = BlockdevOptionsGenericFormat
+                 {'name': 'encrypt', 'type': '188', 'default': None},
+                 {'name': 'data-file', 'type': '180', 'default': None}]},
+    # "138" = BlockdevOptionsRaw
     {'name': '138',
      'meta-type': 'object',
-     'members': [{'name': 'file', 'type': '179'}]},
-    # "139" = BlockdevOptionsThrottle
+     'members': [{'name': 'file', 'type': '180'},
+                 {'name': 'offset', 'type': 'int', 'default': None},
+                 {'name': 'size', 'type': 'int', 'default': None}]},
+    # "139" = BlockdevOptionsGenericFormat
     {'name': '139',
      'meta-type': 'object',
-     'members': [{'name': 'throttle-group', 'type': 'str'},
-                 {'name': 'file', 'type': '179'}]},
-    # "140" = BlockdevCreateOptions
+     'members': [{'name': 'file', 'type': '180'}]},
+    # "140" = BlockdevOptionsThrottle
     {'name': '140',
      'meta-type': 'object',
-     'members': [{'name': 'driver', 'type': '128'}],
+     'members': [{'name': 'throttle-group', 'type': 'str'},
+                 {'name': 'file', 'type': '180'}]},
+    # "141" = BlockdevCreateOptions
+    {'name': '141',
+     'meta-type': 'object',
+     'members': [{'name': 'driver', 'type': '129'}],
      'tag': 'driver',
-     'variants': [{'case': 'file', 'type': '188'},
-                  {'case': 'qcow2', 'type': '189'},
+     'variants': [{'case': 'file', 'type': '189'},
+                  {'case': 'qcow2', 'type': '190'},
                   {'case': 'blkdebug', 'type': '1'},
                   {'case': 'blklogwrites', 'type': '1'},
                   {'case': 'blkreplay', 'type': '1'},
@@ -1857,13 +1866,13 @@ SCHEMA_INFO: list[dict[str, Any]] = [
                   {'case': 'vmdk', 'type': '1'},
                   {'case': 'vpc', 'type': '1'},
                   {'case': 'vvfat', 'type': '1'}]},
-    {'name': '[141]', 'meta-type': 'array', 'element-type': '141'},
-    # "141" = BlockDirtyBitmapOrStr
-    {'name': '141',
+    {'name': '[142]', 'meta-type': 'array', 'element-type': '142'},
+    # "142" = BlockDirtyBitmapOrStr
+    {'name': '142',
      'meta-type': 'alternate',
      'members': [{'type': 'str'}, {'type': '60'}]},
-    # "142" = BlockdevOnError
-    {'name': '142',
+    # "143" = BlockdevOnError
+    {'name': '143',
      'meta-type': 'enum',
      'members': [{'name': 'report'},
                  {'name': 'ignore'},
@@ -1871,8 +1880,8 @@ SCHEMA_INFO: list[dict[str, Any]] = [
                  {'name': 'stop'},
                  {'name': 'auto'}],
      'values': ['report', 'ignore', 'enospc', 'stop', 'auto']},
-    # "143" = MirrorSyncMode
-    {'name': '143',
+    # "144" = MirrorSyncMode
+    {'name': '144',
      'meta-type': 'enum',
      'members': [{'name': 'top'},
                  {'name': 'full'},
@@ -1880,45 +1889,45 @@ SCHEMA_INFO: list[dict[str, Any]] = [
                  {'name': 'incremental'},
                  {'name': 'bitmap'}],
      'values': ['top', 'full', 'none', 'incremental', 'bitmap']},
-    # "144" = MirrorCopyMode
-    {'name': '144',
+    # "145" = MirrorCopyMode
+    {'name': '145',
      'meta-type': 'enum',
      'members': [{'name': 'background'}, {'name': 'write-blocking'}],
      'values': ['background', 'write-blocking']},
-    # "145" = IoOperationType
-    {'name': '145',
+    # "146" = IoOperationType
+    {'name': '146',
      'meta-type': 'enum',
      'members': [{'name': 'read'}, {'name': 'write'}],
      'values': ['read', 'write']},
-    # "146" = BlockErrorAction
-    {'name': '146',
+    # "147" = BlockErrorAction
+    {'name': '147',
      'meta-type': 'enum',
      'members': [{'name': 'ignore'}, {'name': 'report'}, {'name': 'stop'}],
      'values': ['ignore', 'report', 'stop']},
-    # "147" = BitmapSyncMode
-    {'name': '147',
+    # "148" = BitmapSyncMode
+    {'name': '148',
      'meta-type': 'enum',
      'members': [{'name': 'on-success'},
                  {'name': 'never'},
                  {'name': 'always'}],
      'values': ['on-success', 'never', 'always']},
-    # "148" = BackupPerf
-    {'name': '148',
+    # "149" = BackupPerf
+    {'name': '149',
      'meta-type': 'object',
      'members': [{'name': 'use-copy-range', 'type': 'bool', 'default': None},
                  {'name': 'max-workers', 'type': 'int', 'default': None},
                  {'name': 'max-chunk', 'type': 'int', 'default': None}]},
-    {'name': '[149]', 'meta-type': 'array', 'element-type': '149'},
-    # "149" = TransactionAction
-    {'name': '149',
+    {'name': '[150]', 'meta-type': 'array', 'element-type': '150'},
+    # "150" = TransactionAction
+    {'name': '150',
      'meta-type': 'object',
-     'members': [{'name': 'type', 'type': '190'}],
+     'members': [{'name': 'type', 'type': '191'}],
      'tag': 'type',
-     'variants': [{'case': 'abort', 'type': '191'},
-                  {'case': 'blockdev-backup', 'type': '192'},
-                  {'case': 'blockdev-snapshot', 'type': '193'},
-                  {'case': 'blockdev-snapshot-sync', 'type': '194'},
-                  {'case': 'drive-backup', 'type': '195'},
+     'variants': [{'case': 'abort', 'type': '192'},
+                  {'case': 'blockdev-backup', 'type': '193'},
+                  {'case': 'blockdev-snapshot', 'type': '194'},
+                  {'case': 'blockdev-snapshot-sync', 'type': '195'},
+                  {'case': 'drive-backup', 'type': '196'},
                   {'case': 'block-dirty-bitmap-add', 'type': '1'},
                   {'case': 'block-dirty-bitmap-remove', 'type': '1'},
                   {'case': 'block-dirty-bitmap-clear', 'type': '1'},
@@ -1926,62 +1935,62 @@ SCHEMA_INFO: list[dict[str, Any]] = [
                   {'case': 'block-dirty-bitmap-disable', 'type': '1'},
                   {'case': 'block-dirty-bitmap-merge', 'type': '1'},
                   {'case': 'blockdev-snapshot-internal-sync', 'type': '1'}]},
-    # "150" = TransactionProperties
-    {'name': '150',
-     'meta-type': 'object',
-     'members': [{'name': 'completion-mode', 'type': '196', 'default': None}]},
-    # "151" = SocketAddressLegacy
+    # "151" = TransactionProperties
     {'name': '151',
      'meta-type': 'object',
-     'members': [{'name': 'type', 'type': '197'}],
-     'tag': 'type',
-     'variants': [{'case': 'inet', 'type': '198'},
-                  {'case': 'unix', 'type': '199'},
-                  {'case': 'vsock', 'type': '200'},
-                  {'case': 'fd', 'type': '201'}]},
-    # "152" = BlockExportRemoveMode
+     'members': [{'name': 'completion-mode', 'type': '197', 'default': None}]},
+    # "152" = SocketAddressLegacy
     {'name': '152',
+     'meta-type': 'object',
+     'members': [{'name': 'type', 'type': '198'}],
+     'tag': 'type',
+     'variants': [{'case': 'inet', 'type': '199'},
+                  {'case': 'unix', 'type': '200'},
+                  {'case': 'vsock', 'type': '201'},
+                  {'case': 'fd', 'type': '202'}]},
+    # "153" = BlockExportRemoveMode
+    {'name': '153',
      'meta-type': 'enum',
      'members': [{'name': 'safe'}, {'name': 'hard'}],
      'values': ['safe', 'hard']},
-    # "153" = BlockExportType
-    {'name': '153',
+    # "154" = BlockExportType
+    {'name': '154',
      'meta-type': 'enum',
      'members': [{'name': 'nbd'}],
      'values': ['nbd']},
-    # "154" = BlockExportOptionsNbd
-    {'name': '154',
+    # "155" = BlockExportOptionsNbd
+    {'name': '155',
      'meta-type': 'object',
      'members': [{'name': 'name', 'type': 'str', 'default': None},
                  {'name': 'description', 'type': 'str', 'default': None},
-                 {'name': 'bitmaps', 'type': '[141]', 'default': None},
+                 {'name': 'bitmaps', 'type': '[142]', 'default': None},
                  {'name': 'allocation-depth',
                   'type': 'bool',
                   'default': None}]},
-    {'name': '[155]', 'meta-type': 'array', 'element-type': '155'},
-    # "155" = PciDeviceInfo
-    {'name': '155',
+    {'name': '[156]', 'meta-type': 'array', 'element-type': '156'},
+    # "156" = PciDeviceInfo
+    {'name': '156',
      'meta-type': 'object',
      'members': [{'name': 'bus', 'type': 'int'},
                  {'name': 'slot', 'type': 'int'},
                  {'name': 'function', 'type': 'int'},
-                 {'name': 'class_info', 'type': '202'},
-                 {'name': 'id', 'type': '203'},
+                 {'name': 'class_info', 'type': '203'},
+                 {'name': 'id', 'type': '204'},
                  {'name': 'irq', 'type': 'int', 'default': None},
                  {'name': 'irq_pin', 'type': 'int'},
                  {'name': 'qdev_id', 'type': 'str'},
-                 {'name': 'pci_bridge', 'type': '204', 'default': None},
-                 {'name': 'regions', 'type': '[205]'}]},
-    # "156" = CommandLineParameterType
-    {'name': '156',
+                 {'name': 'pci_bridge', 'type': '205', 'default': None},
+                 {'name': 'regions', 'type': '[206]'}]},
+    # "157" = CommandLineParameterType
+    {'name': '157',
      'meta-type': 'enum',
      'members': [{'name': 'string'},
                  {'name': 'boolean'},
                  {'name': 'number'},
                  {'name': 'size'}],
      'values': ['string', 'boolean', 'number', 'size']},
-    # "157" = CpuS390State
-    {'name': '157',
+    # "158" = CpuS390State
+    {'name': '158',
      'meta-type': 'enum',
      'members': [{'name': 'uninitialized'},
                  {'name': 'stopped'},
@@ -1989,8 +1998,8 @@ SCHEMA_INFO: list[dict[str, Any]] = [
                  {'name': 'operating'},
                  {'name': 'load'}],
      'values': ['uninitialized', 'stopped', 'check-stop', 'operating', 'load']},
-    # "158" = JSONType
-    {'name': '158',
+    # "159" = JSONType
+    {'name': '159',
      'meta-type': 'enum',
      'members': [{'name': 'string'},
                  {'name': 'number'},
@@ -2008,38 +2017,38 @@ SCHEMA_INFO: list[dict[str, Any]] = [
                 'object',
                 'array',
                 'value']},
-    {'name': '[159]', 'meta-type': 'array', 'element-type': '159'},
-    # "159" = SchemaInfoEnumMember
-    {'name': '159',
+    {'name': '[160]', 'meta-type': 'array', 'element-type': '160'},
+    # "160" = SchemaInfoEnumMember
+    {'name': '160',
      'meta-type': 'object',
      'members': [{'name': 'name', 'type': 'str'},
                  {'name': 'features', 'type': '[str]', 'default': None}]},
-    {'name': '[160]', 'meta-type': 'array', 'element-type': '160'},
-    # "160" = SchemaInfoObjectMember
-    {'name': '160',
+    {'name': '[161]', 'meta-type': 'array', 'element-type': '161'},
+    # "161" = SchemaInfoObjectMember
+    {'name': '161',
      'meta-type': 'object',
      'members': [{'name': 'name', 'type': 'str'},
                  {'name': 'type', 'type': 'str'},
                  {'name': 'default', 'type': 'any', 'default': None},
                  {'name': 'features', 'type': '[str]', 'default': None}]},
-    {'name': '[161]', 'meta-type': 'array', 'element-type': '161'},
-    # "161" = SchemaInfoObjectVariant
-    {'name': '161',
+    {'name': '[162]', 'meta-type': 'array', 'element-type': '162'},
+    # "162" = SchemaInfoObjectVariant
+    {'name': '162',
      'meta-type': 'object',
      'members': [{'name': 'case', 'type': 'str'},
                  {'name': 'type', 'type': 'str'}]},
-    {'name': '[162]', 'meta-type': 'array', 'element-type': '162'},
-    # "162" = SchemaInfoAlternateMember
-    {'name': '162',
+    {'name': '[163]', 'meta-type': 'array', 'element-type': '163'},
+    # "163" = SchemaInfoAlternateMember
+    {'name': '163',
      'meta-type': 'object',
      'members': [{'name': 'type', 'type': 'str'}]},
-    # "163" = QCryptoSecretFormat
-    {'name': '163',
+    # "164" = QCryptoSecretFormat
+    {'name': '164',
      'meta-type': 'enum',
      'members': [{'name': 'raw'}, {'name': 'base64'}],
      'values': ['raw', 'base64']},
-    # "164" = ThrottleLimits
-    {'name': '164',
+    # "165" = ThrottleLimits
+    {'name': '165',
      'meta-type': 'object',
      'members': [{'name': 'iops-total', 'type': 'int', 'default': None},
                  {'name': 'iops-total-max', 'type': 'int', 'default': None},
@@ -2072,8 +2081,8 @@ SCHEMA_INFO: list[dict[str, Any]] = [
                   'type': 'int',
                   'default': None},
                  {'name': 'iops-size', 'type': 'int', 'default': None}]},
-    # "165" = ChardevBackendKind
-    {'name': '165',
+    # "166" = ChardevBackendKind
+    {'name': '166',
      'meta-type': 'enum',
      'members': [{'name': 'file'},
                  {'name': 'pipe'},
@@ -2103,45 +2112,45 @@ SCHEMA_INFO: list[dict[str, Any]] = [
                 'vc',
                 'ringbuf',
                 'memory']},
-    # "166" = ChardevFileWrapper
-    {'name': '166',
-     'meta-type': 'object',
-     'members': [{'name': 'data', 'type': '206'}]},
-    # "167" = ChardevHostdevWrapper
+    # "167" = ChardevFileWrapper
     {'name': '167',
      'meta-type': 'object',
      'members': [{'name': 'data', 'type': '207'}]},
-    # "168" = ChardevSocketWrapper
+    # "168" = ChardevHostdevWrapper
     {'name': '168',
      'meta-type': 'object',
      'members': [{'name': 'data', 'type': '208'}]},
-    # "169" = ChardevUdpWrapper
+    # "169" = ChardevSocketWrapper
     {'name': '169',
      'meta-type': 'object',
      'members': [{'name': 'data', 'type': '209'}]},
-    # "170" = ChardevCommonWrapper
+    # "170" = ChardevUdpWrapper
     {'name': '170',
      'meta-type': 'object',
      'members': [{'name': 'data', 'type': '210'}]},
-    # "171" = ChardevMuxWrapper
+    # "171" = ChardevCommonWrapper
     {'name': '171',
      'meta-type': 'object',
      'members': [{'name': 'data', 'type': '211'}]},
-    # "172" = ChardevStdioWrapper
+    # "172" = ChardevMuxWrapper
     {'name': '172',
      'meta-type': 'object',
      'members': [{'name': 'data', 'type': '212'}]},
-    # "173" = ChardevVCWrapper
+    # "173" = ChardevStdioWrapper
     {'name': '173',
      'meta-type': 'object',
      'members': [{'name': 'data', 'type': '213'}]},
-    # "174" = ChardevRingbufWrapper
+    # "174" = ChardevVCWrapper
     {'name': '174',
      'meta-type': 'object',
      'members': [{'name': 'data', 'type': '214'}]},
-    {'name': '[175]', 'meta-type': 'array', 'element-type': '175'},
-    # "175" = SnapshotInfo
+    # "175" = ChardevRingbufWrapper
     {'name': '175',
+     'meta-type': 'object',
+     'members': [{'name': 'data', 'type': '215'}]},
+    {'name': '[176]', 'meta-type': 'array', 'element-type': '176'},
+    # "176" = SnapshotInfo
+    {'name': '176',
      'meta-type': 'object',
      'members': [{'name': 'id', 'type': 'str'},
                  {'name': 'name', 'type': 'str'},
@@ -2151,112 +2160,112 @@ SCHEMA_INFO: list[dict[str, Any]] = [
                  {'name': 'vm-clock-sec', 'type': 'int'},
                  {'name': 'vm-clock-nsec', 'type': 'int'},
                  {'name': 'icount', 'type': 'int', 'default': None}]},
-    # "176" = ImageInfoSpecific
-    {'name': '176',
+    # "177" = ImageInfoSpecific
+    {'name': '177',
      'meta-type': 'object',
-     'members': [{'name': 'type', 'type': '215'}],
+     'members': [{'name': 'type', 'type': '216'}],
      'tag': 'type',
-     'variants': [{'case': 'qcow2', 'type': '216'},
+     'variants': [{'case': 'qcow2', 'type': '217'},
                   {'case': 'vmdk', 'type': '1'},
                   {'case': 'luks', 'type': '1'},
                   {'case': 'rbd', 'type': '1'}]},
-    # "177" = XDbgBlockGraphNodeType
-    {'name': '177',
+    # "178" = XDbgBlockGraphNodeType
+    {'name': '178',
      'meta-type': 'enum',
      'members': [{'name': 'block-backend'},
                  {'name': 'block-job'},
                  {'name': 'block-driver'}],
      'values': ['block-backend', 'block-job', 'block-driver']},
-    {'name': '[178]', 'meta-type': 'array', 'element-type': '178'},
-    # "178" = BlockPermission
-    {'name': '178',
+    {'name': '[179]', 'meta-type': 'array', 'element-type': '179'},
+    # "179" = BlockPermission
+    {'name': '179',
      'meta-type': 'enum',
      'members': [{'name': 'consistent-read'},
                  {'name': 'write'},
                  {'name': 'write-unchanged'},
                  {'name': 'resize'}],
      'values': ['consistent-read', 'write', 'write-unchanged', 'resize']},
-    # "179" = BlockdevRef
-    {'name': '179',
+    # "180" = BlockdevRef
+    {'name': '180',
      'meta-type': 'alternate',
      'members': [{'type': '56'}, {'type': 'str'}]},
-    {'name': '[180]', 'meta-type': 'array', 'element-type': '180'},
-    # "180" = BlkdebugInjectErrorOptions
-    {'name': '180',
+    {'name': '[181]', 'meta-type': 'array', 'element-type': '181'},
+    # "181" = BlkdebugInjectErrorOptions
+    {'name': '181',
      'meta-type': 'object',
-     'members': [{'name': 'event', 'type': '217'},
+     'members': [{'name': 'event', 'type': '218'},
                  {'name': 'state', 'type': 'int', 'default': None},
-                 {'name': 'iotype', 'type': '218', 'default': None},
+                 {'name': 'iotype', 'type': '219', 'default': None},
                  {'name': 'errno', 'type': 'int', 'default': None},
                  {'name': 'sector', 'type': 'int', 'default': None},
                  {'name': 'once', 'type': 'bool', 'default': None},
                  {'name': 'immediately', 'type': 'bool', 'default': None}]},
-    {'name': '[181]', 'meta-type': 'array', 'element-type': '181'},
-    # "181" = BlkdebugSetStateOptions
-    {'name': '181',
+    {'name': '[182]', 'meta-type': 'array', 'element-type': '182'},
+    # "182" = BlkdebugSetStateOptions
+    {'name': '182',
      'meta-type': 'object',
-     'members': [{'name': 'event', 'type': '217'},
+     'members': [{'name': 'event', 'type': '218'},
                  {'name': 'state', 'type': 'int', 'default': None},
                  {'name': 'new_state', 'type': 'int'}]},
-    # "182" = OnCbwError
-    {'name': '182',
+    # "183" = OnCbwError
+    {'name': '183',
      'meta-type': 'enum',
      'members': [{'name': 'break-guest-write'}, {'name': 'break-snapshot'}],
      'values': ['break-guest-write', 'break-snapshot']},
-    # "183" = OnOffAuto
-    {'name': '183',
+    # "184" = OnOffAuto
+    {'name': '184',
      'meta-type': 'enum',
      'members': [{'name': 'auto'}, {'name': 'on'}, {'name': 'off'}],
      'values': ['auto', 'on', 'off']},
-    # "184" = BlockdevAioOptions
-    {'name': '184',
+    # "185" = BlockdevAioOptions
+    {'name': '185',
      'meta-type': 'enum',
      'members': [{'name': 'threads'},
                  {'name': 'native'},
                  {'name': 'io_uring'}],
      'values': ['threads', 'native', 'io_uring']},
-    # "185" = BlockdevRefOrNull
-    {'name': '185',
-     'meta-type': 'alternate',
-     'members': [{'type': '56'}, {'type': 'str'}, {'type': 'null'}]},
-    # "186" = Qcow2OverlapChecks
+    # "186" = BlockdevRefOrNull
     {'name': '186',
      'meta-type': 'alternate',
-     'members': [{'type': '219'}, {'type': '220'}]},
-    # "187" = BlockdevQcow2Encryption
+     'members': [{'type': '56'}, {'type': 'str'}, {'type': 'null'}]},
+    # "187" = Qcow2OverlapChecks
     {'name': '187',
-     'meta-type': 'object',
-     'members': [{'name': 'format', 'type': '221'}],
-     'tag': 'format',
-     'variants': [{'case': 'aes', 'type': '222'},
-                  {'case': 'luks', 'type': '223'}]},
-    # "188" = BlockdevCreateOptionsFile
+     'meta-type': 'alternate',
+     'members': [{'type': '220'}, {'type': '221'}]},
+    # "188" = BlockdevQcow2Encryption
     {'name': '188',
+     'meta-type': 'object',
+     'members': [{'name': 'format', 'type': '222'}],
+     'tag': 'format',
+     'variants': [{'case': 'aes', 'type': '223'},
+                  {'case': 'luks', 'type': '224'}]},
+    # "189" = BlockdevCreateOptionsFile
+    {'name': '189',
      'meta-type': 'object',
      'members': [{'name': 'filename', 'type': 'str'},
                  {'name': 'size', 'type': 'int'},
-                 {'name': 'preallocation', 'type': '224', 'default': None},
+                 {'name': 'preallocation', 'type': '225', 'default': None},
                  {'name': 'nocow', 'type': 'bool', 'default': None},
                  {'name': 'extent-size-hint', 'type': 'int', 'default': None}]},
-    # "189" = BlockdevCreateOptionsQcow2
-    {'name': '189',
+    # "190" = BlockdevCreateOptionsQcow2
+    {'name': '190',
      'meta-type': 'object',
-     'members': [{'name': 'file', 'type': '179'},
-                 {'name': 'data-file', 'type': '179', 'default': None},
+     'members': [{'name': 'file', 'type': '180'},
+                 {'name': 'data-file', 'type': '180', 'default': None},
                  {'name': 'data-file-raw', 'type': 'bool', 'default': None},
                  {'name': 'extended-l2', 'type': 'bool', 'default': None},
                  {'name': 'size', 'type': 'int'},
-                 {'name': 'version', 'type': '225', 'default': None},
+                 {'name': 'version', 'type': '226', 'default': None},
                  {'name': 'backing-file', 'type': 'str', 'default': None},
-                 {'name': 'backing-fmt', 'type': '128', 'default': None},
-                 {'name': 'encrypt', 'type': '226', 'default': None},
+                 {'name': 'backing-fmt', 'type': '129', 'default': None},
+                 {'name': 'encrypt', 'type': '227', 'default': None},
                  {'name': 'cluster-size', 'type': 'int', 'default': None},
-                 {'name': 'preallocation', 'type': '224', 'default': None},
+                 {'name': 'preallocation', 'type': '225', 'default': None},
                  {'name': 'lazy-refcounts', 'type': 'bool', 'default': None},
                  {'name': 'refcount-bits', 'type': 'int', 'default': None},
-                 {'name': 'compression-type', 'type': '227', 'default': None}]},
-    # "190" = TransactionActionKind
-    {'name': '190',
+                 {'name': 'compression-type', 'type': '228', 'default': None}]},
+    # "191" = TransactionActionKind
+    {'name': '191',
      'meta-type': 'enum',
      'members': [{'name': 'abort'},
                  {'name': 'block-dirty-bitmap-add'},
@@ -2282,75 +2291,75 @@ SCHEMA_INFO: list[dict[str, Any]] = [
                 'blockdev-snapshot-internal-sync',
                 'blockdev-snapshot-sync',
                 'drive-backup']},
-    # "191" = AbortWrapper
-    {'name': '191',
-     'meta-type': 'object',
-     'members': [{'name': 'data', 'type': '228'}]},
-    # "192" = BlockdevBackupWrapper
+    # "192" = AbortWrapper
     {'name': '192',
      'meta-type': 'object',
-     'members': [{'name': 'data', 'type': '81'}]},
-    # "193" = BlockdevSnapshotWrapper
+     'members': [{'name': 'data', 'type': '229'}]},
+    # "193" = BlockdevBackupWrapper
     {'name': '193',
      'meta-type': 'object',
-     'members': [{'name': 'data', 'type': '52'}]},
-    # "194" = BlockdevSnapshotSyncWrapper
+     'members': [{'name': 'data', 'type': '81'}]},
+    # "194" = BlockdevSnapshotWrapper
     {'name': '194',
      'meta-type': 'object',
-     'members': [{'name': 'data', 'type': '51'}]},
-    # "195" = DriveBackupWrapper
+     'members': [{'name': 'data', 'type': '52'}]},
+    # "195" = BlockdevSnapshotSyncWrapper
     {'name': '195',
      'meta-type': 'object',
-     'members': [{'name': 'data', 'type': '82'}]},
-    # "196" = ActionCompletionMode
+     'members': [{'name': 'data', 'type': '51'}]},
+    # "196" = DriveBackupWrapper
     {'name': '196',
+     'meta-type': 'object',
+     'members': [{'name': 'data', 'type': '82'}]},
+    # "197" = ActionCompletionMode
+    {'name': '197',
      'meta-type': 'enum',
      'members': [{'name': 'individual'}, {'name': 'grouped'}],
      'values': ['individual', 'grouped']},
-    # "197" = SocketAddressType
-    {'name': '197',
+    # "198" = SocketAddressType
+    {'name': '198',
      'meta-type': 'enum',
      'members': [{'name': 'inet'},
                  {'name': 'unix'},
                  {'name': 'vsock'},
                  {'name': 'fd'}],
      'values': ['inet', 'unix', 'vsock', 'fd']},
-    # "198" = InetSocketAddressWrapper
-    {'name': '198',
-     'meta-type': 'object',
-     'members': [{'name': 'data', 'type': '229'}]},
-    # "199" = UnixSocketAddressWrapper
+    # "199" = InetSocketAddressWrapper
     {'name': '199',
      'meta-type': 'object',
      'members': [{'name': 'data', 'type': '230'}]},
-    # "200" = VsockSocketAddressWrapper
+    # "200" = UnixSocketAddressWrapper
     {'name': '200',
      'meta-type': 'object',
      'members': [{'name': 'data', 'type': '231'}]},
-    # "201" = StringWrapper
+    # "201" = VsockSocketAddressWrapper
     {'name': '201',
      'meta-type': 'object',
      'members': [{'name': 'data', 'type': '232'}]},
-    # "202" = PciDeviceClass
+    # "202" = StringWrapper
     {'name': '202',
+     'meta-type': 'object',
+     'members': [{'name': 'data', 'type': '233'}]},
+    # "203" = PciDeviceClass
+    {'name': '203',
      'meta-type': 'object',
      'members': [{'name': 'desc', 'type': 'str', 'default': None},
                  {'name': 'class', 'type': 'int'}]},
-    # "203" = PciDeviceId
-    {'name': '203',
+    # "204" = PciDeviceId
+    {'name': '204',
      'meta-type': 'object',
      'members': [{'name': 'device', 'type': 'int'},
                  {'name': 'vendor', 'type': 'int'},
                  {'name': 'subsystem', 'type': 'int', 'default': None},
                  {'name': 'subsystem-vendor', 'type': 'int', 'default': None}]},
-    # "204" = PciBridgeInfo
-    {'name': '204',
-     'meta-type': 'object',
-     'members': [{'name': 'bus', 'type': '233'},
-                 {'name': 'devices', 'type': '[155]', 'default': None}]},
-    {'name': '[205]', 'meta-type': 'array', 'element-type': '205'},
-    # "205" = PciMemoryRegion
+    # "205" = PciBridgeInfo
     {'name': '205',
+     'meta-type': 'object',
+     'members': [{'name': 'bus', 'type': '234'},
+                 {'name': 'devices', 'type': '[156]', 'default': None}]},
+    {'name': '[206]', 'meta-type': 'array', 'element-type': '206'},
+    # "206" = PciMemoryRegion
+    {'name': '206',
      'meta-type': 'object',
      'members': [{'name': 'bar', 'type': 'int'},
                  {'name': 'type', 'type': 'str'},
@@ -2358,26 +2367,26 @@ SCHEMA_INFO: list[dict[str, Any]] = [
                  {'name': 'size', 'type': 'int'},
                  {'name': 'prefetch', 'type': 'bool', 'default': None},
                  {'name': 'mem_type_64', 'type': 'bool', 'default': None}]},
-    # "206" = ChardevFile
-    {'name': '206',
+    # "207" = ChardevFile
+    {'name': '207',
      'meta-type': 'object',
      'members': [{'name': 'logfile', 'type': 'str', 'default': None},
                  {'name': 'logappend', 'type': 'bool', 'default': None},
                  {'name': 'in', 'type': 'str', 'default': None},
                  {'name': 'out', 'type': 'str'},
                  {'name': 'append', 'type': 'bool', 'default': None}]},
-    # "207" = ChardevHostdev
-    {'name': '207',
-     'meta-type': 'object',
-     'members': [{'name': 'logfile', 'type': 'str', 'default': None},
-                 {'name': 'logappend', 'type': 'bool', 'default': None},
-                 {'name': 'device', 'type': 'str'}]},
-    # "208" = ChardevSocket
+    # "208" = ChardevHostdev
     {'name': '208',
      'meta-type': 'object',
      'members': [{'name': 'logfile', 'type': 'str', 'default': None},
                  {'name': 'logappend', 'type': 'bool', 'default': None},
-                 {'name': 'addr', 'type': '151'},
+                 {'name': 'device', 'type': 'str'}]},
+    # "209" = ChardevSocket
+    {'name': '209',
+     'meta-type': 'object',
+     'members': [{'name': 'logfile', 'type': 'str', 'default': None},
+                 {'name': 'logappend', 'type': 'bool', 'default': None},
+                 {'name': 'addr', 'type': '152'},
                  {'name': 'tls-creds', 'type': 'str', 'default': None},
                  {'name': 'tls-authz', 'type': 'str', 'default': None},
                  {'name': 'server', 'type': 'bool', 'default': None},
@@ -2387,32 +2396,32 @@ SCHEMA_INFO: list[dict[str, Any]] = [
                  {'name': 'tn3270', 'type': 'bool', 'default': None},
                  {'name': 'websocket', 'type': 'bool', 'default': None},
                  {'name': 'reconnect', 'type': 'int', 'default': None}]},
-    # "209" = ChardevUdp
-    {'name': '209',
-     'meta-type': 'object',
-     'members': [{'name': 'logfile', 'type': 'str', 'default': None},
-                 {'name': 'logappend', 'type': 'bool', 'default': None},
-                 {'name': 'remote', 'type': '151'},
-                 {'name': 'local', 'type': '151', 'default': None}]},
-    # "210" = ChardevCommon
+    # "210" = ChardevUdp
     {'name': '210',
      'meta-type': 'object',
      'members': [{'name': 'logfile', 'type': 'str', 'default': None},
-                 {'name': 'logappend', 'type': 'bool', 'default': None}]},
-    # "211" = ChardevMux
+                 {'name': 'logappend', 'type': 'bool', 'default': None},
+                 {'name': 'remote', 'type': '152'},
+                 {'name': 'local', 'type': '152', 'default': None}]},
+    # "211" = ChardevCommon
     {'name': '211',
      'meta-type': 'object',
      'members': [{'name': 'logfile', 'type': 'str', 'default': None},
-                 {'name': 'logappend', 'type': 'bool', 'default': None},
-                 {'name': 'chardev', 'type': 'str'}]},
-    # "212" = ChardevStdio
+                 {'name': 'logappend', 'type': 'bool', 'default': None}]},
+    # "212" = ChardevMux
     {'name': '212',
      'meta-type': 'object',
      'members': [{'name': 'logfile', 'type': 'str', 'default': None},
                  {'name': 'logappend', 'type': 'bool', 'default': None},
-                 {'name': 'signal', 'type': 'bool', 'default': None}]},
-    # "213" = ChardevVC
+                 {'name': 'chardev', 'type': 'str'}]},
+    # "213" = ChardevStdio
     {'name': '213',
+     'meta-type': 'object',
+     'members': [{'name': 'logfile', 'type': 'str', 'default': None},
+                 {'name': 'logappend', 'type': 'bool', 'default': None},
+                 {'name': 'signal', 'type': 'bool', 'default': None}]},
+    # "214" = ChardevVC
+    {'name': '214',
      'meta-type': 'object',
      'members': [{'name': 'logfile', 'type': 'str', 'default': None},
                  {'name': 'logappend', 'type': 'bool', 'default': None},
@@ -2420,26 +2429,26 @@ SCHEMA_INFO: list[dict[str, Any]] = [
                  {'name': 'height', 'type': 'int', 'default': None},
                  {'name': 'cols', 'type': 'int', 'default': None},
                  {'name': 'rows', 'type': 'int', 'default': None}]},
-    # "214" = ChardevRingbuf
-    {'name': '214',
+    # "215" = ChardevRingbuf
+    {'name': '215',
      'meta-type': 'object',
      'members': [{'name': 'logfile', 'type': 'str', 'default': None},
                  {'name': 'logappend', 'type': 'bool', 'default': None},
                  {'name': 'size', 'type': 'int', 'default': None}]},
-    # "215" = ImageInfoSpecificKind
-    {'name': '215',
+    # "216" = ImageInfoSpecificKind
+    {'name': '216',
      'meta-type': 'enum',
      'members': [{'name': 'qcow2'},
                  {'name': 'vmdk'},
                  {'name': 'luks'},
                  {'name': 'rbd'}],
      'values': ['qcow2', 'vmdk', 'luks', 'rbd']},
-    # "216" = ImageInfoSpecificQCow2Wrapper
-    {'name': '216',
-     'meta-type': 'object',
-     'members': [{'name': 'data', 'type': '234'}]},
-    # "217" = BlkdebugEvent
+    # "217" = ImageInfoSpecificQCow2Wrapper
     {'name': '217',
+     'meta-type': 'object',
+     'members': [{'name': 'data', 'type': '235'}]},
+    # "218" = BlkdebugEvent
+    {'name': '218',
      'meta-type': 'enum',
      'members': [{'name': 'l1_update'},
                  {'name': 'l1_grow_alloc_table'},
@@ -2537,8 +2546,8 @@ SCHEMA_INFO: list[dict[str, Any]] = [
                 'cor_write',
                 'cluster_alloc_space',
                 'none']},
-    # "218" = BlkdebugIOType
-    {'name': '218',
+    # "219" = BlkdebugIOType
+    {'name': '219',
      'meta-type': 'enum',
      'members': [{'name': 'read'},
                  {'name': 'write'},
@@ -2553,10 +2562,10 @@ SCHEMA_INFO: list[dict[str, Any]] = [
                 'flush',
                 'block-status']},
     {'name': 'null', 'meta-type': 'builtin', 'json-type': 'null'},
-    # "219" = Qcow2OverlapCheckFlags
-    {'name': '219',
+    # "220" = Qcow2OverlapCheckFlags
+    {'name': '220',
      'meta-type': 'object',
-     'members': [{'name': 'template', 'type': '220', 'default': None},
+     'members': [{'name': 'template', 'type': '221', 'default': None},
                  {'name': 'main-header', 'type': 'bool', 'default': None},
                  {'name': 'active-l1', 'type': 'bool', 'default': None},
                  {'name': 'active-l2', 'type': 'bool', 'default': None},
@@ -2568,56 +2577,56 @@ SCHEMA_INFO: list[dict[str, Any]] = [
                  {'name': 'bitmap-directory',
                   'type': 'bool',
                   'default': None}]},
-    # "220" = Qcow2OverlapCheckMode
-    {'name': '220',
+    # "221" = Qcow2OverlapCheckMode
+    {'name': '221',
      'meta-type': 'enum',
      'members': [{'name': 'none'},
                  {'name': 'constant'},
                  {'name': 'cached'},
                  {'name': 'all'}],
      'values': ['none', 'constant', 'cached', 'all']},
-    # "221" = BlockdevQcow2EncryptionFormat
-    {'name': '221',
+    # "222" = BlockdevQcow2EncryptionFormat
+    {'name': '222',
      'meta-type': 'enum',
      'members': [{'name': 'aes'}, {'name': 'luks'}],
      'values': ['aes', 'luks']},
-    # "222" = QCryptoBlockOptionsQCow
-    {'name': '222',
-     'meta-type': 'object',
-     'members': [{'name': 'key-secret', 'type': 'str', 'default': None}]},
-    # "223" = QCryptoBlockOptionsLUKS
+    # "223" = QCryptoBlockOptionsQCow
     {'name': '223',
      'meta-type': 'object',
      'members': [{'name': 'key-secret', 'type': 'str', 'default': None}]},
-    # "224" = PreallocMode
+    # "224" = QCryptoBlockOptionsLUKS
     {'name': '224',
+     'meta-type': 'object',
+     'members': [{'name': 'key-secret', 'type': 'str', 'default': None}]},
+    # "225" = PreallocMode
+    {'name': '225',
      'meta-type': 'enum',
      'members': [{'name': 'off'},
                  {'name': 'metadata'},
                  {'name': 'falloc'},
                  {'name': 'full'}],
      'values': ['off', 'metadata', 'falloc', 'full']},
-    # "225" = BlockdevQcow2Version
-    {'name': '225',
+    # "226" = BlockdevQcow2Version
+    {'name': '226',
      'meta-type': 'enum',
      'members': [{'name': 'v2'}, {'name': 'v3'}],
      'values': ['v2', 'v3']},
-    # "226" = QCryptoBlockCreateOptions
-    {'name': '226',
-     'meta-type': 'object',
-     'members': [{'name': 'format', 'type': '235'}],
-     'tag': 'format',
-     'variants': [{'case': 'qcow', 'type': '222'},
-                  {'case': 'luks', 'type': '236'}]},
-    # "227" = Qcow2CompressionType
+    # "227" = QCryptoBlockCreateOptions
     {'name': '227',
+     'meta-type': 'object',
+     'members': [{'name': 'format', 'type': '236'}],
+     'tag': 'format',
+     'variants': [{'case': 'qcow', 'type': '223'},
+                  {'case': 'luks', 'type': '237'}]},
+    # "228" = Qcow2CompressionType
+    {'name': '228',
      'meta-type': 'enum',
      'members': [{'name': 'zlib'}, {'name': 'zstd'}],
      'values': ['zlib', 'zstd']},
-    # "228" = Abort
-    {'name': '228', 'meta-type': 'object', 'members': []},
-    # "229" = InetSocketAddress
-    {'name': '229',
+    # "229" = Abort
+    {'name': '229', 'meta-type': 'object', 'members': []},
+    # "230" = InetSocketAddress
+    {'name': '230',
      'meta-type': 'object',
      'members': [{'name': 'host', 'type': 'str'},
                  {'name': 'port', 'type': 'str'},
@@ -2626,32 +2635,32 @@ SCHEMA_INFO: list[dict[str, Any]] = [
                  {'name': 'ipv4', 'type': 'bool', 'default': None},
                  {'name': 'ipv6', 'type': 'bool', 'default': None},
                  {'name': 'keep-alive', 'type': 'bool', 'default': None}]},
-    # "230" = UnixSocketAddress
-    {'name': '230',
+    # "231" = UnixSocketAddress
+    {'name': '231',
      'meta-type': 'object',
      'members': [{'name': 'path', 'type': 'str'},
                  {'name': 'abstract', 'type': 'bool', 'default': None},
                  {'name': 'tight', 'type': 'bool', 'default': None}]},
-    # "231" = VsockSocketAddress
-    {'name': '231',
+    # "232" = VsockSocketAddress
+    {'name': '232',
      'meta-type': 'object',
      'members': [{'name': 'cid', 'type': 'str'},
                  {'name': 'port', 'type': 'str'}]},
-    # "232" = String
-    {'name': '232',
+    # "233" = String
+    {'name': '233',
      'meta-type': 'object',
      'members': [{'name': 'str', 'type': 'str'}]},
-    # "233" = PciBusInfo
-    {'name': '233',
+    # "234" = PciBusInfo
+    {'name': '234',
      'meta-type': 'object',
      'members': [{'name': 'number', 'type': 'int'},
                  {'name': 'secondary', 'type': 'int'},
                  {'name': 'subordinate', 'type': 'int'},
-                 {'name': 'io_range', 'type': '237'},
-                 {'name': 'memory_range', 'type': '237'},
-                 {'name': 'prefetchable_range', 'type': '237'}]},
-    # "234" = ImageInfoSpecificQCow2
-    {'name': '234',
+                 {'name': 'io_range', 'type': '238'},
+                 {'name': 'memory_range', 'type': '238'},
+                 {'name': 'prefetchable_range', 'type': '238'}]},
+    # "235" = ImageInfoSpecificQCow2
+    {'name': '235',
      'meta-type': 'object',
      'members': [{'name': 'compat', 'type': 'str'},
                  {'name': 'data-file', 'type': 'str', 'default': None},
@@ -2660,45 +2669,45 @@ SCHEMA_INFO: list[dict[str, Any]] = [
                  {'name': 'lazy-refcounts', 'type': 'bool', 'default': None},
                  {'name': 'corrupt', 'type': 'bool', 'default': None},
                  {'name': 'refcount-bits', 'type': 'int'},
-                 {'name': 'encrypt', 'type': '238', 'default': None},
-                 {'name': 'bitmaps', 'type': '[239]', 'default': None},
-                 {'name': 'compression-type', 'type': '227'}]},
-    # "235" = QCryptoBlockFormat
-    {'name': '235',
+                 {'name': 'encrypt', 'type': '239', 'default': None},
+                 {'name': 'bitmaps', 'type': '[240]', 'default': None},
+                 {'name': 'compression-type', 'type': '228'}]},
+    # "236" = QCryptoBlockFormat
+    {'name': '236',
      'meta-type': 'enum',
      'members': [{'name': 'qcow'}, {'name': 'luks'}],
      'values': ['qcow', 'luks']},
-    # "236" = QCryptoBlockCreateOptionsLUKS
-    {'name': '236',
+    # "237" = QCryptoBlockCreateOptionsLUKS
+    {'name': '237',
      'meta-type': 'object',
      'members': [{'name': 'key-secret', 'type': 'str', 'default': None},
-                 {'name': 'cipher-alg', 'type': '240', 'default': None},
-                 {'name': 'cipher-mode', 'type': '241', 'default': None},
-                 {'name': 'ivgen-alg', 'type': '242', 'default': None},
-                 {'name': 'ivgen-hash-alg', 'type': '243', 'default': None},
-                 {'name': 'hash-alg', 'type': '243', 'default': None},
+                 {'name': 'cipher-alg', 'type': '241', 'default': None},
+                 {'name': 'cipher-mode', 'type': '242', 'default': None},
+                 {'name': 'ivgen-alg', 'type': '243', 'default': None},
+                 {'name': 'ivgen-hash-alg', 'type': '244', 'default': None},
+                 {'name': 'hash-alg', 'type': '244', 'default': None},
                  {'name': 'iter-time', 'type': 'int', 'default': None}]},
-    # "237" = PciMemoryRange
-    {'name': '237',
+    # "238" = PciMemoryRange
+    {'name': '238',
      'meta-type': 'object',
      'members': [{'name': 'base', 'type': 'int'},
                  {'name': 'limit', 'type': 'int'}]},
-    # "238" = ImageInfoSpecificQCow2Encryption
-    {'name': '238',
-     'meta-type': 'object',
-     'members': [{'name': 'format', 'type': '221'}],
-     'tag': 'format',
-     'variants': [{'case': 'luks', 'type': '244'},
-                  {'case': 'aes', 'type': '1'}]},
-    {'name': '[239]', 'meta-type': 'array', 'element-type': '239'},
-    # "239" = Qcow2BitmapInfo
+    # "239" = ImageInfoSpecificQCow2Encryption
     {'name': '239',
+     'meta-type': 'object',
+     'members': [{'name': 'format', 'type': '222'}],
+     'tag': 'format',
+     'variants': [{'case': 'luks', 'type': '245'},
+                  {'case': 'aes', 'type': '1'}]},
+    {'name': '[240]', 'meta-type': 'array', 'element-type': '240'},
+    # "240" = Qcow2BitmapInfo
+    {'name': '240',
      'meta-type': 'object',
      'members': [{'name': 'name', 'type': 'str'},
                  {'name': 'granularity', 'type': 'int'},
-                 {'name': 'flags', 'type': '[245]'}]},
-    # "240" = QCryptoCipherAlgorithm
-    {'name': '240',
+                 {'name': 'flags', 'type': '[246]'}]},
+    # "241" = QCryptoCipherAlgorithm
+    {'name': '241',
      'meta-type': 'enum',
      'members': [{'name': 'aes-128'},
                  {'name': 'aes-192'},
@@ -2724,21 +2733,21 @@ SCHEMA_INFO: list[dict[str, Any]] = [
                 'twofish-128',
                 'twofish-192',
                 'twofish-256']},
-    # "241" = QCryptoCipherMode
-    {'name': '241',
+    # "242" = QCryptoCipherMode
+    {'name': '242',
      'meta-type': 'enum',
      'members': [{'name': 'ecb'},
                  {'name': 'cbc'},
                  {'name': 'xts'},
                  {'name': 'ctr'}],
      'values': ['ecb', 'cbc', 'xts', 'ctr']},
-    # "242" = QCryptoIVGenAlgorithm
-    {'name': '242',
+    # "243" = QCryptoIVGenAlgorithm
+    {'name': '243',
      'meta-type': 'enum',
      'members': [{'name': 'plain'}, {'name': 'plain64'}, {'name': 'essiv'}],
      'values': ['plain', 'plain64', 'essiv']},
-    # "243" = QCryptoHashAlgorithm
-    {'name': '243',
+    # "244" = QCryptoHashAlgorithm
+    {'name': '244',
      'meta-type': 'enum',
      'members': [{'name': 'md5'},
                  {'name': 'sha1'},
@@ -2754,27 +2763,27 @@ SCHEMA_INFO: list[dict[str, Any]] = [
                 'sha384',
                 'sha512',
                 'ripemd160']},
-    # "244" = QCryptoBlockInfoLUKS
-    {'name': '244',
+    # "245" = QCryptoBlockInfoLUKS
+    {'name': '245',
      'meta-type': 'object',
-     'members': [{'name': 'cipher-alg', 'type': '240'},
-                 {'name': 'cipher-mode', 'type': '241'},
-                 {'name': 'ivgen-alg', 'type': '242'},
-                 {'name': 'ivgen-hash-alg', 'type': '243', 'default': None},
-                 {'name': 'hash-alg', 'type': '243'},
+     'members': [{'name': 'cipher-alg', 'type': '241'},
+                 {'name': 'cipher-mode', 'type': '242'},
+                 {'name': 'ivgen-alg', 'type': '243'},
+                 {'name': 'ivgen-hash-alg', 'type': '244', 'default': None},
+                 {'name': 'hash-alg', 'type': '244'},
                  {'name': 'payload-offset', 'type': 'int'},
                  {'name': 'master-key-iters', 'type': 'int'},
                  {'name': 'uuid', 'type': 'str'},
-                 {'name': 'slots', 'type': '[246]'}]},
-    {'name': '[245]', 'meta-type': 'array', 'element-type': '245'},
-    # "245" = Qcow2BitmapInfoFlags
-    {'name': '245',
+                 {'name': 'slots', 'type': '[247]'}]},
+    {'name': '[246]', 'meta-type': 'array', 'element-type': '246'},
+    # "246" = Qcow2BitmapInfoFlags
+    {'name': '246',
      'meta-type': 'enum',
      'members': [{'name': 'in-use'}, {'name': 'auto'}],
      'values': ['in-use', 'auto']},
-    {'name': '[246]', 'meta-type': 'array', 'element-type': '246'},
-    # "246" = QCryptoBlockInfoLUKSSlot
-    {'name': '246',
+    {'name': '[247]', 'meta-type': 'array', 'element-type': '247'},
+    # "247" = QCryptoBlockInfoLUKSSlot
+    {'name': '247',
      'meta-type': 'object',
      'members': [{'name': 'active', 'type': 'bool'},
                  {'name': 'iters', 'type': 'int', 'default': None},

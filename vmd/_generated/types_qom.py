@@ -22,6 +22,7 @@ Fields: TypeAlias = tuple[str, ...]
 
 
 class ObjectType(enum.StrEnum):
+    IOTHREAD = "iothread"
     MEMORY_BACKEND_RAM = "memory-backend-ram"
     SECRET = "secret"
     THROTTLE_GROUP = "throttle-group"
@@ -74,10 +75,25 @@ class MemoryBackendProperties(rt.QAPIObject):
     )
 
 
+class IothreadProperties(rt.QAPIObject):
+    poll_max_ns: int | None
+    poll_grow: int | None
+    poll_shrink: int | None
+    aio_max_batch: int | None
+    __slots__ = ("poll_max_ns", "poll_grow", "poll_shrink", "aio_max_batch", )
+    _qapi_fields: ClassVar[Fields] = ("poll_max_ns", "poll_grow", "poll_shrink", "aio_max_batch", )
+    _qapi_members: ClassVar[Members] = (
+        ("poll_max_ns", "poll-max-ns", True),
+        ("poll_grow", "poll-grow", True),
+        ("poll_shrink", "poll-shrink", True),
+        ("aio_max_batch", "aio-max-batch", True),
+    )
+
+
 class ObjectOptions(rt.QAPIObject):
     qom_type: ObjectType
     id: str
-    u: MemoryBackendProperties | SecretProperties | ThrottleGroupProperties | None
+    u: IothreadProperties | MemoryBackendProperties | SecretProperties | ThrottleGroupProperties | None
     __slots__ = ("qom_type", "id", "u", )
     _qapi_fields: ClassVar[Fields] = ("qom_type", "id", "u", )
     _qapi_members: ClassVar[Members] = (
@@ -152,6 +168,19 @@ def visit_MemoryBackendProperties(value: Any, name: str | None, path: str) -> Me
     return rt.visit_struct(value, path, members_MemoryBackendProperties, MemoryBackendProperties)
 
 
+def members_IothreadProperties(obj: dict[str, Any], path: str, seen: set[str]) -> dict[str, Any]:
+    return {
+        "poll_max_ns": rt.member(obj, "poll-max-ns", path, seen, rt.visit_int, optional=True),
+        "poll_grow": rt.member(obj, "poll-grow", path, seen, rt.visit_int, optional=True),
+        "poll_shrink": rt.member(obj, "poll-shrink", path, seen, rt.visit_int, optional=True),
+        "aio_max_batch": rt.member(obj, "aio-max-batch", path, seen, rt.visit_int, optional=True),
+    }
+
+
+def visit_IothreadProperties(value: Any, name: str | None, path: str) -> IothreadProperties:
+    return rt.visit_struct(value, path, members_IothreadProperties, IothreadProperties)
+
+
 def visit_ObjectType(value: Any, name: str | None, path: str) -> ObjectType:
     return rt.visit_enum(value, name, path, ObjectType)
 
@@ -190,6 +219,7 @@ def visit_ObjectTypeInfoList(value: Any, name: str | None, path: str) -> list[Ob
 
 
 _ObjectOptions_BRANCHES: dict[str, rt.Branch] = {
+    "iothread": (IothreadProperties, members_IothreadProperties),
     "memory-backend-ram": (MemoryBackendProperties, members_MemoryBackendProperties),
     "secret": (SecretProperties, members_SecretProperties),
     "throttle-group": (ThrottleGroupProperties, members_ThrottleGroupProperties),

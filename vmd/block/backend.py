@@ -1,6 +1,6 @@
 """A user of the block graph: QEMU's BlockBackend.
 
-An NBD export, ``block_resize``, a job or (later) a guest device reaches a
+An NBD export, ``block_resize``, a job or a guest device reaches a
 node only through a ``BlockBackend``, which holds one ``root`` edge with the
 permissions the user needs. Replacing the node under it (a snapshot, a job's
 pivot) moves the edge, and with it the user.
@@ -36,6 +36,11 @@ class BlockBackend(RootHolder):
         self.queue_requests = True
         #: The daemon's list of backends (``x-debug-query-block-graph``).
         self._registry = registry
+        #: The guest device using this backend (QEMU's blk->dev), by its
+        #: QOM path; None when no device is attached.
+        self.device: str | None = None
+        #: QEMU's blk_enable_write_cache: with it off a device flushes every write.
+        self.write_cache = True
         self.in_flight = 0
         self._quiesce = 0
         self._resumed = asyncio.Event()
@@ -48,8 +53,13 @@ class BlockBackend(RootHolder):
         assert self.edge is not None, "backend without a node"
         return self.edge.child
 
+    @property
+    def graph_name(self) -> str:
+        """The name ``x-debug-query-block-graph`` shows: the backend's, else its device's path."""
+        return self.name or self.device or ""
+
     def parent_desc(self) -> str:
-        return f"block device '{self.name}'" if self.name else "an unnamed block device"
+        return f"block device '{self.graph_name}'" if self.graph_name else "an unnamed block device"
 
     # -- the root edge ---------------------------------------------------------------
 

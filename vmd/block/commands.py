@@ -20,6 +20,7 @@ from vmd._generated.types import (
     XDbgBlockGraphNode,
     XDbgBlockGraphNodeType,
 )
+from vmd.block.backend import BlockBackend
 from vmd.block.dirty_bitmap import DirtyBitmap
 from vmd.block.graph import block_graph
 from vmd.block.node import BlockNode
@@ -41,8 +42,22 @@ def qmp_query_named_block_nodes(ctx: Any, flat: bool | None) -> list[dict[str, A
 
 
 def qmp_query_block(ctx: Any) -> list[dict[str, Any]]:
-    # Only named BlockBackends (guest devices) are listed; none exist yet.
-    return []
+    """``BlockInfo`` of every named backend and of every guest device's, oldest first."""
+    return [_block_info(backend) for backend in block_graph(ctx).backends
+            if backend.kind == "block-backend" and (backend.name or backend.device)]
+
+
+def _block_info(backend: BlockBackend) -> dict[str, Any]:
+    info: dict[str, Any] = {"device": backend.name, "locked": False, "removable": backend.device is None,
+                            "type": "unknown"}
+    if backend.device is not None:
+        info["qdev"] = backend.device
+        info["io-status"] = "ok"
+    if backend.edge is not None:
+        inserted = device_info(backend.node, flat=False)
+        inserted["cache"]["writeback"] = backend.write_cache
+        info["inserted"] = inserted
+    return info
 
 
 def device_info(node: BlockNode, *, flat: bool) -> dict[str, Any]:
@@ -128,7 +143,7 @@ def qmp_x_debug_query_block_graph(ctx: Any) -> XDbgBlockGraph:
     nodes = list(graph)
     ids = {id(item): number for number, item in enumerate(holders + nodes, start=1)}
     out_nodes = [XDbgBlockGraphNode(id=ids[id(holder)], type=XDbgBlockGraphNodeType(holder.kind),
-                                    name=holder.name) for holder in holders]
+                                    name=holder.graph_name) for holder in holders]
     out_nodes += [XDbgBlockGraphNode(id=ids[id(node)], type=XDbgBlockGraphNodeType.BLOCK_DRIVER, name=node.node_name)
                   for node in nodes]
     edges = [holder.edge for holder in holders if holder.edge is not None]

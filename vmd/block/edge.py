@@ -44,8 +44,13 @@ class RootHolder:
 
     #: The node type in ``x-debug-query-block-graph``.
     kind = "block-backend"
-    #: The name shown in ``x-debug-query-block-graph`` ("" when anonymous).
+    #: The user's own name ("" when anonymous).
     name = ""
+
+    @property
+    def graph_name(self) -> str:
+        """The name shown in ``x-debug-query-block-graph``."""
+        return self.name
 
     def parent_desc(self) -> str:
         raise NotImplementedError

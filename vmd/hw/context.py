@@ -12,8 +12,9 @@ themselves.
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from vmd._generated.types import ShutdownCause
 from vmd.hw.bus import IoBus
@@ -22,6 +23,7 @@ from vmd.hw.clock import Clock
 from vmd.hw.irq import IrqLine
 
 if TYPE_CHECKING:
+    from vmd.block.graph import BlockGraph
     from vmd.hw.pci.msix import MsiRoutes
     from vmd.hw.virtio.memory import GuestMemory
 
@@ -59,6 +61,12 @@ class DeviceContext:
     request_exit: Callable[[int], None]
     clock: Clock
     smp_cpus: int = 1
+    #: The BQL, for devices that finish work on the event loop (virtio-blk).
+    bql: AbstractContextManager[Any] | None = None
+    #: The daemon's block graph (made on first use): ``drive=`` names its nodes.
+    block: Callable[[], BlockGraph] | None = None
+    #: The ids of the ``iothread`` objects (``iothread=``).
+    iothreads: Callable[[], list[str]] | None = None
     #: Guest RAM for device DMA (virtio rings and buffers).
     memory: GuestMemory | None = None
     #: MSI vectors (KVM GSI routes + irqfd) for MSI-X.

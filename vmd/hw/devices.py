@@ -2,5 +2,6 @@
 
 from vmd.hw import debug_ports, i8042, misc_ports, rtc, serial
 from vmd.hw.pci import host as pci_host
+from vmd.hw.virtio import blk
 
-MODULES = (debug_ports, i8042, misc_ports, rtc, serial, pci_host)
+MODULES = (debug_ports, i8042, misc_ports, rtc, serial, pci_host, blk)

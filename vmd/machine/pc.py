@@ -116,7 +116,8 @@ class PcBoard:
             memory=self._guest_ram(), msi=KvmMsiRoutes(vm),
             notifier=lambda callback: LoopNotifier(loop, bql, callback),
             ioeventfd=lambda fd, address, length, assign: vm.ioeventfd(
-                fd, address, length, pio=False, deassign=not assign))
+                fd, address, length, pio=False, deassign=not assign),
+            bql=bql, block=services.block_graph, iothreads=services.iothread_ids)
         self.piix3 = self._build_chipset()
         self.acpi_pm = AcpiPm(KvmIrq(vm, SCI_IRQ), lambda: services.request_guest_shutdown("guest-shutdown"))
         self._add_devices()
@@ -216,9 +217,14 @@ class PcBoard:
                 pc_cmos_init(device.rtc, self.ram_size, self.config.smp.cpus)  # type: ignore[attr-defined]
         for chardev_id in self.config.serials:
             self._realize(create_device({"driver": "isa-serial", "chardev": chardev_id}, user=False))
+        anonymous = 0
         for device_config in self.config.devices:
             options = dict(device_config.options)
-            self._realize(create_device(options), options.get("bus"))
+            device = create_device(options)
+            device.qom_path = f"/machine/peripheral/{device.id}" if device.id else \
+                f"/machine/peripheral-anon/device[{anonymous}]"
+            anonymous += not device.id
+            self._realize(device, options.get("bus"))
         self.io_regions()
 
     def _realize(self, device: Device, bus_name: str | None = None) -> Device:

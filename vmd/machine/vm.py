@@ -40,6 +40,7 @@ from vmd.qom.errors import QOMError
 from vmd.system.process import StartupError
 
 if TYPE_CHECKING:
+    from vmd.block.graph import BlockGraph
     from vmd.daemon import Daemon
 
 log = logging.getLogger(__name__)
@@ -108,6 +109,13 @@ class Machine:
         self.kvm.close()
 
     # -- requests (any thread) -------------------------------------------------
+
+    def block_graph(self) -> BlockGraph:
+        """The daemon's block graph, for guest disks (``drive=``)."""
+        return self._daemon.block
+
+    def iothread_ids(self) -> list[str]:
+        return [object_id for object_id, obj in self._daemon.objects if obj.type_name == "iothread"]
 
     def request_guest_reset(self) -> None:
         self._loop.call_soon_threadsafe(self.reset, ShutdownCause.GUEST_RESET)

@@ -37,6 +37,9 @@ class Device:
     def __init__(self, props: dict[str, Any], dev_id: str | None = None) -> None:
         self.id = dev_id
         self.props = props
+        #: The path in the composition tree: the board sets it for ``-device``s
+        #: (``/machine/peripheral/ID`` or ``/machine/peripheral-anon/device[N]``).
+        self.qom_path = ""
         self.realized = False
         self.parent_bus: Bus | None = None
         self.child_buses: list[Bus] = []
@@ -61,7 +64,9 @@ def find_device_type(name: str, user: bool = True,
                      registry: TypeRegistry = TYPES,
                      parameter: str = "driver") -> TypeInfo:
     """The concrete device type ``name`` or QEMU's error for it."""
-    info = registry.lookup(name)
+    info = registry.lookup(name) or registry.by_alias(name)
+    if info is not None:
+        name = info.name
     if info is None or not registry.is_a(name, TYPE_DEVICE):
         raise QOMError(f"'{name}' is not a valid device model name")
     if info.abstract:

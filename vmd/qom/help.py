@@ -12,6 +12,8 @@ def _devinfo_line(info: TypeInfo) -> str:
     line = f'name "{info.name}"'
     if info.bus_type:
         line += f", bus {info.bus_type}"
+    if info.alias:
+        line += f', alias "{info.alias}"'
     if info.desc:
         line += f', desc "{info.desc}"'
     if not info.user_creatable:

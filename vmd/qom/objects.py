@@ -13,7 +13,7 @@ machine type or a chardev backend, never by editing a table of names:
   with the properties vmd's ``-machine`` honours;
 * accelerators: ``kvm-accel`` (vmd runs guests on KVM only);
 * CPU models: ``MODEL-x86_64-cpu`` per model ``-cpu`` takes (``vmd.accel.cpuid``);
-* user-creatable objects: ``secret``, ``memory-backend-ram``
+* user-creatable objects: ``secret``, ``memory-backend-ram``, ``iothread``
   (``vmd.qom.user_objects``);
 * device models: importing ``vmd.hw.devices`` registers them.
 
@@ -86,10 +86,12 @@ def ensure_registered(registry: TypeRegistry = TYPES) -> None:
     _register_chardevs(registry)
     _register_cpus(registry)
     registry.register(TypeInfo("secret_common", TYPE_OBJECT, abstract=True))
+    registry.register(TypeInfo("event-loop-base", TYPE_OBJECT, abstract=True))
     registry.register(TypeInfo("secret", "secret_common"))
     size = Property("size", "int", description="Size of the memory region (ex: 500M)")
     registry.register(TypeInfo("memory-backend", TYPE_OBJECT, abstract=True, properties=(size,)))
     registry.register(TypeInfo("memory-backend-ram", "memory-backend"))
+    registry.register(TypeInfo("iothread", "event-loop-base"))
 
 
 def _register_accels(registry: TypeRegistry) -> None:

@@ -14,6 +14,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from vmd.cli.errors import OptionError
+from vmd.cli.qemu_opts import parse_size
 from vmd.qom.errors import QOMError
 
 # Integer property types: name -> (minimum, maximum, C type in error texts).
@@ -27,6 +29,15 @@ _INT_RANGES: dict[str, tuple[int, int, str]] = {
 }
 _TRUE = ("on", "yes", "true", "y")
 _FALSE = ("off", "no", "false", "n")
+
+
+def _size_text(value: int) -> str:
+    """QEMU's size_to_str: three significant digits and a binary unit (``4 KiB``)."""
+    units = ("B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB")
+    exponent = 0
+    while exponent + 1 < len(units) and value >= 1 << (10 * (exponent + 1)):
+        exponent += 1
+    return f"{value / (1 << (10 * exponent)):.3g} {units[exponent]}"
 
 
 def _parse_c_integer(text: str) -> int | None:
@@ -70,6 +81,8 @@ class Property:
         """Convert a command-line string or JSON value; QEMU's error texts."""
         if self.type in _INT_RANGES:
             return self._parse_int(value)
+        if self.type == "size":
+            return self._parse_size(value)
         if self.type == "bool":
             return self._parse_bool(value)
         if self.enum:
@@ -93,6 +106,17 @@ class Property:
         if not low <= number <= high:
             raise QOMError(f"Parameter '{self.name}' expects {c_type}")
         return number
+
+    def _parse_size(self, value: Any) -> int:
+        """A byte count, with QEMU's suffixes (``4k``) on the command line."""
+        if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 1 << 64:
+            return value
+        if isinstance(value, str):
+            try:
+                return parse_size(self.name, value)
+            except OptionError:
+                pass
+        raise QOMError(f"Parameter '{self.name}' expects size")
 
     def _parse_bool(self, value: Any) -> bool:
         if isinstance(value, bool):
@@ -126,4 +150,6 @@ class Property:
             return f"{value} (0x{value & 0xFFFF_FFFF_FFFF_FFFF:x})"
         if self.type == "bool":
             return "true" if value else "false"
+        if self.type == "size":
+            return f"{value} ({_size_text(value)})"
         return f'"{value if value is not None else ""}"'

@@ -28,6 +28,7 @@ from vmd.qom.types import TYPES
 #: QOM types of user-created objects (vmd.qom.user_objects).
 SECRET_TYPE = "secret"
 RAM_BACKEND_TYPE = "memory-backend-ram"
+IOTHREAD_TYPE = "iothread"
 
 
 @dataclass

@@ -69,6 +69,8 @@ class TypeInfo:
     desc: str | None = None
     user_creatable: bool = True
     instance: Any = None
+    #: The short name ``-device`` also takes (QEMU's qdev_alias_table).
+    alias: str | None = None
 
 
 class TypeRegistry:
@@ -87,6 +89,10 @@ class TypeRegistry:
 
     def lookup(self, name: str) -> TypeInfo | None:
         return self._types.get(name)
+
+    def by_alias(self, alias: str) -> TypeInfo | None:
+        """The type whose ``alias`` is ``alias`` (``virtio-blk``), if any."""
+        return next((info for info in self._types.values() if info.alias == alias), None)
 
     def __iter__(self) -> Iterator[TypeInfo]:
         return iter(list(self._types.values()))
@@ -155,7 +161,7 @@ C = TypeVar("C")
 def device_type(name: str, parent: str, *, properties: tuple[Property, ...] = (),
                 categories: tuple[Category, ...] = (), desc: str | None = None,
                 user_creatable: bool = True, abstract: bool = False,
-                interfaces: tuple[str, ...] = ()) -> Callable[[C], C]:
+                interfaces: tuple[str, ...] = (), alias: str | None = None) -> Callable[[C], C]:
     """Class decorator: register a device model as QOM type ``name``.
 
     The bus type is inherited from the parent type, as in QEMU where
@@ -166,7 +172,7 @@ def device_type(name: str, parent: str, *, properties: tuple[Property, ...] = ()
         bus_type = parent_info.bus_type if parent_info else None
         info = TypeInfo(name, parent, abstract=abstract, interfaces=interfaces,
                         properties=properties, categories=categories,
-                        bus_type=bus_type, desc=desc,
+                        bus_type=bus_type, desc=desc, alias=alias,
                         user_creatable=user_creatable, instance=cls)
         TYPES.register(info)
         setattr(cls, "type_info", info)  # noqa: B010  (C is any class)

@@ -13,6 +13,9 @@ and texts:
   shared, preallocated, mergeable or dumped memory is refused;
 * ``throttle-group``: limits shared by ``throttle`` filter nodes
   (``vmd.block.drivers.throttle``); one in use cannot be deleted.
+* ``iothread``: named by a device's ``iothread=`` (virtio-blk). vmd's
+  block layer runs on the main loop, so the object is a name only: the
+  devices that name it keep their queues on the main loop.
 
 ``-object`` runs through ``object-add`` (``vmd.system.startup_commands``),
 so both paths check the same way. Reading ``file`` happens on a worker
@@ -27,6 +30,7 @@ import binascii
 from typing import Any
 
 from vmd._generated.types import (
+    IothreadProperties,
     MemoryBackendProperties,
     ObjectOptions,
     QCryptoSecretFormat,
@@ -35,7 +39,7 @@ from vmd._generated.types import (
 )
 from vmd.errors import QMPError
 from vmd.qom.objects import ensure_registered
-from vmd.qom.tree import RAM_BACKEND_TYPE, SECRET_TYPE
+from vmd.qom.tree import IOTHREAD_TYPE, RAM_BACKEND_TYPE, SECRET_TYPE
 
 
 class Secret:
@@ -56,7 +60,13 @@ class RamBackend:
         self.size = size
 
 
-UserObject = Any   # Secret, RamBackend or a ThrottleGroup
+class IoThread:
+    """An ``iothread``: a name devices may give (their work stays on the main loop)."""
+
+    type_name = IOTHREAD_TYPE
+
+
+UserObject = Any   # Secret, RamBackend, IoThread or a ThrottleGroup
 
 
 class UserObjects:
@@ -153,6 +163,8 @@ async def qmp_object_add(ctx: Any, options: ObjectOptions) -> None:
     elif isinstance(options.u, ThrottleGroupProperties):
         from vmd.block.drivers.throttle import new_group
         obj = new_group(options.id, options.u)
+    elif isinstance(options.u, IothreadProperties):
+        obj = IoThread()
     else:
         assert isinstance(options.u, MemoryBackendProperties)
         obj = _ram_backend(options.u)

@@ -69,7 +69,7 @@ class DevfnProperty(Property):
 
 
 PCI_PROPERTIES = (
-    DevfnProperty("addr", "int32", -1, "Slot and optional function number, example: 06.4 or 06"),
+    DevfnProperty("addr", "int32", -1, "Slot and optional function number, example: 06.0 or 06"),
     Property("multifunction", "bool", False, "on/off"),
 )
 

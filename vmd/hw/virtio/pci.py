@@ -30,7 +30,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from vmd.hw.pci import config as cfg
-from vmd.hw.pci.device import BAR_UNMAPPED, TYPE_PCI_DEVICE, Bar, PciDevice
+from vmd.hw.pci.device import BAR_UNMAPPED, TYPE_PCI_BUS, TYPE_PCI_DEVICE, Bar, PciDevice
 from vmd.hw.pci.msix import Msix
 from vmd.hw.virtio.device import VirtioDevice
 from vmd.hw.virtio.memory import GuestMemory
@@ -58,7 +58,7 @@ NOTIFY_MULTIPLIER = 4
 COMMON_SIZE = 56
 ISR_QUEUE, ISR_CONFIG = 0x1, 0x2
 
-TYPES.register(TypeInfo(TYPE_VIRTIO_PCI, TYPE_PCI_DEVICE, abstract=True, properties=(
+TYPES.register(TypeInfo(TYPE_VIRTIO_PCI, TYPE_PCI_DEVICE, abstract=True, bus_type=TYPE_PCI_BUS, properties=(
     Property("disable-legacy", "OnOffAuto", "auto", "on/off/auto", enum=("on", "off", "auto")),
     Property("disable-modern", "bool", False),
     Property("ioeventfd", "bool", True, "on/off"),
