@@ -242,6 +242,18 @@ def test_property_errors_are_qemus(device: str, tmp_path: Path) -> None:
     assert ours.stderr.strip().splitlines()[-1].endswith(message), ours.stderr
 
 
+@pytest.mark.parametrize("engine", ENGINES)
+def test_query_iothreads_is_qemus(engine: str, tmp_path: Path) -> None:
+    require(engine)
+    args = ("-S", "-object", "iothread,id=io0", "-object", "iothread,id=io1,poll-max-ns=100,aio-max-batch=3")
+    with GuestVM(engine, "blkio", tmp_path, *args) as vm, vm.qmp() as qmp:
+        threads = qmp.command({"execute": "query-iothreads"})["return"]
+    assert all(isinstance(thread.pop("thread-id"), int) for thread in threads)
+    assert threads == [
+        {"id": "io1", "poll-max-ns": 100, "poll-grow": 0, "poll-shrink": 0, "aio-max-batch": 3},
+        {"id": "io0", "poll-max-ns": 32768, "poll-grow": 0, "poll-shrink": 0, "aio-max-batch": 0}]
+
+
 def test_iothread_is_accepted(tmp_path: Path) -> None:
     require("vmd")
     image = prepared_image(tmp_path / "disk.raw", "raw")

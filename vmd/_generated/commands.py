@@ -128,6 +128,16 @@ COMMANDS: dict[str, rt.CommandDef] = {
         coroutine=False,
         features=(),
     ),
+    "query-iothreads": rt.CommandDef(
+        name="query-iothreads",
+        handler_name="qmp_query_iothreads",
+        module=_PACKAGE + ".commands_misc",
+        marshal_name="marshal_query_iothreads",
+        allow_oob=False,
+        allow_preconfig=True,
+        coroutine=False,
+        features=(),
+    ),
     "query-cpus-fast": rt.CommandDef(
         name="query-cpus-fast",
         handler_name="qmp_query_cpus_fast",

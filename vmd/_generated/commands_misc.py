@@ -35,3 +35,10 @@ def marshal_query_command_line_options(
 ) -> Any:
     kwargs = rt.args_dict(arguments, members_q_obj_query_command_line_options_arg)
     return rt.to_wire(handler(ctx, **kwargs))
+
+
+def marshal_query_iothreads(
+        handler: Handler, ctx: Any, arguments: dict[str, Any],
+) -> Any:
+    rt.no_args(arguments)
+    return rt.to_wire(handler(ctx))

@@ -73,6 +73,11 @@ COMMAND_SCHEMAS: dict[str, dict[str, Any]] = {
          'type': 'object',
          'properties': {'option': {'type': 'string'}},
          'additionalProperties': False},
+    'query-iothreads':
+        {'$schema': 'https://json-schema.org/draft/2020-12/schema',
+         'title': 'query-iothreads',
+         'type': 'object',
+         'additionalProperties': False},
     'query-cpus-fast':
         {'$schema': 'https://json-schema.org/draft/2020-12/schema',
          'title': 'query-cpus-fast',

@@ -54,6 +54,25 @@ class CommandLineOptionInfo(rt.QAPIObject):
     )
 
 
+class IOThreadInfo(rt.QAPIObject):
+    id: str
+    thread_id: int
+    poll_max_ns: int
+    poll_grow: int
+    poll_shrink: int
+    aio_max_batch: int
+    __slots__ = ("id", "thread_id", "poll_max_ns", "poll_grow", "poll_shrink", "aio_max_batch", )
+    _qapi_fields: ClassVar[Fields] = ("id", "thread_id", "poll_max_ns", "poll_grow", "poll_shrink", "aio_max_batch", )
+    _qapi_members: ClassVar[Members] = (
+        ("id", "id", False),
+        ("thread_id", "thread-id", False),
+        ("poll_max_ns", "poll-max-ns", False),
+        ("poll_grow", "poll-grow", False),
+        ("poll_shrink", "poll-shrink", False),
+        ("aio_max_batch", "aio-max-batch", False),
+    )
+
+
 def members_NameInfo(obj: dict[str, Any], path: str, seen: set[str]) -> dict[str, Any]:
     return {
         "name": rt.member(obj, "name", path, seen, rt.visit_str, optional=True),
@@ -105,9 +124,28 @@ def members_q_obj_query_command_line_options_arg(obj: dict[str, Any], path: str,
     }
 
 
+def members_IOThreadInfo(obj: dict[str, Any], path: str, seen: set[str]) -> dict[str, Any]:
+    return {
+        "id": rt.member(obj, "id", path, seen, rt.visit_str),
+        "thread_id": rt.member(obj, "thread-id", path, seen, rt.visit_int),
+        "poll_max_ns": rt.member(obj, "poll-max-ns", path, seen, rt.visit_int),
+        "poll_grow": rt.member(obj, "poll-grow", path, seen, rt.visit_int),
+        "poll_shrink": rt.member(obj, "poll-shrink", path, seen, rt.visit_int),
+        "aio_max_batch": rt.member(obj, "aio-max-batch", path, seen, rt.visit_int),
+    }
+
+
+def visit_IOThreadInfo(value: Any, name: str | None, path: str) -> IOThreadInfo:
+    return rt.visit_struct(value, path, members_IOThreadInfo, IOThreadInfo)
+
+
 def visit_CommandLineParameterInfoList(value: Any, name: str | None, path: str) -> list[CommandLineParameterInfo]:
     return rt.visit_list(value, path, visit_CommandLineParameterInfo)
 
 
 def visit_CommandLineOptionInfoList(value: Any, name: str | None, path: str) -> list[CommandLineOptionInfo]:
     return rt.visit_list(value, path, visit_CommandLineOptionInfo)
+
+
+def visit_IOThreadInfoList(value: Any, name: str | None, path: str) -> list[IOThreadInfo]:
+    return rt.visit_list(value, path, visit_IOThreadInfo)

@@ -20,7 +20,7 @@ HANDLER_MODULES: dict[str, tuple[str, ...]] = {
     "control": ("vmd.qmp.control", "vmd.system.commands"),
     "introspect": ("vmd.qmp.control",),
     "run_state": ("vmd.system.commands",),
-    "misc": ("vmd.system.commands", "vmd.hmp.commands", "vmd.cli.introspect"),
+    "misc": ("vmd.system.commands", "vmd.hmp.commands", "vmd.cli.introspect", "vmd.qom.user_objects"),
     "yank": ("vmd.qmp.yank",),
     "char": ("vmd.chardev.commands",),
     "job": ("vmd.job.commands",),

@@ -12,7 +12,7 @@ and texts:
   backend only says how much (its size must be ``-m``'s, as in QEMU);
   shared, preallocated, mergeable or dumped memory is refused;
 * ``throttle-group``: limits shared by ``throttle`` filter nodes
-  (``vmd.block.drivers.throttle``); one in use cannot be deleted.
+  (``vmd.block.drivers.throttle``); one in use cannot be deleted;
 * ``iothread``: named by a device's ``iothread=`` (virtio-blk). vmd's
   block layer runs on the main loop, so the object is a name only: the
   devices that name it keep their queues on the main loop.
@@ -27,9 +27,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import threading
 from typing import Any
 
 from vmd._generated.types import (
+    IOThreadInfo,
     IothreadProperties,
     MemoryBackendProperties,
     ObjectOptions,
@@ -40,6 +42,9 @@ from vmd._generated.types import (
 from vmd.errors import QMPError
 from vmd.qom.objects import ensure_registered
 from vmd.qom.tree import IOTHREAD_TYPE, RAM_BACKEND_TYPE, SECRET_TYPE
+
+#: QEMU's IOTHREAD_POLL_MAX_NS_DEFAULT on Linux.
+POLL_MAX_NS_DEFAULT = 32768
 
 
 class Secret:
@@ -61,9 +66,19 @@ class RamBackend:
 
 
 class IoThread:
-    """An ``iothread``: a name devices may give (their work stays on the main loop)."""
+    """An ``iothread``: a name devices may give (their work stays on the main loop).
+
+    Its polling properties are kept for ``query-iothreads`` (QEMU's defaults
+    otherwise); its thread is the main loop's.
+    """
 
     type_name = IOTHREAD_TYPE
+
+    def __init__(self, props: IothreadProperties) -> None:
+        self.poll_max_ns = props.poll_max_ns if props.poll_max_ns is not None else POLL_MAX_NS_DEFAULT
+        self.poll_grow = props.poll_grow or 0
+        self.poll_shrink = props.poll_shrink or 0
+        self.aio_max_batch = props.aio_max_batch or 0
 
 
 UserObject = Any   # Secret, RamBackend, IoThread or a ThrottleGroup
@@ -164,7 +179,7 @@ async def qmp_object_add(ctx: Any, options: ObjectOptions) -> None:
         from vmd.block.drivers.throttle import new_group
         obj = new_group(options.id, options.u)
     elif isinstance(options.u, IothreadProperties):
-        obj = IoThread()
+        obj = IoThread(options.u)
     else:
         assert isinstance(options.u, MemoryBackendProperties)
         obj = _ram_backend(options.u)
@@ -176,3 +191,11 @@ async def qmp_object_add(ctx: Any, options: ObjectOptions) -> None:
 
 def qmp_object_del(ctx: Any, id: str) -> None:
     ctx.daemon.objects.remove(id)
+
+
+def qmp_query_iothreads(ctx: Any) -> list[IOThreadInfo]:
+    """Newest first, as QEMU lists its ``/objects`` children."""
+    return [IOThreadInfo(id=object_id, thread_id=threading.main_thread().native_id or 0,
+                         poll_max_ns=obj.poll_max_ns, poll_grow=obj.poll_grow, poll_shrink=obj.poll_shrink,
+                         aio_max_batch=obj.aio_max_batch)
+            for object_id, obj in reversed(list(ctx.daemon.objects)) if isinstance(obj, IoThread)]
