@@ -29,7 +29,7 @@ Undo = Callable[[], None]
 
 def lookup(graph: BlockGraph, node_name: str, name: str) -> tuple[BlockNode, DirtyBitmap]:
     """block_dirty_bitmap_lookup: the node and its bitmap, or QEMU's error."""
-    node = graph.get(node_name)
+    node = graph.find_bs(node_name)
     if node is None:
         raise QMPError(f"Node '{node_name}' not found")
     bitmap = find_bitmap(node, name)
@@ -44,7 +44,7 @@ def add_prepare(graph: BlockGraph, node_name: str, name: str, granularity: int |
                 persistent: bool | None, disabled: bool | None) -> Undo:
     if not name:
         raise QMPError("Bitmap name cannot be empty")
-    node = graph.get(node_name)
+    node = graph.find_bs(node_name)
     if node is None:
         raise QMPError(f"Cannot find device='{node_name}' nor node-name='{node_name}'")
     if granularity is None:

@@ -133,6 +133,15 @@ class BlkdebugNode(BlockNode):
     def total_size(self, value: int) -> None:
         """Set by ``BlockNode.__init__``; the size is the image's."""
 
+    @property
+    def grows_on_write(self) -> bool:
+        """Over a file, a format's writes past the end grow it through this node."""
+        return bool(self.children) and self.image.grows_on_write
+
+    @grows_on_write.setter
+    def grows_on_write(self, value: bool) -> None:
+        """Never set: it is the image's."""
+
     def filename(self) -> str:
         return f"blkdebug:{self.config or ''}:{self.image.filename()}"
 

@@ -192,6 +192,15 @@ class ThrottleNode(BlockNode):
     def total_size(self, value: int) -> None:
         """Set by ``BlockNode.__init__``; the size is the file's."""
 
+    @property
+    def grows_on_write(self) -> bool:
+        """Over a file, a format's writes past the end grow it through this node."""
+        return bool(self.children) and self.file.grows_on_write
+
+    @grows_on_write.setter
+    def grows_on_write(self, value: bool) -> None:
+        """Never set: it is the file's."""
+
     # -- throttling ------------------------------------------------------------------
 
     async def _throttle(self, is_write: bool, size: int) -> None:
