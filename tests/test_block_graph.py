@@ -25,7 +25,7 @@ from qemu.qmp import ExecuteError, QMPClient
 from tests.harness import QEMU, RawQMP, running_qemu, running_vmd
 from vmd._generated.types import BlockPermission
 from vmd.block.drivers.qcow2.node import close_image, open_image
-from vmd.block.edge import Transaction, chain_edges, freeze_chain, replace_node, unfreeze_chain
+from vmd.block.edge import Transaction, chain_edges, freeze_chain, replace_node, unfreeze
 from vmd.errors import QMPError
 from vmd.qapi_runtime import to_wire
 from vmd.qmp.json_writer import dumps
@@ -512,13 +512,16 @@ async def test_change_backing_file_and_frozen_chains(tmp_path: Path) -> None:
     try:
         mid = up.backing
         assert mid is not None and mid.backing is not None
-        freeze_chain(up, mid.backing)
-        with pytest.raises(QMPError, match="^Cannot freeze 'backing' link to 'mid'$".replace("mid", mid.node_name)):
+        frozen = freeze_chain(up, mid.backing)
+        before = [edge.frozen for edge in chain_edges(up, None)]
+        text = f"^Cannot change 'backing' link from '{up.node_name}' to '{mid.node_name}'$"
+        with pytest.raises(QMPError, match=text):
             freeze_chain(up, None)
+        assert [edge.frozen for edge in chain_edges(up, None)] == before  # all or nothing
         with pytest.raises(QMPError, match="^Cannot change 'backing' link to "):
             with Transaction() as tran:
                 replace_node(mid, mid.backing, tran)
-        unfreeze_chain(up, mid.backing)
+        unfreeze(frozen)
         assert not any(edge.frozen for edge in chain_edges(up, None))
         await up.change_backing_file(str(tmp_path / "base.qcow2"), "qcow2")
     finally:

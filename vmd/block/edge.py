@@ -374,19 +374,23 @@ def chain_edges(top: BlockNode, base: BlockNode | None) -> list[Edge]:
     return edges
 
 
-def freeze_chain(top: BlockNode, base: BlockNode | None) -> None:
+def freeze_chain(top: BlockNode, base: BlockNode | None) -> list[Edge]:
     """Freeze the chain between ``top`` and ``base`` for a job (QEMU's
-    bdrv_freeze_backing_chain): its edges can be neither moved nor dropped."""
+    bdrv_freeze_backing_chain): its edges can be neither moved nor dropped
+    until ``unfreeze``. All or nothing; returns the frozen edges."""
     edges = chain_edges(top, base)
     for edge in edges:
         if edge.frozen:
-            raise QMPError(f"Cannot freeze '{edge.name}' link to '{edge.child.node_name}'")
+            raise QMPError(f"Cannot change '{edge.name}' link from '{_parent_name(edge)}' "
+                           f"to '{edge.child.node_name}'")
     for edge in edges:
         edge.frozen = True
+    return edges
 
 
-def unfreeze_chain(top: BlockNode, base: BlockNode | None) -> None:
-    for edge in chain_edges(top, base):
+def unfreeze(edges: list[Edge]) -> None:
+    """Thaw what ``freeze_chain`` froze (bdrv_unfreeze_backing_chain)."""
+    for edge in edges:
         edge.frozen = False
 
 

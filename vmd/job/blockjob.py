@@ -41,7 +41,7 @@ from vmd._generated.types import (
     JobVerb,
 )
 from vmd.block.backend import BlockBackend
-from vmd.block.edge import attach
+from vmd.block.edge import Edge, attach, freeze_chain, unfreeze
 from vmd.block.perm import ALL, NO_ROLE, NONE, Perm
 from vmd.errors import QMPError
 from vmd.job.core import Job, JobTxn
@@ -120,6 +120,8 @@ class BlockJob(Job):
         self.iostatus = BlockDeviceIoStatus.OK
         self.children: list[JobChild] = []
         self.backends: list[BlockBackend] = []
+        #: The links the job froze for its run (``freeze_chain``).
+        self.frozen: list[Edge] = []
         try:
             self.add_node("main node", node, NONE, ALL)
             self.set_speed(speed)
@@ -143,9 +145,17 @@ class BlockJob(Job):
         self.children.append(holder)
         return holder
 
+    def freeze_chain(self, top: BlockNode, base: BlockNode | None) -> None:
+        """Freeze the filter and backing links from ``top`` down to ``base``
+        while the job runs (bdrv_freeze_backing_chain), so nobody else
+        changes the chain it works on; ``remove_edges`` thaws them."""
+        self.frozen = freeze_chain(top, base)
+
     def remove_edges(self) -> None:
-        """Let go of every node (block_job_remove_all_bdrv and the job's
-        backends), newest first."""
+        """Thaw the frozen chain and let go of every node
+        (block_job_remove_all_bdrv and the job's backends), newest first."""
+        unfreeze(self.frozen)
+        self.frozen = []
         for holder in reversed(self.children):
             holder.detach()
         self.children.clear()

@@ -60,6 +60,7 @@ class CommitJob(BlockJob):
                 await self.base.reopen_read_write()
             self.filter = CommitTopNode("", self.top)
             await insert_filter(self.graph, self.filter, self.top, filter_node_name)
+            self.freeze_chain(self.filter, self.base)
             shared = Perm.WRITE_UNCHANGED | Perm.WRITE
             for node in chain_between(self.top, self.base):
                 self.add_node("intermediate node", node, Perm(0), shared)

@@ -114,7 +114,6 @@ class MirrorJob(BlockJob):
         self.zero_target = False
         self.synced = False
         self.to_replace: BlockNode = source
-        self.base_read_only = False
         self.new_backing: BlockNode | None = None
         self.set_backing = False
         #: Ranges being copied now: a guest write there is copied again.
@@ -131,6 +130,7 @@ class MirrorJob(BlockJob):
             if target_is_backing:
                 for node in chain_between(source.backing, target) if source.backing is not None else []:
                     self.add_node("intermediate node", node, Perm(0), Perm.WRITE_UNCHANGED | Perm.WRITE)
+                self.freeze_chain(top, target)
         except BaseException:
             self.early_fail()
             raise
@@ -279,10 +279,6 @@ class MirrorJob(BlockJob):
             if switch:
                 await self._switch()
         await drop_filter(self.graph, filt)
-        if not switch and self.base_read_only and not self.target.read_only:
-            await self.target.reopen_read_only()
-            with Transaction() as tran:
-                refresh_perms([self.target], tran)
 
     async def _final_copy(self) -> None:
         """Writes that landed after the run ended are copied now (no user
@@ -373,7 +369,9 @@ async def _start(daemon: Any, job_id: str, source: BlockNode, target: BlockNode,
 async def start_active_commit(daemon: Any, job_id: str, top: BlockNode, base: BlockNode, *, speed: int,
                               on_error: BlockdevOnError | None, filter_node_name: str | None,
                               auto_finalize: bool, auto_dismiss: bool) -> None:
-    """commit_active_start: base read-write, then a mirror of type commit."""
+    """commit_active_start: base read-write, then a mirror of type commit.
+    As in QEMU 7.2 the base stays read-write after the job, whatever its
+    end (only a failed start restores it)."""
     base_read_only = base.read_only
     if base_read_only:
         await base.reopen_read_write()
@@ -388,7 +386,6 @@ async def start_active_commit(daemon: Any, job_id: str, top: BlockNode, base: Bl
             with Transaction() as tran:
                 refresh_perms([base], tran)
         raise
-    job.base_read_only = base_read_only
     await _begin(job)
 
 

@@ -47,6 +47,7 @@ class StreamJob(BlockJob):
             self.add_node("active node", target, Perm(0), _BASIC | Perm.WRITE)
             for node in chain_between(target.backing, base) if target.backing is not None else []:
                 self.add_node("intermediate node", node, Perm(0), _BASIC)
+            self.freeze_chain(cor, base)
         except BaseException:
             self.early_fail()
             raise
