@@ -210,5 +210,7 @@ def test_snapshot_and_del_on_a_job_chain_same_as_qemu(tmp_path: Path) -> None:
             if line[1] == "BLOCK_JOB_CANCELLED":
                 line[2]["len"] = line[2]["offset"] = "-"
     compare(results)
-    assert_same_images(tmp_path, "base", "top", "after")  # mid got what the cancelled commit copied
-    qimg("check", tmp_path / "vmd" / "mid.qcow2")
+    # what each cancelled job had copied is a race; what the chain reads is not
+    assert_same_images(tmp_path, "after")
+    for name in ("base", "mid", "top"):
+        qimg("check", tmp_path / "vmd" / f"{name}.qcow2")

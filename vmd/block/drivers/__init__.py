@@ -3,4 +3,14 @@
 
 def load_all() -> None:
     """Import every driver module (each registers itself with the graph)."""
-    from vmd.block.drivers import blkdebug, cor, file, null, qcow2, raw, throttle  # noqa: F401
+    from vmd.block.drivers import (  # noqa: F401
+        blkdebug,
+        cbw,
+        cor,
+        file,
+        null,
+        qcow2,
+        raw,
+        snapshot_access,
+        throttle,
+    )

@@ -1,16 +1,19 @@
-"""blockdev-backup (QEMU's block/backup.c, block/copy-before-write.c and
-block/block-copy.c).
+"""blockdev-backup and drive-backup (QEMU's block/backup.c and blockdev.c).
 
-A ``copy-before-write`` filter goes above the source. Clusters still to be
-copied are dirty in the job's bitmap (all of them for ``sync: full``, what
-the top image holds for ``top``, none at first for ``none``). The job copies
-dirty runs of up to 1 MiB to the target; a guest write through the filter
-first copies the dirty clusters it covers (their old data) and only then
-reaches the source. Copies of a range (by the job or before a write) hold a
-range lock and clear the bits only once the data is on the target, so the
-target ends up exactly the point-in-time image of the source when the job
-started. ``sync: none`` copies only before writes, until cancelled (image
-fleecing). On completion the filter goes; the target stays as it is.
+A ``copy-before-write`` filter (``vmd.block.drivers.cbw``) goes above the
+source, with the target as its second child; its bitmap says what is still
+to be copied (everything for ``sync: full`` and ``none``, what the top
+image holds for ``top``). The job copies dirty runs of up to 1 MiB, split
+where the source's block status changes, to the target, while a guest write
+through the filter first copies the old data it covers, so the target ends
+up exactly the point-in-time image of the source when the job started.
+``sync: none`` copies only before writes, until cancelled (image fleecing).
+On completion the filter goes; the target stays as it is (a target
+``drive-backup`` opened closes with it).
+
+Both commands are transaction actions (``vmd.block.transaction``): the job
+is created in ``prepare`` and started in ``commit``; ``create_backup_job``
+is the one path both take.
 """
 
 from __future__ import annotations
@@ -33,12 +36,12 @@ from vmd._generated.types import (
 from vmd.block import aio
 from vmd.block.backend import device_name
 from vmd.block.create import create_image
-from vmd.block.dirty_bitmap import DirtyBitmap
+from vmd.block.drivers.cbw import CHUNK, CopyBeforeWriteNode, CopyFailed
 from vmd.block.graph import BlockGraph
 from vmd.block.jobs.chain import allocated_above, backing_of
-from vmd.block.jobs.filters import FilterNode, RangeLocks, drop_filter, insert_filter
-from vmd.block.node import BlockNode, Status, block_status_above
-from vmd.block.perm import ALL, Perm, Role
+from vmd.block.jobs.filters import check_node_name, drop_filter, insert_filter
+from vmd.block.node import BlockNode
+from vmd.block.perm import ALL, NONE, Role
 from vmd.block.transaction import Action, action
 from vmd.errors import QMPError
 from vmd.img.common import probe_format
@@ -47,113 +50,6 @@ from vmd.job.core import JobTxn
 
 #: The arguments both backup commands share (QAPI's BackupCommon).
 BackupArgs = BlockdevBackup | DriveBackup
-
-#: The largest single copy.
-CHUNK = 1 << 20
-
-
-class CopyFailed(Exception):
-    """A copy failed; ``is_read`` says whether reading the source did."""
-
-    def __init__(self, error: Exception, is_read: bool) -> None:
-        super().__init__(str(error))
-        self.error = error
-        self.is_read = is_read
-
-
-class BlockCopy:
-    """The clusters of ``source`` still to be copied to ``target``."""
-
-    def __init__(self, source: BlockNode, target: BlockNode, cluster: int) -> None:
-        self.source = source
-        self.target = target
-        self.cluster = cluster
-        self.bitmap = DirtyBitmap(source.total_size, cluster)
-        self.locks = RangeLocks()
-        #: Told the bytes of each copy (the job's progress).
-        self.copied: list[Any] = []
-
-    async def copy(self, offset: int, length: int) -> None:
-        """Copy the dirty clusters of ``[offset, offset + length)``; raises
-        CopyFailed (the bits of what failed stay set)."""
-        start = offset - offset % self.cluster
-        end = min(self.bitmap.size, -(-(offset + length) // self.cluster) * self.cluster)
-        if start >= end or not self.bitmap.is_dirty(start, end - start):
-            return
-        async with self.locks.hold(start, end - start):
-            pos = start
-            while pos < end:
-                first = self.bitmap.next_dirty(pos)
-                if first < 0 or first >= end:
-                    return
-                n, zero = await self.chunk(first, end - first)
-                await self._copy_run(first, n, zero)
-                pos = first + n
-
-    async def chunk(self, offset: int, limit: int) -> tuple[int, bool]:
-        """The next copy at dirty ``offset``: the dirty run, at most
-        ``CHUNK`` and ``limit``, cut where the source's block status changes
-        (rounded up to clusters), and whether it reads as zeroes, as QEMU's
-        block_copy_dirty_clusters splits its tasks."""
-        n = self.bitmap.dirty_run(offset, min(CHUNK, limit))
-        try:
-            extent = await block_status_above(self.source, offset, n)
-        except Exception as error:
-            raise CopyFailed(error, True) from error
-        if extent.length < n:
-            n = max(self.cluster, -(-extent.length // self.cluster) * self.cluster)
-            n = self.bitmap.dirty_run(offset, n)
-        zero = bool(extent.status & Status.ZERO) and extent.length >= n
-        return n, zero
-
-    async def _copy_run(self, offset: int, n: int, zero: bool = False) -> None:
-        if zero:
-            try:
-                await self.target.write_zeroes(offset, n)
-            except Exception as error:
-                raise CopyFailed(error, False) from error
-        else:
-            buf = memoryview(bytearray(n))
-            try:
-                await self.source.read(offset, buf)
-            except Exception as error:
-                raise CopyFailed(error, True) from error
-            try:
-                await self.target.write(offset, buf)
-            except Exception as error:
-                raise CopyFailed(error, False) from error
-        self.bitmap.reset(offset, n)
-        for notify in self.copied:
-            notify(n)
-
-
-class CopyBeforeWriteNode(FilterNode):
-    """QEMU's copy-before-write filter: old data goes to the target first."""
-
-    driver = "copy-before-write"
-
-    def __init__(self, node_name: str, child: BlockNode, bcs: BlockCopy) -> None:
-        super().__init__(node_name, child)
-        self.bcs = bcs
-
-    async def _before_write(self, offset: int, length: int) -> None:
-        try:
-            await self.bcs.copy(offset, length)
-        except CopyFailed as failure:  # QEMU's on-cbw-error=break-guest-write
-            raise failure.error from None
-
-    async def _co_write(self, offset: int, data: memoryview) -> None:
-        await self._before_write(offset, len(data))
-        await self.child_node.write(offset, data)
-
-    async def _co_write_zeroes(self, offset: int, length: int, may_unmap: bool) -> None:
-        await self._before_write(offset, length)
-        await self.child_node.write_zeroes(offset, length, may_unmap)
-
-    async def _co_discard(self, offset: int, length: int) -> None:
-        await self._before_write(offset, length)
-        await self.child_node.discard(offset, length)
-
 
 class BackupJob(BlockJob):
     job_type = JobType.BACKUP
@@ -169,28 +65,24 @@ class BackupJob(BlockJob):
         self.sync = sync
         self.on_source_error = on_source_error
         self.on_target_error = on_target_error
-        #: drive-backup: the target was opened for the job, which closes it.
-        self.owns_target = False
         try:
-            # QEMU's filter holds the target as its child with "write"; the
-            # job's edge holds it here.
-            self.add_node("target", self.bcs.target, Perm.WRITE, ALL)
+            self.add_node("target", self.bcs.target, NONE, ALL)
         except BaseException:
             self.early_fail()
             raise
         self.bcs.copied.append(self.progress_update)
 
     async def init_bitmap(self) -> None:
-        """What the sync mode copies; before the first yield, as QEMU's."""
+        """What the sync mode copies (everything is dirty at first; ``top``
+        drops what the top image does not hold); before the first yield,
+        as QEMU's, so that ``len`` is known when the command returns."""
         source, size = self.bcs.source, self.bcs.source.total_size
-        if self.sync == MirrorSyncMode.FULL:
-            self.bcs.bitmap.set(0, size)
-        elif self.sync == MirrorSyncMode.TOP:
+        if self.sync == MirrorSyncMode.TOP:
             offset = 0
             while offset < size:
                 allocated, n = await allocated_above(source, source.backing, offset, size - offset)
-                if allocated:
-                    self.bcs.bitmap.set(offset, n)
+                if not allocated:
+                    self.bcs.bitmap.reset(offset, n)
                 offset += n
         self.progress_set_remaining(self.bcs.bitmap.count() if self.sync != MirrorSyncMode.NONE else size)
 
@@ -222,10 +114,7 @@ class BackupJob(BlockJob):
         if self.progress_update in self.bcs.copied:
             self.bcs.copied.remove(self.progress_update)
         if self.cbw.parents or self.graph.get(self.cbw.node_name) is self.cbw:
-            await drop_filter(self.graph, self.cbw)
-        target = self.bcs.target
-        if self.owns_target and not target.parents and self.graph.get(target.node_name) is target:
-            await self.graph.close_tree(target)
+            await drop_filter(self.graph, self.cbw)  # a target nobody else holds closes too
 
 
 def _check_arguments(backup: BackupArgs, source: BlockNode, target: BlockNode) -> None:
@@ -250,18 +139,21 @@ def _check_arguments(backup: BackupArgs, source: BlockNode, target: BlockNode) -
 
 
 async def create_backup_job(daemon: Any, backup: BackupArgs, source: BlockNode, target: BlockNode,
-                            txn: JobTxn | None, *, owns_target: bool = False) -> BackupJob:
+                            txn: JobTxn | None) -> BackupJob:
     """do_backup_common and backup_job_create: the checks, the filter above
     ``source``, the job with its first dirty bitmap; not started yet. Both
-    ``blockdev-backup`` and ``drive-backup`` come here (``owns_target``:
-    the job closes the target it was given when it ends)."""
+    ``blockdev-backup`` and ``drive-backup`` come here."""
     graph: BlockGraph = daemon.block
     _check_arguments(backup, source, target)
-    cluster = min(65536, max(4096, getattr(target, "cs", 0) or 65536))
-    bcs = BlockCopy(source, target, cluster)
-    cbw = CopyBeforeWriteNode("", source, bcs)
+    if backup.filter_node_name is not None:
+        check_node_name(graph, backup.filter_node_name)
+    cbw = CopyBeforeWriteNode("", source, target)
     job_id = backup.job_id if backup.job_id is not None else device_name(source)
-    await insert_filter(graph, cbw, source, backup.filter_node_name)
+    try:
+        await insert_filter(graph, cbw, source, backup.filter_node_name)
+    except BaseException:
+        cbw.detach_children()
+        raise
     try:
         job = BackupJob(graph, daemon.jobs, job_id, cbw,
                         sync=backup.sync, speed=backup.speed or 0, on_source_error=backup.on_source_error,
@@ -270,7 +162,6 @@ async def create_backup_job(daemon: Any, backup: BackupArgs, source: BlockNode, 
     except BaseException:
         await drop_filter(graph, cbw)
         raise
-    job.owns_target = owns_target
     try:
         await job.init_bitmap()
     except BaseException:
@@ -291,9 +182,8 @@ class BackupAction(Action):
         self.job: BackupJob | None = None
         self.started = False
 
-    async def prepare_job(self, source: BlockNode, target: BlockNode, *, owns_target: bool = False) -> None:
-        self.job = await create_backup_job(self.daemon, self.data, source, target, self.txn.job_txn,
-                                           owns_target=owns_target)
+    async def prepare_job(self, source: BlockNode, target: BlockNode) -> None:
+        self.job = await create_backup_job(self.daemon, self.data, source, target, self.txn.job_txn)
         self.job.pause()  # created inside the drained section
 
     async def commit(self) -> None:
@@ -363,9 +253,10 @@ class DriveBackupAction(BackupAction):
         try:
             if data.sync == MirrorSyncMode.NONE:
                 target.attach_child("backing", source, Role.COW)
-            await self.prepare_job(source, target, owns_target=True)
+            await self.prepare_job(source, target)
         except BaseException:
-            await graph.close_tree(target)
+            if not target.parents and graph.get(target.node_name) is target:
+                await graph.close_tree(target)
             raise
 
     async def _open_target(self, graph: BlockGraph, fmt: str | None, *, no_backing: bool) -> BlockNode:
