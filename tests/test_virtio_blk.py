@@ -367,3 +367,50 @@ def test_device_help_is_qemus() -> None:
     assert ours[0] == theirs[0] == "virtio-blk-pci options:"
     assert set(ours[1:]) <= set(theirs[1:]), set(ours[1:]) - set(theirs[1:])
     assert len(ours) > 25
+
+
+# -- I/O errors: rerror/werror ------------------------------------------------------
+
+def _failing_disk(tmp_path: Path, event: str, sector: int, device_options: str = "") -> list[str]:
+    """Arguments for a paused guest whose disk (raw over blkdebug) fails every
+    ``event`` at ``sector`` with EIO."""
+    image = prepared_image(tmp_path / "disk.raw", "raw")
+    rule = f"inject-error.0.event={event},inject-error.0.errno=5,inject-error.0.sector={sector}"
+    return ["-m", "16", "-S",
+            "-blockdev", f"driver=blkdebug,node-name=dbg,image.driver=file,image.filename={image},{rule}",
+            "-blockdev", "driver=raw,node-name=disk0,file=dbg",
+            "-device", f"virtio-blk-pci,drive=disk0,serial={SERIAL}{device_options}"]
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_failed_read_is_reported(engine: str, tmp_path: Path) -> None:
+    require(engine)
+    with GuestVM(engine, "blkio", tmp_path, *_failing_disk(tmp_path, "read_aio", 0)) as vm, vm.qmp() as qmp:
+        assert qmp.command({"execute": "cont"}) == {"return": {}}
+        error = qmp.wait_event("BLOCK_IO_ERROR")
+        assert vm.wait() == (0x20 << 1) | 1
+    assert error["data"] == {"device": "", "node-name": "disk0", "operation": "read", "action": "report",
+                             "nospace": False, "reason": "Input/output error"}
+    assert "read 0+8: 1 len 4097" in vm.output
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_werror_stop_pauses_and_cont_retries(engine: str, tmp_path: Path) -> None:
+    require(engine)
+    args = _failing_disk(tmp_path, "write_aio", 64, ",werror=stop")
+    with GuestVM(engine, "blkio", tmp_path, *args) as vm, vm.qmp() as qmp:
+        assert qmp.command({"execute": "cont"}) == {"return": {}}
+        first = qmp.wait_event("BLOCK_IO_ERROR")
+        qmp.wait_event("STOP")
+        assert qmp.command({"execute": "query-status"})["return"]["status"] == "io-error"
+        assert qmp.command({"execute": "query-block"})["return"][0]["io-status"] == "failed"
+        # The write is tried again on cont, fails again and stops the VM again.
+        assert qmp.command({"execute": "cont"}) == {"return": {}}
+        qmp.wait_event("RESUME")
+        second = qmp.wait_event("BLOCK_IO_ERROR")
+        qmp.wait_event("STOP")
+        assert qmp.command({"execute": "query-status"})["return"]["status"] == "io-error"
+    assert first["data"] == second["data"] == {
+        "device": "", "node-name": "disk0", "operation": "write", "action": "stop", "nospace": False,
+        "reason": "Input/output error"}
+    assert "write 64+8" not in vm.output and "read 0+8: 0 len 4097" in vm.output

@@ -66,6 +66,25 @@ def qapi_event_send_job_status_change(
     )))
 
 
+def qapi_event_send_block_io_error(
+        emitter: Any,
+        *,
+        device: str,
+        node_name: str | None = None,
+        operation: t.IoOperationType,
+        action: t.BlockErrorAction,
+        nospace: bool | None = None,
+        reason: str) -> None:
+    emitter.emit("BLOCK_IO_ERROR", rt.members_to_wire((
+        ("device", device, False),
+        ("node-name", node_name, True),
+        ("operation", operation, False),
+        ("action", action, False),
+        ("nospace", nospace, True),
+        ("reason", reason, False),
+    )))
+
+
 def qapi_event_send_block_write_threshold(
         emitter: Any,
         *,
@@ -173,6 +192,7 @@ EVENTS: tuple[str, ...] = (
     "RESUME",
     "VSERPORT_CHANGE",
     "JOB_STATUS_CHANGE",
+    "BLOCK_IO_ERROR",
     "BLOCK_WRITE_THRESHOLD",
     "BLOCK_JOB_COMPLETED",
     "BLOCK_JOB_CANCELLED",

@@ -10,6 +10,7 @@ from vmd import qapi_runtime as rt
 
 from .types_common import (
     OnOffAuto,
+    visit_IoOperationType,
     visit_OnOffAuto,
 )
 from .types_crypto import (
@@ -221,6 +222,12 @@ class BlockdevQcow2Version(enum.StrEnum):
 class Qcow2CompressionType(enum.StrEnum):
     ZLIB = "zlib"
     ZSTD = "zstd"
+
+
+class BlockErrorAction(enum.StrEnum):
+    IGNORE = "ignore"
+    REPORT = "report"
+    STOP = "stop"
 
 
 class SnapshotInfo(rt.QAPIObject):
@@ -1897,6 +1904,21 @@ def members_BlockDirtyBitmapSha256(obj: dict[str, Any], path: str, seen: set[str
 
 def visit_BlockDirtyBitmapSha256(value: Any, name: str | None, path: str) -> BlockDirtyBitmapSha256:
     return rt.visit_struct(value, path, members_BlockDirtyBitmapSha256, BlockDirtyBitmapSha256)
+
+
+def visit_BlockErrorAction(value: Any, name: str | None, path: str) -> BlockErrorAction:
+    return rt.visit_enum(value, name, path, BlockErrorAction)
+
+
+def members_q_obj_BLOCK_IO_ERROR_arg(obj: dict[str, Any], path: str, seen: set[str]) -> dict[str, Any]:
+    return {
+        "device": rt.member(obj, "device", path, seen, rt.visit_str),
+        "node_name": rt.member(obj, "node-name", path, seen, rt.visit_str, optional=True),
+        "operation": rt.member(obj, "operation", path, seen, visit_IoOperationType),
+        "action": rt.member(obj, "action", path, seen, visit_BlockErrorAction),
+        "nospace": rt.member(obj, "nospace", path, seen, rt.visit_bool, optional=True),
+        "reason": rt.member(obj, "reason", path, seen, rt.visit_str),
+    }
 
 
 def members_q_obj_BLOCK_WRITE_THRESHOLD_arg(obj: dict[str, Any], path: str, seen: set[str]) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from vmd import qapi_runtime as rt
 
 from .types_block_core import (
     NewImageMode,
+    visit_BlockErrorAction,
     visit_NewImageMode,
 )
 from .types_common import (
@@ -42,12 +43,6 @@ class MirrorSyncMode(enum.StrEnum):
 class MirrorCopyMode(enum.StrEnum):
     BACKGROUND = "background"
     WRITE_BLOCKING = "write-blocking"
-
-
-class BlockErrorAction(enum.StrEnum):
-    IGNORE = "ignore"
-    REPORT = "report"
-    STOP = "stop"
 
 
 class BitmapSyncMode(enum.StrEnum):
@@ -201,10 +196,6 @@ def visit_MirrorSyncMode(value: Any, name: str | None, path: str) -> MirrorSyncM
 
 def visit_MirrorCopyMode(value: Any, name: str | None, path: str) -> MirrorCopyMode:
     return rt.visit_enum(value, name, path, MirrorCopyMode)
-
-
-def visit_BlockErrorAction(value: Any, name: str | None, path: str) -> BlockErrorAction:
-    return rt.visit_enum(value, name, path, BlockErrorAction)
 
 
 def members_q_obj_block_commit_arg(obj: dict[str, Any], path: str, seen: set[str]) -> dict[str, Any]:

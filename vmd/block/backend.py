@@ -41,6 +41,8 @@ class BlockBackend(RootHolder):
         self.device: str | None = None
         #: QEMU's blk_enable_write_cache: with it off a device flushes every write.
         self.write_cache = True
+        #: ``query-block``'s io-status: ``failed``/``nospace`` while an error stopped the VM.
+        self.iostatus = "ok"
         self.in_flight = 0
         self._quiesce = 0
         self._resumed = asyncio.Event()

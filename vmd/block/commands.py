@@ -52,7 +52,7 @@ def _block_info(backend: BlockBackend) -> dict[str, Any]:
                             "type": "unknown"}
     if backend.device is not None:
         info["qdev"] = backend.device
-        info["io-status"] = "ok"
+        info["io-status"] = backend.iostatus
     if backend.edge is not None:
         inserted = device_info(backend.node, flat=False)
         inserted["cache"]["writeback"] = backend.write_cache

@@ -26,6 +26,8 @@ if TYPE_CHECKING:
     from vmd.block.graph import BlockGraph
     from vmd.hw.pci.msix import MsiRoutes
     from vmd.hw.virtio.memory import GuestMemory
+    from vmd.qmp.events import EventBroadcaster
+    from vmd.system.runstate import RunStateMachine
 
 
 class EventNotifier(Protocol):
@@ -67,6 +69,10 @@ class DeviceContext:
     block: Callable[[], BlockGraph] | None = None
     #: The ids of the ``iothread`` objects (``iothread=``).
     iothreads: Callable[[], list[str]] | None = None
+    #: Where device events go (``BLOCK_IO_ERROR``) and the run state an
+    #: I/O error policy ``stop`` stops.
+    events: EventBroadcaster | None = None
+    runstate: RunStateMachine | None = None
     #: Guest RAM for device DMA (virtio rings and buffers).
     memory: GuestMemory | None = None
     #: MSI vectors (KVM GSI routes + irqfd) for MSI-X.

@@ -117,7 +117,8 @@ class PcBoard:
             notifier=lambda callback: LoopNotifier(loop, bql, callback),
             ioeventfd=lambda fd, address, length, assign: vm.ioeventfd(
                 fd, address, length, pio=False, deassign=not assign),
-            bql=bql, block=services.block_graph, iothreads=services.iothread_ids)
+            bql=bql, block=services.block_graph, iothreads=services.iothread_ids,
+            events=services.events, runstate=services.runstate)
         self.piix3 = self._build_chipset()
         self.acpi_pm = AcpiPm(KvmIrq(vm, SCI_IRQ), lambda: services.request_guest_shutdown("guest-shutdown"))
         self._add_devices()

@@ -62,6 +62,8 @@ class Machine:
         self._loop = loop
         self.bql = threading.Lock()
         self.chardevs = daemon.chardevs
+        self.events = daemon.events
+        self.runstate = daemon.runstate
         try:
             self.kvm = Kvm()
         except KvmUnavailable as error:

@@ -18,8 +18,12 @@ NUL-terminated only when shorter than 20 bytes), ``DISCARD`` and
 ``WRITE_ZEROES`` (one 16-byte segment; the unmap flag allows holes) are
 served; ranges that are misaligned to the logical block size, too long
 or beyond the end get ``IOERR``; unknown types, unknown segment flags
-and a discard with the unmap flag get ``UNSUPP``; a failed I/O gets
-``IOERR`` (QEMU's default error policy ``report``). A request with no
+and a discard with the unmap flag get ``UNSUPP``. A failed I/O follows
+``rerror``/``werror`` as QEMU's: ``report`` (``IOERR``; reads by default),
+``ignore`` (``OK``), ``stop`` (the VM stops in ``io-error``, the request
+waits and is tried again on ``cont``) or ``enospc`` (``stop`` for a full
+disk, else ``report``; writes by default), each with a ``BLOCK_IO_ERROR``
+event; flush, discard and write-zeroes count as writes. A request with no
 header or no status byte is a broken driver: the device stops and asks
 for a reset (``virtio_error``), nothing else happens. The used length is
 always every device-writable byte of the request, as QEMU reports it.
@@ -39,20 +43,26 @@ Where vmd departs from QEMU: without ``cyls``/``heads``/``secs`` the
 geometry is guessed from the size only (QEMU first looks for an MBR
 partition table in sector 0); ``num-queues`` auto is one queue per vCPU
 as in QEMU, but the MSI-X vector count then stays at 2 (QEMU gives
-queues + 1); the error policies ``rerror``/``werror`` are accepted and
-act as ``report``, and no ``BLOCK_IO_ERROR`` event is sent.
+queues + 1); the policies of a ``-drive`` (its own ``rerror``/``werror``)
+do not reach the device, whose ``auto`` means QEMU's defaults.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
+import functools
 import logging
+import os
 import struct
 import threading
+from collections.abc import Awaitable, Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from vmd._generated import events
+from vmd._generated.types import BlockErrorAction, IoOperationType, RunState
 from vmd.block.backend import BlockBackend
 from vmd.block.perm import NONE, Perm
 from vmd.errors import QMPError
@@ -68,6 +78,7 @@ if TYPE_CHECKING:
     from vmd.block.graph import BlockGraph
     from vmd.block.node import BlockNode
     from vmd.hw.context import DeviceContext
+    from vmd.system.runstate import RunStateMachine
 
 log = logging.getLogger(__name__)
 
@@ -280,6 +291,13 @@ class VirtioBlk(VirtioDevice):
         self.backend = backend
         self._bql = bql
         self._tasks: set[asyncio.Task[None]] = set()
+        #: Requests an error stopped the VM for, tried again on ``cont``.
+        self._parked: list[tuple[Request, Callable[[], Awaitable[None]], bool]] = []
+        #: (rerror, werror) as the properties give them.
+        self.error_policy = ("auto", "auto")
+        #: Where BLOCK_IO_ERROR goes and what an error policy ``stop`` stops (None in unit tests).
+        self.events: Any = None
+        self.runstate: RunStateMachine | None = None
         self.read_config()
 
     @property
@@ -355,9 +373,10 @@ class VirtioBlk(VirtioDevice):
             if not self._range_ok(request.sector, length):
                 self._complete(request, S_IOERR)
             else:
-                self._start(request, self._write(request) if is_write else self._read(request))
+                self._start(request, functools.partial(self._write, request) if is_write else
+                            functools.partial(self._read, request), is_read=not is_write)
         elif kind == T_FLUSH:
-            self._start(request, self._flush())
+            self._start(request, self._flush)
         elif kind == T_GET_ID:
             size = min(len(self.conf.serial) + 1, sum(len(buf) for buf in request.data_in), ID_BYTES)
             _fill(request.data_in, (self.conf.serial + b"\0")[:size])
@@ -402,9 +421,10 @@ class VirtioBlk(VirtioDevice):
         elif flags & ~WRITE_ZEROES_FLAG_UNMAP or (not zeroes and flags & WRITE_ZEROES_FLAG_UNMAP):
             self._complete(request, S_UNSUPP)
         elif zeroes:
-            self._start(request, self._zero(sector * SECTOR, count * SECTOR, bool(flags & WRITE_ZEROES_FLAG_UNMAP)))
+            self._start(request, functools.partial(self._zero, sector * SECTOR, count * SECTOR,
+                                                   bool(flags & WRITE_ZEROES_FLAG_UNMAP)))
         else:
-            self._start(request, self._discard(sector * SECTOR, count * SECTOR))
+            self._start(request, functools.partial(self._discard, sector * SECTOR, count * SECTOR))
 
     def _complete(self, request: Request, status: int) -> None:
         """Store the status byte and return the request (BQL held)."""
@@ -414,26 +434,66 @@ class VirtioBlk(VirtioDevice):
 
     # -- block I/O on the loop -------------------------------------------------------
 
-    def _start(self, request: Request, work: Any) -> None:
-        task = asyncio.get_running_loop().create_task(self._serve(request, work))
+    def _start(self, request: Request, work: Callable[[], Awaitable[None]], is_read: bool = False) -> None:
+        task = asyncio.get_running_loop().create_task(self._serve(request, work, is_read))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _serve(self, request: Request, work: Any) -> None:
-        status = S_OK
+    async def _serve(self, request: Request, work: Callable[[], Awaitable[None]], is_read: bool) -> None:
+        error = 0
         await self.backend.request_begin()
         try:
-            await work
-        except (QMPError, OSError) as error:
-            log.debug("%s: request failed: %s", self.type_name, error)
-            status = S_IOERR
+            await work()
+        except OSError as failure:
+            error = failure.errno or errno.EIO
+        except QMPError:
+            error = errno.EIO
         except Exception:  # a bug must not take the daemon down with it
             log.exception("%s: request failed", self.type_name)
-            status = S_IOERR
+            error = errno.EIO
         finally:
             self.backend.request_end()
         with self._bql:
-            self._complete(request, status)
+            action = self._finish(request, work, is_read, error)
+        if action == BlockErrorAction.STOP and self.runstate is not None:
+            self.runstate.stop(RunState.IO_ERROR)
+
+    def _finish(self, request: Request, work: Callable[[], Awaitable[None]], is_read: bool,
+                error: int) -> BlockErrorAction | None:
+        """Complete the request, or apply the error policy (QEMU's virtio_blk_handle_rw_error)."""
+        if not error:
+            self._complete(request, S_OK)
+            return None
+        action = self._error_action(is_read, error)
+        if action == BlockErrorAction.STOP:
+            self._parked.append((request, work, is_read))
+            self.backend.iostatus = "nospace" if error == errno.ENOSPC else "failed"
+        else:
+            self._complete(request, S_IOERR if action == BlockErrorAction.REPORT else S_OK)
+        if self.events is not None:
+            events.qapi_event_send_block_io_error(
+                self.events, device=self.backend.name, node_name=self.backend.node.node_name,
+                operation=IoOperationType.READ if is_read else IoOperationType.WRITE, action=action,
+                nospace=error == errno.ENOSPC, reason=os.strerror(error))
+        return action
+
+    def _error_action(self, is_read: bool, error: int) -> BlockErrorAction:
+        """``rerror``/``werror``: auto is report for reads, enospc for writes."""
+        policy = self.error_policy[0 if is_read else 1]
+        if policy == "auto":
+            policy = "report" if is_read else "enospc"
+        if policy == "enospc":
+            policy = "stop" if error == errno.ENOSPC else "report"
+        return BlockErrorAction(policy)
+
+    def vm_state_changed(self, state: RunState) -> None:
+        """On ``cont`` the requests stopped by an error are tried again (QEMU's dma restart)."""
+        if state != RunState.RUNNING or not self._parked:
+            return
+        parked, self._parked = self._parked, []
+        self.backend.iostatus = "ok"
+        for request, work, is_read in parked:
+            self._start(request, work, is_read)
 
     async def _read(self, request: Request) -> None:
         offset = request.sector * SECTOR
@@ -572,6 +632,10 @@ class VirtioBlkPci(VirtioPciDevice):
         if self.props["write-cache"] != "auto":
             backend.write_cache = self.props["write-cache"] == "on"
         vdev = VirtioBlk(conf, backend, ctx.bql if ctx.bql is not None else threading.Lock())
+        vdev.error_policy = (self.props["rerror"], self.props["werror"])
+        vdev.events, vdev.runstate = ctx.events, ctx.runstate
+        if ctx.runstate is not None:
+            ctx.runstate.add_listener(vdev.vm_state_changed)
         vdev.transport = self
         self.vdev = vdev
         super().realize(ctx)
