@@ -43,9 +43,14 @@ class Status:
     ALLOCATED = 4   # this node (not its backing chain) decides the content
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Extent:
-    """The status of ``length`` bytes starting where the caller asked."""
+    """The status of ``length`` bytes starting where the caller asked.
+
+    Not frozen: a frozen dataclass sets each field through
+    ``object.__setattr__``, four times the cost, and every structured NBD
+    read makes two of these. Nobody changes one once made.
+    """
 
     length: int
     status: int  # Status bits

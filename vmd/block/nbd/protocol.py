@@ -238,9 +238,13 @@ class Ready:
     export: ExportInfo
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Request:
-    """A well-formed request, checked against the export, to carry out."""
+    """A well-formed request, checked against the export, to carry out.
+
+    Not frozen (one per request: a frozen dataclass's ``__init__`` costs four
+    times as much); nobody changes one once made.
+    """
 
     cookie: int
     command: int
