@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import signal
 import subprocess
 from collections.abc import Callable
@@ -32,7 +33,8 @@ if QEMU is None:  # pragma: no cover - QEMU is installed by scripts/setup.sh
     pytestmark = pytest.mark.skip("qemu-system-x86_64 is not installed")
 
 #: A step: a QMP command, ``("bitmaps", {})`` to record every node's
-#: bitmaps, or a function run between commands (guest I/O, qemu-img).
+#: bitmaps, or a function run between commands (guest I/O, qemu-img; what
+#: it returns, if anything, is recorded).
 Step = tuple[str, dict[str, Any]] | Callable[[], Any]
 
 
@@ -48,7 +50,9 @@ def export(root: Path, node: str = "a", **extra: Any) -> list[Step]:
 
 def guest(root: Path, *commands: str, node: str = "a") -> Callable[[], Any]:
     """qemu-io commands through the export (the guest's writes)."""
-    return lambda: qio(f"nbd+unix:///{node}?socket={root / 'nbd.sock'}", *commands, fmt="raw")
+    def write() -> None:
+        qio(f"nbd+unix:///{node}?socket={root / 'nbd.sock'}", *commands, fmt="raw")
+    return write
 
 
 def unexport() -> list[Step]:
@@ -73,7 +77,9 @@ async def run_steps(socket: Path, steps: list[Step]) -> list[Any]:
     try:
         for step in steps:
             if callable(step):
-                step()
+                seen = step()
+                if seen is not None:
+                    out.append(("saw", seen))
                 continue
             name, args = step
             try:
@@ -330,3 +336,72 @@ def test_remove_persistent_bitmap_drops_it_from_the_image_at_once(tmp_path: Path
     result = subprocess.run(["qemu-img", "check", "--output=json", str(root / "a.qcow2")],
                             capture_output=True, text=True, env={**os.environ, "LANG": "C"})
     assert result.returncode == 0 and "leaks" not in json.loads(result.stdout)
+
+
+def nbd_view(root: Path, export: str, *contexts: str) -> Callable[[], Any]:
+    """What NBD clients see of an export: the contexts ``nbdinfo --list``
+    finds, ``nbdinfo --map`` of each context, and ``qemu-img map`` reading
+    a bitmap through ``x-dirty-bitmap`` (libvirt's pull-mode backup)."""
+    uri = f"nbd+unix:///{export}?socket={root / 'nbd.sock'}"
+
+    def view() -> dict[str, Any]:
+        listing = subprocess.run(["nbdinfo", "--list", "--json", uri], check=True, capture_output=True,
+                                 text=True).stdout
+        seen: dict[str, Any] = {"contexts": [e["contexts"] for e in json.loads(listing)["exports"]]}
+        for context in contexts:
+            seen[context] = subprocess.run(["nbdinfo", f"--map={context}", "--json", uri], check=True,
+                                           capture_output=True, text=True).stdout
+            options = (f"driver=nbd,server.type=unix,server.path={root / 'nbd.sock'},export={export},"
+                       f"x-dirty-bitmap={context}")
+            seen["qemu-img " + context] = qimg("map", "--output=json", "--image-opts", options)
+        return seen
+    return view
+
+
+@pytest.mark.skipif(shutil.which("nbdinfo") is None, reason="nbdinfo (libnbd-bin) is not installed")
+def test_nbd_export_of_bitmaps_same_as_qemu(tmp_path: Path) -> None:
+    """Exported bitmaps are busy; clients find ``qemu:dirty-bitmap:NAME``
+    contexts and read the dirty extents through block status."""
+    def setup(root: Path) -> None:
+        create(root, "a", "4M")
+        create(root, "ro", "4M")
+
+    def steps(root: Path) -> list[Step]:
+        start = ("nbd-server-start", {"addr": {"type": "unix", "data": {"path": str(root / "nbd.sock")}}})
+        exp = "block-export-add"
+        return [
+            qcow2(root, "a"), qcow2(root, "ro", **{"read-only": True}),
+            add("a", "b1"), add("a", "b2", disabled=True), add("a", "fine", granularity=512),
+            add("ro", "r1"), start,
+            (exp, {"type": "nbd", "id": "x", "node-name": "a", "bitmaps": ["nosuch"]}),
+            (exp, {"type": "nbd", "id": "x", "node-name": "a", "bitmaps": ["b1"]}),
+            (exp, {"type": "nbd", "id": "x", "node-name": "a", "bitmaps": [{"node": "a", "name": "zz"}]}),
+            (exp, {"type": "nbd", "id": "x", "node-name": "a", "bitmaps": [{"node": "zz", "name": "b1"}]}),
+            (exp, {"type": "nbd", "id": "e", "node-name": "a", "writable": True,
+                   "bitmaps": ["b1", {"node": "a", "name": "b2"}, "fine"]}),
+            ("bitmaps", {}),
+            ("block-dirty-bitmap-remove", {"node": "a", "name": "b1"}),
+            ("block-dirty-bitmap-clear", {"node": "a", "name": "b1"}),
+            ("block-dirty-bitmap-enable", {"node": "a", "name": "b2"}),
+            ("block-dirty-bitmap-merge", {"node": "a", "target": "b2", "bitmaps": ["b1"]}),
+            (exp, {"type": "nbd", "id": "x", "node-name": "a", "name": "other", "bitmaps": ["b2"]}),
+            ("nbd-server-add", {"device": "a", "name": "third", "bitmap": "b1"}),
+            guest(root, "write -P 1 64k 4k", "write -P 2 1M 200k", "write -z 2M 1000", "write -P 3 4190208 4096",
+                  node="a"),
+            nbd_view(root, "a", "qemu:dirty-bitmap:b1", "qemu:dirty-bitmap:b2", "qemu:dirty-bitmap:fine"),
+            (exp, {"type": "nbd", "id": "r", "node-name": "ro", "bitmaps": ["r1"]}),
+            nbd_view(root, "ro", "qemu:dirty-bitmap:r1"),
+            ("block-export-del", {"id": "e"}), ("block-export-del", {"id": "r"}),
+            ("bitmaps", {}),
+            ("block-dirty-bitmap-disable", {"node": "a", "name": "fine"}),
+            ("nbd-server-add", {"device": "a", "name": "third", "bitmap": "fine"}),
+            nbd_view(root, "third", "qemu:dirty-bitmap:fine"),
+            ("nbd-server-stop", {}),
+            ("bitmaps", {}),
+        ]
+    results = run_both(tmp_path, setup, steps)
+    assert results["vmd"] == results["qemu"]
+    seen = [line[1] for line in results["vmd"] if line[0] == "saw"]
+    assert seen[0]["contexts"] == [["base:allocation", "qemu:dirty-bitmap:b1", "qemu:dirty-bitmap:b2",
+                                    "qemu:dirty-bitmap:fine"]]
+    assert '"description": "dirty"' in seen[0]["qemu:dirty-bitmap:fine"]

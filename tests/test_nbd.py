@@ -271,10 +271,37 @@ def test_meta_contexts() -> None:
         + rep(8, 1)
         + rep(10, 1)
         + rep(10, 4, context) + rep(10, 1))
-    assert conn.base_allocation
+    assert conn.contexts == (p.BASE_ALLOCATION_ID,)
     # Going to another export than the one the contexts were set for drops them.
     feed(conn, opt(p.Opt.GO, name_payload("ro")))
-    assert not conn.base_allocation
+    assert not conn.contexts
+
+
+def test_dirty_bitmap_contexts_as_qemu() -> None:
+    """The ``qemu:`` namespace as QEMU 7.2 answers it: empty leaves list
+    a namespace but select nothing on SET; ids count from 2 for bitmaps."""
+    disk = p.ExportInfo("disk", 1 << 20, read_only=False, bitmaps=("b1", "b2"))
+    conn = p.ServerConnection(Catalog(disk))
+    conn.data_to_send()
+
+    def ctx(context_id: int, name: str) -> bytes:
+        return struct.pack(">I", context_id) + name.encode()
+    feed(conn, struct.pack(">I", 1) + opt(p.Opt.STRUCTURED_REPLY)
+         + opt(p.Opt.LIST_META_CONTEXT, meta_payload("disk"))
+         + opt(p.Opt.LIST_META_CONTEXT, meta_payload("disk", "qemu:"))
+         + opt(p.Opt.LIST_META_CONTEXT, meta_payload("disk", "qemu:dirty-bitmap:", "qemu:allocation-depth"))
+         + opt(p.Opt.SET_META_CONTEXT, meta_payload("disk", "qemu:", "qemu:dirty-bitmap:"))
+         + opt(p.Opt.SET_META_CONTEXT, meta_payload("disk", "qemu:dirty-bitmap:b2", "qemu:dirty-bitmap:b3",
+                                                    "base:allocation")))
+    assert conn.data_to_send() == (
+        rep(8, 1)
+        + rep(9, 4, ctx(0, "base:allocation")) + rep(9, 4, ctx(0, "qemu:dirty-bitmap:b1"))
+        + rep(9, 4, ctx(0, "qemu:dirty-bitmap:b2")) + rep(9, 1)
+        + rep(9, 4, ctx(0, "qemu:dirty-bitmap:b1")) + rep(9, 4, ctx(0, "qemu:dirty-bitmap:b2")) + rep(9, 1)
+        + rep(9, 4, ctx(0, "qemu:dirty-bitmap:b1")) + rep(9, 4, ctx(0, "qemu:dirty-bitmap:b2")) + rep(9, 1)
+        + rep(10, 1)
+        + rep(10, 4, ctx(0, "base:allocation")) + rep(10, 4, ctx(3, "qemu:dirty-bitmap:b2")) + rep(10, 1))
+    assert conn.contexts == (0, 3)
 
 
 def test_end_of_file_during_handshake_is_unclean() -> None:

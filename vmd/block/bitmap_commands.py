@@ -141,6 +141,7 @@ def merge_prepare(graph: BlockGraph, node_name: str, target_name: str, bitmaps: 
     bitmap of the target's granularity first, so a bad source leaves the
     target untouched."""
     node, target = lookup(graph, node_name, target_name)
+    target.check(Check.DEFAULT)
     scratch = DirtyBitmap(target.size, target.granularity)
     for ref in bitmaps:
         source = _merge_source(graph, node, ref)

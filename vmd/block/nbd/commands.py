@@ -19,8 +19,11 @@ from typing import Any
 
 from vmd._generated import events
 from vmd._generated.types import BlockExportInfo, BlockExportType
+from vmd.block.bitmap_commands import lookup
+from vmd.block.dirty_bitmap import Check, DirtyBitmap, find_bitmap
 from vmd.block.nbd import protocol
 from vmd.block.nbd.server import Export, NBDServer
+from vmd.block.node import BlockNode
 from vmd.cli.qemu_opts import is_valid_id
 from vmd.errors import QMPError
 
@@ -130,14 +133,37 @@ def qmp_block_export_add(ctx: Any, options: Any) -> None:
         raise QMPError(f"description '{description}' too long")
     if name in server.exports:
         raise QMPError(f"NBD server already has export named '{name}'")
-    for bitmap in _member(nbd, "bitmaps") or []:
-        bitmap_name = bitmap if isinstance(bitmap, str) else _member(bitmap, "name", str(bitmap))
-        raise QMPError(f"Bitmap '{bitmap_name}' is not found")
+    bitmaps = export_bitmaps(ctx.daemon.block, node, _member(nbd, "bitmaps") or [], writable)
     if _member(nbd, "allocation_depth"):
         raise QMPError("Export of qemu:allocation-depth is not supported by vmd")
-    export = Export.of(name, node, writable=writable, description=description, registry=ctx.daemon.block.backends)
+    export = Export.of(name, node, writable=writable, description=description, registry=ctx.daemon.block.backends,
+                       bitmaps=bitmaps)
     server.add_export(export)
     state.exports[export_id] = export
+
+
+def export_bitmaps(graph: Any, node: BlockNode, refs: list[Any], writable: bool) -> list[DirtyBitmap]:
+    """The bitmaps an export offers (nbd_export_create): a bare name is
+    looked for on the node and down its chain, a {node, name} pair where it
+    says; each must be usable (a read-only export may not offer a bitmap
+    that still records writes to a writable node)."""
+    found: list[DirtyBitmap] = []
+    for ref in refs:
+        if isinstance(ref, str):
+            below: BlockNode | None = node
+            bitmap = None
+            while below is not None and bitmap is None:
+                bitmap = find_bitmap(below, ref)
+                holder, below = below, below.filtered()
+            if bitmap is None:
+                raise QMPError(f"Bitmap '{ref}' is not found")
+            if not writable and not holder.read_only and not bitmap.disabled:
+                raise QMPError(f"Enabled bitmap '{ref}' incompatible with readonly export")
+        else:
+            bitmap = lookup(graph, ref.node, ref.name)[1]
+        bitmap.check(Check.ALLOW_RO)
+        found.append(bitmap)
+    return found
 
 
 async def qmp_block_export_del(ctx: Any, id: str, mode: Any = None) -> None:

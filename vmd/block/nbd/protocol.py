@@ -15,8 +15,10 @@ by the ``*_chunk``/``simple_reply`` functions and the connection's
 
 Only the fixed-newstyle handshake is offered (as QEMU does); a client
 without the fixed-newstyle flag may still use ``NBD_OPT_EXPORT_NAME``.
-Metadata context ``base:allocation`` is the only one served. TLS and
-extended headers are not offered. Errors found while parsing a request use
+Metadata contexts are ``base:allocation`` and, as QEMU's, one
+``qemu:dirty-bitmap:NAME`` per bitmap the export offers (queries in the
+``qemu:`` namespace as QEMU 7.2 answers them; ``qemu:allocation-depth``
+is not offered). TLS and extended headers are not offered. Errors found while parsing a request use
 the error values the specification asks for (a write to a read-only export
 is ``NBD_EPERM``, one past the end ``NBD_ENOSPC``); QEMU 7.2 sends
 ``NBD_EINVAL`` for all of these, with the same texts.
@@ -147,6 +149,11 @@ STATE_HOLE = 1 << 0
 STATE_ZERO = 1 << 1
 BASE_ALLOCATION = "base:allocation"
 BASE_ALLOCATION_ID = 0
+# qemu:dirty-bitmap:NAME: the flag of a dirty extent; the export's bitmap i
+# has context id DIRTY_BITMAP_ID + i (QEMU's NBD_META_ID_DIRTY_BITMAP).
+STATE_DIRTY = 1 << 0
+DIRTY_BITMAP = "qemu:dirty-bitmap:"
+DIRTY_BITMAP_ID = 2
 
 _OPT_NAMES = {
     Opt.EXPORT_NAME: "export name", Opt.ABORT: "abort", Opt.LIST: "list",
@@ -206,6 +213,17 @@ class ExportInfo:
     max_block: int = MAX_PAYLOAD
     #: Whether to offer NBD_CMD_FLAG_FAST_ZERO (only on writable exports).
     fast_zero: bool = True
+    #: Dirty bitmaps offered as ``qemu:dirty-bitmap:NAME`` contexts, in order.
+    bitmaps: tuple[str, ...] = ()
+
+    def context_name(self, context_id: int) -> str:
+        if context_id == BASE_ALLOCATION_ID:
+            return BASE_ALLOCATION
+        return DIRTY_BITMAP + self.bitmaps[context_id - DIRTY_BITMAP_ID]
+
+    def context_ids(self) -> list[int]:
+        """Every context of the export, in QEMU's order."""
+        return [BASE_ALLOCATION_ID] + [DIRTY_BITMAP_ID + i for i in range(len(self.bitmaps))]
 
     def transmission_flags(self, structured: bool) -> int:
         flags = FLAG_HAS_FLAGS | FLAG_SEND_FLUSH | FLAG_SEND_FUA | FLAG_SEND_CACHE
@@ -343,6 +361,21 @@ def block_status_chunk(cookie: int, context_id: int,
     return head + struct.pack(">I", context_id) + body
 
 
+def _match_context(query: str, export: ExportInfo, listing: bool) -> set[int]:
+    """The context ids a query names (QEMU 7.2's nbd_negotiate_meta_query):
+    an empty leaf lists a whole namespace, but selects nothing on SET."""
+    bitmaps = {DIRTY_BITMAP_ID + i for i in range(len(export.bitmaps))}
+    if query.startswith("base:"):
+        leaf = query[len("base:"):]
+        return {BASE_ALLOCATION_ID} if leaf == "allocation" or (listing and not leaf) else set()
+    if query in ("qemu:", DIRTY_BITMAP):
+        return bitmaps if listing else set()
+    if query.startswith(DIRTY_BITMAP):
+        name = query[len(DIRTY_BITMAP):]
+        return {DIRTY_BITMAP_ID + i for i, bitmap in enumerate(export.bitmaps) if bitmap == name}
+    return set()
+
+
 def _sanitize(name: str) -> str:
     return name if len(name) < 80 else name[:80] + "..."
 
@@ -411,9 +444,10 @@ class ServerConnection:
         self.no_zeroes = False
         self.structured = False
         self.export: ExportInfo | None = None
-        #: Contexts chosen by NBD_OPT_SET_META_CONTEXT, and for which export.
+        #: Contexts chosen by NBD_OPT_SET_META_CONTEXT (ids, in order), and
+        #: for which export.
         self.meta_export: str | None = None
-        self.base_allocation = False
+        self.contexts: tuple[int, ...] = ()
         self._buf = bytearray()
         self._pos = 0
         self._eof = False
@@ -563,7 +597,7 @@ class ServerConnection:
 
     def _begin(self, export: ExportInfo) -> Event:
         if self.meta_export != export.name:
-            self.base_allocation = False
+            self.contexts = ()
         self.export = export
         self.state = State.TRANSMISSION
         return Ready(export)
@@ -605,7 +639,7 @@ class ServerConnection:
         setting = option == Opt.SET_META_CONTEXT
         if setting:
             self.meta_export = None
-            self.base_allocation = False
+            self.contexts = ()
             if not self.structured:
                 raise _OptionError(Rep.ERR_INVALID, f"request option '{option_name(option)}' "
                                    "when structured reply is not negotiated")
@@ -614,24 +648,25 @@ class ServerConnection:
         if export is None:
             raise _OptionError(Rep.ERR_UNKNOWN, f"export '{_sanitize(name)}' not present")
         count = reader.u32()
-        selected = not setting and count == 0  # LIST with no query: everything
+        selected: set[int] = set()
+        if not setting and count == 0:  # LIST with no query: everything
+            selected.update(export.context_ids())
         for _ in range(count):
             length = reader.u32()
             if length > MAX_STRING:
                 reader.take(length)
                 continue
-            query = reader.string(length)
-            if query == BASE_ALLOCATION or (query == "base:" and not setting):
-                selected = True
+            selected.update(_match_context(reader.string(length), export, listing=not setting))
         reader.end()
-        if selected:
-            context_id = BASE_ALLOCATION_ID if setting else 0
-            self._out += option_reply(option, Rep.META_CONTEXT,
-                                      struct.pack(">I", context_id) + BASE_ALLOCATION.encode())
+        chosen = tuple(sorted(selected))
+        for context_id in chosen:
+            # Ids mean something only in reply to SET.
+            self._out += option_reply(option, Rep.META_CONTEXT, struct.pack(">I", context_id if setting else 0)
+                                      + export.context_name(context_id).encode("utf-8", "surrogateescape"))
         self._out += option_reply(option, Rep.ACK)
         if setting:
             self.meta_export = name
-            self.base_allocation = selected
+            self.contexts = chosen
 
     # -- transmission ------------------------------------------------------------
 
@@ -690,7 +725,7 @@ class ServerConnection:
         if command == Cmd.BLOCK_STATUS:
             if not request.length:
                 return EINVAL, "need non-zero length"
-            if not self.base_allocation:
+            if not self.contexts:
                 return EINVAL, "CMD_BLOCK_STATUS not negotiated"
         elif command not in (Cmd.READ, Cmd.WRITE, Cmd.FLUSH, Cmd.TRIM, Cmd.WRITE_ZEROES, Cmd.CACHE):
             return EINVAL, f"invalid request type ({command}) received"

@@ -16,6 +16,10 @@ data in flight, so a client cannot make the server buffer more than that
 A client that goes away costs the requests it already had in flight, whose
 replies are dropped; requests not yet started are skipped.
 
+An export may offer dirty bitmaps (``qemu:dirty-bitmap:NAME``): they are
+busy while exported, so nobody changes them under a client; a block
+status request answers one chunk per context the client chose.
+
 An export reaches its node through a ``BlockBackend`` (a root edge holding
 read, and write when writable, sharing all but resize, as QEMU's exports
 do), so a snapshot or a job's pivot moves the export with the edge; each
@@ -35,6 +39,7 @@ from contextlib import suppress
 from typing import Any
 
 from vmd.block.backend import BlockBackend
+from vmd.block.dirty_bitmap import DirtyBitmap
 from vmd.block.nbd import protocol as p
 from vmd.block.node import BlockNode, Status, block_status_above
 from vmd.block.perm import NONE, Perm
@@ -64,23 +69,26 @@ class Export:
     """One named export of the node under ``backend``."""
 
     def __init__(self, name: str, backend: BlockBackend, writable: bool = False,
-                 description: str | None = None) -> None:
+                 description: str | None = None, bitmaps: list[DirtyBitmap] | None = None) -> None:
         self.name = name
         self.backend = backend
         self.writable = writable
         self.description = description
+        self.bitmaps = bitmaps or []
+        for bitmap in self.bitmaps:
+            bitmap.busy = True
         # As in QEMU, the size is fixed while the export exists.
         self.size = backend.node.total_size
         self.clients: set[_Client] = set()
 
     @classmethod
     def of(cls, name: str, node: BlockNode, *, writable: bool = False, description: str | None = None,
-           registry: list[BlockBackend] | None = None) -> Export:
+           registry: list[BlockBackend] | None = None, bitmaps: list[DirtyBitmap] | None = None) -> Export:
         """An export of ``node`` holding QEMU's export permissions on it
         (blk_exp_add, nbd_export_create); raises QMPError on a conflict."""
         backend = BlockBackend(EXPORT_PERM | (Perm.WRITE if writable else NONE), EXPORT_SHARED, registry=registry)
         backend.attach(node)
-        return cls(name, backend, writable=writable, description=description)
+        return cls(name, backend, writable=writable, description=description, bitmaps=bitmaps)
 
     @property
     def node(self) -> BlockNode:
@@ -95,11 +103,15 @@ class Export:
             max_block=p.MAX_PAYLOAD,
             # Fast zeroing is offered; requests the node cannot do fast fail
             # at once with ENOTSUP, as the specification allows.
-            fast_zero=True)
+            fast_zero=True,
+            bitmaps=tuple(bitmap.name or "" for bitmap in self.bitmaps))
 
     def detach(self) -> None:
-        """Let go of the node."""
+        """Let go of the node and the bitmaps."""
         self.backend.detach()
+        for bitmap in self.bitmaps:
+            bitmap.busy = False
+        self.bitmaps = []
 
 
 class NBDServer:
@@ -389,7 +401,7 @@ class _Client:
             fua = True
         # NBD_CMD_CACHE is a hint; nodes have no cache to fill, so it succeeds.
         elif command == p.Cmd.BLOCK_STATUS:
-            return [await self._block_status(request)]
+            return await self._block_status(request)
         if fua:
             await node.flush()
         return [self.conn.reply_ok(request)]
@@ -430,10 +442,25 @@ class _Client:
                 parts.append(p.offset_hole_chunk(cookie, offset + start, size, done))
         return parts
 
-    async def _block_status(self, request: p.Request) -> bytes:
+    async def _block_status(self, request: p.Request) -> list[bytes | memoryview]:
+        """One chunk per chosen context, in QEMU's order; the last ends the reply."""
+        assert self.export is not None
+        limit = 1 if request.flags & p.CMD_FLAG_REQ_ONE else p.MAX_EXTENTS
+        contexts = self.conn.contexts
+        chunks: list[bytes | memoryview] = []
+        for index, context_id in enumerate(contexts):
+            if context_id == p.BASE_ALLOCATION_ID:
+                extents = await self._allocation(request, limit)
+            else:
+                bitmap = self.export.bitmaps[context_id - p.DIRTY_BITMAP_ID]
+                extents = bitmap_extents(bitmap, request.offset, request.length, limit)
+            chunks.append(p.block_status_chunk(request.cookie, context_id, extents, index == len(contexts) - 1))
+        return chunks
+
+    async def _allocation(self, request: p.Request, limit: int) -> list[tuple[int, int]]:
+        """``base:allocation`` extents from the start of the request."""
         assert self.export is not None
         node = self.export.node
-        limit = 1 if request.flags & p.CMD_FLAG_REQ_ONE else p.MAX_EXTENTS
         extents: list[tuple[int, int]] = []
         pos, end = request.offset, request.offset + request.length
         while pos < end:
@@ -448,4 +475,30 @@ class _Client:
             else:
                 break
             pos += size
-        return p.block_status_chunk(request.cookie, p.BASE_ALLOCATION_ID, extents, True)
+        return extents
+
+
+def bitmap_extents(bitmap: DirtyBitmap, offset: int, length: int, limit: int) -> list[tuple[int, int]]:
+    """(length, flags) extents of ``qemu:dirty-bitmap:`` from ``offset``
+    (QEMU's bitmap_to_extents): alike neighbours merge up to 4 GiB - 1;
+    the list ends where ``limit`` extents are full."""
+    extents: list[tuple[int, int]] = []
+
+    def add(size: int, flags: int) -> bool:
+        if not size:
+            return True
+        if extents and extents[-1][1] == flags and extents[-1][0] + size <= 0xFFFFFFFF:
+            extents[-1] = (extents[-1][0] + size, flags)
+            return True
+        if len(extents) >= limit:
+            return False
+        extents.append((size, flags))
+        return True
+
+    pos, end = offset, offset + length
+    for start, size in bitmap.dirty_ranges(offset, end):
+        if not (add(start - pos, 0) and add(size, p.STATE_DIRTY)):
+            return extents
+        pos = start + size
+    add(end - pos, 0)
+    return extents
