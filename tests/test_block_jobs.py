@@ -77,8 +77,10 @@ def wait(event: str, **data: Any) -> Step:
     return (WAIT, {"event": event, **data})
 
 
-async def drive(socket: Path, steps: list[Step]) -> list[Any]:
-    """Run ``steps``; return replies and events in the order they came."""
+async def drive(socket: Path, steps: list[Step | Callable[[], Any]]) -> list[Any]:
+    """Run ``steps``; return replies and events in the order they came. A
+    step may be a function run between commands (guest I/O through an
+    export); what it returns, unless None, is recorded as ``("saw", ...)``."""
     client = QMPClient()
     await client.connect(str(socket))
     listener = EventListener()
@@ -91,7 +93,13 @@ async def drive(socket: Path, steps: list[Step]) -> list[Any]:
             event = listener._queue.get_nowait()  # noqa: SLF001 - qemu.qmp has no public non-blocking get
             out.append(("event", event["event"], event.get("data")))
     try:
-        for name, args in steps:
+        for step in steps:
+            if callable(step):
+                seen = step()
+                if seen is not None:
+                    out.append(("saw", seen))
+                continue
+            name, args = step
             if name == WAIT:
                 want = dict(args)
                 event_name = want.pop("event")

@@ -22,20 +22,23 @@ from typing import Any
 
 import pytest
 from qemu.qmp import QMPClient
-from qemu.qmp.qmp_client import ExecuteError
 
 from tests import test_block_jobs as jobs
 from tests.harness import QEMU, running_qemu, running_vmd, start_vmd
-from tests.test_block_jobs import hang_up, qimg, qio, quit_daemon, wait_gone
+from tests.test_block_jobs import hang_up, qimg, qio, wait_gone
 
 pytestmark = pytest.mark.qemu
 if QEMU is None:  # pragma: no cover - QEMU is installed by scripts/setup.sh
     pytestmark = pytest.mark.skip("qemu-system-x86_64 is not installed")
 
-#: A step: a QMP command, ``("bitmaps", {})`` to record every node's
+#: A step: a QMP command, ``BITMAPS`` to record every node's
 #: bitmaps, or a function run between commands (guest I/O, qemu-img; what
 #: it returns, if anything, is recorded).
 Step = tuple[str, dict[str, Any]] | Callable[[], Any]
+
+
+#: Every node's bitmaps (``query-named-block-nodes``, cut down by ``_clean``).
+BITMAPS: Step = ("query-named-block-nodes", {})
 
 
 def qcow2(root: Path, name: str, **extra: Any) -> Step:
@@ -66,42 +69,35 @@ def _bitmaps(nodes: list[dict[str, Any]]) -> dict[str, Any]:
         if node["node-name"].startswith("#"):
             continue
         stored = node["image"].get("format-specific", {}).get("data", {}).get("bitmaps")
-        out[node["node-name"]] = {"dirty-bitmaps": node.get("dirty-bitmaps"), "stored": stored}
+        # A job's own bitmap shows how far a running copy got: a race.
+        bitmaps = [sorted({**bitmap, "count": "-"}.items() if "name" not in bitmap and not bitmap["recording"]
+                          else bitmap.items()) for bitmap in node.get("dirty-bitmaps", [])]
+        out[node["node-name"]] = {"dirty-bitmaps": bitmaps, "stored": stored}
     return out
 
 
-async def run_steps(socket: Path, steps: list[Step]) -> list[Any]:
-    client = QMPClient()
-    await client.connect(str(socket))
-    out: list[Any] = []
-    try:
-        for step in steps:
-            if callable(step):
-                seen = step()
-                if seen is not None:
-                    out.append(("saw", seen))
-                continue
-            name, args = step
-            try:
-                if name == "bitmaps":
-                    out.append(("bitmaps", _bitmaps(await client.execute("query-named-block-nodes"))))
-                else:
-                    out.append(("return", name, await client.execute(name, args)))
-            except ExecuteError as error:
-                out.append(("error", name, error.error.error.desc))
-        await quit_daemon(client)
-    finally:
-        await hang_up(client)
-    return out
+def _clean(result: list[Any], root: Path) -> list[Any]:
+    """Paths relative to the daemon's directory; each node query cut down
+    to the bitmaps (each bitmap as sorted pairs, so that the masking of the
+    jobs' racy ``busy`` leaves it alone); job progress as jobs.normalise."""
+    for index, line in enumerate(result):
+        if line[0] == "return" and line[1] == "query-named-block-nodes":
+            result[index] = ("bitmaps", _bitmaps(line[2]))
+    return jobs.normalise(result, root)
 
 
-def _paths(result: list[Any], root: Path) -> list[Any]:
-    cleaned: list[Any] = json.loads(json.dumps(result).replace(str(root), "<dir>"))
-    return cleaned
+def bitmaps_of(result: list[Any], node: str, index: int = -1) -> list[dict[str, Any]]:
+    """The bitmaps of ``node`` in the ``index``-th node query of a result."""
+    queries = [line[1] for line in result if line[0] == "bitmaps"]
+    return [dict(pairs) for pairs in queries[index][node]["dirty-bitmaps"]]
 
 
 def run_both(tmp_path: Path, setup: Callable[[Path], None], steps: Callable[[Path], list[Step]]) -> dict[str, Any]:
-    return jobs.run_both(tmp_path, setup, steps, run_steps, _paths)
+    return jobs.run_both(tmp_path, setup, steps, clean=_clean)
+
+
+async def run_steps(socket: Path, steps: list[Step]) -> list[Any]:
+    return _clean(await jobs.drive(socket, steps), Path("/nonexistent"))
 
 
 def create(root: Path, name: str, size: str = "4M", *options: str) -> None:
@@ -133,7 +129,7 @@ def test_commands_and_errors_same_as_qemu(tmp_path: Path) -> None:
             add("v2", "p1", persistent=True), add("n", "p1", persistent=True), add("n", "d1", disabled=True),
             add("a", "x" * 1024), add("a", "y" * 1024, persistent=True), add("a", "z" * 1023, persistent=True),
             add("ro", "new"), add("ro", "newp", persistent=True), add("ro", "stored"),
-            ("bitmaps", {}),
+            BITMAPS,
             ("block-dirty-bitmap-remove", {"node": "a", "name": "nosuch"}),
             ("block-dirty-bitmap-remove", {"node": "nosuch", "name": "b1"}),
             ("block-dirty-bitmap-clear", {"node": "ro", "name": "stored"}),
@@ -154,11 +150,11 @@ def test_commands_and_errors_same_as_qemu(tmp_path: Path) -> None:
             ("block-dirty-bitmap-remove", {"node": "ro", "name": "stored"}),
             ("block-dirty-bitmap-remove", {"node": "ro", "name": "new"}),
             ("block-dirty-bitmap-remove", {"node": "a", "name": "p1"}),
-            ("bitmaps", {}),
+            BITMAPS,
         ]
     results = run_both(tmp_path, setup, steps)
     assert results["vmd"] == results["qemu"]
-    assert ["error", "block-dirty-bitmap-add", "Bitmap already exists: b1"] in results["vmd"]
+    assert ["error", "block-dirty-bitmap-add", "GenericError", "Bitmap already exists: b1"] in results["vmd"]
 
 
 def test_writes_are_tracked_same_as_qemu(tmp_path: Path) -> None:
@@ -177,23 +173,22 @@ def test_writes_are_tracked_same_as_qemu(tmp_path: Path) -> None:
             *export(root),
             guest(root, "write -P 1 0 1k", "write -P 2 100k 8k", "write -z 1M 300k", "discard 3M 64k",
                   "write -P 3 4193792 512"),
-            ("bitmaps", {}), sha("a", "b1"), sha("a", "fine"), sha("a", "off"), sha("a", "big"),
+            BITMAPS, sha("a", "b1"), sha("a", "fine"), sha("a", "off"), sha("a", "big"),
             ("block-dirty-bitmap-enable", {"node": "a", "name": "off"}),
             ("block-dirty-bitmap-disable", {"node": "a", "name": "b1"}),
             guest(root, "write -P 4 2M 12k"),
             ("block-dirty-bitmap-clear", {"node": "a", "name": "fine"}),
             guest(root, "write -P 5 513 1000"),
-            ("bitmaps", {}), sha("a", "b1"), sha("a", "fine"), sha("a", "off"),
+            BITMAPS, sha("a", "b1"), sha("a", "fine"), sha("a", "off"),
             ("block-dirty-bitmap-merge", {"node": "a", "target": "fine", "bitmaps": ["off", "big"]}),
             ("block-dirty-bitmap-merge", {"node": "b", "target": "other", "bitmaps": [
                 {"node": "a", "name": "fine"}]}),
-            ("bitmaps", {}), sha("a", "fine"), sha("b", "other"),
+            BITMAPS, sha("a", "fine"), sha("b", "other"),
             *unexport(),
         ]
     results = run_both(tmp_path, setup, steps)
     assert results["vmd"] == results["qemu"]
-    last = [line for line in results["vmd"] if line[0] == "bitmaps"][-1]
-    counts = {b["name"]: b["count"] for b in last[1]["a"]["dirty-bitmaps"]}
+    counts = {b["name"]: b["count"] for b in bitmaps_of(results["vmd"], "a")}
     assert counts["big"] == 4 << 20  # every 1 MiB granule was written
 
 
@@ -205,7 +200,7 @@ def run_dir(root: Path, name: str) -> Path:
 
 
 def _open_and_query(root: Path, name: str, *extra: Step) -> list[Step]:
-    return [qcow2(root, name), ("bitmaps", {}), *extra]
+    return [qcow2(root, name), BITMAPS, *extra]
 
 
 def _shas(result: list[Any]) -> list[Any]:
@@ -232,7 +227,7 @@ def test_persistent_bitmaps_vmd_to_qemu_and_back(tmp_path: Path) -> None:
             ("block-dirty-bitmap-enable", {"node": "a", "name": "manual"}),
             guest(root, "write -P 3 4M 4k"),
             ("block-dirty-bitmap-disable", {"node": "a", "name": "manual"}),
-            *unexport(), ("bitmaps", {}), *queries]))
+            *unexport(), BITMAPS, *queries]))
         vmd.process.wait(10)
     info = json.loads(qimg("info", "--output=json", root / "a.qcow2"))
     stored = info["format-specific"]["data"]["bitmaps"]
@@ -247,8 +242,7 @@ def test_persistent_bitmaps_vmd_to_qemu_and_back(tmp_path: Path) -> None:
                                                                    *unexport(), *queries)))
         wait_gone(pid)
     assert _shas(read_back)[:4] == _shas(written)
-    ours = written[-5][1]["a"]["dirty-bitmaps"]
-    theirs = read_back[1][1]["a"]["dirty-bitmaps"]
+    ours, theirs = bitmaps_of(written, "a"), bitmaps_of(read_back, "a", 0)
     assert sorted(ours, key=lambda b: b["name"]) == sorted(theirs, key=lambda b: b["name"])
     # QEMU stored them again (with the 2M write); vmd reads its result.
     with running_vmd(run_dir(root, "again")) as vmd:
@@ -289,14 +283,14 @@ def test_sigkill_leaves_bitmaps_inconsistent_as_qemu(tmp_path: Path) -> None:
         subprocess.run(["cp", str(root / "a.qcow2"), str(where / "a.qcow2")], check=True)
 
     def steps(where: Path) -> list[Step]:
-        return [qcow2(where, "a"), ("bitmaps", {}),
+        return [qcow2(where, "a"), BITMAPS,
                 ("block-dirty-bitmap-clear", {"node": "a", "name": "b"}),
                 ("block-dirty-bitmap-enable", {"node": "a", "name": "b"}),
                 ("block-dirty-bitmap-merge", {"node": "a", "target": "b", "bitmaps": ["b"]}),
-                ("block-dirty-bitmap-remove", {"node": "a", "name": "b"}), ("bitmaps", {})]
+                ("block-dirty-bitmap-remove", {"node": "a", "name": "b"}), BITMAPS]
     results = run_both(tmp_path, setup, steps)
     assert results["vmd"] == results["qemu"]
-    assert results["vmd"][1][1]["a"]["dirty-bitmaps"][0]["inconsistent"] is True
+    assert bitmaps_of(results["vmd"], "a", 0)[0]["inconsistent"] is True
     for who in ("qemu", "vmd"):
         qimg("check", tmp_path / who / "a.qcow2")
         assert "bitmaps" not in json.loads(qimg("info", "--output=json", tmp_path / who / "a.qcow2")
@@ -379,7 +373,7 @@ def test_nbd_export_of_bitmaps_same_as_qemu(tmp_path: Path) -> None:
             (exp, {"type": "nbd", "id": "x", "node-name": "a", "bitmaps": [{"node": "zz", "name": "b1"}]}),
             (exp, {"type": "nbd", "id": "e", "node-name": "a", "writable": True,
                    "bitmaps": ["b1", {"node": "a", "name": "b2"}, "fine"]}),
-            ("bitmaps", {}),
+            BITMAPS,
             ("block-dirty-bitmap-remove", {"node": "a", "name": "b1"}),
             ("block-dirty-bitmap-clear", {"node": "a", "name": "b1"}),
             ("block-dirty-bitmap-enable", {"node": "a", "name": "b2"}),
@@ -392,12 +386,12 @@ def test_nbd_export_of_bitmaps_same_as_qemu(tmp_path: Path) -> None:
             (exp, {"type": "nbd", "id": "r", "node-name": "ro", "bitmaps": ["r1"]}),
             nbd_view(root, "ro", "qemu:dirty-bitmap:r1"),
             ("block-export-del", {"id": "e"}), ("block-export-del", {"id": "r"}),
-            ("bitmaps", {}),
+            BITMAPS,
             ("block-dirty-bitmap-disable", {"node": "a", "name": "fine"}),
             ("nbd-server-add", {"device": "a", "name": "third", "bitmap": "fine"}),
             nbd_view(root, "third", "qemu:dirty-bitmap:fine"),
             ("nbd-server-stop", {}),
-            ("bitmaps", {}),
+            BITMAPS,
         ]
     results = run_both(tmp_path, setup, steps)
     assert results["vmd"] == results["qemu"]
@@ -405,3 +399,61 @@ def test_nbd_export_of_bitmaps_same_as_qemu(tmp_path: Path) -> None:
     assert seen[0]["contexts"] == [["base:allocation", "qemu:dirty-bitmap:b1", "qemu:dirty-bitmap:b2",
                                     "qemu:dirty-bitmap:fine"]]
     assert '"description": "dirty"' in seen[0]["qemu:dirty-bitmap:fine"]
+
+
+def test_incremental_backup_same_as_qemu(tmp_path: Path) -> None:
+    """``sync: incremental``/``bitmap`` with each ``bitmap-mode``: QEMU's
+    errors, the bitmap frozen while the job runs (busy, a successor
+    recording), and synchronised or merged back on success, failure and
+    cancel as QEMU's; the targets hold the same data."""
+    targets = ("t1", "t2", "t3", "t4", "t5")
+
+    def setup(root: Path) -> None:
+        create(root, "a")
+        qio(root / "a.qcow2", "write -P 5 0 4M")
+        for name in targets:
+            create(root, name)
+        create(root, "small", "2M")
+
+    def steps(root: Path) -> list[Step]:
+        def backup(target: str, sync: str, **extra: Any) -> Step:
+            return ("blockdev-backup", {"device": "a", "target": target, "sync": sync, **extra})
+        mode = "bitmap-mode"
+        return [
+            qcow2(root, "a"), *[qcow2(root, name) for name in (*targets, "small")],
+            add("a", "b1"), add("a", "b2", disabled=True), *export(root),
+            guest(root, "write -P 1 64k 4k", "write -P 2 1M 200k"),
+            backup("t1", "incremental"), backup("t1", "bitmap", bitmap="nosuch"),
+            backup("t1", "incremental", bitmap="b1", **{mode: "never"}),
+            backup("t1", "bitmap", bitmap="b1"), backup("t1", "none", bitmap="b1", **{mode: "always"}),
+            backup("t1", "full", bitmap="b1", **{mode: "never"}), backup("t1", "full", **{mode: "always"}),
+            backup("small", "bitmap", bitmap="b1", **{mode: "always"}),
+            backup("a", "bitmap", bitmap="b1", **{mode: "always"}),
+            BITMAPS,
+            backup("t1", "incremental", bitmap="b1", speed=1, **{"job-id": "j1"}),
+            jobs.wait("JOB_STATUS_CHANGE", id="j1", status="running"),
+            BITMAPS, ("block-dirty-bitmap-clear", {"node": "a", "name": "b1"}),
+            backup("t2", "bitmap", bitmap="b1", **{mode: "never", "job-id": "j2"}),
+            guest(root, "write -P 3 2M 64k"), BITMAPS,
+            ("job-cancel", {"id": "j1"}), jobs.wait("JOB_STATUS_CHANGE", id="j1", status="null"), BITMAPS,
+            backup("t2", "bitmap", bitmap="b1", **{mode: "never", "job-id": "j2"}),
+            jobs.wait("JOB_STATUS_CHANGE", id="j2", status="null"), BITMAPS,
+            backup("t3", "bitmap", bitmap="b1", speed=1, **{mode: "always", "job-id": "j3"}),
+            jobs.wait("JOB_STATUS_CHANGE", id="j3", status="running"),
+            guest(root, "write -P 4 3M 64k"),
+            ("job-cancel", {"id": "j3"}), jobs.wait("JOB_STATUS_CHANGE", id="j3", status="null"), BITMAPS,
+            backup("t4", "full", bitmap="b1", **{mode: "on-success", "job-id": "j4"}),
+            jobs.wait("JOB_STATUS_CHANGE", id="j4", status="null"), BITMAPS,
+            guest(root, "write -P 6 3M 64k", "write -P 7 100k 1k"),
+            backup("t5", "incremental", bitmap="b1", **{"job-id": "j5"}),
+            jobs.wait("JOB_STATUS_CHANGE", id="j5", status="null"), BITMAPS,
+            ("query-block-jobs", {}), *unexport(),
+        ]
+    results = run_both(tmp_path, setup, steps)
+    jobs.assert_same_results(results)
+    for name in targets[1:]:
+        ours, theirs = tmp_path / "vmd" / f"{name}.qcow2", tmp_path / "qemu" / f"{name}.qcow2"
+        assert "Images are identical" in qimg("compare", theirs, ours)
+        qimg("check", ours)
+    final = {b["name"]: b["count"] for b in bitmaps_of(results["vmd"], "a")}
+    assert final == {"b1": 0, "b2": 0}

@@ -8,8 +8,11 @@ where the source's block status changes, to the target, while a guest write
 through the filter first copies the old data it covers, so the target ends
 up exactly the point-in-time image of the source when the job started.
 ``sync: none`` copies only before writes, until cancelled (image fleecing).
-On completion the filter goes; the target stays as it is (a target
-``drive-backup`` opened closes with it).
+``sync: bitmap``/``incremental`` copy what a dirty bitmap marks
+(``backup_bitmap``). The copy's own bitmap is an anonymous, non-recording
+bitmap of the source while the job runs, as QEMU's is. On completion the
+filter goes; the target stays as it is (a target ``drive-backup`` opened
+closes with it).
 
 Both commands are transaction actions (``vmd.block.transaction``): the job
 is created in ``prepare`` and started in ``commit``; ``create_backup_job``
@@ -36,8 +39,10 @@ from vmd._generated.types import (
 from vmd.block import aio
 from vmd.block.backend import device_name
 from vmd.block.create import create_image
+from vmd.block.dirty_bitmap import release_bitmap
 from vmd.block.drivers.cbw import CHUNK, CopyBeforeWriteNode, CopyFailed
 from vmd.block.graph import BlockGraph
+from vmd.block.jobs.backup_bitmap import SyncBitmap, check_sync_bitmap
 from vmd.block.jobs.chain import allocated_above, backing_of
 from vmd.block.jobs.filters import check_node_name, drop_filter, insert_filter
 from vmd.block.node import BlockNode
@@ -57,12 +62,13 @@ class BackupJob(BlockJob):
     def __init__(self, graph: BlockGraph, registry: Any, job_id: str, cbw: CopyBeforeWriteNode, *,
                  sync: MirrorSyncMode, speed: int, on_source_error: BlockdevOnError | None,
                  on_target_error: BlockdevOnError | None, auto_finalize: bool, auto_dismiss: bool,
-                 txn: JobTxn | None = None) -> None:
+                 txn: JobTxn | None = None, sync_bitmap: SyncBitmap | None = None) -> None:
         super().__init__(graph, registry, job_id, cbw, speed=speed, auto_finalize=auto_finalize,
                          auto_dismiss=auto_dismiss, txn=txn)
         self.cbw = cbw
         self.bcs = cbw.bcs
         self.sync = sync
+        self.sync_bitmap = sync_bitmap
         self.on_source_error = on_source_error
         self.on_target_error = on_target_error
         try:
@@ -71,13 +77,18 @@ class BackupJob(BlockJob):
             self.early_fail()
             raise
         self.bcs.copied.append(self.progress_update)
+        self.bcs.bitmap.disabled = True
+        self.bcs.source.dirty_bitmaps.insert(0, self.bcs.bitmap)
 
     async def init_bitmap(self) -> None:
         """What the sync mode copies (everything is dirty at first; ``top``
         drops what the top image does not hold); before the first yield,
         as QEMU's, so that ``len`` is known when the command returns."""
         source, size = self.bcs.source, self.bcs.source.total_size
-        if self.sync == MirrorSyncMode.TOP:
+        if self.sync == MirrorSyncMode.BITMAP and self.sync_bitmap is not None:
+            self.bcs.bitmap.clear()
+            self.bcs.bitmap.merge(self.sync_bitmap.bitmap)
+        elif self.sync == MirrorSyncMode.TOP:
             offset = 0
             while offset < size:
                 allocated, n = await allocated_above(source, source.backing, offset, size - offset)
@@ -109,33 +120,47 @@ class BackupJob(BlockJob):
                 continue
             self.ratelimit_processed(n)
 
+    async def commit(self) -> None:
+        if self.sync_bitmap is not None:
+            self.sync_bitmap.release(True)
+
+    async def abort(self) -> None:
+        if self.sync_bitmap is not None:
+            self.sync_bitmap.release(False, self.bcs.bitmap)
+
     async def clean(self) -> None:
         await super().clean()
+        if self.sync_bitmap is not None:  # a job that never ran
+            self.sync_bitmap.thaw()
+        release_bitmap(self.bcs.source, self.bcs.bitmap)
         if self.progress_update in self.bcs.copied:
             self.bcs.copied.remove(self.progress_update)
         if self.cbw.parents or self.graph.get(self.cbw.node_name) is self.cbw:
             await drop_filter(self.graph, self.cbw)  # a target nobody else holds closes too
 
 
-def _check_arguments(backup: BackupArgs, source: BlockNode, target: BlockNode) -> None:
-    """do_backup_common and backup_job_create's checks, in QEMU's order."""
-    sync = backup.sync
-    if backup.bitmap is None and sync in (MirrorSyncMode.INCREMENTAL, MirrorSyncMode.BITMAP):
-        raise QMPError(f"must provide a valid bitmap name for '{sync.value}' sync mode")
-    if backup.bitmap is not None:
-        raise QMPError(f"Bitmap '{backup.bitmap}' could not be found")
-    if backup.bitmap_mode is not None:
-        raise QMPError("Cannot specify bitmap sync mode without a bitmap")
+def _check_arguments(backup: BackupArgs, source: BlockNode,
+                     target: BlockNode) -> tuple[MirrorSyncMode, SyncBitmap | None]:
+    """do_backup_common and backup_job_create's checks, in QEMU's order;
+    the sync mode the job runs and its frozen sync bitmap."""
+    sync, bitmap, mode = check_sync_bitmap(backup, source)
     if source is target:
         raise QMPError("Source and target cannot be the same")
     if backup.compress:
         raise QMPError(f"Compression is not supported for this drive {target.node_name}")
     check_not_blocked(source)
     check_not_blocked(target)
-    if backup.speed is not None and backup.speed < 0:
-        raise QMPError("Parameter 'speed' expects a non-negative value")
-    if target.total_size != source.total_size:
-        raise QMPError("Source and target image have different sizes")
+    frozen = SyncBitmap.freeze(source, bitmap, mode) if bitmap is not None and mode is not None else None
+    try:
+        if backup.speed is not None and backup.speed < 0:
+            raise QMPError("Parameter 'speed' expects a non-negative value")
+        if target.total_size != source.total_size:
+            raise QMPError("Source and target image have different sizes")
+    except QMPError:
+        if frozen is not None:
+            frozen.thaw()
+        raise
+    return sync, frozen
 
 
 async def create_backup_job(daemon: Any, backup: BackupArgs, source: BlockNode, target: BlockNode,
@@ -144,22 +169,31 @@ async def create_backup_job(daemon: Any, backup: BackupArgs, source: BlockNode, 
     ``source``, the job with its first dirty bitmap; not started yet. Both
     ``blockdev-backup`` and ``drive-backup`` come here."""
     graph: BlockGraph = daemon.block
-    _check_arguments(backup, source, target)
-    if backup.filter_node_name is not None:
-        check_node_name(graph, backup.filter_node_name)
+    sync, frozen = _check_arguments(backup, source, target)
+    try:
+        if backup.filter_node_name is not None:
+            check_node_name(graph, backup.filter_node_name)
+    except QMPError:
+        if frozen is not None:
+            frozen.thaw()
+        raise
     cbw = CopyBeforeWriteNode("", source, target)
     job_id = backup.job_id if backup.job_id is not None else device_name(source)
     try:
         await insert_filter(graph, cbw, source, backup.filter_node_name)
     except BaseException:
+        if frozen is not None:
+            frozen.thaw()
         cbw.detach_children()
         raise
     try:
         job = BackupJob(graph, daemon.jobs, job_id, cbw,
-                        sync=backup.sync, speed=backup.speed or 0, on_source_error=backup.on_source_error,
+                        sync=sync, speed=backup.speed or 0, on_source_error=backup.on_source_error,
                         on_target_error=backup.on_target_error, auto_finalize=backup.auto_finalize is not False,
-                        auto_dismiss=backup.auto_dismiss is not False, txn=txn)
+                        auto_dismiss=backup.auto_dismiss is not False, txn=txn, sync_bitmap=frozen)
     except BaseException:
+        if frozen is not None:
+            frozen.thaw()
         await drop_filter(graph, cbw)
         raise
     try:
