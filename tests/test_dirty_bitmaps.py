@@ -457,3 +457,119 @@ def test_incremental_backup_same_as_qemu(tmp_path: Path) -> None:
         qimg("check", ours)
     final = {b["name"]: b["count"] for b in bitmaps_of(results["vmd"], "a")}
     assert final == {"b1": 0, "b2": 0}
+
+
+def _stored(path: Path) -> Callable[[], Any]:
+    """The bitmaps the image holds now (``qemu-img info -U``)."""
+    def look() -> Any:
+        info = json.loads(qimg("info", "-U", "--output=json", path))
+        return info["format-specific"]["data"].get("bitmaps")
+    return look
+
+
+def test_snapshot_stores_bitmaps_and_commit_reopens_them_same_as_qemu(tmp_path: Path) -> None:
+    """A snapshot makes the old top read-only: its persistent bitmaps are
+    stored (no longer in use) and become read-only; an active commit makes
+    it writable again and marks them in use, as QEMU."""
+    def setup(root: Path) -> None:
+        create(root, "a")
+        qimg("bitmap", "--add", root / "a.qcow2", "stored")
+
+    def steps(root: Path) -> list[Step]:
+        return [
+            qcow2(root, "a"), add("a", "p", persistent=True), add("a", "t"), _stored(root / "a.qcow2"),
+            *export(root), guest(root, "write -P 1 0 64k"),
+            ("blockdev-snapshot-sync", {"node-name": "a", "snapshot-file": str(root / "top.qcow2"),
+                                        "snapshot-node-name": "top", "format": "qcow2"}),
+            _stored(root / "a.qcow2"), BITMAPS,
+            ("block-dirty-bitmap-clear", {"node": "a", "name": "p"}),
+            ("block-dirty-bitmap-clear", {"node": "a", "name": "t"}),
+            add("a", "p2", persistent=True), guest(root, "write -P 2 1M 64k"),
+            ("block-commit", {"job-id": "c", "device": "top"}), jobs.wait("BLOCK_JOB_READY", device="c"),
+            _stored(root / "a.qcow2"),
+            ("block-dirty-bitmap-clear", {"node": "a", "name": "p"}),
+            ("job-complete", {"id": "c"}), jobs.wait("JOB_STATUS_CHANGE", id="c", status="null"),
+            guest(root, "write -P 3 2M 64k"), BITMAPS, sha("a", "stored"), sha("a", "p"), sha("a", "p2"),
+            *unexport(),
+        ]
+    results = run_both(tmp_path, setup, steps)
+    jobs.assert_same_results(results)
+    seen = [line[1] for line in results["vmd"] if line[0] == "saw"]
+    assert [[b["flags"] for b in stored] for stored in seen] == [
+        [["in-use", "auto"]], [["auto"], ["auto"]], [["in-use", "auto"], ["in-use", "auto"]]]
+    for who in ("qemu", "vmd"):
+        stored = json.loads(qimg("info", "--output=json", tmp_path / who / "a.qcow2"))["format-specific"]["data"]
+        assert [(b["name"], b["flags"]) for b in stored["bitmaps"]] == [
+            ("stored", ["auto"]), ("p", ["auto"]), ("p2", ["auto"])]
+        qimg("check", tmp_path / who / "a.qcow2")
+
+
+def test_resize_keeps_bitmaps_same_as_qemu(tmp_path: Path) -> None:
+    """Bitmaps follow a resize (new space clean), and a stored bitmap is
+    stored again with the new size."""
+    def setup(root: Path) -> None:
+        create(root, "a")
+        qimg("bitmap", "--add", root / "a.qcow2", "stored")
+
+    def steps(root: Path) -> list[Step]:
+        return [
+            qcow2(root, "a"), add("a", "fine", granularity=512), *export(root),
+            guest(root, "write -P 1 4190208 4096"), *unexport(),
+            ("block_resize", {"node-name": "a", "size": 6 << 20}),
+            *export(root), guest(root, "write -P 2 5M 4k"), *unexport(),
+            BITMAPS, sha("a", "stored"), sha("a", "fine"),
+        ]
+    results = run_both(tmp_path, setup, steps)
+    assert results["vmd"] == results["qemu"]
+    info = json.loads(qimg("info", "--output=json", tmp_path / "vmd" / "a.qcow2"))
+    assert info["virtual-size"] == 6 << 20 and info["format-specific"]["data"]["bitmaps"][0]["flags"] == ["auto"]
+    qimg("check", tmp_path / "vmd" / "a.qcow2")
+
+
+def transaction(*actions: tuple[str, dict[str, Any]], **properties: Any) -> Step:
+    arguments: dict[str, Any] = {"actions": [{"type": kind, "data": data} for kind, data in actions]}
+    if properties:
+        arguments["properties"] = properties
+    return ("transaction", arguments)
+
+
+def test_bitmap_actions_in_transactions_same_as_qemu(tmp_path: Path) -> None:
+    """All or nothing: an aborted transaction undoes every bitmap action
+    (a removed stored bitmap is gone from the image at once but stays in
+    memory), ``grouped`` is refused, a committed one applies them all."""
+    def setup(root: Path) -> None:
+        create(root, "a")
+        qimg("bitmap", "--add", root / "a.qcow2", "stored")
+
+    def steps(root: Path) -> list[Step]:
+        remove = ("block-dirty-bitmap-remove", {"node": "a", "name": "stored"})
+        return [
+            qcow2(root, "a"), add("a", "b1"), *export(root), guest(root, "write -P 1 0 64k"),
+            transaction(("block-dirty-bitmap-add", {"node": "a", "name": "x"}), **{"completion-mode": "grouped"}),
+            transaction(("block-dirty-bitmap-clear", {"node": "a", "name": "b1"}),
+                        **{"completion-mode": "grouped"}),
+            transaction(("block-dirty-bitmap-add", {"node": "a", "name": "x"}),
+                        ("block-dirty-bitmap-add", {"node": "a", "name": "y", "persistent": True}),
+                        ("block-dirty-bitmap-clear", {"node": "a", "name": "b1"}),
+                        ("block-dirty-bitmap-disable", {"node": "a", "name": "b1"}),
+                        ("block-dirty-bitmap-merge", {"node": "a", "target": "stored", "bitmaps": ["b1"]}),
+                        remove, ("abort", {})),
+            BITMAPS, sha("a", "b1"), sha("a", "stored"), _stored(root / "a.qcow2"),
+            transaction(("block-dirty-bitmap-add", {"node": "a", "name": "x"}),
+                        ("block-dirty-bitmap-add", {"node": "a", "name": "x"})),
+            transaction(("block-dirty-bitmap-remove", {"node": "a", "name": "b1"}),
+                        ("block-dirty-bitmap-clear", {"node": "a", "name": "b1"})),
+            transaction(("block-dirty-bitmap-add", {"node": "a", "name": "x", "disabled": True}),
+                        ("block-dirty-bitmap-merge", {"node": "a", "target": "x", "bitmaps": ["b1", "stored"]}),
+                        ("block-dirty-bitmap-clear", {"node": "a", "name": "b1"}),
+                        ("block-dirty-bitmap-enable", {"node": "a", "name": "x"}), remove),
+            BITMAPS, sha("a", "x"), sha("a", "b1"), _stored(root / "a.qcow2"), *unexport(),
+        ]
+    results = run_both(tmp_path, setup, steps)
+    jobs.assert_same_results(results)
+    errors = [line[3] for line in results["vmd"] if line[0] == "error"]
+    assert errors == [
+        "Action 'block-dirty-bitmap-add' does not support Transaction property completion-mode = grouped",
+        "Action 'block-dirty-bitmap-clear' does not support Transaction property completion-mode = grouped",
+        "Transaction aborted using Abort action", "Bitmap already exists: x",
+        "Bitmap 'b1' is currently in use by another operation and cannot be used"]

@@ -1948,30 +1948,30 @@ SCHEMA_INFO: list[dict[str, Any]] = [
      'members': [{'name': 'type', 'type': '193'}],
      'tag': 'type',
      'variants': [{'case': 'abort', 'type': '194'},
-                  {'case': 'blockdev-backup', 'type': '195'},
-                  {'case': 'blockdev-snapshot', 'type': '196'},
-                  {'case': 'blockdev-snapshot-sync', 'type': '197'},
-                  {'case': 'drive-backup', 'type': '198'},
-                  {'case': 'block-dirty-bitmap-add', 'type': '1'},
-                  {'case': 'block-dirty-bitmap-remove', 'type': '1'},
-                  {'case': 'block-dirty-bitmap-clear', 'type': '1'},
-                  {'case': 'block-dirty-bitmap-enable', 'type': '1'},
-                  {'case': 'block-dirty-bitmap-disable', 'type': '1'},
-                  {'case': 'block-dirty-bitmap-merge', 'type': '1'},
+                  {'case': 'block-dirty-bitmap-add', 'type': '195'},
+                  {'case': 'block-dirty-bitmap-remove', 'type': '196'},
+                  {'case': 'block-dirty-bitmap-clear', 'type': '196'},
+                  {'case': 'block-dirty-bitmap-enable', 'type': '196'},
+                  {'case': 'block-dirty-bitmap-disable', 'type': '196'},
+                  {'case': 'block-dirty-bitmap-merge', 'type': '197'},
+                  {'case': 'blockdev-backup', 'type': '198'},
+                  {'case': 'blockdev-snapshot', 'type': '199'},
+                  {'case': 'blockdev-snapshot-sync', 'type': '200'},
+                  {'case': 'drive-backup', 'type': '201'},
                   {'case': 'blockdev-snapshot-internal-sync', 'type': '1'}]},
     # "153" = TransactionProperties
     {'name': '153',
      'meta-type': 'object',
-     'members': [{'name': 'completion-mode', 'type': '199', 'default': None}]},
+     'members': [{'name': 'completion-mode', 'type': '202', 'default': None}]},
     # "154" = SocketAddressLegacy
     {'name': '154',
      'meta-type': 'object',
-     'members': [{'name': 'type', 'type': '200'}],
+     'members': [{'name': 'type', 'type': '203'}],
      'tag': 'type',
-     'variants': [{'case': 'inet', 'type': '201'},
-                  {'case': 'unix', 'type': '202'},
-                  {'case': 'vsock', 'type': '203'},
-                  {'case': 'fd', 'type': '204'}]},
+     'variants': [{'case': 'inet', 'type': '204'},
+                  {'case': 'unix', 'type': '205'},
+                  {'case': 'vsock', 'type': '206'},
+                  {'case': 'fd', 'type': '207'}]},
     # "155" = BlockExportRemoveMode
     {'name': '155',
      'meta-type': 'enum',
@@ -1998,13 +1998,13 @@ SCHEMA_INFO: list[dict[str, Any]] = [
      'members': [{'name': 'bus', 'type': 'int'},
                  {'name': 'slot', 'type': 'int'},
                  {'name': 'function', 'type': 'int'},
-                 {'name': 'class_info', 'type': '205'},
-                 {'name': 'id', 'type': '206'},
+                 {'name': 'class_info', 'type': '208'},
+                 {'name': 'id', 'type': '209'},
                  {'name': 'irq', 'type': 'int', 'default': None},
                  {'name': 'irq_pin', 'type': 'int'},
                  {'name': 'qdev_id', 'type': 'str'},
-                 {'name': 'pci_bridge', 'type': '207', 'default': None},
-                 {'name': 'regions', 'type': '[208]'}]},
+                 {'name': 'pci_bridge', 'type': '210', 'default': None},
+                 {'name': 'regions', 'type': '[211]'}]},
     # "159" = CommandLineParameterType
     {'name': '159',
      'meta-type': 'enum',
@@ -2139,39 +2139,39 @@ SCHEMA_INFO: list[dict[str, Any]] = [
     # "169" = ChardevFileWrapper
     {'name': '169',
      'meta-type': 'object',
-     'members': [{'name': 'data', 'type': '209'}]},
+     'members': [{'name': 'data', 'type': '212'}]},
     # "170" = ChardevHostdevWrapper
     {'name': '170',
      'meta-type': 'object',
-     'members': [{'name': 'data', 'type': '210'}]},
+     'members': [{'name': 'data', 'type': '213'}]},
     # "171" = ChardevSocketWrapper
     {'name': '171',
      'meta-type': 'object',
-     'members': [{'name': 'data', 'type': '211'}]},
+     'members': [{'name': 'data', 'type': '214'}]},
     # "172" = ChardevUdpWrapper
     {'name': '172',
      'meta-type': 'object',
-     'members': [{'name': 'data', 'type': '212'}]},
+     'members': [{'name': 'data', 'type': '215'}]},
     # "173" = ChardevCommonWrapper
     {'name': '173',
      'meta-type': 'object',
-     'members': [{'name': 'data', 'type': '213'}]},
+     'members': [{'name': 'data', 'type': '216'}]},
     # "174" = ChardevMuxWrapper
     {'name': '174',
      'meta-type': 'object',
-     'members': [{'name': 'data', 'type': '214'}]},
+     'members': [{'name': 'data', 'type': '217'}]},
     # "175" = ChardevStdioWrapper
     {'name': '175',
      'meta-type': 'object',
-     'members': [{'name': 'data', 'type': '215'}]},
+     'members': [{'name': 'data', 'type': '218'}]},
     # "176" = ChardevVCWrapper
     {'name': '176',
      'meta-type': 'object',
-     'members': [{'name': 'data', 'type': '216'}]},
+     'members': [{'name': 'data', 'type': '219'}]},
     # "177" = ChardevRingbufWrapper
     {'name': '177',
      'meta-type': 'object',
-     'members': [{'name': 'data', 'type': '217'}]},
+     'members': [{'name': 'data', 'type': '220'}]},
     {'name': '[178]', 'meta-type': 'array', 'element-type': '178'},
     # "178" = SnapshotInfo
     {'name': '178',
@@ -2187,9 +2187,9 @@ SCHEMA_INFO: list[dict[str, Any]] = [
     # "179" = ImageInfoSpecific
     {'name': '179',
      'meta-type': 'object',
-     'members': [{'name': 'type', 'type': '218'}],
+     'members': [{'name': 'type', 'type': '221'}],
      'tag': 'type',
-     'variants': [{'case': 'qcow2', 'type': '219'},
+     'variants': [{'case': 'qcow2', 'type': '222'},
                   {'case': 'vmdk', 'type': '1'},
                   {'case': 'luks', 'type': '1'},
                   {'case': 'rbd', 'type': '1'}]},
@@ -2217,9 +2217,9 @@ SCHEMA_INFO: list[dict[str, Any]] = [
     # "183" = BlkdebugInjectErrorOptions
     {'name': '183',
      'meta-type': 'object',
-     'members': [{'name': 'event', 'type': '220'},
+     'members': [{'name': 'event', 'type': '223'},
                  {'name': 'state', 'type': 'int', 'default': None},
-                 {'name': 'iotype', 'type': '221', 'default': None},
+                 {'name': 'iotype', 'type': '224', 'default': None},
                  {'name': 'errno', 'type': 'int', 'default': None},
                  {'name': 'sector', 'type': 'int', 'default': None},
                  {'name': 'once', 'type': 'bool', 'default': None},
@@ -2228,7 +2228,7 @@ SCHEMA_INFO: list[dict[str, Any]] = [
     # "184" = BlkdebugSetStateOptions
     {'name': '184',
      'meta-type': 'object',
-     'members': [{'name': 'event', 'type': '220'},
+     'members': [{'name': 'event', 'type': '223'},
                  {'name': 'state', 'type': 'int', 'default': None},
                  {'name': 'new_state', 'type': 'int'}]},
     # "185" = OnCbwError
@@ -2255,20 +2255,20 @@ SCHEMA_INFO: list[dict[str, Any]] = [
     # "189" = Qcow2OverlapChecks
     {'name': '189',
      'meta-type': 'alternate',
-     'members': [{'type': '222'}, {'type': '223'}]},
+     'members': [{'type': '225'}, {'type': '226'}]},
     # "190" = BlockdevQcow2Encryption
     {'name': '190',
      'meta-type': 'object',
-     'members': [{'name': 'format', 'type': '224'}],
+     'members': [{'name': 'format', 'type': '227'}],
      'tag': 'format',
-     'variants': [{'case': 'aes', 'type': '225'},
-                  {'case': 'luks', 'type': '226'}]},
+     'variants': [{'case': 'aes', 'type': '228'},
+                  {'case': 'luks', 'type': '229'}]},
     # "191" = BlockdevCreateOptionsFile
     {'name': '191',
      'meta-type': 'object',
      'members': [{'name': 'filename', 'type': 'str'},
                  {'name': 'size', 'type': 'int'},
-                 {'name': 'preallocation', 'type': '227', 'default': None},
+                 {'name': 'preallocation', 'type': '230', 'default': None},
                  {'name': 'nocow', 'type': 'bool', 'default': None},
                  {'name': 'extent-size-hint', 'type': 'int', 'default': None}]},
     # "192" = BlockdevCreateOptionsQcow2
@@ -2279,15 +2279,15 @@ SCHEMA_INFO: list[dict[str, Any]] = [
                  {'name': 'data-file-raw', 'type': 'bool', 'default': None},
                  {'name': 'extended-l2', 'type': 'bool', 'default': None},
                  {'name': 'size', 'type': 'int'},
-                 {'name': 'version', 'type': '228', 'default': None},
+                 {'name': 'version', 'type': '231', 'default': None},
                  {'name': 'backing-file', 'type': 'str', 'default': None},
                  {'name': 'backing-fmt', 'type': '131', 'default': None},
-                 {'name': 'encrypt', 'type': '229', 'default': None},
+                 {'name': 'encrypt', 'type': '232', 'default': None},
                  {'name': 'cluster-size', 'type': 'int', 'default': None},
-                 {'name': 'preallocation', 'type': '227', 'default': None},
+                 {'name': 'preallocation', 'type': '230', 'default': None},
                  {'name': 'lazy-refcounts', 'type': 'bool', 'default': None},
                  {'name': 'refcount-bits', 'type': 'int', 'default': None},
-                 {'name': 'compression-type', 'type': '230', 'default': None}]},
+                 {'name': 'compression-type', 'type': '233', 'default': None}]},
     # "193" = TransactionActionKind
     {'name': '193',
      'meta-type': 'enum',
@@ -2318,72 +2318,84 @@ SCHEMA_INFO: list[dict[str, Any]] = [
     # "194" = AbortWrapper
     {'name': '194',
      'meta-type': 'object',
-     'members': [{'name': 'data', 'type': '231'}]},
-    # "195" = BlockdevBackupWrapper
+     'members': [{'name': 'data', 'type': '234'}]},
+    # "195" = BlockDirtyBitmapAddWrapper
     {'name': '195',
      'meta-type': 'object',
-     'members': [{'name': 'data', 'type': '83'}]},
-    # "196" = BlockdevSnapshotWrapper
+     'members': [{'name': 'data', 'type': '60'}]},
+    # "196" = BlockDirtyBitmapWrapper
     {'name': '196',
      'meta-type': 'object',
-     'members': [{'name': 'data', 'type': '53'}]},
-    # "197" = BlockdevSnapshotSyncWrapper
+     'members': [{'name': 'data', 'type': '61'}]},
+    # "197" = BlockDirtyBitmapMergeWrapper
     {'name': '197',
      'meta-type': 'object',
-     'members': [{'name': 'data', 'type': '52'}]},
-    # "198" = DriveBackupWrapper
+     'members': [{'name': 'data', 'type': '62'}]},
+    # "198" = BlockdevBackupWrapper
     {'name': '198',
      'meta-type': 'object',
-     'members': [{'name': 'data', 'type': '84'}]},
-    # "199" = ActionCompletionMode
+     'members': [{'name': 'data', 'type': '83'}]},
+    # "199" = BlockdevSnapshotWrapper
     {'name': '199',
+     'meta-type': 'object',
+     'members': [{'name': 'data', 'type': '53'}]},
+    # "200" = BlockdevSnapshotSyncWrapper
+    {'name': '200',
+     'meta-type': 'object',
+     'members': [{'name': 'data', 'type': '52'}]},
+    # "201" = DriveBackupWrapper
+    {'name': '201',
+     'meta-type': 'object',
+     'members': [{'name': 'data', 'type': '84'}]},
+    # "202" = ActionCompletionMode
+    {'name': '202',
      'meta-type': 'enum',
      'members': [{'name': 'individual'}, {'name': 'grouped'}],
      'values': ['individual', 'grouped']},
-    # "200" = SocketAddressType
-    {'name': '200',
+    # "203" = SocketAddressType
+    {'name': '203',
      'meta-type': 'enum',
      'members': [{'name': 'inet'},
                  {'name': 'unix'},
                  {'name': 'vsock'},
                  {'name': 'fd'}],
      'values': ['inet', 'unix', 'vsock', 'fd']},
-    # "201" = InetSocketAddressWrapper
-    {'name': '201',
-     'meta-type': 'object',
-     'members': [{'name': 'data', 'type': '232'}]},
-    # "202" = UnixSocketAddressWrapper
-    {'name': '202',
-     'meta-type': 'object',
-     'members': [{'name': 'data', 'type': '233'}]},
-    # "203" = VsockSocketAddressWrapper
-    {'name': '203',
-     'meta-type': 'object',
-     'members': [{'name': 'data', 'type': '234'}]},
-    # "204" = StringWrapper
+    # "204" = InetSocketAddressWrapper
     {'name': '204',
      'meta-type': 'object',
      'members': [{'name': 'data', 'type': '235'}]},
-    # "205" = PciDeviceClass
+    # "205" = UnixSocketAddressWrapper
     {'name': '205',
+     'meta-type': 'object',
+     'members': [{'name': 'data', 'type': '236'}]},
+    # "206" = VsockSocketAddressWrapper
+    {'name': '206',
+     'meta-type': 'object',
+     'members': [{'name': 'data', 'type': '237'}]},
+    # "207" = StringWrapper
+    {'name': '207',
+     'meta-type': 'object',
+     'members': [{'name': 'data', 'type': '238'}]},
+    # "208" = PciDeviceClass
+    {'name': '208',
      'meta-type': 'object',
      'members': [{'name': 'desc', 'type': 'str', 'default': None},
                  {'name': 'class', 'type': 'int'}]},
-    # "206" = PciDeviceId
-    {'name': '206',
+    # "209" = PciDeviceId
+    {'name': '209',
      'meta-type': 'object',
      'members': [{'name': 'device', 'type': 'int'},
                  {'name': 'vendor', 'type': 'int'},
                  {'name': 'subsystem', 'type': 'int', 'default': None},
                  {'name': 'subsystem-vendor', 'type': 'int', 'default': None}]},
-    # "207" = PciBridgeInfo
-    {'name': '207',
+    # "210" = PciBridgeInfo
+    {'name': '210',
      'meta-type': 'object',
-     'members': [{'name': 'bus', 'type': '236'},
+     'members': [{'name': 'bus', 'type': '239'},
                  {'name': 'devices', 'type': '[158]', 'default': None}]},
-    {'name': '[208]', 'meta-type': 'array', 'element-type': '208'},
-    # "208" = PciMemoryRegion
-    {'name': '208',
+    {'name': '[211]', 'meta-type': 'array', 'element-type': '211'},
+    # "211" = PciMemoryRegion
+    {'name': '211',
      'meta-type': 'object',
      'members': [{'name': 'bar', 'type': 'int'},
                  {'name': 'type', 'type': 'str'},
@@ -2391,22 +2403,22 @@ SCHEMA_INFO: list[dict[str, Any]] = [
                  {'name': 'size', 'type': 'int'},
                  {'name': 'prefetch', 'type': 'bool', 'default': None},
                  {'name': 'mem_type_64', 'type': 'bool', 'default': None}]},
-    # "209" = ChardevFile
-    {'name': '209',
+    # "212" = ChardevFile
+    {'name': '212',
      'meta-type': 'object',
      'members': [{'name': 'logfile', 'type': 'str', 'default': None},
                  {'name': 'logappend', 'type': 'bool', 'default': None},
                  {'name': 'in', 'type': 'str', 'default': None},
                  {'name': 'out', 'type': 'str'},
                  {'name': 'append', 'type': 'bool', 'default': None}]},
-    # "210" = ChardevHostdev
-    {'name': '210',
+    # "213" = ChardevHostdev
+    {'name': '213',
      'meta-type': 'object',
      'members': [{'name': 'logfile', 'type': 'str', 'default': None},
                  {'name': 'logappend', 'type': 'bool', 'default': None},
                  {'name': 'device', 'type': 'str'}]},
-    # "211" = ChardevSocket
-    {'name': '211',
+    # "214" = ChardevSocket
+    {'name': '214',
      'meta-type': 'object',
      'members': [{'name': 'logfile', 'type': 'str', 'default': None},
                  {'name': 'logappend', 'type': 'bool', 'default': None},
@@ -2420,32 +2432,32 @@ SCHEMA_INFO: list[dict[str, Any]] = [
                  {'name': 'tn3270', 'type': 'bool', 'default': None},
                  {'name': 'websocket', 'type': 'bool', 'default': None},
                  {'name': 'reconnect', 'type': 'int', 'default': None}]},
-    # "212" = ChardevUdp
-    {'name': '212',
+    # "215" = ChardevUdp
+    {'name': '215',
      'meta-type': 'object',
      'members': [{'name': 'logfile', 'type': 'str', 'default': None},
                  {'name': 'logappend', 'type': 'bool', 'default': None},
                  {'name': 'remote', 'type': '154'},
                  {'name': 'local', 'type': '154', 'default': None}]},
-    # "213" = ChardevCommon
-    {'name': '213',
+    # "216" = ChardevCommon
+    {'name': '216',
      'meta-type': 'object',
      'members': [{'name': 'logfile', 'type': 'str', 'default': None},
                  {'name': 'logappend', 'type': 'bool', 'default': None}]},
-    # "214" = ChardevMux
-    {'name': '214',
+    # "217" = ChardevMux
+    {'name': '217',
      'meta-type': 'object',
      'members': [{'name': 'logfile', 'type': 'str', 'default': None},
                  {'name': 'logappend', 'type': 'bool', 'default': None},
                  {'name': 'chardev', 'type': 'str'}]},
-    # "215" = ChardevStdio
-    {'name': '215',
+    # "218" = ChardevStdio
+    {'name': '218',
      'meta-type': 'object',
      'members': [{'name': 'logfile', 'type': 'str', 'default': None},
                  {'name': 'logappend', 'type': 'bool', 'default': None},
                  {'name': 'signal', 'type': 'bool', 'default': None}]},
-    # "216" = ChardevVC
-    {'name': '216',
+    # "219" = ChardevVC
+    {'name': '219',
      'meta-type': 'object',
      'members': [{'name': 'logfile', 'type': 'str', 'default': None},
                  {'name': 'logappend', 'type': 'bool', 'default': None},
@@ -2453,26 +2465,26 @@ SCHEMA_INFO: list[dict[str, Any]] = [
                  {'name': 'height', 'type': 'int', 'default': None},
                  {'name': 'cols', 'type': 'int', 'default': None},
                  {'name': 'rows', 'type': 'int', 'default': None}]},
-    # "217" = ChardevRingbuf
-    {'name': '217',
+    # "220" = ChardevRingbuf
+    {'name': '220',
      'meta-type': 'object',
      'members': [{'name': 'logfile', 'type': 'str', 'default': None},
                  {'name': 'logappend', 'type': 'bool', 'default': None},
                  {'name': 'size', 'type': 'int', 'default': None}]},
-    # "218" = ImageInfoSpecificKind
-    {'name': '218',
+    # "221" = ImageInfoSpecificKind
+    {'name': '221',
      'meta-type': 'enum',
      'members': [{'name': 'qcow2'},
                  {'name': 'vmdk'},
                  {'name': 'luks'},
                  {'name': 'rbd'}],
      'values': ['qcow2', 'vmdk', 'luks', 'rbd']},
-    # "219" = ImageInfoSpecificQCow2Wrapper
-    {'name': '219',
+    # "222" = ImageInfoSpecificQCow2Wrapper
+    {'name': '222',
      'meta-type': 'object',
-     'members': [{'name': 'data', 'type': '237'}]},
-    # "220" = BlkdebugEvent
-    {'name': '220',
+     'members': [{'name': 'data', 'type': '240'}]},
+    # "223" = BlkdebugEvent
+    {'name': '223',
      'meta-type': 'enum',
      'members': [{'name': 'l1_update'},
                  {'name': 'l1_grow_alloc_table'},
@@ -2570,8 +2582,8 @@ SCHEMA_INFO: list[dict[str, Any]] = [
                 'cor_write',
                 'cluster_alloc_space',
                 'none']},
-    # "221" = BlkdebugIOType
-    {'name': '221',
+    # "224" = BlkdebugIOType
+    {'name': '224',
      'meta-type': 'enum',
      'members': [{'name': 'read'},
                  {'name': 'write'},
@@ -2586,10 +2598,10 @@ SCHEMA_INFO: list[dict[str, Any]] = [
                 'flush',
                 'block-status']},
     {'name': 'null', 'meta-type': 'builtin', 'json-type': 'null'},
-    # "222" = Qcow2OverlapCheckFlags
-    {'name': '222',
+    # "225" = Qcow2OverlapCheckFlags
+    {'name': '225',
      'meta-type': 'object',
-     'members': [{'name': 'template', 'type': '223', 'default': None},
+     'members': [{'name': 'template', 'type': '226', 'default': None},
                  {'name': 'main-header', 'type': 'bool', 'default': None},
                  {'name': 'active-l1', 'type': 'bool', 'default': None},
                  {'name': 'active-l2', 'type': 'bool', 'default': None},
@@ -2601,56 +2613,56 @@ SCHEMA_INFO: list[dict[str, Any]] = [
                  {'name': 'bitmap-directory',
                   'type': 'bool',
                   'default': None}]},
-    # "223" = Qcow2OverlapCheckMode
-    {'name': '223',
+    # "226" = Qcow2OverlapCheckMode
+    {'name': '226',
      'meta-type': 'enum',
      'members': [{'name': 'none'},
                  {'name': 'constant'},
                  {'name': 'cached'},
                  {'name': 'all'}],
      'values': ['none', 'constant', 'cached', 'all']},
-    # "224" = BlockdevQcow2EncryptionFormat
-    {'name': '224',
+    # "227" = BlockdevQcow2EncryptionFormat
+    {'name': '227',
      'meta-type': 'enum',
      'members': [{'name': 'aes'}, {'name': 'luks'}],
      'values': ['aes', 'luks']},
-    # "225" = QCryptoBlockOptionsQCow
-    {'name': '225',
+    # "228" = QCryptoBlockOptionsQCow
+    {'name': '228',
      'meta-type': 'object',
      'members': [{'name': 'key-secret', 'type': 'str', 'default': None}]},
-    # "226" = QCryptoBlockOptionsLUKS
-    {'name': '226',
+    # "229" = QCryptoBlockOptionsLUKS
+    {'name': '229',
      'meta-type': 'object',
      'members': [{'name': 'key-secret', 'type': 'str', 'default': None}]},
-    # "227" = PreallocMode
-    {'name': '227',
+    # "230" = PreallocMode
+    {'name': '230',
      'meta-type': 'enum',
      'members': [{'name': 'off'},
                  {'name': 'metadata'},
                  {'name': 'falloc'},
                  {'name': 'full'}],
      'values': ['off', 'metadata', 'falloc', 'full']},
-    # "228" = BlockdevQcow2Version
-    {'name': '228',
+    # "231" = BlockdevQcow2Version
+    {'name': '231',
      'meta-type': 'enum',
      'members': [{'name': 'v2'}, {'name': 'v3'}],
      'values': ['v2', 'v3']},
-    # "229" = QCryptoBlockCreateOptions
-    {'name': '229',
+    # "232" = QCryptoBlockCreateOptions
+    {'name': '232',
      'meta-type': 'object',
-     'members': [{'name': 'format', 'type': '238'}],
+     'members': [{'name': 'format', 'type': '241'}],
      'tag': 'format',
-     'variants': [{'case': 'qcow', 'type': '225'},
-                  {'case': 'luks', 'type': '239'}]},
-    # "230" = Qcow2CompressionType
-    {'name': '230',
+     'variants': [{'case': 'qcow', 'type': '228'},
+                  {'case': 'luks', 'type': '242'}]},
+    # "233" = Qcow2CompressionType
+    {'name': '233',
      'meta-type': 'enum',
      'members': [{'name': 'zlib'}, {'name': 'zstd'}],
      'values': ['zlib', 'zstd']},
-    # "231" = Abort
-    {'name': '231', 'meta-type': 'object', 'members': []},
-    # "232" = InetSocketAddress
-    {'name': '232',
+    # "234" = Abort
+    {'name': '234', 'meta-type': 'object', 'members': []},
+    # "235" = InetSocketAddress
+    {'name': '235',
      'meta-type': 'object',
      'members': [{'name': 'host', 'type': 'str'},
                  {'name': 'port', 'type': 'str'},
@@ -2659,32 +2671,32 @@ SCHEMA_INFO: list[dict[str, Any]] = [
                  {'name': 'ipv4', 'type': 'bool', 'default': None},
                  {'name': 'ipv6', 'type': 'bool', 'default': None},
                  {'name': 'keep-alive', 'type': 'bool', 'default': None}]},
-    # "233" = UnixSocketAddress
-    {'name': '233',
+    # "236" = UnixSocketAddress
+    {'name': '236',
      'meta-type': 'object',
      'members': [{'name': 'path', 'type': 'str'},
                  {'name': 'abstract', 'type': 'bool', 'default': None},
                  {'name': 'tight', 'type': 'bool', 'default': None}]},
-    # "234" = VsockSocketAddress
-    {'name': '234',
+    # "237" = VsockSocketAddress
+    {'name': '237',
      'meta-type': 'object',
      'members': [{'name': 'cid', 'type': 'str'},
                  {'name': 'port', 'type': 'str'}]},
-    # "235" = String
-    {'name': '235',
+    # "238" = String
+    {'name': '238',
      'meta-type': 'object',
      'members': [{'name': 'str', 'type': 'str'}]},
-    # "236" = PciBusInfo
-    {'name': '236',
+    # "239" = PciBusInfo
+    {'name': '239',
      'meta-type': 'object',
      'members': [{'name': 'number', 'type': 'int'},
                  {'name': 'secondary', 'type': 'int'},
                  {'name': 'subordinate', 'type': 'int'},
-                 {'name': 'io_range', 'type': '240'},
-                 {'name': 'memory_range', 'type': '240'},
-                 {'name': 'prefetchable_range', 'type': '240'}]},
-    # "237" = ImageInfoSpecificQCow2
-    {'name': '237',
+                 {'name': 'io_range', 'type': '243'},
+                 {'name': 'memory_range', 'type': '243'},
+                 {'name': 'prefetchable_range', 'type': '243'}]},
+    # "240" = ImageInfoSpecificQCow2
+    {'name': '240',
      'meta-type': 'object',
      'members': [{'name': 'compat', 'type': 'str'},
                  {'name': 'data-file', 'type': 'str', 'default': None},
@@ -2693,45 +2705,45 @@ SCHEMA_INFO: list[dict[str, Any]] = [
                  {'name': 'lazy-refcounts', 'type': 'bool', 'default': None},
                  {'name': 'corrupt', 'type': 'bool', 'default': None},
                  {'name': 'refcount-bits', 'type': 'int'},
-                 {'name': 'encrypt', 'type': '241', 'default': None},
-                 {'name': 'bitmaps', 'type': '[242]', 'default': None},
-                 {'name': 'compression-type', 'type': '230'}]},
-    # "238" = QCryptoBlockFormat
-    {'name': '238',
+                 {'name': 'encrypt', 'type': '244', 'default': None},
+                 {'name': 'bitmaps', 'type': '[245]', 'default': None},
+                 {'name': 'compression-type', 'type': '233'}]},
+    # "241" = QCryptoBlockFormat
+    {'name': '241',
      'meta-type': 'enum',
      'members': [{'name': 'qcow'}, {'name': 'luks'}],
      'values': ['qcow', 'luks']},
-    # "239" = QCryptoBlockCreateOptionsLUKS
-    {'name': '239',
+    # "242" = QCryptoBlockCreateOptionsLUKS
+    {'name': '242',
      'meta-type': 'object',
      'members': [{'name': 'key-secret', 'type': 'str', 'default': None},
-                 {'name': 'cipher-alg', 'type': '243', 'default': None},
-                 {'name': 'cipher-mode', 'type': '244', 'default': None},
-                 {'name': 'ivgen-alg', 'type': '245', 'default': None},
-                 {'name': 'ivgen-hash-alg', 'type': '246', 'default': None},
-                 {'name': 'hash-alg', 'type': '246', 'default': None},
+                 {'name': 'cipher-alg', 'type': '246', 'default': None},
+                 {'name': 'cipher-mode', 'type': '247', 'default': None},
+                 {'name': 'ivgen-alg', 'type': '248', 'default': None},
+                 {'name': 'ivgen-hash-alg', 'type': '249', 'default': None},
+                 {'name': 'hash-alg', 'type': '249', 'default': None},
                  {'name': 'iter-time', 'type': 'int', 'default': None}]},
-    # "240" = PciMemoryRange
-    {'name': '240',
+    # "243" = PciMemoryRange
+    {'name': '243',
      'meta-type': 'object',
      'members': [{'name': 'base', 'type': 'int'},
                  {'name': 'limit', 'type': 'int'}]},
-    # "241" = ImageInfoSpecificQCow2Encryption
-    {'name': '241',
+    # "244" = ImageInfoSpecificQCow2Encryption
+    {'name': '244',
      'meta-type': 'object',
-     'members': [{'name': 'format', 'type': '224'}],
+     'members': [{'name': 'format', 'type': '227'}],
      'tag': 'format',
-     'variants': [{'case': 'luks', 'type': '247'},
+     'variants': [{'case': 'luks', 'type': '250'},
                   {'case': 'aes', 'type': '1'}]},
-    {'name': '[242]', 'meta-type': 'array', 'element-type': '242'},
-    # "242" = Qcow2BitmapInfo
-    {'name': '242',
+    {'name': '[245]', 'meta-type': 'array', 'element-type': '245'},
+    # "245" = Qcow2BitmapInfo
+    {'name': '245',
      'meta-type': 'object',
      'members': [{'name': 'name', 'type': 'str'},
                  {'name': 'granularity', 'type': 'int'},
-                 {'name': 'flags', 'type': '[248]'}]},
-    # "243" = QCryptoCipherAlgorithm
-    {'name': '243',
+                 {'name': 'flags', 'type': '[251]'}]},
+    # "246" = QCryptoCipherAlgorithm
+    {'name': '246',
      'meta-type': 'enum',
      'members': [{'name': 'aes-128'},
                  {'name': 'aes-192'},
@@ -2757,21 +2769,21 @@ SCHEMA_INFO: list[dict[str, Any]] = [
                 'twofish-128',
                 'twofish-192',
                 'twofish-256']},
-    # "244" = QCryptoCipherMode
-    {'name': '244',
+    # "247" = QCryptoCipherMode
+    {'name': '247',
      'meta-type': 'enum',
      'members': [{'name': 'ecb'},
                  {'name': 'cbc'},
                  {'name': 'xts'},
                  {'name': 'ctr'}],
      'values': ['ecb', 'cbc', 'xts', 'ctr']},
-    # "245" = QCryptoIVGenAlgorithm
-    {'name': '245',
+    # "248" = QCryptoIVGenAlgorithm
+    {'name': '248',
      'meta-type': 'enum',
      'members': [{'name': 'plain'}, {'name': 'plain64'}, {'name': 'essiv'}],
      'values': ['plain', 'plain64', 'essiv']},
-    # "246" = QCryptoHashAlgorithm
-    {'name': '246',
+    # "249" = QCryptoHashAlgorithm
+    {'name': '249',
      'meta-type': 'enum',
      'members': [{'name': 'md5'},
                  {'name': 'sha1'},
@@ -2787,27 +2799,27 @@ SCHEMA_INFO: list[dict[str, Any]] = [
                 'sha384',
                 'sha512',
                 'ripemd160']},
-    # "247" = QCryptoBlockInfoLUKS
-    {'name': '247',
+    # "250" = QCryptoBlockInfoLUKS
+    {'name': '250',
      'meta-type': 'object',
-     'members': [{'name': 'cipher-alg', 'type': '243'},
-                 {'name': 'cipher-mode', 'type': '244'},
-                 {'name': 'ivgen-alg', 'type': '245'},
-                 {'name': 'ivgen-hash-alg', 'type': '246', 'default': None},
-                 {'name': 'hash-alg', 'type': '246'},
+     'members': [{'name': 'cipher-alg', 'type': '246'},
+                 {'name': 'cipher-mode', 'type': '247'},
+                 {'name': 'ivgen-alg', 'type': '248'},
+                 {'name': 'ivgen-hash-alg', 'type': '249', 'default': None},
+                 {'name': 'hash-alg', 'type': '249'},
                  {'name': 'payload-offset', 'type': 'int'},
                  {'name': 'master-key-iters', 'type': 'int'},
                  {'name': 'uuid', 'type': 'str'},
-                 {'name': 'slots', 'type': '[249]'}]},
-    {'name': '[248]', 'meta-type': 'array', 'element-type': '248'},
-    # "248" = Qcow2BitmapInfoFlags
-    {'name': '248',
+                 {'name': 'slots', 'type': '[252]'}]},
+    {'name': '[251]', 'meta-type': 'array', 'element-type': '251'},
+    # "251" = Qcow2BitmapInfoFlags
+    {'name': '251',
      'meta-type': 'enum',
      'members': [{'name': 'in-use'}, {'name': 'auto'}],
      'values': ['in-use', 'auto']},
-    {'name': '[249]', 'meta-type': 'array', 'element-type': '249'},
-    # "249" = QCryptoBlockInfoLUKSSlot
-    {'name': '249',
+    {'name': '[252]', 'meta-type': 'array', 'element-type': '252'},
+    # "252" = QCryptoBlockInfoLUKSSlot
+    {'name': '252',
      'meta-type': 'object',
      'members': [{'name': 'active', 'type': 'bool'},
                  {'name': 'iters', 'type': 'int', 'default': None},

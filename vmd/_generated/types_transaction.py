@@ -11,8 +11,14 @@ from vmd import qapi_runtime as rt
 from .types_block_core import (
     BlockdevSnapshot,
     BlockdevSnapshotSync,
+    BlockDirtyBitmap,
+    BlockDirtyBitmapAdd,
+    BlockDirtyBitmapMerge,
     visit_BlockdevSnapshot,
     visit_BlockdevSnapshotSync,
+    visit_BlockDirtyBitmap,
+    visit_BlockDirtyBitmapAdd,
+    visit_BlockDirtyBitmapMerge,
 )
 from .types_block_jobs import (
     BlockdevBackup,
@@ -61,6 +67,33 @@ class AbortWrapper(rt.QAPIObject):
     )
 
 
+class BlockDirtyBitmapAddWrapper(rt.QAPIObject):
+    data: BlockDirtyBitmapAdd
+    __slots__ = ("data", )
+    _qapi_fields: ClassVar[Fields] = ("data", )
+    _qapi_members: ClassVar[Members] = (
+        ("data", "data", False),
+    )
+
+
+class BlockDirtyBitmapWrapper(rt.QAPIObject):
+    data: BlockDirtyBitmap
+    __slots__ = ("data", )
+    _qapi_fields: ClassVar[Fields] = ("data", )
+    _qapi_members: ClassVar[Members] = (
+        ("data", "data", False),
+    )
+
+
+class BlockDirtyBitmapMergeWrapper(rt.QAPIObject):
+    data: BlockDirtyBitmapMerge
+    __slots__ = ("data", )
+    _qapi_fields: ClassVar[Fields] = ("data", )
+    _qapi_members: ClassVar[Members] = (
+        ("data", "data", False),
+    )
+
+
 class BlockdevBackupWrapper(rt.QAPIObject):
     data: BlockdevBackup
     __slots__ = ("data", )
@@ -99,7 +132,7 @@ class DriveBackupWrapper(rt.QAPIObject):
 
 class TransactionAction(rt.QAPIObject):
     type: TransactionActionKind
-    u: AbortWrapper | BlockdevBackupWrapper | BlockdevSnapshotWrapper | BlockdevSnapshotSyncWrapper | DriveBackupWrapper | None
+    u: AbortWrapper | BlockDirtyBitmapAddWrapper | BlockDirtyBitmapWrapper | BlockDirtyBitmapMergeWrapper | BlockdevBackupWrapper | BlockdevSnapshotWrapper | BlockdevSnapshotSyncWrapper | DriveBackupWrapper | None
     __slots__ = ("type", "u", )
     _qapi_fields: ClassVar[Fields] = ("type", "u", )
     _qapi_members: ClassVar[Members] = (
@@ -140,6 +173,36 @@ def members_AbortWrapper(obj: dict[str, Any], path: str, seen: set[str]) -> dict
 
 def visit_AbortWrapper(value: Any, name: str | None, path: str) -> AbortWrapper:
     return rt.visit_struct(value, path, members_AbortWrapper, AbortWrapper)
+
+
+def members_BlockDirtyBitmapAddWrapper(obj: dict[str, Any], path: str, seen: set[str]) -> dict[str, Any]:
+    return {
+        "data": rt.member(obj, "data", path, seen, visit_BlockDirtyBitmapAdd),
+    }
+
+
+def visit_BlockDirtyBitmapAddWrapper(value: Any, name: str | None, path: str) -> BlockDirtyBitmapAddWrapper:
+    return rt.visit_struct(value, path, members_BlockDirtyBitmapAddWrapper, BlockDirtyBitmapAddWrapper)
+
+
+def members_BlockDirtyBitmapWrapper(obj: dict[str, Any], path: str, seen: set[str]) -> dict[str, Any]:
+    return {
+        "data": rt.member(obj, "data", path, seen, visit_BlockDirtyBitmap),
+    }
+
+
+def visit_BlockDirtyBitmapWrapper(value: Any, name: str | None, path: str) -> BlockDirtyBitmapWrapper:
+    return rt.visit_struct(value, path, members_BlockDirtyBitmapWrapper, BlockDirtyBitmapWrapper)
+
+
+def members_BlockDirtyBitmapMergeWrapper(obj: dict[str, Any], path: str, seen: set[str]) -> dict[str, Any]:
+    return {
+        "data": rt.member(obj, "data", path, seen, visit_BlockDirtyBitmapMerge),
+    }
+
+
+def visit_BlockDirtyBitmapMergeWrapper(value: Any, name: str | None, path: str) -> BlockDirtyBitmapMergeWrapper:
+    return rt.visit_struct(value, path, members_BlockDirtyBitmapMergeWrapper, BlockDirtyBitmapMergeWrapper)
 
 
 def members_BlockdevBackupWrapper(obj: dict[str, Any], path: str, seen: set[str]) -> dict[str, Any]:
@@ -223,6 +286,12 @@ def visit_TransactionActionList(value: Any, name: str | None, path: str) -> list
 
 _TransactionAction_BRANCHES: dict[str, rt.Branch] = {
     "abort": (AbortWrapper, members_AbortWrapper),
+    "block-dirty-bitmap-add": (BlockDirtyBitmapAddWrapper, members_BlockDirtyBitmapAddWrapper),
+    "block-dirty-bitmap-remove": (BlockDirtyBitmapWrapper, members_BlockDirtyBitmapWrapper),
+    "block-dirty-bitmap-clear": (BlockDirtyBitmapWrapper, members_BlockDirtyBitmapWrapper),
+    "block-dirty-bitmap-enable": (BlockDirtyBitmapWrapper, members_BlockDirtyBitmapWrapper),
+    "block-dirty-bitmap-disable": (BlockDirtyBitmapWrapper, members_BlockDirtyBitmapWrapper),
+    "block-dirty-bitmap-merge": (BlockDirtyBitmapMergeWrapper, members_BlockDirtyBitmapMergeWrapper),
     "blockdev-backup": (BlockdevBackupWrapper, members_BlockdevBackupWrapper),
     "blockdev-snapshot": (BlockdevSnapshotWrapper, members_BlockdevSnapshotWrapper),
     "blockdev-snapshot-sync": (BlockdevSnapshotSyncWrapper, members_BlockdevSnapshotSyncWrapper),

@@ -1,9 +1,12 @@
-"""QMP commands on dirty bitmaps (QEMU's block/monitor/bitmap-qmp-cmds.c).
+"""QMP commands on dirty bitmaps (QEMU's block/monitor/bitmap-qmp-cmds.c)
+and their ``transaction`` actions (blockdev.c's block_dirty_bitmap_*).
 
 Checks run in QEMU 7.2's order with its texts (compared with QEMU in
-tests/test_dirty_bitmaps.py). Each command is also a transaction action;
-the ``*_prepare`` functions do the checks and the change and return what
-undoes it, so ``transaction`` and the plain command share one path.
+tests/test_dirty_bitmaps.py). The ``*_prepare`` functions do the checks
+and the change and return what undoes it, so an action and the plain
+command share one path. As in QEMU, the plain commands are not
+one-action transactions (a transaction drains every node first, which
+running jobs would show).
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from vmd._generated.types import BlockDirtyBitmapSha256
+from vmd._generated.types import BlockDirtyBitmapSha256, TransactionActionKind
 from vmd.block.dirty_bitmap import (
     Check,
     DirtyBitmap,
@@ -22,6 +25,7 @@ from vmd.block.dirty_bitmap import (
 )
 from vmd.block.graph import BlockGraph, block_graph
 from vmd.block.node import BlockNode
+from vmd.block.transaction import Action, action
 from vmd.errors import QMPError
 
 Undo = Callable[[], None]
@@ -72,10 +76,15 @@ def remove_check(graph: BlockGraph, node_name: str, name: str) -> tuple[BlockNod
     return node, bitmap
 
 
-async def remove(node: BlockNode, bitmap: DirtyBitmap) -> None:
-    """Drop the bitmap, and its stored copy first if it is persistent."""
+async def _drop_stored(node: BlockNode, bitmap: DirtyBitmap) -> None:
+    """A persistent bitmap's stored copy goes (the bitmap stays in memory)."""
     if bitmap.persistent and bitmap.name is not None:
         await node.remove_persistent_bitmap(bitmap.name)
+
+
+async def remove(node: BlockNode, bitmap: DirtyBitmap) -> None:
+    """Drop the bitmap, and its stored copy first if it is persistent."""
+    await _drop_stored(node, bitmap)
     release_bitmap(node, bitmap)
 
 
@@ -160,3 +169,79 @@ def qmp_block_dirty_bitmap_merge(ctx: Any, node: str, target: str, bitmaps: list
 def qmp_x_debug_block_dirty_bitmap_sha256(ctx: Any, node: str, name: str) -> BlockDirtyBitmapSha256:
     return BlockDirtyBitmapSha256(sha256=lookup(block_graph(ctx), node, name)[1].sha256())
 
+
+
+# -- transaction actions (QEMU's block_dirty_bitmap_*_prepare/commit/abort) ----------------
+
+class _BitmapAction(Action):
+    """A bitmap action whose ``change`` does the work and returns its undo;
+    bitmap actions refuse ``completion-mode: grouped``, as QEMU's."""
+
+    undo: Undo | None = None
+
+    async def prepare(self) -> None:
+        self.check_completion_mode()
+        self.undo = self.change(self.daemon.block, self.data)
+
+    def change(self, graph: BlockGraph, data: Any) -> Undo:
+        raise NotImplementedError
+
+    async def abort(self) -> None:
+        if self.undo is not None:
+            self.undo()
+
+
+@action(TransactionActionKind.BLOCK_DIRTY_BITMAP_ADD)
+class AddAction(_BitmapAction):
+    def change(self, graph: BlockGraph, data: Any) -> Undo:
+        return add_prepare(graph, data.node, data.name, data.granularity, data.persistent, data.disabled)
+
+
+@action(TransactionActionKind.BLOCK_DIRTY_BITMAP_CLEAR)
+class ClearAction(_BitmapAction):
+    def change(self, graph: BlockGraph, data: Any) -> Undo:
+        return clear_prepare(graph, data.node, data.name)
+
+
+@action(TransactionActionKind.BLOCK_DIRTY_BITMAP_ENABLE)
+class EnableAction(_BitmapAction):
+    def change(self, graph: BlockGraph, data: Any) -> Undo:
+        return enable_prepare(graph, data.node, data.name, True)
+
+
+@action(TransactionActionKind.BLOCK_DIRTY_BITMAP_DISABLE)
+class DisableAction(_BitmapAction):
+    def change(self, graph: BlockGraph, data: Any) -> Undo:
+        return enable_prepare(graph, data.node, data.name, False)
+
+
+@action(TransactionActionKind.BLOCK_DIRTY_BITMAP_MERGE)
+class MergeAction(_BitmapAction):
+    def change(self, graph: BlockGraph, data: Any) -> Undo:
+        return merge_prepare(graph, data.node, data.target, data.bitmaps)
+
+
+@action(TransactionActionKind.BLOCK_DIRTY_BITMAP_REMOVE)
+class RemoveAction(Action):
+    """The stored copy goes at once (an abort does not bring it back: the
+    bitmap is stored again when the image closes, as in QEMU); the bitmap
+    itself stays, busy, until the commit drops it."""
+
+    found: tuple[BlockNode, DirtyBitmap] | None = None
+
+    async def prepare(self) -> None:
+        self.check_completion_mode()
+        node, bitmap = remove_check(self.daemon.block, self.data.node, self.data.name)
+        await _drop_stored(node, bitmap)
+        bitmap.busy = True
+        self.found = node, bitmap
+
+    async def commit(self) -> None:
+        assert self.found is not None
+        node, bitmap = self.found
+        bitmap.busy = False
+        release_bitmap(node, bitmap)
+
+    async def abort(self) -> None:
+        if self.found is not None:
+            self.found[1].busy = False

@@ -217,9 +217,6 @@ class DirtyBitmap:
             self._bits[-1] &= (1 << spare) - 1
         self._count = int.from_bytes(self._bits, "little").bit_count()
 
-    def fill(self) -> None:
-        self._change(0, self.granules, True)
-
     def sha256(self) -> str:
         """QEMU's hbitmap_sha256: over the bit array as host (little-endian) words."""
         return hashlib.sha256(self.serialize()).hexdigest()

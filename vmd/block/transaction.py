@@ -63,7 +63,7 @@ from vmd.errors import QMPError
 from vmd.job.core import JobTxn
 
 #: Modules defining actions (imported on the first transaction).
-ACTION_MODULES = ("vmd.block.snapshot", "vmd.block.jobs.backup")
+ACTION_MODULES = ("vmd.block.snapshot", "vmd.block.jobs.backup", "vmd.block.bitmap_commands")
 
 _ACTIONS: dict[TransactionActionKind, type[Action]] = {}
 

@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import struct
 import zlib
@@ -63,6 +64,8 @@ from vmd.block.drivers.qcow2.refcount import Refcounts
 from vmd.block.node import BlockNode, Extent, Status
 from vmd.block.perm import IMAGE, Role
 from vmd.errors import QMPError
+
+log = logging.getLogger(__name__)
 
 _UNALLOC, _ZERO, _DATA, _COMPRESSED = range(4)
 _CACHE_BYTES = 4 << 20
@@ -164,7 +167,15 @@ class Qcow2Node(BlockNode):
     async def close(self) -> None:
         if self.read_only or not hasattr(self, "l2_cache"):
             return  # read-only, or open() failed before the caches existed
-        await self._co_make_read_only()
+        try:
+            await self._co_make_read_only()
+        except QMPError as error:
+            # As QEMU, the image closes anyway; the bitmaps stay in use
+            # on disk (inconsistent at the next open).
+            log.warning("%s: could not store the dirty bitmaps: %s", self.node_name, error.desc)
+            for bitmap in self.dirty_bitmaps:
+                bitmap.readonly = True
+            await self._co_make_read_only()
 
     async def _co_make_read_only(self) -> None:
         """Persistent bitmaps are stored (and become read-only), everything
