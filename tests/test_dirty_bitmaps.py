@@ -573,3 +573,52 @@ def test_bitmap_actions_in_transactions_same_as_qemu(tmp_path: Path) -> None:
         "Action 'block-dirty-bitmap-clear' does not support Transaction property completion-mode = grouped",
         "Transaction aborted using Abort action", "Bitmap already exists: x",
         "Bitmap 'b1' is currently in use by another operation and cannot be used"]
+
+
+def test_pull_mode_backup_reads_point_in_time_data_and_bitmap_same_as_qemu(tmp_path: Path) -> None:
+    """libvirt's pull-mode incremental backup: in one transaction a
+    fleecing backup (``sync: none`` into an overlay of the disk) starts and
+    the checkpoint bitmap is frozen; the overlay is exported with that
+    bitmap. While the guest goes on writing, an NBD client reads exactly
+    the data of the point in time and the dirty extents of the bitmap."""
+    def setup(root: Path) -> None:
+        create(root, "a")
+        qio(root / "a.qcow2", "write -P 5 0 4M")
+        qimg("create", "-f", "qcow2", "-b", root / "a.qcow2", "-F", "qcow2", root / "fleece.qcow2")
+
+    def point_in_time(root: Path) -> Callable[[], Any]:
+        def copy() -> None:
+            qimg("convert", "-O", "raw", f"nbd+unix:///a?socket={root / 'nbd.sock'}", root / "then.raw")
+        return copy
+
+    def pulled(root: Path) -> Callable[[], Any]:
+        def compare() -> Any:
+            uri = f"nbd+unix:///fleece?socket={root / 'nbd.sock'}"
+            qimg("convert", "-O", "raw", uri, root / "pulled.raw")
+            same = (root / "pulled.raw").read_bytes() == (root / "then.raw").read_bytes()
+            bitmap = subprocess.run(["nbdinfo", "--map=qemu:dirty-bitmap:b", "--json", uri], check=True,
+                                    capture_output=True, text=True).stdout
+            return {"point in time": same, "bitmap": json.loads(bitmap)}
+        return compare
+
+    def steps(root: Path) -> list[Step]:
+        return [
+            qcow2(root, "a"), add("a", "b"), *export(root),
+            guest(root, "write -P 1 64k 4k", "write -P 2 1M 200k"), point_in_time(root),
+            qcow2(root, "fleece", backing="a"),
+            transaction(("blockdev-backup", {"job-id": "fl", "device": "a", "target": "fleece", "sync": "none"}),
+                        ("block-dirty-bitmap-disable", {"node": "a", "name": "b"}),
+                        ("block-dirty-bitmap-add", {"node": "a", "name": "next"})),
+            ("block-export-add", {"type": "nbd", "id": "pull", "node-name": "fleece",
+                                  "bitmaps": [{"node": "a", "name": "b"}]}),
+            guest(root, "write -P 3 0 128k", "write -P 4 1M 64k", "write -z 3M 64k"),
+            pulled(root), BITMAPS,
+            ("block-export-del", {"id": "pull"}),
+            ("job-cancel", {"id": "fl"}), jobs.wait("JOB_STATUS_CHANGE", id="fl", status="null"),
+            ("block-dirty-bitmap-remove", {"node": "a", "name": "b"}), BITMAPS, *unexport(),
+        ]
+    results = run_both(tmp_path, setup, steps)
+    jobs.assert_same_results(results)
+    seen = [line[1] for line in results["vmd"] if line[0] == "saw"]
+    assert seen[0]["point in time"] is True
+    assert [e["description"] for e in seen[0]["bitmap"]] == ["clean", "dirty", "clean", "dirty", "clean"]

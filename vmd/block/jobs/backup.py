@@ -95,7 +95,7 @@ class BackupJob(BlockJob):
                 if not allocated:
                     self.bcs.bitmap.reset(offset, n)
                 offset += n
-        self.progress_set_remaining(self.bcs.bitmap.count() if self.sync != MirrorSyncMode.NONE else size)
+        self.progress_set_remaining(self.bcs.bitmap.count())
 
     async def run(self) -> None:
         if self.sync == MirrorSyncMode.NONE:

@@ -15,12 +15,14 @@ therefore never seen by a later command.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from vmd._generated import events
-from vmd._generated.types import BlockExportInfo, BlockExportType
+from vmd._generated.types import BlockExportInfo, BlockExportType, JobStatus
 from vmd.block.bitmap_commands import lookup
 from vmd.block.dirty_bitmap import Check, DirtyBitmap, find_bitmap
+from vmd.block.edge import drained, holders_above
 from vmd.block.nbd import protocol
 from vmd.block.nbd.server import Export, NBDServer
 from vmd.block.node import BlockNode
@@ -174,11 +176,26 @@ async def qmp_block_export_del(ctx: Any, id: str, mode: Any = None) -> None:
     if (mode is None or str(mode) == "safe") and export.clients:
         raise QMPError(f"export '{id}' still in use")
     del state.exports[id]
+    await _drain_as_qemu(export.node)
     if state.server is not None and state.server.exports.get(export.name) is export:
         await state.server.remove_export(export.name)
     else:
         export.detach()
     _deleted(ctx, id)
+
+
+async def _drain_as_qemu(node: BlockNode) -> None:
+    """QEMU drains the node twice while it takes an export down (its
+    shutdown, then removing the BlockBackend): jobs there pause and resume,
+    and are running again before the command returns, as after QEMU's
+    drained_end."""
+    for _ in range(2):
+        async with drained(node):
+            pass
+    for holder in holders_above(node):
+        job = getattr(holder, "job", None)
+        while job is not None and job.status == JobStatus.PAUSED and not job.pause_count:
+            await asyncio.sleep(0)
 
 
 def qmp_query_block_exports(ctx: Any) -> list[BlockExportInfo]:
