@@ -668,3 +668,28 @@ def test_bit_operations_match_a_plain_model() -> None:
         twin = DirtyBitmap(size, granularity)
         twin.deserialize(packed, 0)
         assert twin.count() == bitmap.count() and twin.serialize() == packed
+
+
+def test_bitmaps_by_device_name_same_as_qemu(tmp_path: Path) -> None:
+    """A -drive's device name names its node for the bitmap commands."""
+    steps: list[Step] = [add("d0", "b"), sha("d0", "b"), ("block-dirty-bitmap-clear", {"node": "d0", "name": "b"}),
+                         ("block-dirty-bitmap-merge", {"node": "d0", "target": "b", "bitmaps": [
+                             {"node": "d0", "name": "b"}]}), add("nosuch", "b"),
+                         ("block-dirty-bitmap-remove", {"node": "d0", "name": "b"}), BITMAPS]
+    results = {}
+    for who in ("qemu", "vmd"):
+        root = tmp_path / who
+        root.mkdir()
+        create(root, "a")
+        drive = ("-drive", f"file={root / 'a.qcow2'},if=none,id=d0,format=qcow2,node-name=n0")
+        if who == "qemu":
+            with running_qemu(root, *drive) as socket:
+                pid = int((root / "qemu.pid").read_text())
+                results[who] = asyncio.run(run_steps(socket, steps))
+                wait_gone(pid)
+        else:
+            with running_vmd(root, *drive) as vmd:
+                results[who] = asyncio.run(run_steps(vmd.qmp_path, steps))
+                vmd.process.wait(10)
+    assert results["vmd"] == results["qemu"]
+    assert results["vmd"][0] == ["return", "block-dirty-bitmap-add", {}]

@@ -32,7 +32,8 @@ Undo = Callable[[], None]
 
 
 def lookup(graph: BlockGraph, node_name: str, name: str) -> tuple[BlockNode, DirtyBitmap]:
-    """block_dirty_bitmap_lookup: the node and its bitmap, or QEMU's error."""
+    """block_dirty_bitmap_lookup: the node (by device or node name) and its
+    bitmap, or QEMU's error."""
     node = graph.find_bs(node_name)
     if node is None:
         raise QMPError(f"Node '{node_name}' not found")
