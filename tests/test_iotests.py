@@ -49,8 +49,10 @@ TESTS = [
     ("176", "qcow2", "none"),   # qemu-img commit with bitmaps; blockdev-add/-del of the chain in between
     ("247", "qcow2", "none"),   # commit with auto-read-only nodes, over -qmp stdio
     ("249", "qcow2", "none"),   # commit filter names; qemu-io on a read-only drive
-    # Python tests: QEMU's iotests.py skips them all until "-M none -device
-    # help" lists virtio-blk, whether they use it or not.
+    ("095", "qcow2", "pc"),     # commit of a virtio disk's chain into a resized base
+    ("144", "qcow2", "pc"),     # live snapshots ("Formatting ..." on stdout) and active commit, twice
+    # Python tests (QEMU's iotests.py runs them only when "-M none -device
+    # help" lists virtio-blk, whether they use it or not).
     ("218", "qcow2", "none"),   # mirror cancel (soft, forced, by quitting) from a throttled node
     ("258", "qcow2", "none"),   # stream and commit through throttle filters in the chain
     ("132", "qcow2", "pc"),     # drive-mirror with unaligned writes going on

@@ -89,6 +89,7 @@ async def create_image(path: str, fmt: str, size: int, backing_file: str | None 
         raise QMPError(f"Unknown file format '{fmt}'")
     if fmt == "raw" and backing_file is not None:
         raise QMPError("Backing file not supported for file format 'raw'")
+    _print_formatting(path, fmt, size, backing_file, backing_fmt)
     await aio.run(create_empty_file, path, size if fmt == "raw" else 0)
     if fmt == "raw":
         return
@@ -100,3 +101,12 @@ async def create_image(path: str, fmt: str, size: int, backing_file: str | None 
         raise QMPError(f"Could not create '{path}': {os.strerror(error.errno or errno.EIO)}") from None
     finally:
         await file.close()
+
+
+def _print_formatting(path: str, fmt: str, size: int, backing_file: str | None, backing_fmt: str | None) -> None:
+    """bdrv_img_create() says what it creates on stdout, as qemu-img create does."""
+    from vmd.chardev.stdio import write_process_stdout
+    from vmd.img.create import Request, formatting_line
+    options = {"backing_file": backing_file, "backing_fmt": backing_fmt}
+    request = Request(path, fmt, {name: value for name, value in options.items() if value is not None})
+    write_process_stdout(formatting_line(request, size) + "\n")

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import sys
 import termios
 from typing import Any
 
@@ -28,6 +29,19 @@ from vmd.chardev.registry import ChardevRegistry, backend
 
 _in_use = False
 _saved_termios: list[Any] | None = None
+#: The open stdio chardev, if any (text for the process's stdout goes through it).
+_current: StdioChardev | None = None
+
+
+def write_process_stdout(text: str) -> None:
+    """What QEMU prints on its stdout (qemu-io's reports, "Formatting ..."):
+    through the stdio chardev when one owns fd 1, so it stays in order with
+    that chardev's output (a -qmp stdio monitor's replies), else directly."""
+    if _current is not None:
+        _current.write(text.encode())
+        return
+    sys.stdout.write(text)
+    sys.stdout.flush()
 
 
 def _private_fd(fd: int, flags: int) -> int:
@@ -76,7 +90,9 @@ class StdioChardev(FdChardev):
         except OSError as error:
             os.close(in_fd)
             raise ChardevError(f"Failed to set FD nonblocking: {os.strerror(error.errno or 0)}") from None
+        global _current
         _in_use = self._owner = True
+        _current = self
         self._set_terminal_mode()
         self._start(in_fd, out_fd)
         self.set_connected(True)
@@ -105,11 +121,12 @@ class StdioChardev(FdChardev):
         termios.tcsetattr(fd, termios.TCSANOW, [iflag, oflag, cflag, lflag, ispeed, ospeed, cc])
 
     async def close(self) -> None:
-        global _in_use
+        global _in_use, _current
         await super().close()
         if self._owner:
             _restore_termios()
             _in_use = self._owner = False
+            _current = None
 
 
 @backend("stdio")

@@ -40,6 +40,7 @@ from typing import Any
 from vmd.block.backend import BlockBackend
 from vmd.block.node import BlockNode
 from vmd.block.perm import ALL, NONE, Perm
+from vmd.chardev.stdio import write_process_stdout
 from vmd.errors import QMPError
 from vmd.hmp.args import ArgumentError, parse_arguments
 
@@ -66,20 +67,10 @@ class Session:
 
     def print(self, text: str) -> None:
         """qemu-io's printf(): vmd's standard output."""
-        write_stdout(self.ctx.daemon, text)
+        write_process_stdout(text)
 
     def error(self, text: str) -> None:
         self.report.append(text + "\n")
-
-
-def write_stdout(daemon: Any, text: str) -> None:
-    """Text for the process's standard output, in order with a stdio chardev's."""
-    stdio = next((c for c in daemon.chardevs if c.kind == "stdio"), None)
-    if stdio is not None:
-        stdio.write(text.encode())
-        return
-    sys.stdout.write(text)
-    sys.stdout.flush()
 
 
 async def hmp_qemu_io(ctx: Any, args: list[str]) -> str:
