@@ -474,7 +474,8 @@ class Job:
                 continue
             if not other.is_completed():
                 await other._finish_sync()
-            await other._finalize_single()
+            async with self.registry.finalizing:
+                await other._finalize_single()
 
     async def _finish_sync(self) -> None:
         """Wait until a cancelled member's run is over (job_finish_sync);
@@ -497,12 +498,15 @@ class Job:
         return self.ret
 
     async def _do_finalize(self) -> None:
-        for job in list(self.txn.jobs):
-            if await job._prepare():
-                await self._completed_txn_abort()
+        async with self.registry.finalizing:
+            for job in list(self.txn.jobs):
+                if await job._prepare():
+                    break
+            else:
+                for job in list(self.txn.jobs):
+                    await job._finalize_single()
                 return
-        for job in list(self.txn.jobs):
-            await job._finalize_single()
+        await self._completed_txn_abort()
 
     def finalize(self) -> None:
         """job-finalize: finalize the whole (pending) transaction."""

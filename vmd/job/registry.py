@@ -19,6 +19,10 @@ class JobRegistry:
         self._jobs: list[Job] = []
         #: Completion work under way (finalize, abort), see Job._spawn.
         self._finalizing: set[asyncio.Task[None]] = set()
+        #: Held while a job's prepare/commit/abort/clean change the graph:
+        #: QEMU runs them under the big lock, one job at a time, so two
+        #: jobs finishing together never interleave their graph changes.
+        self.finalizing = asyncio.Lock()
 
     def spawn(self, work: Coroutine[Any, Any, None]) -> None:
         """Run a job's completion steps as a task of the registry."""

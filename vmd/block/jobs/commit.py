@@ -1,7 +1,7 @@
 """block-commit below the active layer (QEMU's block/commit.c).
 
 The job copies what the images from ``top`` down to just above ``base``
-hold into ``base``, 512 KiB at a time, then (on success) points the overlay
+hold into ``base``, several chunks at a time (``CopyWindow``), then (on success) points the overlay
 of ``top`` at ``base``, records ``base`` as its backing file in its header,
 and lets go of the images in between. While it runs:
 
@@ -18,7 +18,6 @@ Commit of the active layer is a mirror (``vmd.block.jobs.mirror``).
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from vmd._generated.types import BlockdevOnError, BlockErrorAction, JobType
@@ -26,14 +25,13 @@ from vmd.block.edge import Transaction, drained, refresh_perms, replace_node
 from vmd.block.graph import BlockGraph
 from vmd.block.jobs.chain import allocated_above, chain_between
 from vmd.block.jobs.filters import CommitTopNode, drop_filter, insert_filter
+from vmd.block.jobs.window import ChunkFailed, CopyWindow, Then
 from vmd.block.node import BlockNode
 from vmd.block.perm import ALL, Perm
 from vmd.job.blockjob import BlockJob
 
 #: COMMIT_BUFFER_SIZE.
 CHUNK = 512 * 1024
-#: Chunks copied at once (QEMU copies one at a time, from C).
-PARALLEL = 4
 
 
 class CommitJob(BlockJob):
@@ -91,52 +89,28 @@ class CommitJob(BlockJob):
         self.progress_set_remaining(length)
         if self.base.total_size < length:
             await self.base.truncate(length)
-        offset = 0
-        while offset < length:
-            await self.ratelimit_sleep()
-            if self.is_cancelled():
-                return
-            batch = await self._plan(offset, length)
-            results = await asyncio.gather(*(self._copy(start, n) for start, n, copy in batch if copy))
-            failures = iter(results)
-            for start, n, copy in batch:
-                failure = next(failures) if copy else None
-                if failure is not None:
-                    exc, in_source = failure
-                    if self.error_action(self.on_error, in_source, exc) == BlockErrorAction.REPORT:
-                        raise exc
-                    break  # retried from here (QEMU: n = 0; continue)
-                offset = start + n
-                self.progress_update(n)
-                if copy:
-                    self.ratelimit_processed(n)
+        await CopyWindow(self, CHUNK).run(length, self._plan, self._copy, self._failed)
 
-    async def _plan(self, offset: int, length: int) -> list[tuple[int, int, bool]]:
-        """The next chunks: (offset, bytes, whether above the base). Up to
-        ``PARALLEL`` copies at once without a speed limit, one with it (the
-        limit accounts each chunk as QEMU's does)."""
-        batch: list[tuple[int, int, bool]] = []
-        copies = 0
-        while offset < length and copies < (1 if self.speed else PARALLEL):
-            copy, n = await allocated_above(self.top, self.base, offset, min(CHUNK, length - offset))
-            batch.append((offset, n, copy))
-            copies += copy
-            offset += n
-        return batch
+    async def _plan(self, offset: int, limit: int) -> tuple[bool, int]:
+        """Whether the next bytes lie above the base (and must be copied)."""
+        return await allocated_above(self.top, self.base, offset, limit)
 
-    async def _copy(self, offset: int, n: int) -> tuple[Exception, bool] | None:
-        """One chunk from top's chain into base; the error and whether it
-        was the read, if it failed."""
-        buf = memoryview(bytearray(n))
+    async def _copy(self, offset: int, n: int, buf: memoryview) -> None:
+        """One chunk from top's chain into base."""
         try:
             await self.top.read(offset, buf)
         except Exception as exc:
-            return exc, True
+            raise ChunkFailed(exc, True) from exc
         try:
             await self.base.write(offset, buf)
         except Exception as exc:
-            return exc, False
-        return None
+            raise ChunkFailed(exc, False) from exc
+
+    def _failed(self, failure: ChunkFailed) -> Then:
+        """commit_run: report fails the job, anything else retries."""
+        if self.error_action(self.on_error, failure.is_read, failure.error) == BlockErrorAction.REPORT:
+            raise failure.error
+        return Then.RETRY
 
     async def prepare(self) -> None:
         """bdrv_drop_intermediate: the overlay's backing edge goes to base,

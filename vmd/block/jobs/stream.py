@@ -1,7 +1,7 @@
 """block-stream (QEMU's block/stream.c).
 
 The job copies into ``device`` what its backing chain holds down to the
-``bottom`` image (included), 512 KiB at a time, through a ``copy-on-read``
+``bottom`` image (included), several chunks at a time (``CopyWindow``), through a ``copy-on-read``
 filter that it puts above ``device`` while it runs (so guest reads of
 not-yet-copied data are copied as well, and a copy never overwrites a
 newer guest write). On success ``device``'s backing becomes the image
@@ -19,6 +19,7 @@ from vmd.block.graph import BlockGraph
 from vmd.block.jobs.chain import allocated_above, chain_between
 from vmd.block.jobs.commit import record_backing
 from vmd.block.jobs.filters import StreamCorNode, drop_filter, insert_filter
+from vmd.block.jobs.window import ChunkFailed, CopyWindow, Then
 from vmd.block.node import BlockNode, Status
 from vmd.block.perm import Perm, Role
 from vmd.job.blockjob import BlockJob
@@ -42,6 +43,10 @@ class StreamJob(BlockJob):
         self.on_error = on_error
         self.backing_file = backing_file
         self.target_read_only = read_only
+        #: The lowest image streamed (QEMU's above_base).
+        self.above_base = chain_between(target, base)[-1]
+        #: The first error an ``ignore`` policy let pass (the job's error).
+        self._failure: Exception | None = None
         try:
             self.add_backend(cor, Perm.CONSISTENT_READ, _BASIC | Perm.WRITE)
             self.add_node("active node", target, Perm(0), _BASIC | Perm.WRITE)
@@ -49,7 +54,7 @@ class StreamJob(BlockJob):
                 self.add_node("intermediate node", node, Perm(0), _BASIC)
             # down to the image above base: the link into base stays free
             # (another job may replace base meanwhile, as iotest 258 does)
-            self.freeze_chain(cor, chain_between(target, base)[-1])
+            self.freeze_chain(cor, self.above_base)
         except BaseException:
             self.early_fail()
             raise
@@ -60,40 +65,43 @@ class StreamJob(BlockJob):
             return
         length = target.total_size
         self.progress_set_remaining(length)
-        buf = memoryview(bytearray(CHUNK))
-        offset = 0
-        failure: Exception | None = None
-        while offset < length:
-            await self.ratelimit_sleep()
-            if self.is_cancelled():
-                break
-            copy = False
-            try:
-                n = min(CHUNK, length - offset)
-                extent = await target.block_status(offset, n)
-                n = extent.length
-                if not extent.status & Status.ALLOCATED:
-                    assert target.backing is not None
-                    copy, n = await allocated_above(target.backing, self.base, offset, n)
-                if copy:
-                    n = await self.cor.copy_on_read(offset, buf[:n])
-            except Exception as exc:
-                action = self.error_action(self.on_error, True, exc)
-                if action == BlockErrorAction.STOP:
-                    continue
-                failure = failure or exc
-                if action == BlockErrorAction.REPORT:
-                    break
-            offset += n
-            self.progress_update(n)
-            if copy:
-                self.ratelimit_processed(n)
-        if failure is not None:  # an ignored error keeps the backing file
-            raise failure
+        await CopyWindow(self, CHUNK).run(length, self._plan, self._copy, self._failed)
+        if self._failure is not None:  # an ignored error keeps the backing file
+            raise self._failure
+
+    async def _plan(self, offset: int, limit: int) -> tuple[bool, int]:
+        """Whether the next bytes come from the chain above the base."""
+        target = self.target
+        extent = await target.block_status(offset, limit)
+        if extent.status & Status.ALLOCATED or target.backing is None:
+            return False, extent.length
+        return await allocated_above(target.backing, self.base, offset, extent.length)
+
+    async def _copy(self, offset: int, n: int, buf: memoryview) -> None:
+        """Pull the chunk through the copy-on-read filter."""
+        done = 0
+        try:
+            while done < n:
+                done += await self.cor.copy_on_read(offset + done, buf[done:n])
+        except Exception as exc:
+            raise ChunkFailed(exc, True) from exc
+
+    def _failed(self, failure: ChunkFailed) -> Then:
+        """stream_run: stop retries, ignore goes on (the job fails at the
+        end), report fails it now; the first error is the job's."""
+        action = self.error_action(self.on_error, True, failure.error)
+        if action == BlockErrorAction.STOP:
+            return Then.RETRY
+        self._failure = self._failure or failure.error
+        if action == BlockErrorAction.REPORT:
+            raise self._failure
+        return Then.SKIP
 
     async def prepare(self) -> None:
-        """The backing link goes to the image below the streamed ones."""
-        target, base = self.target, self.base
+        """The backing link goes to the image below the streamed ones: what
+        is below the image above base now (another job may have replaced
+        base meanwhile, as QEMU's stream_prepare finds it)."""
+        target, base = self.target, self.above_base.filtered()
         self.remove_edges()
         edge = target.children.get("backing")
         if edge is None or edge.child is base:
