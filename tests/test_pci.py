@@ -60,9 +60,9 @@ class Board:
         self.host.attach_bus(self.bus)
         assert self.host.ports is not None
         self.ctx.pio.map(0xCF8, 8, self.host.ports, "pci-conf", max_access=4)
-        self.piix3 = Piix3({})
-        for devfn, function in ((0, I440fx({})), (8, self.piix3), (0xB, Piix4Pm({}))):
-            self.bus.attach(function, devfn)
+        self.piix3 = Piix3({"addr": 8})
+        for function in (I440fx({"addr": 0}), self.piix3, Piix4Pm({"addr": 0xB})):
+            self.bus.attach(function)
             function.realize(self.ctx)
         self.bus.router = self.piix3
         self.bus.first_free_slot = 2
@@ -71,7 +71,7 @@ class Board:
         props = {"multifunction": False, **options, "addr": parse_devfn(options.get("addr", -1))}
         del props["driver"]
         device = kind(props, options.get("id"))
-        self.bus.attach(device, device.props["addr"])
+        self.bus.attach(device)
         device.realize(self.ctx)
         return device
 

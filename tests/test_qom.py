@@ -18,7 +18,8 @@ from vmd.qom.types import TYPE_DEVICE, TYPES, TypeInfo, TypeRegistry
 
 QEMU = shutil.which("qemu-system-x86_64")
 needs_qemu = pytest.mark.skipif(QEMU is None, reason="qemu-system-x86_64 is not installed")
-OUR_DEVICES = ("isa-serial", "i8042", "mc146818rtc", "isa-debugcon", "isa-debug-exit")
+OUR_DEVICES = ("isa-serial", "i8042", "mc146818rtc", "isa-debugcon", "isa-debug-exit", "virtconsole",
+               "virtserialport", "virtio-serial-pci")
 
 
 def qemu(*args: str) -> subprocess.CompletedProcess[str]:
@@ -46,7 +47,9 @@ def test_device_help_lines_and_categories_are_qemus() -> None:
     theirs = categories(qemu("-device", "help").stdout)
     assert set(ours) == {f'name "{n}", bus ISA' for n in ("i8042", "isa-serial", "isa-debug-exit",
                                                           "isa-debugcon", "mc146818rtc")} | {
-        'name "virtio-blk-pci", bus PCI, alias "virtio-blk"'}
+        'name "virtio-blk-pci", bus PCI, alias "virtio-blk"',
+        'name "virtconsole", bus virtio-serial-bus', 'name "virtserialport", bus virtio-serial-bus',
+        'name "virtio-serial-pci", bus PCI, alias "virtio-serial"'}
     for line, header in ours.items():
         assert theirs.get(line) == header
 

@@ -195,13 +195,13 @@ def test_event_index_suppression_both_ways() -> None:
 
 def test_no_interrupt_flag_without_event_index() -> None:
     ram, ring, queue = setup()
-    ring.publish(ring.chain([b"r"], []))
-    element = queue.pop()
-    assert element is not None and queue.push(element, 0)
-    ring.set_avail_flags(1)
-    assert not queue.should_notify()
-    ring.set_avail_flags(0)
-    assert queue.should_notify()
+    for flags, wanted in ((1, False), (0, True)):
+        ring.publish(ring.chain([b"r"], []))
+        element = queue.pop()
+        assert element is not None and queue.push(element, 0)
+        ring.set_avail_flags(flags)
+        assert queue.should_notify() == wanted
+    assert not queue.should_notify()                         # nothing new since the last interrupt
 
 
 def test_completions_from_before_a_reset_are_dropped() -> None:

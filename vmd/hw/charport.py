@@ -45,6 +45,9 @@ class CharHandlers(Protocol):
     def writable(self) -> None:
         """Output space again after ``write`` returned 0."""
 
+    def peer(self, connected: bool) -> None:
+        """A peer connected to (True) or left (False) the chardev."""
+
 
 class CharPort:
     """One device's connection to chardev ``chardev_id`` (see module doc)."""
@@ -116,10 +119,14 @@ class CharPort:
     # -- CharFrontend (called by the chardev on the loop) --------------------
 
     def chr_open(self) -> None:
-        """Nothing to do: the UART has no carrier to raise."""
+        if self._handlers is not None:
+            with self._bql:
+                self._handlers.peer(True)
 
     def chr_close(self) -> None:
-        """Nothing to do (see ``chr_open``)."""
+        if self._handlers is not None:
+            with self._bql:
+                self._handlers.peer(False)
 
     def chr_can_receive(self) -> int:
         if self._handlers is None:

@@ -48,9 +48,9 @@ class DeviceContext:
 
     ``irq(n)`` is ISA/GSI line ``n``; ``chardev(id)`` the port to chardev
     ``id`` or None when there is no such chardev; ``request_exit(status)``
-    ends the process with ``status`` (``isa-debug-exit``). The last four
-    serve PCI and virtio devices and are None where the machine has no
-    such service (unit tests give plain stand-ins).
+    ends the process with ``status`` (``isa-debug-exit``). The optional
+    fields serve PCI, virtio and block devices (and QMP events) and are None where the
+    machine has no such service (unit tests give plain stand-ins).
     """
 
     pio: IoBus

@@ -239,6 +239,10 @@ class Uart:
         self.lsr |= LSR_BI | LSR_DR
         self._update_irq()
 
+    def peer(self, connected: bool) -> None:
+        """Nothing to do: the UART has no carrier to raise."""
+        del connected
+
     def writable(self) -> None:
         """The chardev drained: send the byte that waited, set THRE."""
         value, self.tx_pending = self.tx_pending, None

@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import mmap
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 from vmd.accel import abi, cpuid
@@ -46,7 +47,6 @@ from vmd.hw.misc_ports import IoPort80
 from vmd.hw.notifier import LoopNotifier
 from vmd.hw.pc_cmos import pc_cmos_init, pc_ram_split
 from vmd.hw.pci.bus import CONFIG_ADDRESS_PORT, PciBus
-from vmd.hw.pci.device import PciDevice
 from vmd.hw.pci.host import I440fx, I440fxHost, Piix3, Piix3Ide, Piix4Pm, firmware_setup
 from vmd.hw.virtio.memory import GuestMemory
 from vmd.machine import x86
@@ -198,10 +198,10 @@ class PcBoard:
         assert host.ports is not None
         self.pio.map(CONFIG_ADDRESS_PORT, 8, host.ports, "pci-conf", max_access=4)
         self.devices.append(host)
-        piix3 = Piix3({})
+        piix3 = Piix3({"addr": 0x08})
         piix3.child_buses.append(self.isa_bus)
-        for devfn, function in ((0x00, I440fx({})), (0x08, piix3), (0x09, Piix3Ide({})), (0x0B, Piix4Pm({}))):
-            self.pci_bus.attach(function, devfn)
+        for function in (I440fx({"addr": 0x00}), piix3, Piix3Ide({"addr": 0x09}), Piix4Pm({"addr": 0x0B})):
+            self.pci_bus.attach(function)
             function.realize(self.context)
             self.devices.append(function)
         self.pci_bus.router = piix3
@@ -230,23 +230,19 @@ class PcBoard:
 
     def _realize(self, device: Device, bus_name: str | None = None) -> Device:
         bus = self._bus_for(device, bus_name)
-        if isinstance(device, PciDevice) and isinstance(bus, PciBus):
-            bus.attach(device, device.props.get("addr", -1))
-            try:
-                device.realize(self.context)
-            except QOMError:
-                bus.detach(device)
-                raise
-        else:
+        bus.attach(device)
+        try:
             device.realize(self.context)
-            bus.plug(device)
+        except QOMError:
+            bus.detach(device)
+            raise
         self.devices.append(device)
         return device
 
     def _bus_for(self, device: Device, name: str | None) -> Bus:
         """The bus ``bus=`` names, or the one of the device's bus type (QEMU's qdev_device_add)."""
         wanted = device.type_info.bus_type
-        buses = [self.pci_bus, self.isa_bus]
+        buses = list(self._buses(self.root_bus))
         if name is not None:
             bus = next((b for b in buses if b.name == name), None)
             if bus is None:
@@ -258,6 +254,13 @@ class PcBoard:
         if bus is None:
             raise QOMError(f"No '{wanted}' bus found for device '{device.type_name}'")
         return bus
+
+    def _buses(self, bus: Bus) -> Iterator[Bus]:
+        """Every bus of the tree, parents first (QEMU's qbus_find_recursive order)."""
+        yield bus
+        for device in bus.children:  # newest first, as QEMU searches
+            for child in device.child_buses:
+                yield from self._buses(child)
 
     # -- CPUs and boot -------------------------------------------------------
 

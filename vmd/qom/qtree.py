@@ -27,6 +27,15 @@ class Bus:
         self.children.remove(device)
         device.parent_bus = None
 
+    def attach(self, device: Device) -> None:
+        """Plug ``device`` before it is realized; a bus with addresses (PCI,
+        virtio-serial) checks and assigns them here, raising ``QOMError``."""
+        self.plug(device)
+
+    def detach(self, device: Device) -> None:
+        """Undo ``attach`` (the device failed to realize, or was unplugged)."""
+        self.unplug(device)
+
 
 def _device_lines(device: Device, indent: int, registry: TypeRegistry) -> list[str]:
     pad = " " * indent

@@ -21,6 +21,7 @@ from typing import Protocol
 from vmd.hw.bus import BusError, IoBus, Mapping
 from vmd.hw.pci import config as cfg
 from vmd.hw.pci.device import BAR_UNMAPPED, TYPE_PCI_BUS, Bar, PciDevice
+from vmd.qom.device import Device
 from vmd.qom.errors import QOMError
 from vmd.qom.qtree import Bus
 
@@ -61,8 +62,10 @@ class PciBus(Bus):
 
     # -- placement (QEMU's do_pci_register_device) -----------------------------
 
-    def attach(self, device: PciDevice, requested: int) -> None:
-        """Give ``device`` its devfn; raises QOMError with QEMU's texts."""
+    def attach(self, device: Device) -> None:
+        """Give ``device`` its devfn (``addr``); raises QOMError with QEMU's texts."""
+        assert isinstance(device, PciDevice)
+        requested = device.props.get("addr", -1)
         devfn = requested if requested >= 0 else self._free_devfn(device)
         other = self.functions.get(devfn)
         if other is not None:
@@ -75,7 +78,8 @@ class PciBus(Bus):
         self.functions[devfn] = device
         self.plug(device)
 
-    def detach(self, device: PciDevice) -> None:
+    def detach(self, device: Device) -> None:
+        assert isinstance(device, PciDevice)
         for bar in device.bars.values():
             self.move_bar(device, bar, BAR_UNMAPPED)
         device.set_irq(0)

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from vmd.hw.pci import config as cfg
 from vmd.hw.pci.bus import ConfigPorts, PciBus
-from vmd.hw.pci.device import TYPE_PCI_DEVICE, Bar, PciDevice
+from vmd.hw.pci.device import TYPE_PCI_BUS, TYPE_PCI_DEVICE, Bar, PciDevice
 from vmd.qom.device import Device
 from vmd.qom.types import TYPE_SYS_BUS_DEVICE, TYPES, TypeInfo, device_type
 
@@ -40,8 +40,8 @@ PM_SCI_IRQ = 9
 
 #: QEMU's abstract parents of the chipset types (``qom-list-types`` shows them).
 for _info in (TypeInfo("pci-host-bridge", TYPE_SYS_BUS_DEVICE, abstract=True),
-              TypeInfo("pci-piix3", TYPE_PCI_DEVICE, abstract=True),
-              TypeInfo("pci-ide", TYPE_PCI_DEVICE, abstract=True)):
+              TypeInfo("pci-piix3", TYPE_PCI_DEVICE, abstract=True, bus_type=TYPE_PCI_BUS),
+              TypeInfo("pci-ide", TYPE_PCI_DEVICE, abstract=True, bus_type=TYPE_PCI_BUS)):
     TYPES.register(_info)
 
 

@@ -37,7 +37,8 @@ thread; nothing here blocks.
 from __future__ import annotations
 
 import logging
-from typing import ClassVar, Protocol
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any, ClassVar, Protocol
 
 from vmd.hw.virtio.memory import GuestMemory
 from vmd.hw.virtio.queue import Element, VirtioError, VirtQueue
@@ -84,6 +85,9 @@ class VirtioDevice:
         self.status = 0
         self.broken = False
         self.transport: Transport | None = None
+        #: The BQL (the machine's, set by the transport at realize): take it in
+        #: asyncio callbacks before ``push``.
+        self.bql: AbstractContextManager[Any] = nullcontext()
 
     # -- for the model -----------------------------------------------------------
 

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from vmd.hw.pci import config as cfg
 from vmd.hw.pci.device import BAR_UNMAPPED, TYPE_PCI_BUS, TYPE_PCI_DEVICE, Bar, PciDevice
 from vmd.hw.pci.msix import Msix
-from vmd.hw.virtio.device import VirtioDevice
+from vmd.hw.virtio.device import F_RING_EVENT_IDX, F_RING_INDIRECT_DESC, STATUS_DRIVER_OK, VirtioDevice
 from vmd.hw.virtio.memory import GuestMemory
 from vmd.hw.virtio.queue import VirtQueue
 from vmd.qom.errors import QOMError
@@ -62,6 +62,8 @@ TYPES.register(TypeInfo(TYPE_VIRTIO_PCI, TYPE_PCI_DEVICE, abstract=True, bus_typ
     Property("disable-legacy", "OnOffAuto", "auto", "on/off/auto", enum=("on", "off", "auto")),
     Property("disable-modern", "bool", False),
     Property("ioeventfd", "bool", True, "on/off"),
+    Property("event_idx", "bool", True, "on/off", in_qtree=False),
+    Property("indirect_desc", "bool", True, "on/off", in_qtree=False),
 )))
 
 
@@ -76,6 +78,10 @@ class VirtioPciDevice(PciDevice):
 
     def __init__(self, props: dict[str, Any], dev_id: str | None = None) -> None:
         self.vdev = self.create_vdev(props)
+        if not props.get("event_idx", True):
+            self.vdev.host_features &= ~F_RING_EVENT_IDX
+        if not props.get("indirect_desc", True):
+            self.vdev.host_features &= ~F_RING_INDIRECT_DESC
         self.class_id = self.pci_class
         self.device_id = MODERN_DEVICE_BASE + self.vdev.device_id
         super().__init__(props, dev_id)
@@ -155,6 +161,8 @@ class VirtioPciDevice(PciDevice):
         if ctx.memory is None:
             raise QOMError(f"{self.type_name}: the machine has no guest RAM for DMA")
         self.memory = ctx.memory
+        if ctx.bql is not None:
+            self.vdev.bql = ctx.bql
         if ctx.notifier is not None:
             self._notifiers = [ctx.notifier(self._kick_callback(queue.index)) for queue in self.vdev.queues]
         if self.props.get("ioeventfd", True):
@@ -195,6 +203,14 @@ class VirtioPciDevice(PciDevice):
                 self._ioeventfd(notifier.fd, old + offset, 2, False)
             if new != BAR_UNMAPPED:
                 self._ioeventfd(notifier.fd, new + offset, 2, True)
+
+    def catch_up(self) -> None:
+        """At DRIVER_OK, look at every enabled queue once: buffers made
+        available before the driver said OK were never kicked (QEMU does the
+        same when it starts its ioeventfds)."""
+        for queue in self.vdev.queues:
+            if queue.enabled:
+                self.doorbell(queue.index)
 
     def doorbell(self, index: int) -> None:
         """A notify write that reached Python (no ioeventfd for that width)."""
@@ -313,8 +329,11 @@ class CommonConfig:
         proxy = self.proxy
         if value == 0:
             proxy._reset_transport()
-        else:
-            proxy.vdev.set_status(value)
+            return
+        was_ok = proxy.vdev.status & STATUS_DRIVER_OK
+        proxy.vdev.set_status(value)
+        if not was_ok and proxy.vdev.status & STATUS_DRIVER_OK:
+            proxy.catch_up()
 
     def _queue_field(self, offset: int, size: int, value: int) -> None:
         proxy, queue = self.proxy, self._queue()

@@ -106,6 +106,7 @@ class VirtQueue:
         self.last_avail = 0
         self.used_idx = 0
         self.signalled_used: int | None = None
+        self._unsignalled = False
         self.generation += 1
         self._memory: GuestMemory | None = None
 
@@ -229,12 +230,14 @@ class VirtQueue:
         _USED_ELEM.pack_into(self._used, 4 + 8 * slot, element.head, written)
         self.used_idx = (self.used_idx + 1) & 0xFFFF
         _U16.pack_into(self._used, 2, self.used_idx)
+        self._unsignalled = True
         return True
 
     def should_notify(self) -> bool:
         """Whether the driver wants an interrupt for what was pushed since the last one."""
-        if not self.enabled:
+        if not self.enabled or not self._unsignalled:
             return False
+        self._unsignalled = False
         self._fence()
         if not self.event_idx:
             flags: int = _U16.unpack_from(self._avail, 0)[0]
