@@ -25,6 +25,14 @@ def test_accel_help_returns_at_once_with_qemus_heading() -> None:
     assert set(vmd.stdout.splitlines()[1:]) == {"kvm", "tcg"}   # qtest is left out, as QEMU does
 
 
+def test_machine_help_marks_the_default_as_qemu_does() -> None:
+    vmd = probe(sys.executable, "-m", "vmd", "-machine", "help")
+    qemu = probe(QEMU, "-machine", "help")
+    defaults = [[line.split()[0] for line in out.stdout.splitlines() if line.endswith(" (default)")]
+                for out in (vmd, qemu)]
+    assert defaults == [["none"], ["pc-i440fx-7.2"]]   # vmd's default machine is none
+
+
 def test_drive_format_help_is_read_as_the_iotests_read_it() -> None:
     vmd = probe(sys.executable, "-m", "vmd", "-accel", "qtest", "-drive", "format=help")
     qemu = probe(QEMU, "-drive", "format=help")

@@ -18,6 +18,7 @@ from vmd.cli import chardev as chardev_mod
 from vmd.cli import drive as drive_mod
 from vmd.cli import system_opts
 from vmd.cli.config import (
+    DEFAULT_MACHINE,
     DEFAULT_RAM_BYTES,
     SUPPORTED_MACHINES,
     BlockdevConfig,
@@ -159,8 +160,13 @@ def _machine(state: _State, arg: str, where: str) -> HelpRequest | None:
 
 
 def machine_help_text() -> str:
-    """The ``-machine help`` listing, in QEMU's layout."""
-    rows = [f"{name:<20} {desc}" for name, desc in sorted(SUPPORTED_MACHINES.items())]
+    """The ``-machine help`` listing, in QEMU's layout; the machine used
+    without ``-machine`` is marked ``(default)``, as QEMU marks its own
+    (QEMU's test suite reads it as QEMU_DEFAULT_MACHINE)."""
+    def row(name: str, desc: str) -> str:
+        default = " (default)" if name == DEFAULT_MACHINE else ""
+        return f"{name:<20} {desc}{default}"
+    rows = [row(name, desc) for name, desc in sorted(SUPPORTED_MACHINES.items())]
     return "Supported machines are:\n" + "\n".join(rows) + "\n"
 
 
