@@ -414,3 +414,16 @@ def test_werror_stop_pauses_and_cont_retries(engine: str, tmp_path: Path) -> Non
         "device": "", "node-name": "disk0", "operation": "write", "action": "stop", "nospace": False,
         "reason": "Input/output error"}
     assert "write 64+8" not in vm.output and "read 0+8: 0 len 4097" in vm.output
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_drive_cache_mode_reaches_the_guest(engine: str, tmp_path: Path) -> None:
+    require(engine)
+    image = prepared_image(tmp_path / "disk.raw", "raw")
+    args = ["-m", "16", "-drive", f"file={image},format=raw,if=none,id=d0,cache=writethrough",
+            "-device", f"virtio-blk-pci,drive=d0,serial={SERIAL}"]
+    output, code = run_to_exit(engine, "blkio", tmp_path, *args)
+    # Writethrough: no volatile cache for the guest (wce 0); FLUSH is still
+    # offered, as QEMU does while config-wce lets the guest turn the cache on.
+    assert (output, code) == (expected(engine).replace("\nwce 1 ", "\nwce 0 "), (0x20 << 1) | 1)
+    qio(image, "read -P 0x5a 32k 4k")

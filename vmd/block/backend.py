@@ -43,6 +43,9 @@ class BlockBackend(RootHolder):
         self.write_cache = True
         #: ``query-block``'s io-status: ``failed``/``nospace`` while an error stopped the VM.
         self.iostatus = "ok"
+        #: What a device does on a failed read and write (QEMU's blk_set_on_error):
+        #: ``report``, ``ignore``, ``stop`` or ``enospc``; ``-drive`` sets them.
+        self.on_error = ("report", "enospc")
         self.in_flight = 0
         self._quiesce = 0
         self._resumed = asyncio.Event()

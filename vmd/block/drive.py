@@ -49,6 +49,8 @@ async def open_drive(graph: BlockGraph, drive: DriveConfig) -> BlockBackend:
     node = await graph.open(options)
     perm = Perm.CONSISTENT_READ if drive.read_only else Perm.CONSISTENT_READ | Perm.WRITE
     backend = graph.backend(perm, ALL, name=drive.id or "")
+    backend.write_cache = drive.writeback
+    backend.on_error = (drive.rerror or backend.on_error[0], drive.werror or backend.on_error[1])
     try:
         backend.attach(node)
     except BaseException:

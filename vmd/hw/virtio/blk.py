@@ -19,13 +19,14 @@ NUL-terminated only when shorter than 20 bytes), ``DISCARD`` and
 served; ranges that are misaligned to the logical block size, too long
 or beyond the end get ``IOERR``; unknown types, unknown segment flags
 and a discard with the unmap flag get ``UNSUPP``. A failed I/O follows
-``rerror``/``werror`` as QEMU's: ``report`` (``IOERR``; reads by default),
-``ignore`` (``OK``), ``stop`` (the VM stops in ``io-error``, the request
-waits and is tried again on ``cont``) or ``enospc`` (``stop`` for a full
-disk, else ``report``; writes by default), each with a ``BLOCK_IO_ERROR``
-event; flush, discard and write-zeroes count as writes. A request with no
-header or no status byte is a broken driver: the device stops and asks
-for a reset (``virtio_error``), nothing else happens. The used length is
+``rerror``/``werror`` (``auto``: the ``-drive``'s, else QEMU's defaults)
+as QEMU's: ``report`` (``IOERR``; reads by default), ``ignore``
+(``OK``), ``stop`` (the VM stops in ``io-error``, the request waits and
+is tried again on ``cont``) or ``enospc`` (``stop`` for a full disk, else
+``report``; writes by default), each with a ``BLOCK_IO_ERROR`` event;
+flush, discard and write-zeroes count as writes. A request with no header
+or no status byte is a broken driver: the device stops and asks for a
+reset (``virtio_error``), nothing else happens. The used length is
 always every device-writable byte of the request, as QEMU reports it.
 
 Threads: the transport calls ``handle_queue`` on the event-loop thread
@@ -43,8 +44,7 @@ Where vmd departs from QEMU: without ``cyls``/``heads``/``secs`` the
 geometry is guessed from the size only (QEMU first looks for an MBR
 partition table in sector 0); ``num-queues`` auto is one queue per vCPU
 as in QEMU, but the MSI-X vector count then stays at 2 (QEMU gives
-queues + 1); the policies of a ``-drive`` (its own ``rerror``/``werror``)
-do not reach the device, whose ``auto`` means QEMU's defaults.
+queues + 1).
 """
 
 from __future__ import annotations
@@ -203,7 +203,7 @@ def check_conf(props: dict[str, Any], smp_cpus: int, capacity: int) -> BlkConf:
 def device_features(conf: BlkConf, read_only: bool, write_cache: bool) -> int:
     """The device feature bits QEMU 7.2 offers for ``conf``."""
     bits = [F_SEG_MAX, F_GEOMETRY, F_TOPOLOGY, F_BLK_SIZE]
-    if write_cache:
+    if write_cache or conf.config_wce:  # x-enable-wce-if-config-wce is on
         bits.append(F_FLUSH)
     if conf.config_wce:
         bits.append(F_CONFIG_WCE)
@@ -293,8 +293,6 @@ class VirtioBlk(VirtioDevice):
         self._tasks: set[asyncio.Task[None]] = set()
         #: Requests an error stopped the VM for, tried again on ``cont``.
         self._parked: list[tuple[Request, Callable[[], Awaitable[None]], bool]] = []
-        #: (rerror, werror) as the properties give them.
-        self.error_policy = ("auto", "auto")
         #: Where BLOCK_IO_ERROR goes and what an error policy ``stop`` stops (None in unit tests).
         self.events: Any = None
         self.runstate: RunStateMachine | None = None
@@ -478,10 +476,8 @@ class VirtioBlk(VirtioDevice):
         return action
 
     def _error_action(self, is_read: bool, error: int) -> BlockErrorAction:
-        """``rerror``/``werror``: auto is report for reads, enospc for writes."""
-        policy = self.error_policy[0 if is_read else 1]
-        if policy == "auto":
-            policy = "report" if is_read else "enospc"
+        """The backend's policy for the failed read or write (QEMU's blk_get_error_action)."""
+        policy = self.backend.on_error[0 if is_read else 1]
         if policy == "enospc":
             policy = "stop" if error == errno.ENOSPC else "report"
         return BlockErrorAction(policy)
@@ -631,8 +627,10 @@ class VirtioBlkPci(VirtioPciDevice):
         backend = _attach(graph, named, node, self.props["share-rw"], self.qdev_path)
         if self.props["write-cache"] != "auto":
             backend.write_cache = self.props["write-cache"] == "on"
+        rerror, werror = self.props["rerror"], self.props["werror"]
+        backend.on_error = (rerror if rerror != "auto" else backend.on_error[0],
+                            werror if werror != "auto" else backend.on_error[1])
         vdev = VirtioBlk(conf, backend, ctx.bql if ctx.bql is not None else threading.Lock())
-        vdev.error_policy = (self.props["rerror"], self.props["werror"])
         vdev.events, vdev.runstate = ctx.events, ctx.runstate
         if ctx.runstate is not None:
             ctx.runstate.add_listener(vdev.vm_state_changed)
