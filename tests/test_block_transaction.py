@@ -214,3 +214,35 @@ def test_snapshot_and_del_on_a_job_chain_same_as_qemu(tmp_path: Path) -> None:
     assert_same_images(tmp_path, "after")
     for name in ("base", "mid", "top"):
         qimg("check", tmp_path / "vmd" / f"{name}.qcow2")
+
+
+def test_drive_backup_same_as_qemu(tmp_path: Path) -> None:
+    """drive-backup's errors, and the images it creates for sync full, top
+    and none (backing file names included) and with mode existing."""
+    def steps(root: Path) -> list[Step]:
+        def backup(job: str, target: str, **extra: Any) -> Step:
+            return ("drive-backup", {"job-id": job, "device": "top", "target": str(root / target), **extra})
+        return [*open_chain(root), *export_top(root), qcow2(root, "tgt")] + [
+            ("drive-backup", {"device": "nosuch", "target": str(root / "x.qcow2"), "sync": "full"}),
+            backup("x", "x.qcow2", sync="incremental"),
+            backup("x", "x.qcow2", sync="full", format="nosuch"),
+            backup("x", "nosuch.qcow2", sync="full", mode="existing"),
+            backup("x", "tgt.qcow2", sync="full", mode="existing", **{"bitmap-mode": "never"}),
+            backup("d1", "d1.qcow2", sync="full"),
+            wait("JOB_STATUS_CHANGE", id="d1", status="null"),
+            backup("d2", "d2.qcow2", sync="top", format="qcow2"),
+            wait("JOB_STATUS_CHANGE", id="d2", status="null"),
+            backup("d3", "d3.qcow2", sync="none", speed=1),
+            wait("JOB_STATUS_CHANGE", id="d3", status="running"),
+            NODES,
+            ("job-cancel", {"id": "d3"}),
+            wait("JOB_STATUS_CHANGE", id="d3", status="null"),
+            backup("d4", "d4.raw", sync="full", format="raw"),
+            wait("JOB_STATUS_CHANGE", id="d4", status="null"),
+            NODES,
+        ]
+    results = run_both(tmp_path, make_chain, steps)
+    compare(results)
+    assert_same_images(tmp_path, "top", "d1", "d2", "d3")
+    assert "Images are identical" in qimg("compare", "-f", "raw", "-F", "qcow2", tmp_path / "vmd" / "d4.raw",
+                                          tmp_path / "vmd" / "top.qcow2")

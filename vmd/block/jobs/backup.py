@@ -49,7 +49,7 @@ from vmd.block.node import BlockNode
 from vmd.block.perm import ALL, NONE, Role
 from vmd.block.transaction import Action, action
 from vmd.errors import QMPError
-from vmd.img.common import probe_format
+from vmd.img.common import ImgError, probe_format
 from vmd.job.blockjob import BlockJob, check_not_blocked
 from vmd.job.core import JobTxn
 
@@ -295,7 +295,10 @@ class DriveBackupAction(BackupAction):
 
     async def _open_target(self, graph: BlockGraph, fmt: str | None, *, no_backing: bool) -> BlockNode:
         if fmt is None:
-            fmt = await aio.run(probe_format, self.data.target)
+            try:
+                fmt = await aio.run(probe_format, self.data.target)
+            except ImgError as error:  # qemu-img says it twice, QEMU once
+                raise QMPError(error.message.removeprefix(f"Could not open '{self.data.target}': ")) from None
         wire: dict[str, Any] = {"driver": fmt, "file": {"driver": "file", "filename": self.data.target}}
         if no_backing and fmt == "qcow2":
             wire["backing"] = None
