@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -86,10 +87,19 @@ def check_env() -> Iterator[dict[str, str]]:
 
 
 def run_check(env: dict[str, str], test: str, fmt: str) -> tuple[str, str, str]:
-    """Run one test through check: its status, check's reason and whole output."""
-    result = subprocess.run([sys.executable, "check", "--color", "off", f"-{fmt}", test],
-                            cwd=SUITE, env=env, capture_output=True, text=True, timeout=TIMEOUT)
-    output = result.stdout + result.stderr
+    """Run one test through check: its status, check's reason and whole output.
+
+    check runs in a session of its own: if it hangs, the test's shell and
+    the vmd it started are killed with it (they would hold image locks)."""
+    with subprocess.Popen([sys.executable, "check", "--color", "off", f"-{fmt}", test], cwd=SUITE, env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          start_new_session=True) as check:
+        try:
+            output, _ = check.communicate(timeout=TIMEOUT)
+        except subprocess.TimeoutExpired:
+            os.killpg(check.pid, signal.SIGKILL)
+            output, _ = check.communicate()
+            pytest.fail(f"check {test} did not finish in {TIMEOUT} s:\n{output}")
     found = re.search(rf"^{test}\s+(pass|fail|not run)\b(.*)$", output.replace("\r", "\n"), re.M)
     assert found is not None, f"check reported nothing for {test}:\n{output}"
     # The status line goes on with times, then check's reason.
