@@ -87,6 +87,9 @@ def _clean(result: list[Any], root: Path) -> list[Any]:
     for index, line in enumerate(result):
         if line[0] == "return" and line[1] == "query-named-block-nodes":
             result[index] = ("bitmaps", _bitmaps(line[2]))
+        elif line[0] == "return" and line[1] == "query-block":
+            result[index] = ("devices", {device["device"]: device.get("inserted", {}).get("dirty-bitmaps")
+                                         for device in line[2]})
     return jobs.normalise(result, root)
 
 
@@ -671,10 +674,12 @@ def test_bit_operations_match_a_plain_model() -> None:
 
 
 def test_bitmaps_by_device_name_same_as_qemu(tmp_path: Path) -> None:
-    """A -drive's device name names its node for the bitmap commands."""
+    """A -drive's device name names its node for the bitmap commands;
+    ``query-block`` shows the bitmaps of the inserted node."""
     steps: list[Step] = [add("d0", "b"), sha("d0", "b"), ("block-dirty-bitmap-clear", {"node": "d0", "name": "b"}),
                          ("block-dirty-bitmap-merge", {"node": "d0", "target": "b", "bitmaps": [
                              {"node": "d0", "name": "b"}]}), add("nosuch", "b"),
+                         add("n0", "c", granularity=4096), ("query-block", {}),
                          ("block-dirty-bitmap-remove", {"node": "d0", "name": "b"}), BITMAPS]
     results = {}
     for who in ("qemu", "vmd"):
@@ -693,3 +698,5 @@ def test_bitmaps_by_device_name_same_as_qemu(tmp_path: Path) -> None:
                 vmd.process.wait(10)
     assert results["vmd"] == results["qemu"]
     assert results["vmd"][0] == ["return", "block-dirty-bitmap-add", {}]
+    devices = next(line[1] for line in results["vmd"] if line[0] == "devices")
+    assert [bitmap["name"] for bitmap in devices["d0"]] == ["c", "b"]
