@@ -11,6 +11,7 @@ import asyncio
 import json
 import os
 import socket
+import subprocess
 import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
@@ -19,7 +20,7 @@ from typing import Any
 import pytest
 import uvloop
 
-from tests.harness import RawQMP, VmdProcess, until
+from tests.harness import RawQMP, VmdProcess, until, vmd_command
 from vmd._generated.types import visit_ChardevBackend
 from vmd.chardev.base import OUTPUT_LIMIT
 from vmd.chardev.registry import ChardevRegistry
@@ -502,3 +503,35 @@ def test_no_fds_leak_from_refused_clients(tmp_path: Path) -> None:
                 await _open({"addr": {"type": "unix", "data": {"path": str(tmp_path / "none")}}, "server": False})
         assert len(os.listdir("/proc/self/fd")) <= before + 2
     uvloop.run(main())
+
+
+def test_monitor_on_an_already_connected_socket_passed_by_fd() -> None:
+    """``-chardev socket,id=mon,fd=N`` with one end of a socketpair, as
+    QEMU's Python test harness hands over its monitor: vmd serves QMP on
+    the connected socket (a listener would refuse it: it cannot listen)."""
+    ours, theirs = socket.socketpair()
+    with ours:
+        process = subprocess.Popen(
+            vmd_command("-M", "none", "-chardev", f"socket,id=mon,fd={theirs.fileno()}",
+                        "-mon", "chardev=mon,mode=control"),
+            pass_fds=[theirs.fileno()])
+        theirs.close()
+        try:
+            ours.settimeout(DEADLINE)
+            stream = ours.makefile("rwb")
+            assert "QMP" in json.loads(stream.readline())
+            for command, expected in (("qmp_capabilities", {}), ("query-status", None), ("quit", {})):
+                stream.write(json.dumps({"execute": command}).encode())
+                stream.flush()
+                reply = json.loads(stream.readline())
+                while "event" in reply:  # SHUTDOWN may come before quit's reply
+                    reply = json.loads(stream.readline())
+                if expected is not None:
+                    assert reply == {"return": expected}
+                else:
+                    assert reply["return"]["status"] in ("running", "prelaunch")
+            assert process.wait(DEADLINE) == 0
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()

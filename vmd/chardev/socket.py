@@ -123,7 +123,7 @@ class SocketChardev(Chardev):
         addr = options.addr
         self._passed: socket.socket | None = None
         if isinstance(addr.u, StringWrapper):
-            addr = self._take_passed(addr.u.data.str)
+            addr = self._take_passed(addr.u.data.str, self._server)
         assert addr.u is not None
         self._is_unix = addr.type == SocketAddressType.UNIX
         self._unix: Any = addr.u.data if self._is_unix else None
@@ -152,9 +152,9 @@ class SocketChardev(Chardev):
         if not server and options.wait is not None:
             raise ChardevError("'wait' option is incompatible with socket in client connect mode")
         kind = options.addr.type
-        if kind == SocketAddressType.VSOCK or (kind == SocketAddressType.FD and not server):
+        if kind == SocketAddressType.VSOCK:
             raise ChardevError(f"socket address type '{kind}' is not supported by vmd here "
-                               "(unix and inet; fd for servers)")
+                               "(unix, inet and fd)")
         unsupported = [("tls-creds", options.tls_creds is not None), ("tls-authz", options.tls_authz is not None),
                        ("telnet", bool(options.telnet)), ("tn3270", bool(options.tn3270)),
                        ("websocket", bool(options.websocket)), ("logfile", options.logfile is not None)]
@@ -162,11 +162,13 @@ class SocketChardev(Chardev):
             if used:
                 raise ChardevError(f"the socket chardev option '{name}' is not supported by vmd")
 
-    def _take_passed(self, spec: str) -> SocketAddressLegacy:
-        """Adopt a socket handed over at start (``fd=``); QEMU then reports
-        (and vmd treats) it by its bound address."""
+    def _take_passed(self, spec: str, server: bool) -> SocketAddressLegacy:
+        """Adopt a socket handed over at start (``fd=``): a listener for a
+        server, an already connected socket for a client (as QEMU's test
+        harness passes its monitor). QEMU then reports (and vmd treats) it
+        by its bound address."""
         try:
-            self._passed = listen_fds.take(spec)
+            self._passed = listen_fds.take(spec, listen=server)
         except listen_fds.FdError as error:
             raise ChardevError(str(error)) from None
         name = self._passed.getsockname()
@@ -428,6 +430,10 @@ class SocketChardev(Chardev):
             self._retry = self._loop.call_later(self._reconnect, self._start_connect)
 
     async def _connect(self) -> None:
+        if self._passed is not None:
+            sock, self._passed = self._passed, None
+            await self._link_socket(sock)
+            return
         if self._is_unix:
             candidates: list[tuple[int, Any]] = [(socket.AF_UNIX, self._unix_address())]
         else:
@@ -446,14 +452,18 @@ class SocketChardev(Chardev):
             except BaseException:
                 sock.close()
                 raise
-            try:
-                await self._loop.connect_accepted_socket(lambda: _Link(self), sock)
-            except BaseException:
-                sock.close()
-                raise
+            await self._link_socket(sock)
             return
         reason = _strerror(last) if last is not None else "no address to connect to"
         raise ChardevError(f"Failed to connect to '{self._target()}': {reason}")
+
+    async def _link_socket(self, sock: socket.socket) -> None:
+        """Serve a connected client socket (the socket is closed on failure)."""
+        try:
+            await self._loop.connect_accepted_socket(lambda: _Link(self), sock)
+        except BaseException:
+            sock.close()
+            raise
 
     def _configure(self, sock: socket.socket) -> None:
         if sock.family in (socket.AF_INET, socket.AF_INET6):

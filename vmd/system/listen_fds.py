@@ -62,8 +62,10 @@ def collect_from_environ() -> int:
     return len(_passed)
 
 
-def take(spec: str) -> socket.socket:
-    """The socket ``fd=spec`` names (a number or a passed socket's name)."""
+def take(spec: str, *, listen: bool = True) -> socket.socket:
+    """The socket ``fd=spec`` names (a number or a passed socket's name):
+    made to listen for a server, or taken as it is for a client, which
+    QEMU's ``fd=`` lets be an already connected socket."""
     fd = next((fd for fd, name in _passed.items() if name and name == spec), None)
     if fd is None:
         try:
@@ -73,7 +75,11 @@ def take(spec: str) -> socket.socket:
     if not _is_socket(fd):
         raise FdError(f"File descriptor '{spec}' is not a socket")
     _passed.pop(fd, None)
-    return _listening(socket.socket(fileno=fd))
+    sock = socket.socket(fileno=fd)
+    if listen:
+        return _listening(sock)
+    sock.setblocking(False)
+    return sock
 
 
 def take_bound_to(path: str) -> socket.socket | None:
