@@ -12,6 +12,7 @@ import asyncio
 import errno
 import functools
 import os
+import subprocess
 from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from typing import Any
 import pytest
 import uvloop
 
-from tests.harness import RawQMP, VmdProcess, until
+from tests.harness import RawQMP, VmdProcess, until, vmd_command
 from vmd._generated.types import DataFormat, visit_ChardevBackend
 from vmd.chardev.base import OUTPUT_LIMIT, Chardev
 from vmd.chardev.pty import PtyChardev
@@ -565,3 +566,17 @@ async def test_a_chardev_in_use_cannot_be_removed() -> None:
     with pytest.raises(QMPError, match="Chardev 'busy' is busy"):
         await registry.remove("busy")
     await registry.close_all()
+
+
+def test_stdio_appends_to_a_file_its_parent_already_wrote(tmp_path: Path) -> None:
+    """stdout redirected to a regular file keeps the parent's offset: what
+    was written before vmd started stays (a reopen would overwrite it)."""
+    out = tmp_path / "out.txt"
+    with out.open("wb") as stdout:
+        stdout.write(b"written before vmd\n")
+        stdout.flush()
+        subprocess.run(vmd_command("-M", "none", "-monitor", "stdio"), input=b"quit\n",
+                       stdout=stdout, timeout=30, check=True)
+    text = out.read_bytes()
+    assert text.startswith(b"written before vmd\n")
+    assert b"QEMU 7.2.0 monitor" in text

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import stat
 import sys
 import termios
 from typing import Any
@@ -45,7 +46,13 @@ def write_process_stdout(text: str) -> None:
 
 
 def _private_fd(fd: int, flags: int) -> int:
-    """A non-blocking fd for what ``fd`` refers to, not shared if possible."""
+    """A non-blocking fd for what ``fd`` refers to, not shared if possible.
+
+    A regular file is shared as it is (a dup): reopening it would start a
+    new file offset at 0 and overwrite what the parent wrote before vmd,
+    and O_NONBLOCK means nothing for it anyway."""
+    if stat.S_ISREG(os.fstat(fd).st_mode):
+        return os.dup(fd)
     try:
         return os.open(f"/proc/self/fd/{fd}", flags | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
     except OSError:
