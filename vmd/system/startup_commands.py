@@ -44,24 +44,24 @@ async def execute(daemon: Daemon, command: str, arguments: dict[str, Any], optio
 
 async def create_objects(daemon: Daemon, config: Config) -> None:
     """``-object`` options, in order, as ``object-add``."""
-    for obj in config.objects:
-        option = "-object " + str(obj.options.get("id", ""))
-        try:
-            arguments = obj.options if obj.from_json else command_arguments("object-add", obj.options)
-        except (OptionError, QMPError) as error:
-            raise StartupError(f"{option}: {error}") from None
-        await execute(daemon, "object-add", arguments, option)
+    await _add_each(daemon, config.objects, "-object", "id", "object-add")
 
 
 async def create_blockdevs(daemon: Daemon, config: Config) -> None:
     """``-blockdev`` options, in order, as ``blockdev-add``."""
-    for blockdev in config.blockdevs:
-        option = "-blockdev " + str(blockdev.options.get("node-name", ""))
+    await _add_each(daemon, config.blockdevs, "-blockdev", "node-name", "blockdev-add")
+
+
+async def _add_each(daemon: Daemon, items: Any, flag: str, id_key: str, command: str) -> None:
+    """Each option (JSON or dotted keys) as one ``command``; an error names
+    the option by ``flag`` and its ``id_key`` value."""
+    for item in items:
+        option = f"{flag} {item.options.get(id_key, '')}"
         try:
-            arguments = blockdev.options if blockdev.from_json else command_arguments("blockdev-add", blockdev.options)
+            arguments = item.options if item.from_json else command_arguments(command, item.options)
         except (OptionError, QMPError) as error:
             raise StartupError(f"{option}: {error}") from None
-        await execute(daemon, "blockdev-add", arguments, option)
+        await execute(daemon, command, arguments, option)
 
 
 async def create_drives(daemon: Daemon, config: Config) -> None:

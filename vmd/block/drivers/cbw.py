@@ -29,6 +29,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+from vmd.block.copy import CopyFailed, copy_range
 from vmd.block.dirty_bitmap import DirtyBitmap
 from vmd.block.edge import Edge
 from vmd.block.graph import BlockGraph, driver, node_name_of
@@ -39,15 +40,6 @@ from vmd.errors import QMPError
 
 #: The largest single copy (BLOCK_COPY_MAX_BUFFER).
 CHUNK = 1 << 20
-
-
-class CopyFailed(Exception):
-    """A copy failed; ``is_read`` says whether reading the source did."""
-
-    def __init__(self, error: Exception, is_read: bool) -> None:
-        super().__init__(str(error))
-        self.error = error
-        self.is_read = is_read
 
 
 def copy_cluster_size(target: BlockNode) -> int:
@@ -114,15 +106,7 @@ class BlockCopy:
             except Exception as error:
                 raise CopyFailed(error, False) from error
         else:
-            buf = memoryview(bytearray(n))
-            try:
-                await self.source.read(offset, buf)
-            except Exception as error:
-                raise CopyFailed(error, True) from error
-            try:
-                await self.target.write(offset, buf)
-            except Exception as error:
-                raise CopyFailed(error, False) from error
+            await copy_range(self.source, self.target, offset, memoryview(bytearray(n)))
         self.bitmap.reset(offset, n)
         for notify in self.copied:
             notify(n)

@@ -38,9 +38,10 @@ from vmd._generated.types import (
 )
 from vmd.block import aio
 from vmd.block.backend import device_name
+from vmd.block.copy import CopyFailed
 from vmd.block.create import create_image
 from vmd.block.dirty_bitmap import release_bitmap
-from vmd.block.drivers.cbw import CHUNK, CopyBeforeWriteNode, CopyFailed
+from vmd.block.drivers.cbw import CHUNK, CopyBeforeWriteNode
 from vmd.block.graph import BlockGraph
 from vmd.block.jobs.backup_bitmap import SyncBitmap, check_sync_bitmap
 from vmd.block.jobs.chain import allocated_above, backing_of

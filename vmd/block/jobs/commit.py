@@ -21,11 +21,12 @@ from __future__ import annotations
 from typing import Any
 
 from vmd._generated.types import BlockdevOnError, BlockErrorAction, JobType
+from vmd.block.copy import CopyFailed, copy_range
 from vmd.block.edge import Transaction, drained, refresh_perms, replace_node
 from vmd.block.graph import BlockGraph
 from vmd.block.jobs.chain import allocated_above, chain_between
 from vmd.block.jobs.filters import CommitTopNode, drop_filter, insert_filter
-from vmd.block.jobs.window import ChunkFailed, CopyWindow, Then
+from vmd.block.jobs.window import CopyWindow, Then
 from vmd.block.node import BlockNode
 from vmd.block.perm import ALL, Perm
 from vmd.job.blockjob import BlockJob
@@ -97,16 +98,9 @@ class CommitJob(BlockJob):
 
     async def _copy(self, offset: int, n: int, buf: memoryview) -> None:
         """One chunk from top's chain into base."""
-        try:
-            await self.top.read(offset, buf)
-        except Exception as exc:
-            raise ChunkFailed(exc, True) from exc
-        try:
-            await self.base.write(offset, buf)
-        except Exception as exc:
-            raise ChunkFailed(exc, False) from exc
+        await copy_range(self.top, self.base, offset, buf)
 
-    def _failed(self, failure: ChunkFailed) -> Then:
+    def _failed(self, failure: CopyFailed) -> Then:
         """commit_run: report fails the job, anything else retries."""
         if self.error_action(self.on_error, failure.is_read, failure.error) == BlockErrorAction.REPORT:
             raise failure.error

@@ -14,12 +14,13 @@ from __future__ import annotations
 from typing import Any
 
 from vmd._generated.types import BlockdevOnError, BlockErrorAction, JobType
+from vmd.block.copy import CopyFailed
 from vmd.block.edge import Transaction, detach, drained, refresh_perms
 from vmd.block.graph import BlockGraph
 from vmd.block.jobs.chain import allocated_above, chain_between
 from vmd.block.jobs.commit import record_backing
 from vmd.block.jobs.filters import StreamCorNode, drop_filter, insert_filter
-from vmd.block.jobs.window import ChunkFailed, CopyWindow, Then
+from vmd.block.jobs.window import CopyWindow, Then
 from vmd.block.node import BlockNode, Status
 from vmd.block.perm import Perm, Role
 from vmd.job.blockjob import BlockJob
@@ -84,9 +85,9 @@ class StreamJob(BlockJob):
             while done < n:
                 done += await self.cor.copy_on_read(offset + done, buf[done:n])
         except Exception as exc:
-            raise ChunkFailed(exc, True) from exc
+            raise CopyFailed(exc, True) from exc
 
-    def _failed(self, failure: ChunkFailed) -> Then:
+    def _failed(self, failure: CopyFailed) -> Then:
         """stream_run: stop retries, ignore goes on (the job fails at the
         end), report fails it now; the first error is the job's."""
         action = self.error_action(self.on_error, True, failure.error)

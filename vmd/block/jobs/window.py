@@ -15,7 +15,7 @@ best with 4 in flight; larger ones are slower); with one, QEMU's chunk
 size and one chunk in flight, so the limit accounts each chunk as QEMU's
 does and a limited job shows QEMU's progress.
 
-A failed copy raises ``ChunkFailed``; ``on_failure`` decides: ``retry``
+A failed copy raises ``CopyFailed`` (vmd.block.copy); ``on_failure`` decides: ``retry``
 (the copies started after it are awaited and the loop restarts at that
 chunk, as QEMU's jobs retry after a ``stop`` or ``ignore``), ``skip`` (go
 on after it) or raising (the job fails). Cancellation stops the loop; the
@@ -30,16 +30,8 @@ import enum
 from collections import deque
 from collections.abc import Awaitable, Callable
 
+from vmd.block.copy import CopyFailed
 from vmd.job.blockjob import BlockJob
-
-
-class ChunkFailed(Exception):
-    """A chunk's copy failed; ``is_read`` says whether reading it did."""
-
-    def __init__(self, error: Exception, is_read: bool) -> None:
-        super().__init__(str(error))
-        self.error = error
-        self.is_read = is_read
 
 
 class Then(enum.Enum):
@@ -79,7 +71,7 @@ class CopyWindow:
             self._free.append(buf)
 
     async def run(self, length: int, plan: Plan, copy: Copy,
-                  on_failure: Callable[[ChunkFailed], Then]) -> None:
+                  on_failure: Callable[[CopyFailed], Then]) -> None:
         job = self.job
         window: deque[tuple[int, int, bool, asyncio.Task[None] | None]] = deque()
         cursor = 0
@@ -98,7 +90,7 @@ class CopyWindow:
                 if task is not None:
                     try:
                         await task
-                    except ChunkFailed as failure:
+                    except CopyFailed as failure:
                         then = on_failure(failure)   # may raise: the job fails
                         if then == Then.RETRY:
                             await _settle(window)
