@@ -43,6 +43,7 @@ TIMEOUT = 300
 TESTS = [
     ("117", "qcow2", "none"),   # blockdev-add of a node whose file child is added separately
     ("120", "qcow2", "none"),   # -drive driver=raw over file.driver=qcow2 (a format over a format)
+    ("141", "qcow2", "none"),   # blockdev-del of nodes in use by jobs (backup, commit, mirror, stream)
     ("130", "qcow2", "none"),   # HMP commit with backing.* options overriding the header's backing file
     ("143", "qcow2", "none"),   # NBD server on a blockdev-add'ed node, client gone before the export
     ("156", "qcow2", "none"),   # drive-mirror of a snapshot, completed onto a copied chain
@@ -56,6 +57,7 @@ TESTS = [
     # help" lists virtio-blk, whether they use it or not).
     ("218", "qcow2", "none"),   # mirror cancel (soft, forced, by quitting) from a throttled node
     ("258", "qcow2", "none"),   # stream and commit through throttle filters in the chain
+    ("283", "qcow2", "none"),   # backup's copy-before-write filter: appending it fails on unshared write
     ("132", "qcow2", "pc"),     # drive-mirror with unaligned writes going on
     ("152", "qcow2", "pc"),     # drive-mirror with buf-size
     ("260", "qcow2", "pc"),     # snapshot, then commit with a persistent bitmap
