@@ -138,6 +138,42 @@ def test_named_block_nodes_shape(daemons: tuple[Path, Path], images: Path) -> No
     assert mine["image"]["format-specific"]["data"]["compat"] == "1.1"
 
 
+def _with_drive(root: Path, who: str, requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``requests`` to a fresh vmd or QEMU with a 1 MiB ``-drive`` ``d0``
+    (node ``n0``) of its own."""
+    root.mkdir()
+    image = root / "d0.qcow2"
+    qemu_img("create", "-f", "qcow2", str(image), "1M")
+    drive = ("-drive", f"file={image},if=none,id=d0,node-name=n0")
+    if who == "qemu":
+        with running_qemu(root, *drive) as socket:
+            return run(socket, requests)
+    with running_vmd(root, *drive) as vmd:
+        return run(vmd.qmp_path, requests)
+
+
+def test_block_resize_finds_drives_and_nodes_as_qemu(tmp_path: Path) -> None:
+    """block_resize looks the node up as bdrv_lookup_bs does: ``device``
+    names a drive (a BlockBackend), ``node-name`` a node, either alone;
+    with both the drive wins; unknown names give QEMU's text (iotest 124
+    resizes a ``-drive`` by its id)."""
+    if QEMU is None:
+        pytest.skip("qemu-system-x86_64 is not installed")
+    def resize(size: int, **names: str) -> dict[str, Any]:
+        return {"execute": "block_resize", "arguments": {**names, "size": size}}
+    requests = [resize(1 << 20), resize(2 << 20, device="d0"), resize(3 << 20, **{"node-name": "n0"}),
+                resize(4 << 20, device="d0", **{"node-name": "nosuch"}), resize(4 << 20, device="n0"),
+                resize(4 << 20, **{"node-name": "d0"}), resize(-1, device="d0"),
+                resize(-1, device="x", **{"node-name": "y"}),
+                {"execute": "query-block"}]
+    replies = [_with_drive(tmp_path / who, who, requests) for who in ("vmd", "qemu")]
+    ours, theirs = replies
+    assert ours[:-1] == theirs[:-1]
+    assert [r.get("error") is None for r in ours[:-1]] == [False, True, True, True, False, False, False, False]
+    sizes = [d["inserted"]["image"]["virtual-size"] for r in replies for d in r[-1]["return"]]
+    assert sizes == [4 << 20, 4 << 20]
+
+
 def test_create_resize_and_threshold(tmp_path: Path) -> None:
     image = tmp_path / "new.qcow2"
     with running_vmd(tmp_path) as vmd, RawQMP(vmd.qmp_path) as qmp:

@@ -62,6 +62,7 @@ TESTS = [
     ("152", "qcow2", "pc"),     # drive-mirror with buf-size
     ("260", "qcow2", "pc"),     # snapshot, then commit with a persistent bitmap
     ("304", "qcow2", "pc"),     # drive-backup / blockdev-backup of a small image with bitmaps
+    ("124", "qcow2", "pc"),     # incremental backups and transactions; block_resize of a drive; 128k-cluster target
 ]
 #: Options the wrapper puts before the test's own, per machine.
 MACHINE_OPTIONS = {"none": "", "pc": " -machine pc"}

@@ -155,10 +155,8 @@ def qmp_x_debug_query_block_graph(ctx: Any) -> XDbgBlockGraph:
 
 
 async def qmp_block_resize(ctx: Any, device: str | None, node_name: str | None, size: int) -> None:
-    if (device is None) == (node_name is None):
-        raise QMPError("Need exactly one of 'device' and 'node-name'")
     graph = block_graph(ctx)
-    node = graph.find(node_name) if node_name is not None else graph.find(device or "")
+    node = graph.lookup(device, node_name)
     if size < 0:
         raise QMPError("Parameter 'size' expects a >0 size")
     # As QEMU: a short-lived user that holds "resize" for the call.

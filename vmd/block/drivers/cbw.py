@@ -43,9 +43,11 @@ CHUNK = 1 << 20
 
 
 def copy_cluster_size(target: BlockNode) -> int:
-    """The copy granularity: the target's cluster size within 4 KiB..64 KiB
-    (64 KiB when it has none)."""
-    return min(65536, max(4096, getattr(target, "cs", 0) or 65536))
+    """block_copy_calculate_cluster_size: the target's cluster size, but at
+    least 64 KiB (64 KiB when it has none). Never smaller than the target's
+    clusters: a target without a backing file would fill the rest of a
+    partly copied cluster with zeroes."""
+    return max(65536, getattr(target, "cs", 0))
 
 
 class BlockCopy:
