@@ -7,7 +7,6 @@ queries are wire dictionaries in QEMU's shapes (``BlockDeviceInfo``,
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from vmd._generated.types import (
@@ -38,7 +37,8 @@ async def qmp_blockdev_del(ctx: Any, node_name: str) -> None:
 
 
 def qmp_query_named_block_nodes(ctx: Any, flat: bool | None) -> list[dict[str, Any]]:
-    return [device_info(node, flat=bool(flat)) for node in block_graph(ctx)]
+    """Every named node, newest first (QEMU prepends each to its list)."""
+    return [device_info(node, flat=bool(flat)) for node in reversed(list(block_graph(ctx)))]
 
 
 def qmp_query_block(ctx: Any) -> list[dict[str, Any]]:
@@ -109,8 +109,8 @@ def image_info(node: BlockNode, *, recurse: bool) -> dict[str, Any]:
 
 
 def _one_image_info(node: BlockNode) -> dict[str, Any]:
-    info: dict[str, Any] = {"filename": node.filename(), "format": node.driver, "virtual-size": node.total_size}
-    actual = _actual_size(node)
+    info: dict[str, Any] = {"filename": node.filename(), "format": node.driver, "virtual-size": node.reported_size()}
+    actual = node.allocated_file_size()
     if actual is not None:
         info["actual-size"] = actual
     info.update(node.format_info())
@@ -121,15 +121,6 @@ def _one_image_info(node: BlockNode) -> dict[str, Any]:
         if node.backing_fmt:
             info["backing-filename-format"] = node.backing_fmt
     return info
-
-
-def _actual_size(node: BlockNode) -> int | None:
-    """Allocated bytes of the file under the node (st_blocks), as QEMU."""
-    path = node.filename()
-    try:
-        return os.stat(path).st_blocks * 512 if path else None
-    except OSError:
-        return None
 
 
 def qmp_x_debug_query_block_graph(ctx: Any) -> XDbgBlockGraph:

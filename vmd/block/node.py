@@ -263,6 +263,28 @@ class BlockNode:
         file = self.child("file")
         return file.filename() if file is not None else ""
 
+    def reported_size(self) -> int:
+        """The size QEMU reports (bdrv_getlength): whole 512-byte sectors,
+        so a file of 1000 bytes shows as 1024."""
+        return -(-self.total_size // 512) * 512
+
+    def allocated_file_size(self) -> int | None:
+        """Bytes the node takes on the host (``actual-size``), None where
+        unknown (QEMU's bdrv_get_allocated_file_size): a filter's is its
+        child's, a format's the sum of its data and metadata children's;
+        protocol drivers that know override this."""
+        if self.is_filter:
+            below = self.filtered()
+            return below.allocated_file_size() if below is not None else None
+        total = 0
+        for edge in self.children.values():
+            if edge.role & (Role.DATA | Role.METADATA):
+                size = edge.child.allocated_file_size()
+                if size is None:
+                    return None
+                total += size
+        return total
+
     def format_info(self) -> dict[str, Any]:
         """Driver-specific members for ``query-named-block-nodes``."""
         return {}

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from vmd._generated.types import ShutdownCause
-from vmd.hmp import block, chardev, qemu_io
+from vmd.hmp import block, block_info, chardev, qemu_io
 from vmd.hmp.args import ArgumentError, parse_arguments
 from vmd.machine import commands as machine
 from vmd.qmp.errors import QMPError
@@ -67,6 +67,11 @@ def _info_commands(ctx: Any, _args: list[str]) -> str:
 
 
 INFO_COMMANDS = [
+    HmpCommand("block", "[-n] [-v] [device]",
+               "show info of one block device or all block devices (-n: show named nodes; -v: show details)",
+               block_info.info_block, rest_of_line=True),
+    HmpCommand("block-jobs", "", "show progress of ongoing block device operations",
+               block_info.info_block_jobs),
     HmpCommand("chardev", "", "show the character devices",
                chardev.info_chardev),
     HmpCommand("commands", "", "list the QMP commands vmd provides",

@@ -39,7 +39,7 @@ def image_info(image: Image) -> dict[str, Any]:
     """The members of QEMU's ImageInfo for one open image (without its chain)."""
     node = image.node
     info: dict[str, Any] = {
-        "virtual-size": node.total_size,
+        "virtual-size": node.reported_size(),
         "filename": image.path,
         "format": image.fmt,
     }

@@ -162,6 +162,13 @@ class FileNode(BlockNode):
     def filename(self) -> str:
         return self.path
 
+    def allocated_file_size(self) -> int | None:
+        """The blocks the file takes (``st_blocks``), as ``du`` counts."""
+        try:
+            return os.fstat(self.fd).st_blocks * 512
+        except OSError:
+            return None
+
     async def _co_make_writable(self) -> None:
         """Reopen read-write (a commit's base): a new descriptor takes over
         the lock bytes held, then the old one closes (dropping its own)."""

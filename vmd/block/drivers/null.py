@@ -42,6 +42,10 @@ class NullNode(BlockNode):
             return f"{self.driver}://"
         return "json:" + json.dumps({"driver": self.driver, **self.explicit})
 
+    def allocated_file_size(self) -> int | None:
+        """Nothing is stored (QEMU's null driver reports 0 bytes too)."""
+        return 0
+
     async def _co_read(self, offset: int, buf: memoryview) -> None:
         if self.latency:
             await asyncio.sleep(self.latency)

@@ -35,6 +35,10 @@ class RawNode(BlockNode):
         role = Role.DATA if offset or size is not None else Role.FILTERED
         self.attach_child("file", file, role | Role.PRIMARY)
 
+    def allocated_file_size(self) -> int | None:
+        """The file's, window or not (raw_get_allocated_file_size)."""
+        return self.file.allocated_file_size()
+
     async def open(self) -> None:
         """QEMU's raw_apply_options: the window must lie inside the file."""
         file = self.file
