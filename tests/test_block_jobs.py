@@ -155,23 +155,25 @@ def normalise(result: list[Any], root: Path) -> list[Any]:
 
 def run_both(tmp_path: Path, setup: Callable[[Path], None], steps: Callable[[Path], list[Any]],
              runner: Callable[[Path, list[Any]], Awaitable[list[Any]]] | None = None,
-             clean: Callable[[list[Any], Path], list[Any]] = normalise) -> dict[str, list[Any]]:
+             clean: Callable[[list[Any], Path], list[Any]] = normalise,
+             options: Callable[[Path], list[str]] | None = None) -> dict[str, list[Any]]:
     """The same steps on QEMU and on vmd, each in its own directory
     (``runner`` carries them out, ``drive`` by default; ``clean`` makes the
-    two results comparable)."""
+    two results comparable; ``options`` are command line options of both)."""
     run = runner or drive
     results: dict[str, list[Any]] = {}
     for who in ("qemu", "vmd"):
         root = tmp_path / who
         root.mkdir()
         setup(root)
+        extra = options(root) if options is not None else []
         if who == "qemu":
-            with running_qemu(root) as socket:
+            with running_qemu(root, *extra) as socket:
                 pid = int((root / "qemu.pid").read_text())
                 results[who] = clean(asyncio.run(run(socket, steps(root))), root)
                 wait_gone(pid)
         else:
-            with running_vmd(root) as vmd:
+            with running_vmd(root, *extra) as vmd:
                 results[who] = clean(asyncio.run(run(vmd.qmp_path, steps(root))), root)
                 vmd.process.wait(10)
     return results
@@ -661,3 +663,78 @@ def test_drive_mirror_same_as_qemu(tmp_path: Path) -> None:
     results = run_both(tmp_path, make_chain, steps)
     assert_same_results(results)
     assert_same_images(tmp_path, "top", "tgt", "new1", "new2")
+
+
+def test_commit_with_filter_on_top_same_as_qemu(tmp_path: Path) -> None:
+    """A throttle filter between the active image and ``mid``: commit with
+    ``top-node`` the filter skips it to find what to merge (QEMU's
+    bdrv_skip_filters), and refuses a base that is the filter's own child."""
+    def steps(root: Path) -> list[Step]:
+        base, mid, top = open_chain(root)
+        throttle = ("blockdev-add", {"driver": "throttle", "node-name": "thr", "throttle-group": "tg",
+                                     "file": "mid"})
+        return [("object-add", {"qom-type": "throttle-group", "id": "tg"}), base, mid, throttle,
+                (top[0], {**top[1], "backing": "thr"})] + [
+            ("block-commit", {"device": "top", "top-node": "thr", "base-node": "mid"}),
+            ("block-commit", {"job-id": "c1", "device": "top", "top-node": "thr", "speed": 1}),
+            ("query-block-jobs", {}),
+            ("block-job-set-speed", {"device": "c1", "speed": 0}),
+            wait("JOB_STATUS_CHANGE", status="null"),
+            ("blockdev-del", {"node-name": "top"}),
+            ("blockdev-del", {"node-name": "thr"}),
+            ("blockdev-del", {"node-name": "mid"}),
+            ("blockdev-del", {"node-name": "base"}),
+        ]
+    results = run_both(tmp_path, make_chain, steps)
+    assert_same_results(results)
+    assert ["error", "block-commit", "GenericError",
+            "Invalid files for merge: top and base are the same"] in results["vmd"]
+    assert_same_images(tmp_path, "base", "mid", "top")
+    info = json.loads(qimg("info", "--output=json", tmp_path / "vmd" / "top.qcow2"))
+    assert info["backing-filename"] == str(tmp_path / "vmd" / "base.qcow2")
+
+
+def test_backup_x_perf_same_as_qemu(tmp_path: Path) -> None:
+    """x-perf: QEMU's checks in its order (the bounds, the image sizes,
+    max-chunk against the copy cluster, at least 64 KiB or the target's
+    larger cluster; the job ID, then the speed), and ``max-chunk`` as the
+    step of a speed-limited backup: paused after its first step, the job
+    has copied exactly one 64 KiB chunk."""
+    def setup(root: Path) -> None:
+        make_chain(root)
+        qimg("create", "-f", "qcow2", root / "small.qcow2", "1M")
+        qimg("create", "-f", "qcow2", "-o", "cluster_size=512", root / "c512.qcow2", "4M")
+        qimg("create", "-f", "qcow2", "-o", "cluster_size=2M", root / "c2m.qcow2", "4M")
+
+    def steps(root: Path) -> list[Step]:
+        def qcow2(name: str) -> Step:
+            return ("blockdev-add", {"driver": "qcow2", "node-name": name,
+                                     "file": {"driver": "file", "filename": str(root / f"{name}.qcow2")}})
+
+        def backup(target: str, **extra: Any) -> Step:
+            return ("blockdev-backup", {"device": "top", "target": target, "sync": "full", **extra})
+        return open_chain(root) + [qcow2(name) for name in ("tgt", "small", "c512", "c2m")] + [
+            backup("tgt", **{"x-perf": {"max-workers": 0}}),
+            backup("tgt", **{"x-perf": {"max-workers": 1 << 31}}),
+            backup("tgt", speed=-1, **{"x-perf": {"max-chunk": -1}}),
+            backup("small", speed=-1, **{"x-perf": {"max-chunk": 1000}}),
+            backup("tgt", speed=-1, **{"x-perf": {"max-chunk": 1000}}),
+            backup("c512", **{"x-perf": {"max-chunk": 1000}}),
+            backup("c2m", **{"x-perf": {"max-chunk": 65536}}),
+            backup("tgt", speed=-1, **{"job-id": ""}),
+            backup("tgt", speed=-1, **{"job-id": "b0"}),
+            backup("tgt", speed=1, **{"job-id": "b1", "x-perf": {"max-chunk": 65536}}),
+            wait("JOB_STATUS_CHANGE", status="paused"),  # the drain at its start
+            wait("JOB_STATUS_CHANGE", status="running"),
+            ("job-pause", {"id": "b1"}),
+            wait("JOB_STATUS_CHANGE", status="paused"),
+            ("query-jobs", {}),
+            ("block-job-set-speed", {"device": "b1", "speed": 0}),
+            ("job-resume", {"id": "b1"}),
+            wait("JOB_STATUS_CHANGE", status="null"),
+        ]
+    results = run_both(tmp_path, setup, steps)
+    assert_same_results(results)
+    paused = [line[2] for line in results["vmd"] if line[:2] == ["return", "query-jobs"]]
+    assert paused[0][0]["current-progress"] == 65536
+    assert_same_images(tmp_path, "top", "tgt")

@@ -61,6 +61,9 @@ TESTS = [
     ("132", "qcow2", "pc"),     # drive-mirror with unaligned writes going on
     ("152", "qcow2", "pc"),     # drive-mirror with buf-size
     ("260", "qcow2", "pc"),     # snapshot, then commit with a persistent bitmap
+    ("219", "qcow2", "none"),   # job-*/block-job-* verbs per state; backup's x-perf max-chunk as its step
+    ("129", "qcow2", "pc"),     # stop with jobs on a throttled drive; commit with top-node a throttle filter
+    ("030", "qcow2", "pc"),     # block-stream: parallel jobs on one chain, their blockers, EIO/ENOSPC via blkdebug
     ("304", "qcow2", "pc"),     # drive-backup / blockdev-backup of a small image with bitmaps
     ("124", "qcow2", "pc"),     # incremental backups and transactions; block_resize of a drive; 128k-cluster target
 ]

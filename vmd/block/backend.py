@@ -123,8 +123,9 @@ class BlockBackend(RootHolder):
 
 def device_name(node: BlockNode) -> str:
     """The name of the first named BlockBackend on ``node``, or ""
-    (QEMU's bdrv_get_device_name: a block job's default id)."""
+    (QEMU's bdrv_get_device_name: a block job's default id). A block job's
+    edge is named after its job but is no device."""
     for edge in node.parents:
-        if isinstance(edge.parent, BlockBackend) and edge.parent.name:
+        if isinstance(edge.parent, BlockBackend) and edge.parent.kind == "block-backend" and edge.parent.name:
             return edge.parent.name
     return ""

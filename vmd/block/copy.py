@@ -12,12 +12,14 @@ from vmd.block.node import BlockNode
 
 
 class CopyFailed(Exception):
-    """A copy failed; ``is_read`` says whether reading the source did."""
+    """A copy failed; ``is_read`` says whether reading the source did, and
+    ``done`` how many bytes at the start of the copy had been copied."""
 
-    def __init__(self, error: Exception, is_read: bool) -> None:
+    def __init__(self, error: Exception, is_read: bool, done: int = 0) -> None:
         super().__init__(str(error))
         self.error = error
         self.is_read = is_read
+        self.done = done
 
 
 async def copy_range(source: BlockNode, target: BlockNode, offset: int, buf: memoryview) -> None:

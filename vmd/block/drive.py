@@ -20,6 +20,7 @@ from typing import Any
 
 from vmd.block import aio
 from vmd.block.backend import BlockBackend
+from vmd.block.drivers.blkdebug import split_filename
 from vmd.block.graph import BlockGraph
 from vmd.block.perm import ALL, Perm
 from vmd.cli.config import DriveConfig
@@ -147,9 +148,7 @@ def _protocol(filename: str, aio_mode: str | None) -> dict[str, Any]:
     """The protocol node a file name stands for (bdrv_find_protocol and
     the driver's parse_filename)."""
     if filename.startswith("blkdebug:"):
-        config, sep, image = filename[len("blkdebug:"):].partition(":")
-        if not sep:
-            raise QMPError("blkdebug requires both config file and image path")
+        config, image = split_filename(filename)
         node: dict[str, Any] = {"driver": "blkdebug", "image": _protocol(image, aio_mode)}
         if config:
             node["config"] = config

@@ -378,13 +378,23 @@ def freeze_chain(top: BlockNode, base: BlockNode | None) -> list[Edge]:
     """Freeze the chain between ``top`` and ``base`` for a job (QEMU's
     bdrv_freeze_backing_chain): its edges can be neither moved nor dropped
     until ``unfreeze``. All or nothing; returns the frozen edges."""
+    edges = check_freezable(top, base)
+    for edge in edges:
+        edge.frozen = True
+    return edges
+
+
+def check_freezable(top: BlockNode, base: BlockNode | None) -> list[Edge]:
+    """The edges ``freeze_chain`` would freeze; raises QEMU's error if a
+    job froze one already or one leads to a node never to be frozen."""
     edges = chain_edges(top, base)
     for edge in edges:
         if edge.frozen:
             raise QMPError(f"Cannot change '{edge.name}' link from '{_parent_name(edge)}' "
                            f"to '{edge.child.node_name}'")
     for edge in edges:
-        edge.frozen = True
+        if edge.child.never_freeze:
+            raise QMPError(f"Cannot freeze '{edge.name}' link to '{edge.child.node_name}'")
     return edges
 
 

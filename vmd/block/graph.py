@@ -171,11 +171,13 @@ class BlockGraph:
         """
         if isinstance(ref, str):
             return self.find(ref)
+        given = ref.read_only is not None
         if role == "backing" and ref.read_only is None:
             ref.read_only = True
         inherit_options(parent, ref)
         node = await self.open(ref)
         node.opened_inline = True
+        node.read_only_given = given
         return node
 
     # -- removing ------------------------------------------------------------------

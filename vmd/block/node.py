@@ -70,6 +70,9 @@ class BlockNode:
     #: skipped when looking at a chain (raw is not one, though its child
     #: may have the filtered role).
     is_filter = False
+    #: No job may freeze a link to it (QEMU's never_freeze: the filters a
+    #: commit or mirror job inserts and removes again).
+    never_freeze = False
 
     def __init__(self, node_name: str, *, read_only: bool = False) -> None:
         self.node_name = node_name
@@ -82,6 +85,9 @@ class BlockNode:
         #: Opened for its parent (inline options, or named in an image
         #: header): it inherits the parent's options, read-only included.
         self.opened_inline = False
+        #: Its own options set ``read-only``: a reopen of the parent does
+        #: not make it writable (QEMU inherits only unset options).
+        self.read_only_given = False
         #: Drained sections over this node under way.
         self.quiesce_counter = 0
         self.total_size = 0
@@ -193,7 +199,7 @@ class BlockNode:
             nodes.append(node)
             stack.extend(edge.child for edge in node.children.values()
                          if not edge.role & Role.COW and edge.child.opened_inline
-                         and len(edge.child.parents) == 1)
+                         and not edge.child.read_only_given and len(edge.child.parents) == 1)
         for node in reversed(nodes):
             if node.read_only:
                 await node._co_make_writable()

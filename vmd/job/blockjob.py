@@ -40,7 +40,7 @@ from vmd._generated.types import (
     JobStatus,
     JobVerb,
 )
-from vmd.block.backend import BlockBackend
+from vmd.block.backend import BlockBackend, device_name
 from vmd.block.edge import Edge, attach, freeze_chain, unfreeze
 from vmd.block.perm import ALL, NO_ROLE, NONE, Perm
 from vmd.errors import QMPError
@@ -94,10 +94,12 @@ def job_blocker(node: BlockNode) -> str | None:
 
 def check_not_blocked(node: BlockNode) -> None:
     """Refuse a job operation on a node another job holds (backing nodes
-    do not block jobs: QEMU unblocks the job operations for them)."""
+    do not block jobs: QEMU unblocks the job operations for them). The
+    node is named by its device when it has one, as QEMU's
+    bdrv_get_device_or_node_name."""
     reason = job_blocker(node)
     if reason is not None:
-        raise QMPError(f"Node '{node.node_name}' is busy: {reason}")
+        raise QMPError(f"Node '{device_name(node) or node.node_name}' is busy: {reason}")
 
 
 def errno_of(exc: BaseException) -> int:

@@ -371,6 +371,23 @@ def read_config(path: str) -> list[InjectRule | StateRule]:
     return parse_config(text)
 
 
+def split_filename(filename: str) -> tuple[str, str]:
+    """``blkdebug:CONFIG:IMAGE`` (QEMU's legacy file name, which iotests
+    write into image headers) as its config file (may be empty) and image."""
+    config, sep, image = filename[len("blkdebug:"):].partition(":")
+    if not sep:
+        raise QMPError("blkdebug requires both config file and image path")
+    return config, image
+
+
+async def open_legacy(filename: str, image: BlockNode, *, read_only: bool) -> BlkdebugNode:
+    """A blkdebug node over ``image`` (already open, the file that
+    ``filename`` names) configured by the file ``filename`` names."""
+    config, _ = split_filename(filename)
+    rules = await aio.run(read_config, config) if config else []
+    return BlkdebugNode(filename, image, rules, config=config or None, read_only=read_only)
+
+
 @driver("blkdebug")
 async def open_blkdebug(options: Any, graph: BlockGraph) -> BlockNode:
     branch = options.u

@@ -25,6 +25,7 @@ import asyncio
 from typing import Any
 
 from vmd._generated.types import (
+    BackupPerf,
     BlockdevBackup,
     BlockdevOnError,
     BlockErrorAction,
@@ -54,6 +55,9 @@ from vmd.img.common import ImgError, probe_format
 from vmd.job.blockjob import BlockJob, check_not_blocked
 from vmd.job.core import JobTxn
 
+#: INT_MAX, the most x-perf's ``max-workers`` may ask for.
+INT_MAX = (1 << 31) - 1
+
 #: The arguments both backup commands share (QAPI's BackupCommon).
 BackupArgs = BlockdevBackup | DriveBackup
 
@@ -63,10 +67,13 @@ class BackupJob(BlockJob):
     def __init__(self, graph: BlockGraph, registry: Any, job_id: str, cbw: CopyBeforeWriteNode, *,
                  sync: MirrorSyncMode, speed: int, on_source_error: BlockdevOnError | None,
                  on_target_error: BlockdevOnError | None, auto_finalize: bool, auto_dismiss: bool,
-                 txn: JobTxn | None = None, sync_bitmap: SyncBitmap | None = None) -> None:
+                 txn: JobTxn | None = None, sync_bitmap: SyncBitmap | None = None, max_chunk: int = 0) -> None:
         super().__init__(graph, registry, job_id, cbw, speed=speed, auto_finalize=auto_finalize,
                          auto_dismiss=auto_dismiss, txn=txn)
         self.cbw = cbw
+        #: The largest background copy (x-perf's ``max-chunk``; 0: no limit
+        #: but CHUNK's), so that a speed limit lets one such step through.
+        self.chunk = min(CHUNK, max_chunk) if max_chunk else CHUNK
         self.bcs = cbw.bcs
         self.sync = sync
         self.sync_bitmap = sync_bitmap
@@ -112,7 +119,7 @@ class BackupJob(BlockJob):
             if offset < 0:
                 return
             try:
-                n, _ = await self.bcs.chunk(offset, CHUNK)
+                n, _ = await self.bcs.chunk(offset, self.chunk)
                 await self.bcs.copy(offset, n)
             except CopyFailed as failure:
                 policy = self.on_source_error if failure.is_read else self.on_target_error
@@ -151,17 +158,29 @@ def _check_arguments(backup: BackupArgs, source: BlockNode,
         raise QMPError(f"Compression is not supported for this drive {target.node_name}")
     check_not_blocked(source)
     check_not_blocked(target)
+    _check_perf(backup.x_perf)
     frozen = SyncBitmap.freeze(source, bitmap, mode) if bitmap is not None and mode is not None else None
-    try:
-        if backup.speed is not None and backup.speed < 0:
-            raise QMPError("Parameter 'speed' expects a non-negative value")
-        if target.total_size != source.total_size:
-            raise QMPError("Source and target image have different sizes")
-    except QMPError:
+    if target.total_size != source.total_size:
         if frozen is not None:
             frozen.thaw()
-        raise
+        raise QMPError("Source and target image have different sizes")
     return sync, frozen
+
+
+def _check_perf(perf: BackupPerf | None) -> None:
+    """backup_job_create's checks of ``x-perf`` before the filter exists
+    (max-chunk against the cluster size comes after, ``_check_chunk``)."""
+    if perf is None:
+        return
+    if perf.max_workers is not None and not 1 <= perf.max_workers <= INT_MAX:
+        raise QMPError(f"max-workers must be between 1 and {INT_MAX}")
+    if perf.max_chunk is not None and perf.max_chunk < 0:
+        raise QMPError("max-chunk must be zero (which means no limit) or positive")
+
+
+def _check_chunk(max_chunk: int, cluster: int) -> None:
+    if max_chunk and max_chunk < cluster:
+        raise QMPError(f"Required max-chunk ({max_chunk}) is less than backup cluster size ({cluster})")
 
 
 async def create_backup_job(daemon: Any, backup: BackupArgs, source: BlockNode, target: BlockNode,
@@ -187,11 +206,14 @@ async def create_backup_job(daemon: Any, backup: BackupArgs, source: BlockNode, 
             frozen.thaw()
         cbw.detach_children()
         raise
+    max_chunk = (backup.x_perf.max_chunk or 0) if backup.x_perf is not None else 0
     try:
+        _check_chunk(max_chunk, cbw.bcs.cluster)
         job = BackupJob(graph, daemon.jobs, job_id, cbw,
                         sync=sync, speed=backup.speed or 0, on_source_error=backup.on_source_error,
                         on_target_error=backup.on_target_error, auto_finalize=backup.auto_finalize is not False,
-                        auto_dismiss=backup.auto_dismiss is not False, txn=txn, sync_bitmap=frozen)
+                        auto_dismiss=backup.auto_dismiss is not False, txn=txn, sync_bitmap=frozen,
+                        max_chunk=max_chunk)
     except BaseException:
         if frozen is not None:
             frozen.thaw()

@@ -22,7 +22,7 @@ from vmd._generated.types import (
 )
 from vmd.block.backend import BlockBackend, device_name
 from vmd.block.graph import BlockGraph, block_graph
-from vmd.block.jobs.chain import chain_contains, overlay_of
+from vmd.block.jobs.chain import chain_between, chain_contains, overlay_of, skip_filters
 from vmd.block.node import BlockNode
 from vmd.block.perm import Perm
 from vmd.block.transaction import run_action
@@ -103,12 +103,13 @@ async def qmp_block_commit(ctx: Any, job_id: str | None, device: str, base_node:
         base_bs = found
     else:
         base_bs = _chain_bottom(top_bs)
-    check_not_blocked(base_bs)
+    for node in chain_between(top_bs, base_bs.filtered()):
+        check_not_blocked(node)
     if top_bs is base_bs:
         raise QMPError("cannot commit an image into itself")
     finalize, dismiss = auto_finalize is not False, auto_dismiss is not False
     job_name = job_id if job_id is not None else device_name(bs)
-    if top_bs is bs or _writers(top_bs) & Perm.WRITE:
+    if skip_filters(top_bs) is skip_filters(bs) or _writers(top_bs) & Perm.WRITE:
         if backing_file is not None:
             if top_bs is bs:
                 raise QMPError("'backing-file' specified, but 'top' is the active layer")
@@ -122,7 +123,7 @@ async def qmp_block_commit(ctx: Any, job_id: str | None, device: str, base_node:
     if overlay is not None:
         check_not_blocked(overlay)
     from vmd.block.jobs.commit import CommitJob
-    if top_bs.is_filter or base_bs is top_bs.filtered() and base_bs.is_filter:
+    if skip_filters(top_bs) is skip_filters(base_bs):
         raise QMPError("Invalid files for merge: top and base are the same")
     job = CommitJob(graph, ctx.daemon.jobs, job_name, bs, top_bs, base_bs, on_error=on_error,
                     backing_file=backing_file, speed=speed or 0, auto_finalize=finalize, auto_dismiss=dismiss)

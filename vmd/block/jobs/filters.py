@@ -29,7 +29,7 @@ from collections.abc import AsyncIterator
 from typing import Protocol
 
 from vmd.block.drivers.cor import CopyOnReadNode
-from vmd.block.edge import Edge, Transaction, add_edge, drained, replace_node
+from vmd.block.edge import Edge, Transaction, add_edge, drained, refresh_perms, replace_node
 from vmd.block.graph import BlockGraph
 from vmd.block.node import BlockNode, Extent, Status
 from vmd.block.perm import ALL, NONE, Perm, Role
@@ -79,6 +79,7 @@ class CommitTopNode(FilterNode):
     """QEMU's commit_top: holds nothing on the chain it sits on."""
 
     driver = "commit_top"
+    never_freeze = True
 
     def child_perm(self, edge: Edge, perm: Perm, shared: Perm) -> tuple[Perm, Perm]:
         return NONE, ALL
@@ -95,15 +96,31 @@ class MirrorTopNode(FilterNode):
     """QEMU's mirror_top: passes writes through and tells the job."""
 
     driver = "mirror_top"
+    never_freeze = True
 
     def __init__(self, node_name: str, child: BlockNode) -> None:
         super().__init__(node_name, child)
         self.observer: WriteObserver | None = None
+        #: The job is ending: the filter forwards nothing any more and
+        #: holds nothing on its child (QEMU's MirrorBDSOpaque.stop).
+        self.stopped = False
 
     def child_perm(self, edge: Edge, perm: Perm, shared: Perm) -> tuple[Perm, Perm]:
-        # The users' restrictions are enforced on the filter itself; below
-        # it the job's own edges must be able to read and write.
-        return perm, ALL
+        # bdrv_mirror_top_child_perms: only what forwarding guest writes
+        # needs; the users' restrictions are enforced on the filter itself,
+        # and below it the job's own edges must be able to read and write.
+        # (So an active commit may unshare consistent reads of the images
+        # between the active layer and the base.)
+        if self.stopped or self.read_only:
+            return NONE, ALL
+        return Perm.WRITE, ALL
+
+    def stop(self) -> None:
+        """Let go of the child before the job's switch (which may make it
+        the target's backing file, where nobody may write)."""
+        self.stopped = True
+        with Transaction() as tran:
+            refresh_perms([self], tran)
 
     async def _co_write(self, offset: int, data: memoryview) -> None:
         await self.child_node.write(offset, data)

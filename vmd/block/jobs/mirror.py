@@ -275,6 +275,7 @@ class MirrorJob(BlockJob):
             if switch:
                 await self._final_copy()
             filt.observer = None
+            filt.stop()
             self.remove_edges()
             if switch:
                 await self._switch()

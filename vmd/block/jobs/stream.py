@@ -15,9 +15,9 @@ from typing import Any
 
 from vmd._generated.types import BlockdevOnError, BlockErrorAction, JobType
 from vmd.block.copy import CopyFailed
-from vmd.block.edge import Transaction, detach, drained, refresh_perms
+from vmd.block.edge import Transaction, check_freezable, detach, drained, refresh_perms
 from vmd.block.graph import BlockGraph
-from vmd.block.jobs.chain import allocated_above, chain_between
+from vmd.block.jobs.chain import allocated_above, chain_between, skip_filters
 from vmd.block.jobs.commit import record_backing
 from vmd.block.jobs.filters import StreamCorNode, drop_filter, insert_filter
 from vmd.block.jobs.window import CopyWindow, Then
@@ -79,13 +79,15 @@ class StreamJob(BlockJob):
         return await allocated_above(target.backing, self.base, offset, extent.length)
 
     async def _copy(self, offset: int, n: int, buf: memoryview) -> None:
-        """Pull the chunk through the copy-on-read filter."""
+        """Pull the chunk through the copy-on-read filter in requests of
+        QEMU's size, one after the other, so that a failure happens where
+        QEMU's would, after as many bytes as QEMU had copied."""
         done = 0
         try:
             while done < n:
-                done += await self.cor.copy_on_read(offset + done, buf[done:n])
+                done += await self.cor.copy_on_read(offset + done, buf[done:min(n, done + CHUNK)])
         except Exception as exc:
-            raise CopyFailed(exc, True) from exc
+            raise CopyFailed(exc, True, done) from exc
 
     def _failed(self, failure: CopyFailed) -> Then:
         """stream_run: stop retries, ignore goes on (the job fails at the
@@ -111,8 +113,9 @@ class StreamJob(BlockJob):
             detach(edge)
             if base is not None:
                 target.attach_child("backing", base, Role.COW)
-        await record_backing(target, (self.backing_file or base.filename()) if base is not None else None,
-                             base.driver if base is not None else None)
+        image = skip_filters(base)  # the header names the image below a filter (another job's)
+        await record_backing(target, (self.backing_file or image.filename()) if image is not None else None,
+                             image.driver if image is not None else None)
         if not edge.child.parents and edge.child not in self.graph.owned:
             await self.graph.close_tree(edge.child)
 
@@ -131,6 +134,7 @@ async def start_stream(daemon: Any, job_id: str, target: BlockNode, base: BlockN
                        filter_node_name: str | None, auto_finalize: bool, auto_dismiss: bool) -> None:
     """stream_start: ``target`` read-write, the copy-on-read filter, the job."""
     graph: BlockGraph = daemon.block
+    check_freezable(target, chain_between(target, base)[-1])  # before the filter drains anything
     read_only = target.read_only
     if read_only:
         await target.reopen_read_write()

@@ -15,10 +15,11 @@ best with 4 in flight; larger ones are slower); with one, QEMU's chunk
 size and one chunk in flight, so the limit accounts each chunk as QEMU's
 does and a limited job shows QEMU's progress.
 
-A failed copy raises ``CopyFailed`` (vmd.block.copy); ``on_failure`` decides: ``retry``
-(the copies started after it are awaited and the loop restarts at that
-chunk, as QEMU's jobs retry after a ``stop`` or ``ignore``), ``skip`` (go
-on after it) or raising (the job fails). Cancellation stops the loop; the
+A failed copy raises ``CopyFailed`` (vmd.block.copy); what it had copied
+before counts as progress, and ``on_failure`` decides: ``retry`` (the
+copies started after it are awaited and the loop restarts where it failed,
+as QEMU's jobs retry after a ``stop`` or ``ignore``), ``skip`` (go on after
+it) or raising (the job fails). Cancellation stops the loop; the
 copies in flight are always awaited before ``run`` returns, so no request
 of the job outlives it.
 """
@@ -91,6 +92,8 @@ class CopyWindow:
                     try:
                         await task
                     except CopyFailed as failure:
+                        job.progress_update(failure.done)   # what the chunk copied before it failed
+                        start, n = start + failure.done, n - failure.done
                         then = on_failure(failure)   # may raise: the job fails
                         if then == Then.RETRY:
                             await _settle(window)

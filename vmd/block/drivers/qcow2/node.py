@@ -864,26 +864,54 @@ def backing_path(node: Qcow2Node, overlay_path: str) -> str:
 
 async def open_backing(node: Qcow2Node, overlay_path: str) -> BlockNode:
     """The image named in ``node``'s header, read-only, with its format,
-    without its own backing file."""
-    from vmd.block.drivers.file import FileNode
+    without its own backing file. A ``blkdebug:CONFIG:IMAGE`` name puts a
+    blkdebug node between the format (a raw node too) and the file."""
+    from vmd.block.drivers.blkdebug import split_filename
     path = backing_path(node, overlay_path)
+    image_path = split_filename(path)[1] if path.startswith("blkdebug:") else path
     try:
         fmt_name = node.backing_fmt
         if fmt_name is None:
-            with open(path, "rb") as probe:
+            with open(image_path, "rb") as probe:
                 fmt_name = "qcow2" if probe.read(4) == fmt.MAGIC else "raw"
-        if fmt_name == "qcow2":
+        if fmt_name not in ("qcow2", "raw"):
+            raise QMPError(f"Unknown driver '{fmt_name}'")
+        if fmt_name == "qcow2" and path is image_path:
             return await open_image(path, read_only=True, backing=False)
-        if fmt_name == "raw":
-            file = FileNode(path, path, read_only=True)
-            await file.open()
-            return file
-        raise QMPError(f"Unknown driver '{fmt_name}'")
+        protocol = await _open_protocol(path, image_path)
+        image: BlockNode
+        if fmt_name == "raw":  # a raw node tells blkdebug of its reads (read_aio)
+            from vmd.block.drivers.raw import RawNode
+            image = RawNode(path, protocol, read_only=True)
+        else:
+            image = Qcow2Node(path, protocol, read_only=True)
+        try:
+            await image.open()
+        except BaseException:
+            await close_image(image)
+            raise
+        return image
     except QMPError as error:
         raise QMPError(f"Could not open backing file: {error.desc}") from None
     except OSError as error:
         raise QMPError(f"Could not open backing file: Could not open '{path}': "
                        f"{os.strerror(error.errno or 5)}") from None
+
+
+async def _open_protocol(path: str, image_path: str) -> BlockNode:
+    """The file at ``image_path``, read-only, under a blkdebug node when
+    ``path`` is a ``blkdebug:`` name."""
+    from vmd.block.drivers.blkdebug import open_legacy
+    from vmd.block.drivers.file import FileNode
+    file = FileNode(image_path, image_path, read_only=True)
+    await file.open()
+    if path is image_path:
+        return file
+    try:
+        return await open_legacy(path, file, read_only=True)
+    except BaseException:
+        await file.close()
+        raise
 
 
 async def close_image(top: BlockNode) -> None:
