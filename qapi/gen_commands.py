@@ -5,6 +5,9 @@ from types.py, calls the handler, and converts the result for the wire:
 
 * ``handler(ctx, **kwargs)`` with Python member names, absent optional
   arguments passed as None; ``handler(ctx, obj)`` for ``boxed: true``;
+  ``handler(ctx, arguments)``, the object unchecked, for a command with
+  ``gen: false`` and arguments (QEMU hand-writes those marshallers:
+  ``device_add`` takes whatever properties its driver has);
 * returns ``rt.to_wire(result)``, or ``{}`` without 'returns';
 * ``coroutine: true`` commands get an ``async def`` marshaller that
   awaits the handler.
@@ -48,6 +51,8 @@ def _call(cmd: QAPISchemaCommand) -> tuple[list[str], str]:
     arg = cmd.arg_type
     if arg is None or (arg.is_empty() and not cmd.boxed):
         return ["    rt.no_args(arguments)\n"], "handler(ctx)"
+    if not cmd.gen:
+        return [], "handler(ctx, arguments)"
     if cmd.boxed:
         visit = f"    obj = visit_{py_type(arg.name)}(arguments, None, '')\n"
         return [visit], "handler(ctx, obj)"

@@ -103,6 +103,16 @@ class EventQMP(RawQMP):
                     return self.events.pop(index)
             self.events.append(self.read())
 
+    def wait_event_where(self, match: Any) -> dict[str, Any]:
+        """The first event ``match`` accepts, reading as needed; it stays in ``events``."""
+        seen = 0
+        while True:
+            for event in self.events[seen:]:
+                if match(event):
+                    return event
+            seen = len(self.events)
+            self.events.append(self.read())
+
 
 class GuestVM:
     """One emulator process running one guest (a context manager)."""

@@ -9,6 +9,7 @@ from typing import Any
 from vmd import qapi_runtime as rt
 
 from .types_qdev import (
+    members_q_obj_device_del_arg,
     members_q_obj_device_list_properties_arg,
 )
 
@@ -20,3 +21,18 @@ def marshal_device_list_properties(
 ) -> Any:
     kwargs = rt.args_dict(arguments, members_q_obj_device_list_properties_arg)
     return rt.to_wire(handler(ctx, **kwargs))
+
+
+def marshal_device_add(
+        handler: Handler, ctx: Any, arguments: dict[str, Any],
+) -> Any:
+    handler(ctx, arguments)
+    return {}
+
+
+def marshal_device_del(
+        handler: Handler, ctx: Any, arguments: dict[str, Any],
+) -> Any:
+    kwargs = rt.args_dict(arguments, members_q_obj_device_del_arg)
+    handler(ctx, **kwargs)
+    return {}

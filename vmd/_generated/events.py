@@ -44,6 +44,17 @@ def qapi_event_send_resume(emitter: Any) -> None:
     emitter.emit("RESUME", None)
 
 
+def qapi_event_send_device_deleted(
+        emitter: Any,
+        *,
+        device: str | None = None,
+        path: str) -> None:
+    emitter.emit("DEVICE_DELETED", rt.members_to_wire((
+        ("device", device, True),
+        ("path", path, False),
+    )))
+
+
 def qapi_event_send_vserport_change(
         emitter: Any,
         *,
@@ -190,6 +201,7 @@ EVENTS: tuple[str, ...] = (
     "RESET",
     "STOP",
     "RESUME",
+    "DEVICE_DELETED",
     "VSERPORT_CHANGE",
     "JOB_STATUS_CHANGE",
     "BLOCK_IO_ERROR",

@@ -313,6 +313,22 @@ COMMAND_SCHEMAS: dict[str, dict[str, Any]] = {
          'properties': {'typename': {'type': 'string'}},
          'required': ['typename'],
          'additionalProperties': False},
+    'device_add':
+        {'$schema': 'https://json-schema.org/draft/2020-12/schema',
+         'title': 'device_add',
+         'type': 'object',
+         'properties': {'driver': {'type': 'string'},
+                        'bus': {'type': 'string'},
+                        'id': {'type': 'string'}},
+         'required': ['driver'],
+         'additionalProperties': False},
+    'device_del':
+        {'$schema': 'https://json-schema.org/draft/2020-12/schema',
+         'title': 'device_del',
+         'type': 'object',
+         'properties': {'id': {'type': 'string'}},
+         'required': ['id'],
+         'additionalProperties': False},
     'query-cpu-definitions':
         {'$schema': 'https://json-schema.org/draft/2020-12/schema',
          'title': 'query-cpu-definitions',

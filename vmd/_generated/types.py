@@ -598,6 +598,9 @@ if TYPE_CHECKING:
         visit_PciMemoryRegionList,
     )
     from .types_qdev import (
+        members_q_obj_device_add_arg,
+        members_q_obj_device_del_arg,
+        members_q_obj_DEVICE_DELETED_arg,
         members_q_obj_device_list_properties_arg,
     )
     from .types_qom import (
@@ -1104,6 +1107,7 @@ _MODULES: dict[str, str] = {
     "members_q_obj_BlockdevQcow2Encryption_base": "block_core",
     "members_q_obj_ChardevBackend_base": "char",
     "members_q_obj_CpuInfoFast_base": "machine",
+    "members_q_obj_DEVICE_DELETED_arg": "qdev",
     "members_q_obj_ImageInfoSpecific_base": "block_core",
     "members_q_obj_JOB_STATUS_CHANGE_arg": "job",
     "members_q_obj_ObjectOptions_base": "qom",
@@ -1133,6 +1137,8 @@ _MODULES: dict[str, str] = {
     "members_q_obj_chardev_change_arg": "char",
     "members_q_obj_chardev_remove_arg": "char",
     "members_q_obj_chardev_send_break_arg": "char",
+    "members_q_obj_device_add_arg": "qdev",
+    "members_q_obj_device_del_arg": "qdev",
     "members_q_obj_device_list_properties_arg": "qdev",
     "members_q_obj_human_monitor_command_arg": "misc",
     "members_q_obj_job_cancel_arg": "job",

@@ -12,3 +12,24 @@ def members_q_obj_device_list_properties_arg(obj: dict[str, Any], path: str, see
     return {
         "typename": rt.member(obj, "typename", path, seen, rt.visit_str),
     }
+
+
+def members_q_obj_device_add_arg(obj: dict[str, Any], path: str, seen: set[str]) -> dict[str, Any]:
+    return {
+        "driver": rt.member(obj, "driver", path, seen, rt.visit_str),
+        "bus": rt.member(obj, "bus", path, seen, rt.visit_str, optional=True),
+        "id": rt.member(obj, "id", path, seen, rt.visit_str, optional=True),
+    }
+
+
+def members_q_obj_device_del_arg(obj: dict[str, Any], path: str, seen: set[str]) -> dict[str, Any]:
+    return {
+        "id": rt.member(obj, "id", path, seen, rt.visit_str),
+    }
+
+
+def members_q_obj_DEVICE_DELETED_arg(obj: dict[str, Any], path: str, seen: set[str]) -> dict[str, Any]:
+    return {
+        "device": rt.member(obj, "device", path, seen, rt.visit_str, optional=True),
+        "path": rt.member(obj, "path", path, seen, rt.visit_str),
+    }

@@ -198,6 +198,14 @@ class BlockGraph:
         async with drained(node):
             await self.close_tree(node)
 
+    async def delete_backend(self, backend: BlockBackend) -> None:
+        """A named backend (``-drive``) goes: its node tree closes unless
+        something else holds it or the monitor owns it."""
+        node = backend.node if backend.edge is not None else None
+        backend.detach()
+        if node is not None and not node.parents and node not in self.owned:
+            await self.close_tree(node)
+
     async def close_tree(self, top: BlockNode) -> None:
         """Close ``top`` and the nodes below that nothing else holds, each
         parent before the children it flushes into (no recursion)."""

@@ -96,8 +96,10 @@ class Chardev:
             frontend.chr_open()
         self.accept_input()
 
-    def detach(self) -> None:
-        self.frontend = None
+    def detach(self, frontend: CharFrontend | None = None) -> None:
+        """Remove ``frontend`` (default: whichever is attached)."""
+        if frontend is None or frontend is self.frontend:
+            self.frontend = None
 
     def has_room_for_frontend(self) -> bool:
         """Whether ``attach`` would take another front end (a mux takes several)."""

@@ -101,7 +101,7 @@ class MuxChardev(Chardev):
 
     def detach(self, frontend: CharFrontend | None = None) -> None:
         """Remove ``frontend`` (default: the focused one)."""
-        if not self.frontends:
+        if not self.frontends or (frontend is not None and frontend not in self.frontends):
             return
         index = self.focus if frontend is None else self.frontends.index(frontend)
         del self.frontends[index]

@@ -167,9 +167,11 @@ COMMANDS = [
     HmpCommand("cont|c", "", "resume emulation", _cont),
     HmpCommand("help|?", "[cmd]", "show the help", _help,
                rest_of_line=True),
+    HmpCommand("i", "/fmt addr", "I/O port read", machine.hmp_ioport_read, rest_of_line=True),
     HmpCommand("info", "[subcommand]",
                "show various information about the system state", _info,
                sub_table=INFO_COMMANDS),
+    HmpCommand("o", "/fmt addr value", "I/O port write", machine.hmp_ioport_write, rest_of_line=True),
     HmpCommand("qemu-io", "[-d] [device] \"[command]\"",
                "run a qemu-io command on a block device\n\t\t\t"
                "-d: [device] is a device ID rather than a drive ID or node name",

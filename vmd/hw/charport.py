@@ -89,6 +89,13 @@ class CharPort:
         """The device has room for input again."""
         self._loop.call_soon_threadsafe(self._accept_input)
 
+    def disconnect(self) -> None:
+        """The device is gone (loop thread): the chardev may serve another front end."""
+        self._handlers = None
+        chardev = self._registry.get(self.chardev_id)
+        if chardev is not None:
+            chardev.detach(self)
+
     # -- loop side -------------------------------------------------------------
 
     def _attach(self) -> None:

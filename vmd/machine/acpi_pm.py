@@ -6,6 +6,11 @@ SLP_EN with SLP_TYP 0 powers the machine off (``guest-shutdown``);
 ``system_powerdown`` presses the power button, which sets PWRBTN_STS if the
 guest enabled it and raises the SCI (IRQ 9) while status & enable is set.
 SCI_EN reads as set: there is no SMI command port to switch ACPI mode on.
+
+The GPE0 block (0xafe0: two status bytes, write 1 to clear, then two
+enable bytes) carries general-purpose events such as PCI hotplug
+(``gpe_event``); as in QEMU's ``acpi_update_sci``, the SCI is also raised
+while a status bit of the first byte is set and enabled.
 Runs with the BQL held; ``power_button`` is called by the machine.
 """
 
@@ -18,6 +23,8 @@ from vmd.hw.irq import IrqLine
 
 PM_BASE = 0x600
 PM_SIZE = 12
+GPE0_BASE = 0xAFE0
+GPE0_SIZE = 4
 SCI_IRQ = 9
 PWRBTN = 1 << 8
 SCI_EN = 1 << 0
@@ -37,12 +44,14 @@ class AcpiPm:
         self.status = 0
         self.enable = 0
         self.control = SCI_EN
+        self.gpe_status = 0
+        self.gpe_enable = 0
         self._sci.set_level(0)
 
     def power_button(self) -> None:
         if self.enable & PWRBTN:
             self.status |= PWRBTN
-            self._update_sci()
+            self.update_sci()
 
     def read(self, offset: int, size: int) -> int:
         registers = (self.status | self.enable << 16 | self.control << 32
@@ -64,11 +73,39 @@ class AcpiPm:
             if control & SLP_EN and (control >> 10) & 7 == 0:
                 self._shutdown()
             self.control = control & ~SLP_EN
-        self._update_sci()
+        self.update_sci()
 
-    def _update_sci(self) -> None:
-        self._sci.set_level(1 if self.status & self.enable & PWRBTN else 0)
+    def gpe_event(self, bits: int) -> None:
+        """Set GPE0 status ``bits`` (QEMU's acpi_send_gpe_event)."""
+        self.gpe_status |= bits
+        self.update_sci()
+
+    def update_sci(self) -> None:
+        pending = self.status & self.enable & PWRBTN or self.gpe_status & self.gpe_enable & 0xFF
+        self._sci.set_level(1 if pending else 0)
 
     @staticmethod
     def _timer() -> int:
         return (time.monotonic_ns() * TIMER_HZ // 1_000_000_000) & 0xFFFFFF
+
+
+class Gpe0Block:
+    """The GPE0 ports of an ``AcpiPm``: status at 0..1, enable at 2..3 (byte-wide, as QEMU's)."""
+
+    def __init__(self, pm: AcpiPm) -> None:
+        self._pm = pm
+
+    def read(self, offset: int, size: int) -> int:
+        del size  # mapped with max_access 1
+        pm = self._pm
+        register = pm.gpe_status if offset < 2 else pm.gpe_enable
+        return (register >> (8 * (offset & 1))) & 0xFF
+
+    def write(self, offset: int, size: int, value: int) -> None:
+        del size
+        pm, shift = self._pm, 8 * (offset & 1)
+        if offset < 2:
+            pm.gpe_status &= ~((value & 0xFF) << shift)
+        else:
+            pm.gpe_enable = (pm.gpe_enable & ~(0xFF << shift)) | ((value & 0xFF) << shift)
+        pm.update_sci()

@@ -91,6 +91,41 @@ def info_pci(ctx: Any, args: list[str]) -> str:
     return text(ctx, args)
 
 
+#: HMP's ``/fmt`` sizes for port I/O (``b``, ``h``, ``w``) and the letter QEMU prints for each.
+_PORT_SIZES = {"b": (1, "b"), "h": (2, "w"), "w": (4, "l")}
+
+
+def _port_access(args: list[str]) -> tuple[int, str, list[int]]:
+    """``/fmt addr [value]``: the access size, its letter and the numbers."""
+    words = args[0].split() if args else []
+    size, letter = 1, "b"
+    if words and words[0].startswith("/"):
+        size, letter = _PORT_SIZES.get(words.pop(0)[-1:], (1, "b"))
+    return size, letter, [int(word, 0) for word in words]
+
+
+def hmp_ioport_read(ctx: Any, args: list[str]) -> str:
+    """``i /fmt addr``: read a port as a vCPU would (no CPU needs to run)."""
+    size, letter, numbers = _port_access(args)
+    address = numbers[0] & 0xFFFF
+    machine = _machine(ctx)
+    value = (1 << (8 * size)) - 1
+    if machine is not None:
+        with machine.bql:
+            value = machine.board.pio.read(address, size)
+    return f"port{letter}[0x{address:04x}] = 0x{value:0{2 * size}x}\n"
+
+
+def hmp_ioport_write(ctx: Any, args: list[str]) -> str:
+    """``o /fmt addr value``: write a port as a vCPU would."""
+    size, _letter, numbers = _port_access(args)
+    machine = _machine(ctx)
+    if machine is not None:
+        with machine.bql:
+            machine.board.pio.write(numbers[0] & 0xFFFF, size, numbers[1] & ((1 << (8 * size)) - 1))
+    return ""
+
+
 def info_kvm(ctx: Any, _args: list[str]) -> str:
     """As ``query-kvm``: enabled when KVM is the accelerator (vmd.system.accel)."""
     return f"kvm support: {'enabled' if ctx.daemon.accel == 'kvm' else 'disabled'}\n"

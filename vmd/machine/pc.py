@@ -32,7 +32,6 @@ from __future__ import annotations
 import asyncio
 import mmap
 import threading
-from collections.abc import Iterator
 from typing import Any
 
 from vmd.accel import abi, cpuid
@@ -50,15 +49,16 @@ from vmd.hw.pci.bus import CONFIG_ADDRESS_PORT, PciBus
 from vmd.hw.pci.host import I440fx, I440fxHost, Piix3, Piix3Ide, Piix4Pm, firmware_setup
 from vmd.hw.virtio.memory import GuestMemory
 from vmd.machine import x86
-from vmd.machine.acpi_pm import PM_BASE, PM_SIZE, SCI_IRQ, AcpiPm
+from vmd.machine.acpi_pcihp import GPE_PCI_HOTPLUG, PCIHP_BASE, PCIHP_SIZE, AcpiPciHotplug
+from vmd.machine.acpi_pm import GPE0_BASE, GPE0_SIZE, PM_BASE, PM_SIZE, SCI_IRQ, AcpiPm, Gpe0Block
 from vmd.machine.boot import BootError, BootImage, acpi, linux, multiboot, read_file
 from vmd.machine.boot.e820 import memory_map
 from vmd.machine.memory import AddressSpace, MemoryRegion
 from vmd.machine.msi import KvmMsiRoutes
+from vmd.machine.peripherals import Peripherals
 from vmd.machine.slots import KvmSlots
 from vmd.qom.device import Device, create_device
-from vmd.qom.errors import QOMError
-from vmd.qom.qtree import Bus
+from vmd.qom.qtree import Bus, find_bus
 
 TSS_ADDR = 0xFEFFD000
 IDENTITY_MAP_ADDR = 0xFEFFC000
@@ -106,7 +106,6 @@ class PcBoard:
         self.pci_bus = PciBus("pci.0", self.pio, self.mmio)
         self.pci_bus.bar_listeners.append(self._bar_mapped)
         self._bar_regions: dict[tuple[bool, str, int], MemoryRegion] = {}
-        self.devices: list[Device] = []
         self.context = DeviceContext(
             pio=self.pio, mmio=self.mmio, irq=lambda gsi: KvmIrq(vm, gsi),
             chardev=lambda chardev_id: self._char_port(services, chardev_id, loop, bql),
@@ -119,8 +118,14 @@ class PcBoard:
                 fd, address, length, pio=False, deassign=not assign),
             bql=bql, block=services.block_graph, iothreads=services.iothread_ids,
             events=services.events, runstate=services.runstate)
+        self.peripherals = Peripherals(self.root_bus, self.context, loop)
+        self.devices = self.peripherals.devices
         self.piix3 = self._build_chipset()
         self.acpi_pm = AcpiPm(KvmIrq(vm, SCI_IRQ), lambda: services.request_guest_shutdown("guest-shutdown"))
+        self.pcihp = AcpiPciHotplug(lambda: self.acpi_pm.gpe_event(GPE_PCI_HOTPLUG), self._eject,
+                                    self._fixed_slots)
+        self.pci_bus.hotpluggable = True
+        self.pci_bus.hotplug = self
         self._add_devices()
         self.vcpus = self._create_vcpus()
         self.boot = self._load_kernel()
@@ -211,6 +216,8 @@ class PcBoard:
     def _add_devices(self) -> None:
         self.pio.map(0x80, 1, IoPort80(), "ioport80")
         self.pio.map(PM_BASE, PM_SIZE, self.acpi_pm, "acpi-pm", max_access=4)
+        self.pio.map(GPE0_BASE, GPE0_SIZE, Gpe0Block(self.acpi_pm), "acpi-gpe0")
+        self.pio.map(PCIHP_BASE, PCIHP_SIZE, self.pcihp, "acpi-pci-hotplug", max_access=4)
         for driver in BUILTIN_DEVICES:
             device = self._realize(create_device({"driver": driver, **BUILTIN_PROPERTIES.get(driver, {})},
                                                  user=False))
@@ -218,49 +225,32 @@ class PcBoard:
                 pc_cmos_init(device.rtc, self.ram_size, self.config.smp.cpus)  # type: ignore[attr-defined]
         for chardev_id in self.config.serials:
             self._realize(create_device({"driver": "isa-serial", "chardev": chardev_id}, user=False))
-        anonymous = 0
         for device_config in self.config.devices:
-            options = dict(device_config.options)
-            device = create_device(options)
-            device.qom_path = f"/machine/peripheral/{device.id}" if device.id else \
-                f"/machine/peripheral-anon/device[{anonymous}]"
-            anonymous += not device.id
-            self._realize(device, options.get("bus"))
+            self.peripherals.add(dict(device_config.options), hotplug=False)
         self.io_regions()
 
-    def _realize(self, device: Device, bus_name: str | None = None) -> Device:
-        bus = self._bus_for(device, bus_name)
-        bus.attach(device)
-        try:
-            device.realize(self.context)
-        except QOMError:
-            bus.detach(device)
-            raise
-        self.devices.append(device)
-        return device
+    def _realize(self, device: Device) -> Device:
+        """A built-in device on the bus of its type."""
+        return self.peripherals.realize(device, find_bus(self.root_bus, device.type_info, None))
 
-    def _bus_for(self, device: Device, name: str | None) -> Bus:
-        """The bus ``bus=`` names, or the one of the device's bus type (QEMU's qdev_device_add)."""
-        wanted = device.type_info.bus_type
-        buses = list(self._buses(self.root_bus))
-        if name is not None:
-            bus = next((b for b in buses if b.name == name), None)
-            if bus is None:
-                raise QOMError(f"Bus '{name}' not found")
-            if bus.type_name != wanted:
-                raise QOMError(f"Device '{device.type_name}' can't go on {bus.type_name} bus")
-            return bus
-        bus = next((b for b in buses if b.type_name == wanted), None)
-        if bus is None:
-            raise QOMError(f"No '{wanted}' bus found for device '{device.type_name}'")
-        return bus
+    # -- PCI hotplug (QEMU's piix4 acpi-pcihp on pci.0) --------------------------
 
-    def _buses(self, bus: Bus) -> Iterator[Bus]:
-        """Every bus of the tree, parents first (QEMU's qbus_find_recursive order)."""
-        yield bus
-        for device in bus.children:  # newest first, as QEMU searches
-            for child in device.child_buses:
-                yield from self._buses(child)
+    def plugged(self, device: Device) -> None:
+        self.pcihp.plugged(device.slot)  # type: ignore[attr-defined]
+
+    def unplug_request(self, device: Device) -> None:
+        self.pcihp.unplug_request(device.slot)  # type: ignore[attr-defined]
+
+    def _eject(self, slot: int) -> None:
+        """The guest ejected ``slot``: its removable functions leave."""
+        for devfn in range(slot << 3, (slot << 3) + 8):
+            device = self.pci_bus.functions.get(devfn)
+            if device is not None and device.type_info.user_creatable:
+                self.peripherals.remove(device)
+
+    def _fixed_slots(self) -> set[int]:
+        """Slots holding a device that cannot be unplugged (the chipset's)."""
+        return {device.slot for device in self.pci_bus.functions.values() if not device.type_info.user_creatable}
 
     # -- CPUs and boot -------------------------------------------------------
 
@@ -304,6 +294,7 @@ class PcBoard:
             device.reset()
         firmware_setup(self.pci_bus, self.piix3)
         self.acpi_pm.reset()
+        self.pcihp.reset()
         for address, data in self._firmware + (self.boot.blobs if self.boot else []):
             self.memory.write(address, data)
         for vcpu, lapic in zip(self.vcpus, self._pristine_lapic):

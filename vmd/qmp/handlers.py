@@ -31,7 +31,7 @@ HANDLER_MODULES: dict[str, tuple[str, ...]] = {
     "block_export": ("vmd.block.nbd.commands",),
     "machine": ("vmd.system.accel", "vmd.qom.commands", "vmd.machine.commands"),
     "qom": ("vmd.qom.commands", "vmd.qom.user_objects"),
-    "qdev": ("vmd.qom.commands",),
+    "qdev": ("vmd.qom.commands", "vmd.machine.hotplug"),
     "machine_target": ("vmd.qom.commands",),
     "migration": ("vmd.migration.commands",),
     "pci": ("vmd.hw.pci.info",),

@@ -41,6 +41,11 @@ class Device:
         #: (``/machine/peripheral/ID`` or ``/machine/peripheral-anon/device[N]``).
         self.qom_path = ""
         self.realized = False
+        #: Added to a running machine (QEMU's dev->hotplugged).
+        self.hotplugged = False
+        #: When the guest was asked to eject it (``device_del``), in the
+        #: machine's count of VM starts; None when it was not asked.
+        self.unplug_requested: int | None = None
         self.parent_bus: Bus | None = None
         self.child_buses: list[Bus] = []
 
@@ -54,6 +59,20 @@ class Device:
 
     def reset(self) -> None:
         """Return to the power-on state (QEMU's ``dc->reset``)."""
+
+    def unrealize(self) -> None:
+        """Leave the machine after the bus let go of it (BQL held, any
+        thread): stop whatever the guest could still trigger."""
+        self.realized = False
+
+    async def release(self) -> None:
+        """After ``unrealize``, on the event loop: let go of what the
+        device held outside the machine (a block backend, a chardev)."""
+
+    def inner_paths(self) -> list[str]:
+        """QOM paths of the devices QEMU builds inside this one (a virtio
+        proxy's ``virtio-backend``); each gets its own DEVICE_DELETED."""
+        return []
 
     def qtree_lines(self) -> list[str]:
         """Lines ``info qtree`` prints after the properties (``mmio`` ...)."""

@@ -62,6 +62,9 @@ class RunStateMachine:
         """Call ``listener(new_status)`` after each change, on the loop thread."""
         self._listeners.append(listener)
 
+    def remove_listener(self, listener: Callable[[RunState], object]) -> None:
+        self._listeners.remove(listener)
+
     @property
     def running(self) -> bool:
         return self.status == RunState.RUNNING

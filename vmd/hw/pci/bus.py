@@ -72,6 +72,10 @@ class PciBus(Bus):
             raise QOMError(f"PCI: slot {devfn >> 3} function {devfn & 7} not available for "
                            f"{device.type_name}, in use by {other.type_name},id={other.id or '(null)'}")
         self._check_multifunction(device, devfn)
+        first = self.functions.get(devfn & ~7)
+        if device.hotplugged and devfn & 7 and first is not None:
+            raise QOMError(f"PCI: slot {devfn >> 3} function 0 already occupied by {first.type_name}, "
+                           f"new func {device.type_name} cannot be exposed to guest.")
         device.devfn = devfn
         device.props["addr"] = devfn
         device.bus = self
@@ -81,7 +85,10 @@ class PciBus(Bus):
     def detach(self, device: Device) -> None:
         assert isinstance(device, PciDevice)
         for bar in device.bars.values():
+            old = bar.address
             self.move_bar(device, bar, BAR_UNMAPPED)
+            for hook in bar.moved:
+                hook(old, BAR_UNMAPPED)
         device.set_irq(0)
         del self.functions[device.devfn]
         self.unplug(device)

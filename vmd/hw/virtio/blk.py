@@ -537,7 +537,7 @@ def _find_drive(graph: BlockGraph | None, drive: str | None) -> tuple[BlockBacke
     if node is None:
         raise QOMError(f"Property 'virtio-blk-device.drive' can't find value '{drive}'")
     if named is not None and named.device is not None:
-        raise QOMError(f"Property 'virtio-blk-device.drive' can't take value '{drive}', it's in use")
+        raise QOMError(f"Drive '{drive}' is already in use by another device")
     return named, node
 
 
@@ -547,16 +547,16 @@ def _attach(graph: BlockGraph, named: BlockBackend | None, node: BlockNode, shar
     read-only disk (QEMU's blk_supports_write_perm)."""
     perm = Perm.CONSISTENT_READ | (NONE if node.read_only else Perm.WRITE)
     shared = DEVICE_SHARED | (Perm.WRITE if share_rw else NONE)
+    backend = named if named is not None else graph.backend(perm, shared)
+    backend.device = owner  # named in a permission conflict, as QEMU's blk->dev
     try:
         if named is not None:
             named.set_perm(perm, shared)
-            backend = named
         else:
-            backend = graph.backend(perm, shared)
             backend.attach(node)
     except QMPError as error:
+        backend.device = None
         raise QOMError(error.desc) from None
-    backend.device = owner
     return backend
 
 
@@ -606,6 +606,7 @@ class VirtioBlkPci(VirtioPciDevice):
             queues = props.get("num-queues", AUTO_NUM_QUEUES)
             props = {**props, "vectors": 2 if queues == AUTO_NUM_QUEUES else queues + 1}
         super().__init__(props, dev_id)
+        self._graph: BlockGraph | None = None
 
     def create_vdev(self, props: dict[str, Any]) -> VirtioDevice:
         """A stand-in until realize has the node; realize replaces it."""
@@ -636,5 +637,22 @@ class VirtioBlkPci(VirtioPciDevice):
             ctx.runstate.add_listener(vdev.vm_state_changed)
         vdev.transport = self
         self.vdev = vdev
+        self._graph = graph
         super().realize(ctx)
+
+    async def release(self) -> None:
+        """Requests end, then the disk lets go of its node; a ``-drive``
+        goes with its device (QEMU's blockdev_auto_del)."""
+        vdev = self.vdev
+        assert isinstance(vdev, VirtioBlk) and self._graph is not None
+        await vdev.wait_idle()
+        if vdev.runstate is not None:
+            vdev.runstate.remove_listener(vdev.vm_state_changed)
+        await super().release()
+        backend = vdev.backend
+        backend.device = None
+        if backend.name:
+            await self._graph.delete_backend(backend)
+        else:
+            backend.detach()
 

@@ -186,11 +186,17 @@ class VirtioPciDevice(PciDevice):
         self.isr = 0
         self.set_irq(0)
 
-    def unrealize(self) -> None:
-        self._doorbells_moved(self.modern.address, BAR_UNMAPPED)
+    async def release(self) -> None:
+        """The bus has unmapped the BARs, and with them the doorbells: no
+        new kick comes; requests under way end first (subclasses wait)."""
+        self.msix.reset()
+        self.vdev.reset()
         for notifier in self._notifiers:
             notifier.close()
         self._notifiers = []
+
+    def inner_paths(self) -> list[str]:
+        return [f"{self.qom_path}/virtio-backend"]
 
     # -- notifications -------------------------------------------------------------
 

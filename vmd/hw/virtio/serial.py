@@ -100,6 +100,11 @@ class SerialPort(Device):
         self.events = ctx.events
         super().realize(ctx)
 
+    async def release(self) -> None:
+        if self.port is not None:
+            self.port.disconnect()
+            self.port = None
+
     # -- guest side ---------------------------------------------------------------
 
     @property
@@ -199,6 +204,7 @@ class SerialBus(Bus):
     def __init__(self, name: str, serial: VirtioSerial) -> None:
         super().__init__(name, TYPE_SERIAL_BUS)
         self.serial = serial
+        self.hotpluggable = True  # ports come and go at once, told to the driver
 
     def attach(self, device: Device) -> None:
         assert isinstance(device, SerialPort)
@@ -221,7 +227,8 @@ class SerialBus(Bus):
 
     def detach(self, device: Device) -> None:
         assert isinstance(device, SerialPort)
-        self.serial.ports.pop(device.nr, None)
+        if self.serial.ports.pop(device.nr, None) is device and device.realized:
+            self.serial.send_control(device.nr, PORT_REMOVE, 1)
         device.serial = None
         super().detach(device)
 

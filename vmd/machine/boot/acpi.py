@@ -2,8 +2,8 @@
 
 Enough for a Linux guest to find the CPUs and the IOAPIC (the Debian
 kernel ignores MP tables) and to power off through ACPI S5: the FADT
-points at the PM1 event/control blocks and the PM timer of vmd's PIIX4-like
-power management ports (``vmd.machine.acpi_pm``), and the DSDT declares
+points at the PM1 event/control blocks, the PM timer and the GPE0 block
+of vmd's PIIX4-like power management ports (``vmd.machine.acpi_pm``), and the DSDT declares
 ``\\_S5`` with SLP_TYP 0, which the PM1 control port treats as power-off,
 as QEMU's piix4 does. The tables live in the BIOS area at 0xF0000 (reserved
 in the e820 map), where the guest's RSDP scan finds them; Linux also gets
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import struct
 
-from vmd.machine.acpi_pm import PM_BASE, SCI_IRQ
+from vmd.machine.acpi_pm import GPE0_BASE, GPE0_SIZE, PM_BASE, SCI_IRQ
 
 BASE = 0xF0000
 RSDP = BASE
@@ -66,7 +66,8 @@ def fadt() -> bytes:
     put(56, "<I", PM_BASE)          # PM1a_EVT_BLK
     put(64, "<I", PM_BASE + 4)      # PM1a_CNT_BLK
     put(76, "<I", PM_BASE + 8)      # PM_TMR_BLK
-    put(88, "<4B", 4, 2, 0, 4)      # PM1_EVT_LEN, PM1_CNT_LEN, PM2_CNT_LEN, PM_TMR_LEN
+    put(80, "<I", GPE0_BASE)        # GPE0_BLK (PCI hotplug raises GPE 1 there)
+    put(88, "<5B", 4, 2, 0, 4, GPE0_SIZE)  # PM1_EVT_LEN, PM1_CNT_LEN, PM2_CNT_LEN, PM_TMR_LEN, GPE0_BLK_LEN
     put(96, "<HH", 0xFFF, 0xFFF)    # no C2/C3
     put(108, "<B", 0x32)            # CMOS century register
     put(112, "<I", (1 << 0) | (1 << 2) | (1 << 5) | (1 << 7))  # WBINVD, PROC_C1, SLP_BUTTON, RTC_S4
