@@ -111,8 +111,14 @@ class BackupJob(BlockJob):
                 await self.yield_()
             return
         bitmap = self.bcs.bitmap
+        started = False
         while True:
-            await self.ratelimit_sleep()
+            # As QEMU's block-copy call: the first chunk starts at once (a
+            # pause asked right after the start finds it copied), later
+            # ones after the rate limit's delay.
+            if started:
+                await self.ratelimit_sleep()
+            started = True
             if self.is_cancelled():
                 return
             offset = bitmap.next_dirty(0)
