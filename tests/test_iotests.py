@@ -66,6 +66,7 @@ TESTS = [
     ("030", "qcow2", "pc"),     # block-stream: parallel jobs on one chain, their blockers, EIO/ENOSPC via blkdebug
     ("304", "qcow2", "pc"),     # drive-backup / blockdev-backup of a small image with bitmaps
     ("124", "qcow2", "pc"),     # incremental backups and transactions; block_resize of a drive; 128k-cluster target
+    ("224", "qcow2", "pc"),     # json: file names of nodes; block-commit's top/base given by them
 ]
 #: Options the wrapper puts before the test's own, per machine.
 MACHINE_OPTIONS = {"none": "", "pc": " -machine pc"}

@@ -21,6 +21,7 @@ from vmd._generated.types import (
 )
 from vmd.block.backend import BlockBackend
 from vmd.block.dirty_bitmap import DirtyBitmap
+from vmd.block.filename import absolute
 from vmd.block.graph import block_graph
 from vmd.block.node import BlockNode
 from vmd.block.perm import ALL, Perm, perm_qapi
@@ -74,8 +75,9 @@ def device_info(node: BlockNode, *, flat: bool) -> dict[str, Any]:
                   "no-flush": getattr(node, "no_flush", False)},
         "image": image_info(node, recurse=not flat),
     }
-    if node.backing_file:
-        info["backing_file"] = node.backing_file
+    backing = node.backing
+    if backing is not None and not node.is_filter:  # bdrv_cow_bs: the backing node's name
+        info["backing_file"] = backing.filename()
     if node.dirty_bitmaps:
         info["dirty-bitmaps"] = [bitmap_info(bitmap) for bitmap in node.dirty_bitmaps]
     return info
@@ -114,10 +116,11 @@ def _one_image_info(node: BlockNode) -> dict[str, Any]:
     if actual is not None:
         info["actual-size"] = actual
     info.update(node.format_info())
-    backing = node.backing
     if node.backing_file:
         info["backing-filename"] = node.backing_file
-        info["full-backing-filename"] = backing.filename() if backing is not None else node.backing_file
+        full = absolute(node, node.backing_file)
+        if full is not None:
+            info["full-backing-filename"] = full
         if node.backing_fmt:
             info["backing-filename-format"] = node.backing_fmt
     return info

@@ -255,7 +255,24 @@ def refresh_perms(starts: Iterable[BlockNode], tran: Transaction) -> None:
 
 # -- graph changes --------------------------------------------------------------------------
 
+#: Counts the changes of the graph's shape: what is derived from it (the
+#: nodes' file names) is cached against this count.
+_shape_version = 0
+
+
+def shape_version() -> int:
+    return _shape_version
+
+
+def shape_changed() -> None:
+    """Invalidate what was derived from the graph (an edge moved, or a
+    node's backing file name changed)."""
+    global _shape_version
+    _shape_version += 1
+
+
 def _link(edge: Edge, tran: Transaction) -> None:
+    shape_changed()
     parent = edge.parent
     if _is_node(parent):
         parent.children[edge.name] = edge  # type: ignore[union-attr]
@@ -267,6 +284,7 @@ def _link(edge: Edge, tran: Transaction) -> None:
 
 
 def _unlink(edge: Edge) -> None:
+    shape_changed()
     parent = edge.parent
     if _is_node(parent) and parent.children.get(edge.name) is edge:  # type: ignore[union-attr]
         del parent.children[edge.name]  # type: ignore[union-attr]
@@ -278,9 +296,11 @@ def _set_child(edge: Edge, child: BlockNode, tran: Transaction) -> None:
     old = edge.child
 
     def undo() -> None:
+        shape_changed()
         child.parents.remove(edge)
         edge.child = old
         old.parents.append(edge)
+    shape_changed()
     old.parents.remove(edge)
     edge.child = child
     child.parents.append(edge)

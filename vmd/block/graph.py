@@ -18,7 +18,8 @@ from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 from vmd.block.backend import BlockBackend
-from vmd.block.edge import RootHolder, drained, topological
+from vmd.block.edge import RootHolder, drained, shape_changed, topological
+from vmd.block.filename import wire_options
 from vmd.block.node import BlockNode
 from vmd.block.perm import Perm, Role
 from vmd.errors import QMPError
@@ -126,6 +127,8 @@ class BlockGraph:
             self._opening = []
         try:
             node = await opener(options, self)
+            node.open_options = wire_options(options)
+            shape_changed()
             node.force_share = node.force_share or bool(getattr(options, "force_share", False))
             node.detect_zeroes = detect_zeroes_of(options)
             self._register(node, node.node_name)

@@ -24,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from vmd.block import filename as filenames
 from vmd.block import perm as perms
 from vmd.block.dirty_bitmap import DirtyBitmap, mark_dirty, resize_bitmaps
 from vmd.block.edge import Edge, attach, detach
@@ -73,6 +74,12 @@ class BlockNode:
     #: No job may freeze a link to it (QEMU's never_freeze: the filters a
     #: commit or mirror job inserts and removes again).
     never_freeze = False
+    #: A protocol driver (QEMU's bdrv_file_open): its node's own name opens it.
+    is_protocol = False
+    #: The options that change what the node reads (QEMU's strong runtime
+    #: options; a trailing dot takes every option under that prefix): they
+    #: make its file name a ``json:`` one (``vmd.block.filename``).
+    strong_options: tuple[str, ...] = ()
 
     def __init__(self, node_name: str, *, read_only: bool = False) -> None:
         self.node_name = node_name
@@ -96,6 +103,16 @@ class BlockNode:
         self.write_threshold = 0
         #: The backing file name recorded in the image (formats with chains).
         self.backing_file: str | None = None
+        #: The backing file the node would open by itself: the header's
+        #: name, or the file name of the backing node opened by that name
+        #: (QEMU's auto_backing_file); another backing node overrides it.
+        self.auto_backing_file = ""
+        #: The options the node was opened with, as JSON data (QEMU's bs->options).
+        self.open_options: dict[str, Any] = {}
+        #: A job's filter inserted without a node name: it shows its child's names.
+        self.implicit = False
+        #: (``vmd.block.edge.shape_version``, names) when last computed.
+        self.names_cache: tuple[int, filenames.Names] | None = None
         self.backing_fmt: str | None = None
         #: Called as (node, threshold, end of write) when a write crosses it.
         self.on_threshold: Callable[[BlockNode, int, int], None] | None = None
@@ -265,9 +282,18 @@ class BlockNode:
     # -- description -------------------------------------------------------
 
     def filename(self) -> str:
-        """The image's file name as QEMU reports it."""
-        file = self.child("file")
-        return file.filename() if file is not None else ""
+        """The node's file name as QEMU reports it (``vmd.block.filename``)."""
+        return filenames.filename(self)
+
+    def exact_filename(self, options: dict[str, Any], names_of: filenames.NamesOf) -> str | None:
+        """The driver's own rule for a plain file name (QEMU's
+        .bdrv_refresh_filename), "" for none; None: the generic rule.
+        ``options`` are the node's full open options."""
+        return None
+
+    def primary_child(self) -> BlockNode | None:
+        """The child holding the node's data or metadata (bdrv_primary_bs)."""
+        return next((edge.child for edge in self.children.values() if edge.role & Role.PRIMARY), None)
 
     def reported_size(self) -> int:
         """The size QEMU reports (bdrv_getlength): whole 512-byte sectors,

@@ -55,7 +55,6 @@ class ExternalSnapshot(Action):
         #: The overlay was opened here (``-sync``), not named by the user.
         self.opened = False
         self.appended = False
-        self._old_backing: tuple[str | None, str | None] = (None, None)
 
     @property
     def graph(self) -> BlockGraph:
@@ -80,13 +79,13 @@ class ExternalSnapshot(Action):
                 raise QMPError("An IO error has occurred") from None
         new = self.new = await self.open_overlay(old)
         check_overlay(new)
-        self._old_backing = new.backing_file, new.backing_fmt
+        # The overlay's header keeps its backing file name (QEMU's
+        # bs->backing_file); a different node makes its name json:.
         async with drained(old, new):
             with Transaction() as tran:
                 add_edge(new, old, "backing", Role.COW, tran)
                 replace_node(old, new, tran)
         self.appended = True
-        new.backing_file, new.backing_fmt = old.filename(), old.driver
 
     async def commit(self) -> None:
         old = self.old
@@ -105,7 +104,6 @@ class ExternalSnapshot(Action):
             detach(new.children["backing"])
             with Transaction() as tran:
                 replace_node(new, old, tran)
-        new.backing_file, new.backing_fmt = self._old_backing
         self.appended = False
 
     async def clean(self) -> None:

@@ -59,6 +59,7 @@ from typing import Any
 
 from vmd._generated.types import BlkdebugEvent, BlkdebugIOType
 from vmd.block import aio
+from vmd.block.filename import NamesOf
 from vmd.block.graph import BlockGraph, driver, node_name_of
 from vmd.block.node import BlockNode, Extent
 from vmd.block.perm import NONE, Perm, Role
@@ -100,6 +101,9 @@ class StateRule:
 class BlkdebugNode(BlockNode):
     driver = "blkdebug"
     is_filter = True
+    is_protocol = True
+    strong_options = ("config", "inject-error.", "set-state.", "align", "max-transfer", "opt-write-zero",
+                      "max-write-zero", "opt-discard", "max-discard")
 
     def __init__(self, node_name: str, image: BlockNode, rules: list[InjectRule | StateRule],
                  *, config: str | None = None, read_only: bool = False,
@@ -142,8 +146,13 @@ class BlkdebugNode(BlockNode):
     def grows_on_write(self, value: bool) -> None:
         """Never set: it is the image's."""
 
-    def filename(self) -> str:
-        return f"blkdebug:{self.config or ''}:{self.image.filename()}"
+    def exact_filename(self, options: dict[str, Any], names_of: NamesOf) -> str:
+        """blkdebug_refresh_filename: ``blkdebug:CONFIG:IMAGE`` while the
+        image has a plain name and no option but the config file was given."""
+        image = names_of(self.image).exact
+        if not image or set(options) - {"config", "image", "x-image", "driver"}:
+            return ""
+        return f"blkdebug:{self.config or ''}:{image}"
 
     # -- rules -------------------------------------------------------------------
 

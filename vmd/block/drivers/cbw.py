@@ -32,6 +32,7 @@ from typing import Any
 from vmd.block.copy import CopyFailed, copy_range
 from vmd.block.dirty_bitmap import DirtyBitmap
 from vmd.block.edge import Edge
+from vmd.block.filename import NamesOf
 from vmd.block.graph import BlockGraph, driver, node_name_of
 from vmd.block.jobs.filters import RangeLocks
 from vmd.block.node import BlockNode, Extent, Status, block_status_above
@@ -138,8 +139,9 @@ class CopyBeforeWriteNode(BlockNode):
         #: Snapshot reads from ``file`` under way (frozen_read_reqs).
         self._reads = RangeLocks()
 
-    def filename(self) -> str:
-        return self.file.filename()
+    def exact_filename(self, options: dict[str, Any], names_of: NamesOf) -> str:
+        """cbw_refresh_filename: the source's name."""
+        return names_of(self.file).filename
 
     def child_perm(self, edge: Edge, perm: Perm, shared: Perm) -> tuple[Perm, Perm]:
         """cbw_child_perm: the target is written and may not be resized;

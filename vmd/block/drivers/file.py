@@ -48,6 +48,7 @@ from typing import Any
 from cffi import FFI
 
 from vmd.block import aio
+from vmd.block.filename import NamesOf
 from vmd.block.graph import BlockGraph, driver, node_name_of
 from vmd.block.node import BlockNode, Extent, Status
 from vmd.block.perm import ALL, NONE, Perm, perm_text
@@ -107,6 +108,7 @@ class _Caps:
 
 class FileNode(BlockNode):
     driver = "file"
+    is_protocol = True
     # Formats append metadata and clusters past the current end.
     grows_on_write = True
 
@@ -117,6 +119,7 @@ class FileNode(BlockNode):
                  force_share: bool = False, nowait: bool = True) -> None:
         super().__init__(node_name, read_only=read_only)
         self.path = filename
+        self.open_options = {"driver": self.driver, "filename": filename}
         self.fd = -1
         self.direct = direct
         self.no_flush = no_flush
@@ -159,7 +162,7 @@ class FileNode(BlockNode):
             self.fd = -1
             self._locked_perm = self._locked_shared = 0
 
-    def filename(self) -> str:
+    def exact_filename(self, options: dict[str, Any], names_of: NamesOf) -> str:
         return self.path
 
     def allocated_file_size(self) -> int | None:

@@ -8,11 +8,11 @@ by default), so they cost nothing; ``latency-ns`` delays every request.
 from __future__ import annotations
 
 import asyncio
-import json
 from typing import Any
 
 from vmd.block import limits
 from vmd.block.drivers.file import check_force_share
+from vmd.block.filename import NamesOf
 from vmd.block.graph import BlockGraph, driver, node_name_of
 from vmd.block.node import BlockNode, Extent, Status
 from vmd.errors import QMPError
@@ -23,6 +23,8 @@ _ZEROES = memoryview(bytes(1 << 20))
 
 class NullNode(BlockNode):
     driver = "null-co"
+    is_protocol = True
+    strong_options = ("size", "read-zeroes")
 
     def __init__(self, node_name: str, *, size: int = DEFAULT_SIZE,
                  read_zeroes: bool = False, latency_ns: int = 0,
@@ -34,13 +36,10 @@ class NullNode(BlockNode):
         self.total_size = size
         self.read_zeroes = read_zeroes
         self.latency = latency_ns / 1e9
-        #: Whether options beyond the defaults were given (for the filename).
-        self.explicit: dict[str, Any] = {}
 
-    def filename(self) -> str:
-        if not self.explicit:
-            return f"{self.driver}://"
-        return "json:" + json.dumps({"driver": self.driver, **self.explicit})
+    def exact_filename(self, options: dict[str, Any], names_of: NamesOf) -> str:
+        """null_refresh_filename: ``null-co://`` unless a strong option was given."""
+        return "" if set(options) - {"driver", "filename"} else f"{self.driver}://"
 
     def allocated_file_size(self) -> int | None:
         """Nothing is stored (QEMU's null driver reports 0 bytes too)."""
@@ -86,8 +85,4 @@ async def open_null(options: Any, graph: BlockGraph) -> BlockNode:
                     latency_ns=int(getattr(branch, "latency_ns", None) or 0),
                     read_only=bool(getattr(options, "read_only", False)),
                     driver_name=str(options.driver))
-    if size is not None:
-        node.explicit["size"] = int(size)
-    if read_zeroes is not None:
-        node.explicit["read-zeroes"] = bool(read_zeroes)
     return node

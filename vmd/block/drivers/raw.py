@@ -22,6 +22,7 @@ SECTOR_SIZE = 512
 
 class RawNode(BlockNode):
     driver = "raw"
+    strong_options = ("offset", "size")
 
     def __init__(self, node_name: str, file: BlockNode, *, offset: int = 0,
                  size: int | None = None, read_only: bool = False,

@@ -15,6 +15,7 @@ from typing import Any
 
 from vmd.block.drivers.cbw import CopyBeforeWriteNode
 from vmd.block.edge import Edge
+from vmd.block.filename import NamesOf
 from vmd.block.graph import BlockGraph, driver, node_name_of
 from vmd.block.node import BlockNode, Extent
 from vmd.block.perm import ALL, NONE, Perm, Role
@@ -33,6 +34,10 @@ class SnapshotAccessNode(BlockNode):
         self.total_size = file.total_size
         #: ``discard=unmap``: discards reach the filter (else they are dropped).
         self.unmap = unmap
+
+    def exact_filename(self, options: dict[str, Any], names_of: NamesOf) -> str:
+        """snapshot_access_refresh_filename: the filter's name."""
+        return names_of(self.file).filename
 
     def _snapshot(self) -> CopyBeforeWriteNode:
         file = self.file

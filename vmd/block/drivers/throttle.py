@@ -174,6 +174,7 @@ class ThrottleNode(BlockNode):
 
     driver = "throttle"
     is_filter = True
+    strong_options = ("throttle-group",)
 
     def __init__(self, node_name: str, file: BlockNode, group: ThrottleGroup, *, read_only: bool = False) -> None:
         super().__init__(node_name, read_only=read_only)

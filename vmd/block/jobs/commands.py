@@ -21,6 +21,7 @@ from vmd._generated.types import (
     TransactionActionKind,
 )
 from vmd.block.backend import BlockBackend, device_name
+from vmd.block.filename import find_backing_image
 from vmd.block.graph import BlockGraph, block_graph
 from vmd.block.jobs.chain import chain_between, chain_contains, overlay_of, skip_filters
 from vmd.block.node import BlockNode
@@ -46,16 +47,6 @@ def _lookup(graph: BlockGraph, name: str, *, device: bool = True) -> BlockNode:
     if node is None:
         raise QMPError(f"Cannot find device='{name if device else ''}' nor node-name='{name}'")
     return node
-
-
-def _find_backing_image(top: BlockNode, filename: str) -> BlockNode | None:
-    """bdrv_find_backing_image: an image below ``top`` by file name."""
-    node = top.filtered()
-    while node is not None:
-        if filename in (node.filename(), node.node_name):
-            return node
-        node = node.filtered()
-    return None
 
 
 def _chain_bottom(top: BlockNode) -> BlockNode:
@@ -89,7 +80,7 @@ async def qmp_block_commit(ctx: Any, job_id: str | None, device: str, base_node:
         if not chain_contains(bs, top_bs):
             raise QMPError(f"'{top_node}' is not in this backing file chain")
     elif top is not None and bs.filename() != top:
-        top_bs = _find_backing_image(bs, top)
+        top_bs = find_backing_image(bs, top)
     if top_bs is None:
         raise QMPError(f"Top image file {top} not found")
     if base_node is not None:
@@ -97,7 +88,7 @@ async def qmp_block_commit(ctx: Any, job_id: str | None, device: str, base_node:
         if not chain_contains(top_bs, base_bs):
             raise QMPError(f"'{base_node}' is not in this backing file chain")
     elif base is not None:
-        found = _find_backing_image(top_bs, base)
+        found = find_backing_image(top_bs, base)
         if found is None:
             raise QMPError(f"Can't find '{base}' in the backing chain")
         base_bs = found
@@ -146,7 +137,7 @@ async def qmp_block_stream(ctx: Any, job_id: str | None, device: str, base: str 
     base_bs: BlockNode | None = None
     bottom_bs: BlockNode | None = None
     if base is not None:
-        base_bs = _find_backing_image(bs, base)
+        base_bs = find_backing_image(bs, base)
         if base_bs is None:
             raise QMPError(f"Can't find '{base}' in the backing chain")
     if base_node is not None:

@@ -58,7 +58,7 @@ class CommitJob(BlockJob):
             if self.base_read_only:
                 await self.base.reopen_read_write()
             self.filter = CommitTopNode("", self.top)
-            await insert_filter(self.graph, self.filter, self.top, filter_node_name)
+            await insert_filter(self.graph, self.filter, self.top, filter_node_name, implicit=True)
             self.freeze_chain(self.filter, self.base)
             shared = Perm.WRITE_UNCHANGED | Perm.WRITE
             for node in chain_between(self.top, self.base):

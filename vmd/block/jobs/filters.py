@@ -26,10 +26,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
-from typing import Protocol
+from typing import Any, Protocol
 
 from vmd.block.drivers.cor import CopyOnReadNode
 from vmd.block.edge import Edge, Transaction, add_edge, drained, refresh_perms, replace_node
+from vmd.block.filename import NamesOf
 from vmd.block.graph import BlockGraph
 from vmd.block.node import BlockNode, Extent, Status
 from vmd.block.perm import ALL, NONE, Perm, Role
@@ -51,9 +52,10 @@ class FilterNode(BlockNode):
     def child_node(self) -> BlockNode:
         return self.children["backing"].child
 
-    def filename(self) -> str:
+    def exact_filename(self, options: dict[str, Any], names_of: NamesOf) -> str:
+        """commit_top's and mirror_top's rule: the filtered node's name."""
         edge = self.children.get("backing")
-        return edge.child.filename() if edge is not None else ""
+        return names_of(edge.child).filename if edge is not None else ""
 
     async def _co_read(self, offset: int, buf: memoryview) -> None:
         await self.child_node.read(offset, buf)
@@ -218,13 +220,18 @@ def check_node_name(graph: BlockGraph, name: str) -> None:
         raise QMPError(f"Duplicate nodes with node-name='{name}'")
 
 
-async def insert_filter(graph: BlockGraph, filt: BlockNode, child: BlockNode, name: str | None) -> None:
+async def insert_filter(graph: BlockGraph, filt: BlockNode, child: BlockNode, name: str | None,
+                        *, implicit: bool = False) -> None:
     """Put ``filt`` above ``child``: every parent and user of the child
     moves onto the filter (bdrv_append), in a drained section; the filter
     is named ``name`` or an implicit ``#blockNNN``. A job filter gets its
-    ``backing`` edge here; a driver's filter has its edge already."""
+    ``backing`` edge here; a driver's filter has its edge already.
+    ``implicit``: without a name the filter is QEMU's implicit node, shown
+    with its child's file name (commit, mirror and stream filters; not
+    backup's)."""
     if name is not None:
         check_node_name(graph, name)
+    filt.implicit = implicit and name is None
     async with drained(child):
         with Transaction() as tran:
             if not filt.children:

@@ -351,7 +351,7 @@ async def _start(daemon: Any, job_id: str, source: BlockNode, target: BlockNode,
         raise QMPError("Can't mirror node into itself")
     graph: BlockGraph = daemon.block
     top = MirrorTopNode("", source)
-    await insert_filter(graph, top, source, filter_node_name)
+    await insert_filter(graph, top, source, filter_node_name, implicit=True)
     job_class = ActiveCommitJob if commit else MirrorJob
     try:
         job = job_class(graph, daemon.jobs, job_id, top, source, target, base=base, sync=sync,

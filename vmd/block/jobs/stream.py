@@ -141,7 +141,7 @@ async def start_stream(daemon: Any, job_id: str, target: BlockNode, base: BlockN
     cor: StreamCorNode | None = None
     try:
         cor = StreamCorNode("", target, base)
-        await insert_filter(graph, cor, target, filter_node_name)
+        await insert_filter(graph, cor, target, filter_node_name, implicit=True)
         job = StreamJob(graph, daemon.jobs, job_id, cor, target, base, speed=speed, on_error=on_error,
                         backing_file=backing_file, read_only=read_only, auto_finalize=auto_finalize,
                         auto_dismiss=auto_dismiss)

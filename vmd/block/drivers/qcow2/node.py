@@ -61,6 +61,7 @@ from vmd.block.drivers.qcow2.bitmaps import BitmapStore, referenced_clusters
 from vmd.block.drivers.qcow2.cache import TableCache
 from vmd.block.drivers.qcow2.inflight import Allocations, RequestGate
 from vmd.block.drivers.qcow2.refcount import Refcounts
+from vmd.block.edge import shape_changed
 from vmd.block.node import BlockNode, Extent, Status
 from vmd.block.perm import IMAGE, Role
 from vmd.errors import QMPError
@@ -117,6 +118,7 @@ class Qcow2Node(BlockNode):
         self.l2_entries = self.cs // 8
         self.backing_file = h.backing_file
         self.backing_fmt = h.backing_format
+        self.auto_backing_file = h.backing_file or ""
         if h.l1_size:
             raw = bytearray(h.l1_size * 8)
             await file.read(h.l1_table_offset, memoryview(raw))
@@ -163,6 +165,8 @@ class Qcow2Node(BlockNode):
             await self.file.write(0, memoryview(cluster))
             await self.file.flush()
         self.backing_file, self.backing_fmt = name, fmt
+        self.auto_backing_file = name or ""
+        shape_changed()
 
     async def close(self) -> None:
         if self.read_only or not hasattr(self, "l2_cache"):
@@ -838,7 +842,12 @@ async def open_image(path: str, *, read_only: bool = False, backing: bool = True
 async def open_chain(top: Qcow2Node, top_path: str,
                      adopt: Callable[[BlockNode], None] | None = None) -> None:
     """Open the backing files named in the headers below ``top``, one
-    image at a time (a loop: a chain may be thousands of images deep)."""
+    image at a time (a loop: a chain may be thousands of images deep).
+
+    Each header's name then stands for the node it opened, whatever its
+    spelling (auto_backing_file becomes that node's file name, set bottom
+    up once the whole chain is there, as QEMU's recursive open does)."""
+    opened: list[Qcow2Node] = []
     node, path = top, top_path
     while node.backing_file:
         below = await open_backing(node, path)
@@ -848,11 +857,17 @@ async def open_chain(top: Qcow2Node, top_path: str,
         except BaseException:
             await close_image(below)
             raise
+        opened.append(node)
         if adopt is not None:
             adopt(below)
         if not isinstance(below, Qcow2Node):
-            return
+            break
         node, path = below, backing_path(node, path)
+    shape_changed()
+    # Bottom up, each name computed once: a node's is cached only after
+    # its own auto_backing_file is set.
+    for node in reversed(opened):
+        node.auto_backing_file = node.backing.filename()  # type: ignore[union-attr]
 
 
 def backing_path(node: Qcow2Node, overlay_path: str) -> str:
