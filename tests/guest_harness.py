@@ -296,16 +296,22 @@ def run_to_exit(engine: str, guest: str, tmp_path: Path, *args: str,
 
 def qemu_reference(guest: str, tmp_path: Path, *args: str) -> tuple[str, int]:
     """What QEMU prints and exits with for ``guest`` and ``args`` (memoized)."""
+    output, code = memoized_qemu(guest, [guest, args],
+                                 lambda: run_to_exit("qemu", guest, tmp_path / "reference", *args))
+    return output, code
+
+
+def memoized_qemu(guest: str, key: list[Any], run: Any) -> Any:
+    """``run()``'s (JSON) result for a QEMU run of ``guest``, kept on disk by
+    the guest binary, ``key`` (what else decides the run) and QEMU's version."""
     require("qemu")
-    key = hashlib.sha256(build_guest(guest).read_bytes())
-    key.update(json.dumps([guest, args, _qemu_version()]).encode())
-    path = cache_dir() / f"qemu-{guest}-{key.hexdigest()[:16]}.json"
+    digest = hashlib.sha256(build_guest(guest).read_bytes())
+    digest.update(json.dumps([*key, _qemu_version()]).encode())
+    path = cache_dir() / f"qemu-{guest}-{digest.hexdigest()[:16]}.json"
     if path.exists():
-        output, code = json.loads(path.read_text())
-        return output, code
-    result = run_to_exit("qemu", guest, tmp_path / "reference", *args)
+        return json.loads(path.read_text())
+    result = run()
     partial = path.with_suffix(f".{os.getpid()}.tmp")
     partial.write_text(json.dumps(result))
     os.replace(partial, path)
     return result
-

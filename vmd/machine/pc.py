@@ -19,7 +19,10 @@ Everything is wired here, in one place (Firecracker's builder shape):
 * devices from the QOM registry on the port and MMIO buses: the RTC (with
   QEMU's CMOS bytes), i8042, port 0x92, port 0x80, the ACPI PM ports, a
   16550A per ``-serial``, then every ``-device`` on the bus its type (or
-  ``bus=``) names;
+  ``bus=``) names (``vmd.machine.peripherals``, which ``device_add`` uses too);
+* ACPI PCI hotplug on ``pci.0`` (``vmd.machine.acpi_pcihp``, GPE0 in
+  ``vmd.machine.acpi_pm``): the board is the bus's hotplug controller and
+  removes what the guest ejects;
 * one vCPU per ``-smp`` CPU with the CPUID of ``-cpu``.
 
 Thread use: built on the loop thread; afterwards the buses and devices are
