@@ -13,6 +13,7 @@ import errno
 import os
 import shutil
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -83,6 +84,40 @@ async def test_reads_and_writes_through_the_ring(tmp_path: Path) -> None:
         pytest.skip("io_uring is not available here")
     await _exercise(tmp_path / "f")
     assert not aio.ring().busy  # type: ignore[union-attr]
+
+
+async def test_completions_do_not_interrupt_the_loop() -> None:
+    """The ring runs completions at the loop's system calls (COOP_TASKRUN),
+    on kernels that have it (5.19 on), instead of an interrupt each."""
+    ring = aio.ring()
+    if ring is None:
+        pytest.skip("io_uring is not available here")
+    release = tuple(int(part) for part in os.uname().release.split(".")[:2])
+    if release < (5, 19):
+        pytest.skip("COOP_TASKRUN needs Linux 5.19")
+    assert ring.flags == uring.IORING_SETUP_COOP_TASKRUN
+
+
+def test_a_loop_run_by_another_thread_gets_a_ring_there(tmp_path: Path) -> None:
+    """A ring serves the thread that made it (that thread's system calls run
+    its completions): one loop run by one thread, then by another, gets a
+    ring in each, and I/O works in both."""
+    loop = asyncio.new_event_loop()
+
+    async def use(name: str) -> object:
+        await _exercise(tmp_path / name)
+        return aio.ring()
+
+    # Both threads live throughout, so they cannot share an identifier.
+    with ThreadPoolExecutor(1) as one, ThreadPoolExecutor(1) as two:
+        try:
+            first = one.submit(loop.run_until_complete, use("first")).result()
+            if first is None:
+                pytest.skip("io_uring is not available here")
+            second = two.submit(loop.run_until_complete, use("second")).result()
+            assert second is not None and second is not first
+        finally:
+            loop.close()
 
 
 async def test_workers_when_asked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

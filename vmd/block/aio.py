@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -132,24 +133,31 @@ def _pwrite_full(fd: int, data: memoryview, offset: int) -> None:
 #: ``VMD_AIO=threads`` keeps reads and writes on the worker threads even
 #: where io_uring works (for comparison, and the tests of both engines).
 ENGINE_ENV = "VMD_AIO"
-_ring: tuple[asyncio.AbstractEventLoop, Ring | None] | None = None
+#: (loop, its ring or None, the loop's thread).
+_ring: tuple[asyncio.AbstractEventLoop, Ring | None, int] | None = None
 
 
 def ring() -> Ring | None:
     """The running loop's io_uring, or None where reads and writes go to workers."""
     global _ring
+    known = _ring
+    # A thread runs one loop at a time: a running loop of this thread is the
+    # running loop (asyncio.get_running_loop() would cost a getpid() call).
+    if known is not None and known[2] == threading.get_ident() and known[0].is_running():
+        return known[1]
+    # Otherwise a new ring: this is another loop (tests run several in
+    # turn), or the loop now runs in another thread, whose system calls
+    # are the ones that run the completions' task work (COOP_TASKRUN).
     loop = asyncio.get_running_loop()
-    if _ring is not None and _ring[0] is loop:
-        return _ring[1]
-    if _ring is not None and _ring[1] is not None and not _ring[1].busy:
-        _ring[1].close()  # an earlier loop's (tests run several in turn)
+    if known is not None and known[1] is not None and not known[1].busy:
+        known[1].close()
     made = None
     if os.environ.get(ENGINE_ENV, "io_uring") != "threads":
         try:
             made = Ring.open(loop)
         except OSError as error:
             log.debug("io_uring unavailable (%s): file I/O on worker threads", error)
-    _ring = (loop, made)
+    _ring = (loop, made, threading.get_ident())
     return made
 
 
@@ -177,9 +185,10 @@ async def pwrite(fd: int, data: memoryview, offset: int) -> None:
         await run(_pwrite_full, fd, data, offset)
         return
     done = 0
-    while done < len(data):
+    length = len(data)
+    while done < length:
         try:
-            done += await uring.write(fd, data[done:], offset + done)
+            done += await uring.write(fd, data[done:] if done else data, offset + done)
         except RingFull:
             await run(_pwrite_full, fd, data[done:], offset + done)
             return

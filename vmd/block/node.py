@@ -234,15 +234,18 @@ class BlockNode:
         await self._co_read(offset, buf)
 
     async def write(self, offset: int, data: bytes | memoryview) -> None:
-        self._check_writable(offset, len(data))
+        length = len(data)
+        self._check_writable(offset, length)
         try:
             if self.detect_zeroes != "off" and data and not any(data):
-                await self._co_write_zeroes(offset, len(data), self.detect_zeroes == "unmap")
+                await self._co_write_zeroes(offset, length, self.detect_zeroes == "unmap")
             else:
                 await self._co_write(offset, memoryview(data))
         finally:
-            self._write_done(offset, len(data))
-        self._note_write(offset + len(data))
+            if self.dirty_bitmaps:
+                self._write_done(offset, length)
+        if self.write_threshold:
+            self._note_write(offset + length)
 
     async def write_zeroes(self, offset: int, length: int,
                            may_unmap: bool = False) -> None:

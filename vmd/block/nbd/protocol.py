@@ -122,6 +122,17 @@ class Cmd(enum.IntEnum):
     BLOCK_STATUS = 7
 
 
+#: Sets of commands for the checks made on every request: a look-up in a
+#: frozenset of ints costs a tenth of ``x in (Cmd.A, Cmd.B)``, where every
+#: member is an attribute look-up on the enum class.
+DATA_COMMANDS = frozenset({Cmd.READ, Cmd.WRITE})
+_SIZED_COMMANDS = frozenset({Cmd.READ, Cmd.WRITE, Cmd.CACHE})
+_CHANGING_COMMANDS = frozenset({Cmd.WRITE, Cmd.TRIM, Cmd.WRITE_ZEROES})
+_KNOWN_COMMANDS = frozenset({Cmd.READ, Cmd.WRITE, Cmd.FLUSH, Cmd.TRIM, Cmd.WRITE_ZEROES,
+                             Cmd.CACHE, Cmd.BLOCK_STATUS})
+
+_READ, _WRITE = Cmd.READ, Cmd.WRITE  # module globals: found sooner than Cmd's attributes
+
 # Command flags.
 CMD_FLAG_FUA = 1 << 0
 CMD_FLAG_NO_HOLE = 1 << 1
@@ -302,6 +313,9 @@ class State(enum.Enum):
     CLOSED = enum.auto()
 
 
+_TRANSMISSION = State.TRANSMISSION
+
+
 # -- encoders -------------------------------------------------------------------
 
 _OPTION_HEADER = struct.Struct(">QII")        # magic, option, length
@@ -434,6 +448,10 @@ class _OptionReader:
 
 # -- the connection ---------------------------------------------------------------
 
+def _bad_flags(command: int, flags: int) -> tuple[int, str]:
+    return EINVAL, f"unsupported flags for command {command_name(command)} (got 0x{flags:x})"
+
+
 class ServerConnection:
     """One client's connection, from greeting to disconnect."""
 
@@ -468,6 +486,8 @@ class ServerConnection:
         self._buf += data
 
     def data_to_send(self) -> bytes:
+        if not self._out:
+            return b""
         out = bytes(self._out)
         self._out.clear()
         return out
@@ -504,6 +524,11 @@ class ServerConnection:
     def next_event(self) -> Event:
         """The next thing the client's bytes mean, or ``NEED_DATA``."""
         while True:
+            if self.state is _TRANSMISSION:  # first: once per request
+                event = self._next_request()
+                if event is None:
+                    continue
+                return event
             if self.state == State.CLOSED:
                 assert self._closed is not None
                 return self._closed
@@ -518,12 +543,7 @@ class ServerConnection:
                     return self._close(f"Unknown client flags 0x{unknown:x} received")
                 self.state = State.OPTIONS
                 continue
-            if self.state == State.OPTIONS:
-                event = self._next_option()
-                if event is None:
-                    continue
-                return event
-            event = self._next_request()
+            event = self._next_option()
             if event is None:
                 continue
             return event
@@ -671,7 +691,7 @@ class ServerConnection:
     # -- transmission ------------------------------------------------------------
 
     def _next_request(self) -> Event | None:
-        if not self._need(REQUEST_SIZE):
+        if len(self._buf) - self._pos < REQUEST_SIZE:  # _need(), inline: once per request
             return self._eof_event()
         magic, flags, command, cookie, offset, length = _REQUEST.unpack_from(self._buf, self._pos)
         if magic != REQUEST_MAGIC:
@@ -679,7 +699,7 @@ class ServerConnection:
         if command == Cmd.DISC:
             self._pos += REQUEST_SIZE
             return self._close("client sent NBD_CMD_DISC", clean=True)
-        if command in (Cmd.READ, Cmd.WRITE, Cmd.CACHE) and length > MAX_PAYLOAD:
+        if command in _SIZED_COMMANDS and length > MAX_PAYLOAD:
             self._pos += REQUEST_SIZE
             # QEMU 7.2's text, stray space included.
             self._reply_error_now(Request(cookie, command, flags, offset, length), EINVAL,
@@ -688,7 +708,7 @@ class ServerConnection:
                 # The payload cannot be skipped safely: hang up, as QEMU does.
                 return self._close("Request handling failed in intermediate state")
             return None
-        if command == Cmd.WRITE:
+        if command == _WRITE:
             if not self._need(REQUEST_SIZE + length):
                 return self._eof_event()
             self._pos += REQUEST_SIZE
@@ -707,27 +727,30 @@ class ServerConnection:
         export = self.export
         assert export is not None
         command = request.command
-        if export.read_only and command in (Cmd.WRITE, Cmd.TRIM, Cmd.WRITE_ZEROES):
+        if export.read_only and command in _CHANGING_COMMANDS:
             return EPERM, "Export is read-only"
         if request.offset > export.size or request.length > export.size - request.offset:
-            error = ENOSPC if command in (Cmd.WRITE, Cmd.WRITE_ZEROES) else EINVAL
+            error = ENOSPC if command in (_WRITE, Cmd.WRITE_ZEROES) else EINVAL
             return error, (f"operation past EOF; From: {request.offset}, Len: {request.length}, "
                            f"Size: {export.size}")
+        flags = request.flags
+        if command in DATA_COMMANDS:  # most requests: only their flags to check
+            if flags & ~(CMD_FLAG_FUA | (CMD_FLAG_DF if command == _READ and self.structured else 0)):
+                return _bad_flags(command, flags)
+            return None
         valid = CMD_FLAG_FUA
-        if command == Cmd.READ and self.structured:
-            valid |= CMD_FLAG_DF
-        elif command == Cmd.WRITE_ZEROES:
+        if command == Cmd.WRITE_ZEROES:
             valid |= CMD_FLAG_NO_HOLE | (CMD_FLAG_FAST_ZERO if export.fast_zero else 0)
         elif command == Cmd.BLOCK_STATUS:
             valid |= CMD_FLAG_REQ_ONE
-        if request.flags & ~valid:
-            return EINVAL, f"unsupported flags for command {command_name(command)} (got 0x{request.flags:x})"
+        if flags & ~valid:
+            return _bad_flags(command, flags)
         if command == Cmd.BLOCK_STATUS:
             if not request.length:
                 return EINVAL, "need non-zero length"
             if not self.contexts:
                 return EINVAL, "CMD_BLOCK_STATUS not negotiated"
-        elif command not in (Cmd.READ, Cmd.WRITE, Cmd.FLUSH, Cmd.TRIM, Cmd.WRITE_ZEROES, Cmd.CACHE):
+        elif command not in _KNOWN_COMMANDS:
             return EINVAL, f"invalid request type ({command}) received"
         return None
 

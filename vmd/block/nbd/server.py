@@ -59,6 +59,8 @@ _READ_SIZE = 4 << 20
 
 Address = str | tuple[str, int]
 
+_READ, _WRITE = p.Cmd.READ, p.Cmd.WRITE  # module globals: found sooner than Cmd's attributes
+
 #: What an export holds on its node: read, and write when writable; others
 #: may do anything but resize it while it is exported.
 EXPORT_PERM = Perm.CONSISTENT_READ
@@ -247,6 +249,12 @@ class _Client:
         self.server = server
         self.reader = reader
         self.writer = writer
+        # Kept: asyncio.get_running_loop() costs a getpid() system call.
+        self._event_loop = asyncio.get_running_loop()
+        #: Up to this many unsent reply bytes the transport is not paused
+        #: (it pauses above its high-water mark, resumes at this one).
+        self._low_water = writer.transport.get_write_buffer_limits()[0]
+        self._transport = writer.transport
         self.conn = p.ServerConnection(server)
         self.export: Export | None = None
         self.serving = False
@@ -322,7 +330,7 @@ class _Client:
     # -- requests ------------------------------------------------------------------
 
     def _admit(self, request: p.Request) -> None:
-        cost = request.length if request.command in (p.Cmd.READ, p.Cmd.WRITE) else 0
+        cost = request.length if request.command in p.DATA_COMMANDS else 0
         self._requests += 1
         self._bytes += cost
         if self._requests >= MAX_REQUESTS or self._bytes >= MAX_BYTES:
@@ -334,13 +342,14 @@ class _Client:
             waiting_for = coro.send(None)  # run it now, up to its first wait
         except StopIteration:
             return  # served without a wait: no task needed
-        task = asyncio.get_running_loop().create_task(_go_on(coro, waiting_for))
+        task = self._event_loop.create_task(_go_on(coro, waiting_for))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
     async def _serve(self, request: p.Request, cost: int) -> None:
+        transport = self._transport
         try:
-            if self.aborted or self.writer.is_closing():
+            if self.aborted or transport.is_closing():
                 return
             assert self.export is not None
             backend = self.export.backend
@@ -355,9 +364,12 @@ class _Client:
                 reply = [self.conn.reply_error(request, p.EIO, error.desc)]
             finally:
                 backend.request_end()
-            if not self.writer.is_closing():
+            if not transport.is_closing():
                 self._queue_reply(reply)
-                await self.writer.drain()
+                # drain() waits only while writing is paused; most replies
+                # find it running and need no coroutine for that.
+                if transport.get_write_buffer_size() > self._low_water:
+                    await self.writer.drain()
         except (ConnectionError, OSError):
             pass
         finally:
@@ -369,7 +381,7 @@ class _Client:
     def _queue_reply(self, reply: list[bytes | memoryview]) -> None:
         """Send ``reply`` with the others finished in this turn of the loop."""
         if not self._outgoing:
-            asyncio.get_running_loop().call_soon(self._send_replies)
+            self._event_loop.call_soon(self._send_replies)
         self._outgoing += reply
 
     def _send_replies(self) -> None:
@@ -383,11 +395,11 @@ class _Client:
         node = self.export.node
         command = request.command
         fua = bool(request.flags & p.CMD_FLAG_FUA)
-        if command == p.Cmd.READ:
+        if command == _READ:
             if fua:
                 await node.flush()
             return await self._read(request)
-        if command == p.Cmd.WRITE:
+        if command == _WRITE:
             assert request.data is not None
             await node.write(request.offset, request.data)
         elif command == p.Cmd.WRITE_ZEROES:

@@ -32,6 +32,14 @@ class RequestGate:
         self._exclusive_waiting = 0
         self._waiters: deque[asyncio.Future[None]] = deque()
 
+    def try_acquire_shared(self) -> bool:
+        """Enter shared at once if nothing exclusive runs or waits (the
+        usual case, without a coroutine); else False: ``acquire_shared``."""
+        if self._exclusive or self._exclusive_waiting:
+            return False
+        self._shared += 1
+        return True
+
     async def acquire_shared(self) -> None:
         while self._exclusive or self._exclusive_waiting:
             await self._wait()

@@ -359,7 +359,8 @@ class Qcow2Node(BlockNode):
     # -- read ----------------------------------------------------------------------
 
     async def _co_read(self, offset: int, buf: memoryview) -> None:
-        await self._gate.acquire_shared()
+        if not self._gate.try_acquire_shared():
+            await self._gate.acquire_shared()
         try:
             pos = 0
             while pos < len(buf):
@@ -400,20 +401,28 @@ class Qcow2Node(BlockNode):
     # -- write ---------------------------------------------------------------------
 
     async def _co_write(self, offset: int, data: memoryview) -> None:
-        pos = 0
-        await self._gate.acquire_shared()
+        pos, length = 0, len(data)
+        if not self._gate.try_acquire_shared():
+            await self._gate.acquire_shared()
         try:
             if self.lazy and not self._marked_dirty:
                 async with self._lock:
                     await self._mark_dirty()
-            while pos < len(data):
+            while pos < length:
+                host = self._in_place(offset + pos, length - pos)
+                if host is not None:  # the common case, without a coroutine more
+                    file = self.file
+                    file.debug_event(BlkdebugEvent.WRITE_AIO)
+                    await file.write(host, data[pos:] if pos else data)
+                    pos = length
+                    break
                 done = await self._write_shared(offset + pos, data[pos:])
                 if not done:
                     break
                 pos += done
         finally:
             self._gate.release_shared()
-        if pos < len(data):  # the cluster's old host cluster must be freed
+        if pos < length:  # the cluster's old host cluster must be freed
             async with self._alone():
                 await self._write_locked(offset + pos, data[pos:])
 
@@ -434,16 +443,6 @@ class Qcow2Node(BlockNode):
         exclusive path (its old host cluster would be freed).
         """
         vc, in_off = divmod(offset, self.cs)
-        if (len(data) <= self.cs - in_off and not self._lock.locked()
-                and self._allocations.pending(vc) is None):
-            # Within one cluster of ours, in a table of ours: written in place
-            # without the lock (the lookup does not wait).
-            entry = self._cached_entry(vc)
-            if (entry is not None and self._kind(entry) == _DATA and entry & fmt.OFLAG_COPIED
-                    and self.l1[vc // self.l2_entries] & fmt.OFLAG_COPIED):
-                self.file.debug_event(BlkdebugEvent.WRITE_AIO)
-                await self.file.write((entry & fmt.L2E_OFFSET_MASK) + in_off, data)
-                return len(data)
         while True:
             while (pending := self._allocations.pending(vc)) is not None:
                 await self._allocations.wait(pending)
@@ -475,6 +474,19 @@ class Qcow2Node(BlockNode):
         finally:
             self._allocations.finish(vc, count, done)
         return n
+
+    def _in_place(self, offset: int, length: int) -> int | None:
+        """The host offset where a write within one cluster of ours, in a
+        table of ours, goes in place without the lock (the lookup does not
+        wait); None if the write needs more than that."""
+        vc, in_off = divmod(offset, self.cs)
+        if length > self.cs - in_off or self._lock.locked() or self._allocations.pending(vc) is not None:
+            return None
+        entry = self._cached_entry(vc)
+        if (entry and entry & fmt.OFLAG_COPIED and self._kind(entry) == _DATA
+                and self.l1[vc // self.l2_entries] & fmt.OFLAG_COPIED):
+            return (entry & fmt.L2E_OFFSET_MASK) + in_off
+        return None
 
     def _allocates_without_free(self, entry: int) -> bool:
         """A cluster that reads from below (or as zeroes) and owns no host cluster."""
