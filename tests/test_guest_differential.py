@@ -83,7 +83,7 @@ def test_rtc_time_is_the_hosts(engine: str, tmp_path: Path) -> None:
             f"{output}(QEMU's pc creates mc146818rtc with base_year=2000, which reads as 0)")
     hour12 = int(re.search(r"^hour12 ([0-9a-f]{2})$", output, re.M).group(1), 16)  # type: ignore[union-attr]
     hour24 = time.gmtime(_parse_time(output, "bin")).tm_hour
-    hour = (hour12 >> 4) * 10 + (hour12 & 0x0F)
+    hour = ((hour12 & 0x70) >> 4) * 10 + (hour12 & 0x0F)   # bit 7 is PM, not a BCD digit
     assert {hour % 12 + (12 if hour12 & 0x80 else 0)} & {hour24 % 24, (hour24 + 1) % 24}, output
     assert "periodic ok\n" in output
 
