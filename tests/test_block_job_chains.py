@@ -108,11 +108,14 @@ def stream_and_active_commit(r: Path) -> list[Step]:
         ("block-stream", {"device": "node4", "base-node": "node0", "job-id": "s4", "speed": 1 << 20}),
         ("block-commit", {"device": "drive0", "base": img(r, 5), "speed": 1 << 20}),
         ("block-job-set-speed", {"device": "drive0", "speed": 0}),
-        ("block-job-set-speed", {"device": "s4", "speed": 0}),
+        # One order of events in both daemons: the stream, slowed, outlasts
+        # the commit's first pass (both finishing at once let the stream's
+        # end come before or after READY, and a wait looks only forward).
         wait("BLOCK_JOB_READY"),
+        ("block-job-set-speed", {"device": "s4", "speed": 0}),
+        wait("BLOCK_JOB_COMPLETED", device="s4"),
         ("block-job-complete", {"device": "drive0"}),
         wait("BLOCK_JOB_COMPLETED", device="drive0"),
-        wait("BLOCK_JOB_COMPLETED", device="s4"),
     ]
 
 
