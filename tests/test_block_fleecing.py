@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import subprocess
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +59,46 @@ def io(root: Path, export: str, *commands: str, read_only: bool = False) -> str:
     return text.replace(str(root), "<dir>")
 
 
-async def scenario(root: Path, socket: Path) -> list[Any]:
+async def scenario(root: Path, qmp: Qmp, out: list[Any]) -> None:
+    await qmp("blockdev-add", driver="qcow2", **{"node-name": "source"},
+              file={"driver": "file", "filename": str(root / "source.qcow2")})
+    await qmp("blockdev-add", driver="file", filename=str(root / "fleece.raw"), **{"node-name": "temp"})
+    await qmp("blockdev-add", driver="copy-before-write", file="source", target="temp",
+              **{"node-name": "fl-cbw"})
+    await qmp("blockdev-add", driver="snapshot-access", file="fl-cbw", discard="unmap",
+              **{"node-name": "fl-access"})
+    await qmp("nbd-server-start", addr={"type": "unix", "data": {"path": str(root / "nbd.sock")}})
+    await qmp("block-export-add", type="nbd", id="access", writable=True, **{"node-name": "fl-access"})
+    await qmp("block-export-add", type="nbd", id="active", writable=True, **{"node-name": "fl-cbw"})
+    await qmp("blockdev-del", **{"node-name": "fl-cbw"})
+    # the guest writes; the fleecing client still reads the old data
+    out.append(await asyncio.to_thread(io, root, "fl-cbw", *(f"write -P{p} {o} {n}" for p, o, n in OVERWRITE)))
+    out.append(await asyncio.to_thread(io, root, "fl-access", *(f"read -P{p} {o} {n}" for p, o, n in PATTERNS),
+                                       read_only=True))
+    # the whole snapshot pulled while the guest writes all over the disk
+    pull = asyncio.to_thread(subprocess.run, ["qemu-img", "convert", "-f", "raw", "-O", "raw",
+                                              uri(root, "fl-access"), str(root / "pulled.raw")], check=True)
+    writes = asyncio.to_thread(io, root, "fl-cbw", *(f"write -P0x77 {i * 256}k 32k" for i in range(32)))
+    out.append((await asyncio.gather(pull, writes))[1])
+    out.append(await asyncio.to_thread(io, root, "fl-access", "write -P1 0 64k"))
+    # a discarded range is neither copied nor readable any more
+    out.append(await asyncio.to_thread(io, root, "fl-access", "discard 4M 64k", "read 4M 64k",
+                                       "read -P0xd5 1M 64k"))
+    out.append(await asyncio.to_thread(io, root, "fl-cbw", "write -P0x11 4M 64k", "read -P0x11 4M 64k"))
+    await qmp("block-export-del", id="access")
+    await qmp("block-export-del", id="active")
+    await qmp("query-block-exports")
+    await qmp("blockdev-del", **{"node-name": "fl-access"})
+    await qmp("blockdev-del", **{"node-name": "fl-cbw"})
+    await qmp("blockdev-del", **{"node-name": "temp"})
+
+
+Qmp = Callable[..., Awaitable[None]]
+
+
+async def recorded(root: Path, socket: Path, play: Callable[[Path, Qmp, list[Any]], Awaitable[None]]) -> list[Any]:
+    """Connect and ``play``: it runs commands through ``qmp``, which records
+    each reply (or its error's text), and adds what else it saw; then quit."""
     client = QMPClient()
     await client.connect(str(socket))
     out: list[Any] = []
@@ -70,57 +110,33 @@ async def scenario(root: Path, socket: Path) -> list[Any]:
             out.append((name, error.error.error.desc))
 
     try:
-        await qmp("blockdev-add", driver="qcow2", **{"node-name": "source"},
-                  file={"driver": "file", "filename": str(root / "source.qcow2")})
-        await qmp("blockdev-add", driver="file", filename=str(root / "fleece.raw"), **{"node-name": "temp"})
-        await qmp("blockdev-add", driver="copy-before-write", file="source", target="temp",
-                  **{"node-name": "fl-cbw"})
-        await qmp("blockdev-add", driver="snapshot-access", file="fl-cbw", discard="unmap",
-                  **{"node-name": "fl-access"})
-        await qmp("nbd-server-start", addr={"type": "unix", "data": {"path": str(root / "nbd.sock")}})
-        await qmp("block-export-add", type="nbd", id="access", writable=True, **{"node-name": "fl-access"})
-        await qmp("block-export-add", type="nbd", id="active", writable=True, **{"node-name": "fl-cbw"})
-        await qmp("blockdev-del", **{"node-name": "fl-cbw"})
-        # the guest writes; the fleecing client still reads the old data
-        out.append(await asyncio.to_thread(io, root, "fl-cbw", *(f"write -P{p} {o} {n}" for p, o, n in OVERWRITE)))
-        out.append(await asyncio.to_thread(io, root, "fl-access", *(f"read -P{p} {o} {n}" for p, o, n in PATTERNS),
-                                           read_only=True))
-        # the whole snapshot pulled while the guest writes all over the disk
-        pull = asyncio.to_thread(subprocess.run, ["qemu-img", "convert", "-f", "raw", "-O", "raw",
-                                                  uri(root, "fl-access"), str(root / "pulled.raw")], check=True)
-        writes = asyncio.to_thread(io, root, "fl-cbw", *(f"write -P0x77 {i * 256}k 32k" for i in range(32)))
-        out.append((await asyncio.gather(pull, writes))[1])
-        out.append(await asyncio.to_thread(io, root, "fl-access", "write -P1 0 64k"))
-        # a discarded range is neither copied nor readable any more
-        out.append(await asyncio.to_thread(io, root, "fl-access", "discard 4M 64k", "read 4M 64k",
-                                           "read -P0xd5 1M 64k"))
-        out.append(await asyncio.to_thread(io, root, "fl-cbw", "write -P0x11 4M 64k", "read -P0x11 4M 64k"))
-        await qmp("block-export-del", id="access")
-        await qmp("block-export-del", id="active")
-        await qmp("query-block-exports")
-        await qmp("blockdev-del", **{"node-name": "fl-access"})
-        await qmp("blockdev-del", **{"node-name": "fl-cbw"})
-        await qmp("blockdev-del", **{"node-name": "temp"})
+        await play(root, qmp, out)
         await quit_daemon(client)
     finally:
         await hang_up(client)
     return out
 
 
+def in_daemon(root: Path, who: str, play: Callable[[Path, Qmp, list[Any]], Awaitable[None]]) -> list[Any]:
+    """``recorded`` ``play`` on QEMU or vmd (``who``) in ``root``; returns
+    once the daemon has quit (its images closed)."""
+    if who == "qemu":
+        with running_qemu(root) as socket:
+            pid = int((root / "qemu.pid").read_text())
+            result = asyncio.run(recorded(root, socket, play))
+            wait_gone(pid)
+    else:
+        with running_vmd(root) as vmd:
+            result = asyncio.run(recorded(root, vmd.qmp_path, play))
+            vmd.process.wait(10)
+    return result
+
+
 def run(root: Path, who: str) -> list[Any]:
     root.mkdir()
     setup(root)
     qimg("convert", "-O", "raw", root / "source.qcow2", root / "before.raw")
-    if who == "qemu":
-        with running_qemu(root) as socket:
-            pid = int((root / "qemu.pid").read_text())
-            result = asyncio.run(scenario(root, socket))
-            wait_gone(pid)
-    else:
-        with running_vmd(root) as vmd:
-            result = asyncio.run(scenario(root, vmd.qmp_path))
-            vmd.process.wait(10)
-    return result
+    return in_daemon(root, who, scenario)
 
 
 def test_fleecing_reads_the_point_in_time_image_same_as_qemu(tmp_path: Path) -> None:

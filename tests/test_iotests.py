@@ -51,6 +51,7 @@ TESTS = [
     ("176", "qcow2", "none"),   # qemu-img commit with bitmaps; blockdev-add/-del of the chain in between
     ("247", "qcow2", "none"),   # commit with auto-read-only nodes, over -qmp stdio
     ("249", "qcow2", "none"),   # commit filter names; qemu-io on a read-only drive
+    ("229", "qcow2", "none"),   # force cancel of a mirror paused by a target error: "running" before the reply
     ("095", "qcow2", "pc"),     # commit of a virtio disk's chain into a resized base
     ("144", "qcow2", "pc"),     # live snapshots ("Formatting ..." on stdout) and active commit, twice
     # Python tests (QEMU's iotests.py runs them only when "-M none -device
@@ -67,6 +68,8 @@ TESTS = [
     ("304", "qcow2", "pc"),     # drive-backup / blockdev-backup of a small image with bitmaps
     ("124", "qcow2", "pc"),     # incremental backups and transactions; block_resize of a drive; 128k-cluster target
     ("224", "qcow2", "pc"),     # json: file names of nodes; block-commit's top/base given by them
+    ("copy-before-write", "qcow2", "none"),          # on-cbw-error and cbw-timeout (a throttled target)
+    ("mirror-ready-cancel-error", "qcow2", "none"),  # a ready mirror's failed final flush: stop, resume, cancel
 ]
 #: Options the wrapper puts before the test's own, per machine.
 MACHINE_OPTIONS = {"none": "", "pc": " -machine pc"}

@@ -24,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from vmd._generated.types import BlkdebugEvent
 from vmd.block import filename as filenames
 from vmd.block import perm as perms
 from vmd.block.dirty_bitmap import DirtyBitmap, mark_dirty, resize_bitmaps
@@ -121,6 +122,11 @@ class BlockNode:
         #: ``detect-zeroes``: "off", "on" (a write of zeroes becomes a
         #: zero write) or "unmap" (one that may also unmap).
         self.detect_zeroes = "off"
+        #: Write requests ended (counted by write, write_zeroes and discard,
+        #: failed ones too), and as many as the last flush covered (QEMU's
+        #: write_gen and flushed_gen).
+        self.write_gen = 0
+        self.flushed_gen = 0
 
     # -- graph -------------------------------------------------------------
 
@@ -242,6 +248,7 @@ class BlockNode:
             else:
                 await self._co_write(offset, memoryview(data))
         finally:
+            self.write_gen += 1
             if self.dirty_bitmaps:
                 self._write_done(offset, length)
         if self.write_threshold:
@@ -253,6 +260,7 @@ class BlockNode:
         try:
             await self._co_write_zeroes(offset, length, may_unmap)
         finally:
+            self.write_gen += 1
             self._write_done(offset, length)
         self._note_write(offset + length)
 
@@ -261,10 +269,23 @@ class BlockNode:
         try:
             await self._co_discard(offset, length)
         finally:
+            self.write_gen += 1
             self._write_done(offset, length)
 
     async def flush(self) -> None:
+        """bdrv_co_flush: the primary child hears ``flush_to_os``, and
+        ``flush_to_disk`` if anything was written here since the last flush
+        (where a blkdebug child acts on them); then the driver flushes.
+        QEMU fires ``flush_to_disk`` after the format wrote back its caches
+        and vmd before: a rule it activates also fails that write-back."""
+        gen = self.write_gen
+        primary = self.primary_child()
+        if primary is not None and not self.read_only:
+            primary.debug_event(BlkdebugEvent.FLUSH_TO_OS)
+            if gen != self.flushed_gen:
+                primary.debug_event(BlkdebugEvent.FLUSH_TO_DISK)
         await self._co_flush()
+        self.flushed_gen = gen
 
     async def truncate(self, size: int) -> None:
         check_offset(size)

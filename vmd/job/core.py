@@ -145,6 +145,8 @@ class Job:
         self.cancelled = False
         self.force_cancel = False
         self.deferred_to_main_loop = False
+        #: The status to go back to when a job parked at a pause point is entered.
+        self._paused_from: JobStatus | None = None
         self._finalizing = False
         self._timer_pending = False
         self.task: asyncio.Task[None] | None = None
@@ -279,6 +281,24 @@ class Job:
         self.busy = True   # as QEMU's job_enter_cond: busy from the wake-up on
         self._wake.set()
 
+    def _leave_pause(self) -> None:
+        """A job parked at a pause point goes back to its status (paused →
+        running, standby → ready)."""
+        status, self._paused_from = self._paused_from, None
+        if status is not None:
+            self.paused = False
+            self.state_transition(status)
+
+    def _woken_by_command(self) -> None:
+        """QEMU's job_enter runs the job's coroutine at once, so a job that
+        a command (resume, cancel) wakes at its pause point leaves it
+        before the command replies; vmd's task runs later, so the command
+        does that step here. A drained section that ends leaves it to the
+        task: moving only the status change forward would let the next
+        command overtake what QEMU's job does first (its first copy)."""
+        if self._wake.is_set():
+            self._leave_pause()
+
     def enter_if_sleeping(self) -> None:
         """Wake the job only from a timed sleep (job_enter_cond with
         job_timer_pending): a paused job stays paused."""
@@ -311,9 +331,9 @@ class Job:
             self.state_transition(S.STANDBY if status == S.READY
                                   else S.PAUSED)
             self.paused = True
+            self._paused_from = status
             await self._yield()
-            self.paused = False
-            self.state_transition(status)
+            self._leave_pause()
         self.on_resume()
 
     async def sleep(self, seconds: float) -> None:
@@ -367,6 +387,7 @@ class Job:
         self.on_user_resume()
         self.user_paused = False
         self.resume()
+        self._woken_by_command()
 
     # ---- complete / cancel -----------------------------------------------
 
@@ -406,6 +427,7 @@ class Job:
                 self._spawn(self._completed_txn_abort())
         else:
             self.enter()
+            self._woken_by_command()
 
     # ---- completion (main-loop side) -------------------------------------
     #

@@ -30,10 +30,14 @@ reschedules the coroutine first.
 Where events come from, as in QEMU: format drivers report them on their
 file child (``BlockNode.debug_event``): ``raw`` and ``qcow2`` fire
 ``read_aio`` before reading guest data and ``write_aio`` before writing it;
-and the block layer fires ``pwritev``, ``pwritev_zero``, ``pwritev_done``
-and ``flush_to_os``/``flush_to_disk`` (the latter only if something was
-written since the last flush) on the node written or flushed, which this
-node does for the requests it receives. vmd's formats report no
+and the block layer fires ``pwritev``, ``pwritev_zero`` and
+``pwritev_done`` on the node written, which this node does for the
+requests it receives, and ``flush_to_os``/``flush_to_disk`` (the latter
+only if something was written since the last flush) on the primary child
+of the node flushed (``BlockNode.flush``): a format's own flushes of its
+file (metadata ordering) fire nothing here. A flush is checked against
+the rules only if this node was written since its last flush (QEMU checks
+in its flush_to_disk callback). vmd's formats report no
 metadata events (``l2_update``, ``refblock_alloc``, ...): rules on them are
 accepted and never fire. ``align``, ``max-transfer`` and the other request
 limits are accepted and not applied. ``take-child-perms`` and
@@ -122,8 +126,6 @@ class BlkdebugNode(BlockNode):
         self.config = config
         #: Errors injected so far (for tests and the fault harness).
         self.injected = 0
-        #: Written since the last flush (QEMU's write_gen != flushed_gen).
-        self._written = False
 
     @property
     def image(self) -> BlockNode:
@@ -247,7 +249,6 @@ class BlkdebugNode(BlockNode):
         await self._hold()
         self.debug_event(BlkdebugEvent.PWRITEV)
         await self._hold()
-        self._written = True
         await self._check(offset, len(data), BlkdebugIOType.WRITE)
         await self.image.write(offset, data)
         self.debug_event(BlkdebugEvent.PWRITEV_DONE)
@@ -256,29 +257,19 @@ class BlkdebugNode(BlockNode):
         await self._hold()
         self.debug_event(BlkdebugEvent.PWRITEV_ZERO)
         await self._hold()
-        self._written = True
         await self._check(offset, length, BlkdebugIOType.WRITE_ZEROES)
         await self.image.write_zeroes(offset, length, may_unmap)
 
     async def _co_discard(self, offset: int, length: int) -> None:
         await self._hold()
-        self._written = True
         await self._check(offset, length, BlkdebugIOType.DISCARD)
         await self.image.discard(offset, length)
 
     async def _co_flush(self) -> None:
         await self._hold()
-        self.debug_event(BlkdebugEvent.FLUSH_TO_OS)
-        # QEMU goes to the disk (and fires the event) only after writes.
-        written, self._written = self._written, False
-        if written:
-            self.debug_event(BlkdebugEvent.FLUSH_TO_DISK)
-        try:
+        if self.write_gen != self.flushed_gen:
             await self._check(0, 0, BlkdebugIOType.FLUSH)
-            await self.image.flush()
-        except BaseException:
-            self._written = written
-            raise
+        await self.image.flush()
 
     async def _co_truncate(self, size: int) -> None:
         await self.image.truncate(size)

@@ -19,25 +19,35 @@ its range so that a guest write there first waits for it (after copying
 the old data away). ``snapshot_discard`` tells the filter a range is no
 longer needed: it is neither copied nor readable any more (``access``).
 
+When a copy fails, ``on-cbw-error`` decides who pays: ``break-guest-write``
+(the default) fails the guest's write, ``break-snapshot`` lets it through
+and breaks the snapshot for good (every snapshot read fails with EACCES
+from then on, and no more copies are made). ``cbw-timeout`` (seconds)
+bounds the wait for a copy: past it the copy counts as failed with
+ETIMEDOUT, starts no further chunk, and the chunk under way finishes in
+the background (the node's close waits for it, as QEMU keeps it in
+flight).
+
 Everything here belongs to the event loop thread.
 """
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import os
 from collections.abc import Callable
 from typing import Any
 
+from vmd._generated.types import OnCbwError
 from vmd.block.copy import CopyFailed, copy_range
 from vmd.block.dirty_bitmap import DirtyBitmap
-from vmd.block.edge import Edge
+from vmd.block.edge import Edge, drained
 from vmd.block.filename import NamesOf
 from vmd.block.graph import BlockGraph, driver, node_name_of
 from vmd.block.jobs.filters import RangeLocks
 from vmd.block.node import BlockNode, Extent, Status, block_status_above
 from vmd.block.perm import ALL, Perm, Role, default_perms
-from vmd.errors import QMPError
 
 #: The largest single copy (BLOCK_COPY_MAX_BUFFER).
 CHUNK = 1 << 20
@@ -49,6 +59,14 @@ def copy_cluster_size(target: BlockNode) -> int:
     clusters: a target without a backing file would fill the rest of a
     partly copied cluster with zeroes."""
     return max(65536, getattr(target, "cs", 0))
+
+
+class CopyCall:
+    """One copy that its caller may stop waiting for (block-copy's call
+    state): once cancelled it starts no further chunk."""
+
+    def __init__(self) -> None:
+        self.cancelled = False
 
 
 class BlockCopy:
@@ -70,15 +88,16 @@ class BlockCopy:
         end = min(self.bitmap.size, -(-(offset + length) // self.cluster) * self.cluster)
         return start, end
 
-    async def copy(self, offset: int, length: int) -> None:
+    async def copy(self, offset: int, length: int, call: CopyCall | None = None) -> None:
         """Copy the dirty clusters of ``[offset, offset + length)``; raises
-        CopyFailed (the bits of what failed stay set)."""
+        CopyFailed (the bits of what failed stay set). A cancelled ``call``
+        starts no further chunk."""
         start, end = self.aligned(offset, length)
         if start >= end or not self.bitmap.is_dirty(start, end - start):
             return
         async with self.locks.hold(start, end - start):
             pos = start
-            while pos < end:
+            while pos < end and not (call is not None and call.cancelled):
                 first = self.bitmap.next_dirty(pos)
                 if first < 0 or first >= end:
                     return
@@ -121,8 +140,16 @@ class CopyBeforeWriteNode(BlockNode):
     driver = "copy-before-write"
     is_filter = True
 
-    def __init__(self, node_name: str, file: BlockNode, target: BlockNode) -> None:
+    def __init__(self, node_name: str, file: BlockNode, target: BlockNode, *,
+                 on_cbw_error: OnCbwError = OnCbwError.BREAK_GUEST_WRITE, timeout: float = 0.0) -> None:
         super().__init__(node_name, read_only=file.read_only)
+        self.on_cbw_error = on_cbw_error
+        #: ``cbw-timeout`` in seconds; 0: wait for copies as long as they take.
+        self.timeout = timeout
+        #: A copy failed under ``break-snapshot`` (QEMU's snapshot_error).
+        self.snapshot_broken = False
+        #: Timed-out copies still running.
+        self._background: set[asyncio.Task[None]] = set()
         self.total_size = file.total_size
         self.attach_child("file", file, Role.FILTERED | Role.PRIMARY)
         try:
@@ -158,16 +185,62 @@ class CopyBeforeWriteNode(BlockNode):
     # -- the filter ---------------------------------------------------------------
 
     async def _before_write(self, offset: int, length: int) -> None:
-        """cbw_do_copy_before_write: copy the old data, then wait for the
-        snapshot reads of the range still reading it from ``file``."""
-        try:
-            await self.bcs.copy(offset, length)
-        except CopyFailed as failure:  # on-cbw-error=break-guest-write
-            raise failure.error from None
+        """cbw_do_copy_before_write: copy the old data (a failure fails
+        the write or breaks the snapshot), then wait for the snapshot reads
+        of the range still reading it from ``file``. A broken snapshot
+        copies nothing more."""
+        if self.snapshot_broken:
+            return
         start, end = self.bcs.aligned(offset, length)
-        self.done.set(start, end - start)
+        try:
+            await self._copy_old_data(start, end)
+        except Exception:
+            if self.on_cbw_error == OnCbwError.BREAK_GUEST_WRITE:
+                raise
+            self.snapshot_broken = True
+        else:
+            self.done.set(start, end - start)
         async with self._reads.hold(start, end - start):
             pass
+
+    async def _copy_old_data(self, start: int, end: int) -> None:
+        """block_copy of ``[start, end)``, within ``cbw-timeout`` if set;
+        raises what failed (OSError ETIMEDOUT when the time ran out)."""
+        try:
+            if self.timeout:
+                await self._copy_within_timeout(start, end)
+            else:
+                await self.bcs.copy(start, end - start)
+        except CopyFailed as failure:
+            raise failure.error from None
+
+    async def _copy_within_timeout(self, start: int, end: int) -> None:
+        """The copy runs as a task of its own that outlives a timeout."""
+        call = CopyCall()
+        task = asyncio.get_running_loop().create_task(self.bcs.copy(start, end - start, call))
+        self._background.add(task)
+        task.add_done_callback(self._copy_ended)
+        try:
+            await asyncio.wait_for(asyncio.shield(task), self.timeout)
+        except TimeoutError:
+            call.cancelled = True
+            raise OSError(errno.ETIMEDOUT, os.strerror(errno.ETIMEDOUT)) from None
+
+    def _copy_ended(self, task: asyncio.Task[None]) -> None:
+        """A copy ended; a timed-out one's failure was already reported."""
+        self._background.discard(task)
+        if not task.cancelled():
+            task.exception()
+
+    async def close(self) -> None:
+        """Copies that timed out finish before the children go, in a
+        drained section over the target (a throttle there lets them go at
+        once, as QEMU drains every node before closing at exit)."""
+        target = self.child("target")
+        if self._background and target is not None:
+            async with drained(target):
+                while self._background:
+                    await asyncio.wait(list(self._background))
 
     async def _co_read(self, offset: int, buf: memoryview) -> None:
         await self.file.read(offset, buf)
@@ -191,8 +264,9 @@ class CopyBeforeWriteNode(BlockNode):
 
     def _readable(self, offset: int, length: int) -> int:
         """How many bytes from ``offset`` the next snapshot read takes from
-        one place; raises EACCES for a range no longer accessible."""
-        if self.access.dirty_run(offset, length) < length:
+        one place; raises EACCES for a range no longer accessible (or
+        anywhere once the snapshot is broken)."""
+        if self.snapshot_broken or self.access.dirty_run(offset, length) < length:
             raise OSError(errno.EACCES, os.strerror(errno.EACCES))
         if self.done.is_dirty(offset, 1):
             return self.done.dirty_run(offset, length)
@@ -236,13 +310,11 @@ class CopyBeforeWriteNode(BlockNode):
 
 @driver("copy-before-write")
 async def open_cbw(options: Any, graph: BlockGraph) -> BlockNode:
-    """``blockdev-add`` ``driver: copy-before-write`` (``file``, ``target``)."""
+    """``blockdev-add`` ``driver: copy-before-write`` (``file``, ``target``,
+    ``on-cbw-error``, ``cbw-timeout``)."""
     u = options.u
-    if getattr(u, "cbw_timeout", None):
-        raise QMPError("copy-before-write option 'cbw-timeout' is not supported by vmd")
-    if getattr(u, "on_cbw_error", None) is not None and str(u.on_cbw_error.value) != "break-guest-write":
-        raise QMPError("copy-before-write option 'on-cbw-error' is not supported by vmd")
     name = node_name_of(options)
     file = await graph.open_child(u.file, options, "file")
     target = await graph.open_child(u.target, options, "target")
-    return CopyBeforeWriteNode(name, file, target)
+    return CopyBeforeWriteNode(name, file, target, on_cbw_error=u.on_cbw_error or OnCbwError.BREAK_GUEST_WRITE,
+                               timeout=float(u.cbw_timeout or 0))

@@ -11,8 +11,10 @@ write racing with it is copied again. With ``copy-mode:
 write-blocking`` a write to a clean range that no copy is working on is
 written to the target as well before it completes.
 
-Once nothing is dirty the job is ``ready`` (BLOCK_JOB_READY) and keeps
-copying new writes. ``job-complete`` makes it stop once converged; the
+Once nothing is dirty the target is flushed and the job is ``ready``
+(BLOCK_JOB_READY) and keeps copying new writes; it flushes the target
+again before it ends (a failed flush is a target error under
+``on-target-error``). ``job-complete`` makes it stop once converged; the
 switch happens in ``prepare``, in a drained section over the filter (the
 users' writes in flight finish first, and whatever they dirtied is
 copied): the node to replace (the source, or ``replaces``) is replaced by
@@ -196,11 +198,29 @@ class MirrorJob(BlockJob):
                 await self.ratelimit_sleep()
                 continue
             if not self.synced:
+                if not await self._flush_target():
+                    continue
                 self.synced = True
                 self.transition_to_ready()
             if self.should_complete or self.cancel_requested():
-                return
+                if await self._flush_target():
+                    return
+                continue
             await self.sleep(SLICE)
+
+    async def _flush_target(self) -> bool:
+        """mirror_flush, before the job is ready and before it ends once
+        converged: False if the flush failed and the job goes on (after
+        a pause point, where ``stop`` parks it); the ``report`` policy
+        fails the job."""
+        try:
+            await self.target.flush()
+        except Exception as exc:
+            if self.error_action(self.on_target_error, False, exc) == BlockErrorAction.REPORT:
+                raise
+            await self.ratelimit_sleep()
+            return False
+        return True
 
     async def _iteration(self, cursor: int) -> int:
         """Copy a batch of dirty runs from ``cursor`` on; returns the next
