@@ -70,6 +70,7 @@ TESTS = [
     ("224", "qcow2", "pc"),     # json: file names of nodes; block-commit's top/base given by them
     ("copy-before-write", "qcow2", "none"),          # on-cbw-error and cbw-timeout (a throttled target)
     ("mirror-ready-cancel-error", "qcow2", "none"),  # a ready mirror's failed final flush: stop, resume, cancel
+    ("274", "qcow2", "pc"),     # HMP and active commit into a backing file shorter than the top
 ]
 #: Options the wrapper puts before the test's own, per machine.
 MACHINE_OPTIONS = {"none": "", "pc": " -machine pc"}

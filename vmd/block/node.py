@@ -291,8 +291,14 @@ class BlockNode:
         check_offset(size)
         if self.read_only:
             raise QMPError("Block node is read-only")
+        old = self.total_size
+        backing = self.backing
         await self._co_truncate(size)
         resize_bitmaps(self)
+        if size > old and backing is not None and backing.total_size > old:
+            # bdrv_co_truncate's BDRV_REQ_ZERO_WRITE: the new area must read
+            # as zeroes, not as the longer backing file's data beneath it.
+            await self._co_write_zeroes(old, size - old, False)
 
     async def block_status(self, offset: int, length: int) -> Extent:
         """Status of the range starting at ``offset`` (maybe shorter)."""

@@ -3,7 +3,10 @@
 QEMU's bdrv_commit, the synchronous commit of the HMP monitor (no job, no
 events): what the top image holds is copied into its backing file, which
 is made writable for the copy if it is read-only (and read-only again
-after), grows to the top's size if it is smaller, and is flushed. Failures
+after), grows to the top's size if it is smaller, and is flushed. A
+``commit_top`` filter sits above the backing file meanwhile, so that the
+write does not conflict with the top's users (a guest device writing to
+the top forbids writes to its backing chain). Failures
 are the command's output (``'commit' error for 'drv': Operation not
 supported`` for an image without a backing file), as QEMU reports them.
 
@@ -19,6 +22,7 @@ import os
 from typing import Any
 
 from vmd.block.edge import Transaction, refresh_perms
+from vmd.block.jobs.filters import CommitTopNode, drop_filter, insert_filter
 from vmd.block.node import BlockNode, Status
 from vmd.block.perm import ALL, Perm
 from vmd.errors import QMPError
@@ -66,8 +70,11 @@ async def commit(graph: Any, top: BlockNode) -> int:
             return errno.EACCES
     reader = graph.backend(Perm.CONSISTENT_READ, ALL)
     writer = graph.backend(Perm.WRITE | Perm.RESIZE, ALL)
+    filt: CommitTopNode | None = None
     try:
         reader.attach(top)
+        filt = CommitTopNode("", base)
+        await insert_filter(graph, filt, base, None)
         writer.attach(base)
         await _copy(top, base)
         await base.flush()
@@ -78,6 +85,8 @@ async def commit(graph: Any, top: BlockNode) -> int:
     finally:
         reader.detach()
         writer.detach()
+        if filt is not None and filt.parents:
+            await drop_filter(graph, filt)
         if read_only:
             await base.reopen_read_only()
             _refresh(base)

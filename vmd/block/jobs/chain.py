@@ -57,13 +57,14 @@ async def allocated_above(top: BlockNode, base: BlockNode | None, offset: int,
                           length: int) -> tuple[bool, int]:
     """Whether an image from ``top`` down to, not including, ``base``
     decides the content at ``offset``; and for how many bytes that holds.
-    The walk stops at the end of a shorter image (nothing below it is
-    read there)."""
+    Past the end of an image below ``top`` the walk stops: that image
+    decides there (it reads as zeroes, whatever lies below), as QEMU's
+    bdrv_co_common_block_status_above counts it allocated."""
     n = length
     node = skip_filters(top)
     while node is not None and node is not base:
         if offset >= node.total_size:
-            return False, n
+            return node is not skip_filters(top), n
         extent = await node.block_status(offset, min(n, node.total_size - offset))
         n = min(n, extent.length)
         if extent.status & Status.ALLOCATED:
