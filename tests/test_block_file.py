@@ -440,8 +440,9 @@ async def test_raw_window(tmp_path: Path) -> None:
         assert buf == content[4096:12288]
         await raw.write(100, b"hello")
         assert path.read_bytes()[4196:4201] == b"hello"
-        with pytest.raises(QMPError):
-            await raw.write(8190, b"abc")      # out of the window
+        with pytest.raises(OSError) as full:
+            await raw.write(8190, b"abc")      # out of the window: no room (QEMU's ENOSPC)
+        assert full.value.errno == errno.ENOSPC
         with pytest.raises(QMPError, match="^Cannot resize fixed-size raw disks$"):
             await raw.truncate(4096)
         extent = await raw.block_status(0, 8192)

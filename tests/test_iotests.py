@@ -71,6 +71,7 @@ TESTS = [
     ("copy-before-write", "qcow2", "none"),          # on-cbw-error and cbw-timeout (a throttled target)
     ("mirror-ready-cancel-error", "qcow2", "none"),  # a ready mirror's failed final flush: stop, resume, cancel
     ("274", "qcow2", "pc"),     # HMP and active commit into a backing file shorter than the top
+    ("248", "qcow2", "pc"),     # mirror paused on ENOSPC of a raw size limit, resumed after blockdev-reopen drops it
 ]
 #: Options the wrapper puts before the test's own, per machine.
 MACHINE_OPTIONS = {"none": "", "pc": " -machine pc"}

@@ -292,11 +292,13 @@ JSON_NULL = _JsonNull()
 
 def visit_alternate(value: Any, name: str | None, path: str, alt_name: str,
                     branches: dict[str, Visitor]) -> Any:
-    """Pick the branch by JSON type, else a type error naming the type."""
+    """Pick the branch by JSON type, else a type error naming the type
+    and the member by its own name, not its path (as QEMU's generated
+    visitors of alternates do)."""
     kind = json_kind(value)
     visit = branches.get(kind)
     if visit is None:
-        raise type_error(path, alt_name)
+        raise type_error(name if name is not None else "null", alt_name)
     if kind == "null":
         return JSON_NULL
     return visit(value, name, path)

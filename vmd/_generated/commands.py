@@ -558,6 +558,16 @@ COMMANDS: dict[str, rt.CommandDef] = {
         coroutine=True,
         features=(),
     ),
+    "blockdev-reopen": rt.CommandDef(
+        name="blockdev-reopen",
+        handler_name="qmp_blockdev_reopen",
+        module=_PACKAGE + ".commands_block_core",
+        marshal_name="marshal_blockdev_reopen",
+        allow_oob=False,
+        allow_preconfig=True,
+        coroutine=True,
+        features=(),
+    ),
     "blockdev-del": rt.CommandDef(
         name="blockdev-del",
         handler_name="qmp_blockdev_del",

@@ -18,6 +18,7 @@ from .types_block_core import (
     members_q_obj_block_set_write_threshold_arg,
     members_q_obj_blockdev_create_arg,
     members_q_obj_blockdev_del_arg,
+    members_q_obj_blockdev_reopen_arg,
     members_q_obj_query_named_block_nodes_arg,
     visit_BlockdevOptions,
 )
@@ -82,6 +83,14 @@ async def marshal_blockdev_add(
 ) -> Any:
     obj = visit_BlockdevOptions(arguments, None, '')
     await handler(ctx, obj)
+    return {}
+
+
+async def marshal_blockdev_reopen(
+        handler: Handler, ctx: Any, arguments: dict[str, Any],
+) -> Any:
+    kwargs = rt.args_dict(arguments, members_q_obj_blockdev_reopen_arg)
+    await handler(ctx, **kwargs)
     return {}
 
 

@@ -1771,6 +1771,12 @@ def visit_BlockdevRefOrNull(value: Any, name: str | None, path: str) -> Blockdev
         })
 
 
+def members_q_obj_blockdev_reopen_arg(obj: dict[str, Any], path: str, seen: set[str]) -> dict[str, Any]:
+    return {
+        "options": rt.member(obj, "options", path, seen, visit_BlockdevOptionsList),
+    }
+
+
 def members_q_obj_blockdev_del_arg(obj: dict[str, Any], path: str, seen: set[str]) -> dict[str, Any]:
     return {
         "node_name": rt.member(obj, "node-name", path, seen, rt.visit_str),
@@ -1984,6 +1990,10 @@ def visit_BlkdebugSetStateOptionsList(value: Any, name: str | None, path: str) -
     return rt.visit_list(value, path, visit_BlkdebugSetStateOptions)
 
 
+def visit_BlockdevOptionsList(value: Any, name: str | None, path: str) -> list[BlockdevOptions]:
+    return rt.visit_list(value, path, visit_BlockdevOptions)
+
+
 def visit_BlockDirtyBitmapOrStrList(value: Any, name: str | None, path: str) -> list[BlockDirtyBitmapOrStr]:
     return rt.visit_list(value, path, visit_BlockDirtyBitmapOrStr)
 
@@ -2009,6 +2019,7 @@ _BlockdevOptions_BRANCHES: dict[str, rt.Branch] = {
     "copy-before-write": (BlockdevOptionsCbw, members_BlockdevOptionsCbw),
     "copy-on-read": (BlockdevOptionsCor, members_BlockdevOptionsCor),
     "file": (BlockdevOptionsFile, members_BlockdevOptionsFile),
+    "host_device": (BlockdevOptionsFile, members_BlockdevOptionsFile),
     "null-co": (BlockdevOptionsNull, members_BlockdevOptionsNull),
     "qcow2": (BlockdevOptionsQcow2, members_BlockdevOptionsQcow2),
     "raw": (BlockdevOptionsRaw, members_BlockdevOptionsRaw),

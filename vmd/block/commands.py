@@ -25,12 +25,27 @@ from vmd.block.filename import absolute
 from vmd.block.graph import block_graph
 from vmd.block.node import BlockNode
 from vmd.block.perm import ALL, Perm, perm_qapi
+from vmd.block.reopen import ReopenQueue, flatten
 from vmd.block.transaction import run_action
 from vmd.errors import QMPError
 
 
 async def qmp_blockdev_add(ctx: Any, options: Any) -> None:
     await block_graph(ctx).add(options)
+
+
+async def qmp_blockdev_reopen(ctx: Any, options: list[Any]) -> None:
+    """All the nodes named, reopened in one transaction."""
+    graph = block_graph(ctx)
+    queue = ReopenQueue()
+    for item in options:
+        if item.node_name is None:
+            raise QMPError("node-name not specified")
+        node = graph.get(item.node_name)
+        if node is None:
+            raise QMPError(f"Failed to find node with node-name='{item.node_name}'")
+        queue.add(node, flatten(item), keep_old=False)
+    await queue.run(graph)
 
 
 async def qmp_blockdev_del(ctx: Any, node_name: str) -> None:

@@ -24,8 +24,9 @@ Everything here belongs to the event loop thread.
 from __future__ import annotations
 
 import contextlib
+import itertools
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Collection, Iterable, Iterator
 from typing import TYPE_CHECKING
 
 from vmd.block.perm import ALL, NONE, Perm, Role, perm_text
@@ -73,10 +74,13 @@ class RootHolder:
         return None
 
 
+_links = itertools.count()
+
+
 class Edge:
     """One parent-to-child link with its permissions."""
 
-    __slots__ = ("parent", "child", "name", "role", "perm", "shared", "frozen")
+    __slots__ = ("parent", "child", "name", "role", "perm", "shared", "frozen", "linked")
 
     def __init__(self, parent: BlockNode | RootHolder, child: BlockNode, name: str, role: Role,
                  perm: Perm = NONE, shared: Perm = ALL) -> None:
@@ -88,6 +92,9 @@ class Edge:
         self.shared = shared
         #: A frozen edge may not be moved or removed (a job's chain).
         self.frozen = False
+        #: When it last reached its child (larger is newer): QEMU lists a
+        #: child's parents newest first, and so its op blockers.
+        self.linked = next(_links)
 
     def __repr__(self) -> str:
         return f"<Edge {self.name} -> {self.child.node_name} perm={self.perm!r} shared={self.shared!r}>"
@@ -219,7 +226,8 @@ def _set_edge_perm(edge: Edge, perm: Perm, shared: Perm, tran: Transaction) -> N
     tran.on_abort(undo)
 
 
-def refresh_perms(starts: Iterable[BlockNode], tran: Transaction) -> None:
+def refresh_perms(starts: Iterable[BlockNode], tran: Transaction,
+                  becoming_read_only: Collection[BlockNode] = ()) -> None:
     """Recompute the permissions below ``starts``; raise QMPError on a conflict.
 
     Top down from ``starts``: each node's parent edges are checked against
@@ -227,6 +235,8 @@ def refresh_perms(starts: Iterable[BlockNode], tran: Transaction) -> None:
     its child edges are set from them. A child is visited again only when
     one of its edges changed, so closing or extending a deep chain costs
     what changes, not the whole chain (QEMU walks all of it).
+    ``becoming_read_only`` are the nodes a reopen is switching to
+    read-only: a writer of one is refused with QEMU's reopen text.
     """
     starts = list(starts)
     # Several starts go parents first; one start needs no ordering.
@@ -238,6 +248,8 @@ def refresh_perms(starts: Iterable[BlockNode], tran: Transaction) -> None:
         _check_parent_conflicts(node)
         perm, shared = cumulative_perms(node)
         if perm & (Perm.WRITE | Perm.WRITE_UNCHANGED) and node.read_only:
+            if any(node is other for other in becoming_read_only):
+                raise QMPError(f"Read-only block node '{node.node_name}' cannot support read-write users")
             raise QMPError("Block node is read-only")
         node.check_perm(perm, shared)
         tran.on_abort(node.abort_perm)
@@ -271,16 +283,31 @@ def shape_changed() -> None:
     _shape_version += 1
 
 
-def _link(edge: Edge, tran: Transaction) -> None:
-    shape_changed()
-    parent = edge.parent
-    if _is_node(parent):
-        parent.children[edge.name] = edge  # type: ignore[union-attr]
-    edge.child.parents.append(edge)
+def _link(edge: Edge, tran: Transaction, *, at_head: bool = False) -> None:
+    _relink(edge, at_head)
 
     def undo() -> None:
         _unlink(edge)
     tran.on_abort(undo)
+
+
+def _relink(edge: Edge, at_head: bool = False) -> None:
+    shape_changed()
+    parent = edge.parent
+    if _is_node(parent):
+        parent.children[edge.name] = edge  # type: ignore[union-attr]
+        if edge.child.opened_inline and edge.child.inherits_from is None:
+            edge.child.inherits_from = parent  # type: ignore[assignment]
+    if at_head:
+        edge.child.parents.insert(0, edge)
+    else:
+        edge.child.parents.append(edge)
+
+
+def remove_edge(edge: Edge, tran: Transaction) -> None:
+    """Unlink ``edge`` as part of ``tran`` (permissions are refreshed by the caller)."""
+    _unlink(edge)
+    tran.on_abort(lambda: _relink(edge))
 
 
 def _unlink(edge: Edge) -> None:
@@ -304,6 +331,7 @@ def _set_child(edge: Edge, child: BlockNode, tran: Transaction) -> None:
     old.parents.remove(edge)
     edge.child = child
     child.parents.append(edge)
+    edge.linked = next(_links)
     tran.on_abort(undo)
 
 
@@ -314,12 +342,15 @@ def check_no_cycle(parent: BlockNode, child: BlockNode, name: str) -> None:
 
 
 def add_edge(parent: BlockNode | RootHolder, child: BlockNode, name: str, role: Role, tran: Transaction,
-             perm: Perm = NONE, shared: Perm = ALL) -> Edge:
-    """Link a new edge as part of ``tran`` (permissions are refreshed by the caller)."""
+             perm: Perm = NONE, shared: Perm = ALL, *, at_head: bool = False) -> Edge:
+    """Link a new edge as part of ``tran`` (permissions are refreshed by the
+    caller); ``at_head`` puts it first among the child's parents, where
+    QEMU's bdrv_attach_child_noperm does (permission errors name parents
+    in that order)."""
     if _is_node(parent):
         check_no_cycle(parent, child, name)  # type: ignore[arg-type]
     edge = Edge(parent, child, name, role, perm, shared)
-    _link(edge, tran)
+    _link(edge, tran, at_head=at_head)
     return edge
 
 

@@ -22,6 +22,7 @@ from vmd.block.edge import RootHolder, drained, shape_changed, topological
 from vmd.block.filename import wire_options
 from vmd.block.node import BlockNode
 from vmd.block.perm import Perm, Role
+from vmd.block.reopen import flatten, record_options
 from vmd.errors import QMPError
 
 Opener = Callable[[Any, "BlockGraph"], Awaitable[BlockNode]]
@@ -131,6 +132,9 @@ class BlockGraph:
             shape_changed()
             node.force_share = node.force_share or bool(getattr(options, "force_share", False))
             node.detect_zeroes = detect_zeroes_of(options)
+            node.direct, node.no_flush = cache_flags(options)
+            flat = flatten(node.open_options)
+            record_options(node, flat, flat)
             self._register(node, node.node_name)
         except BaseException:
             if outermost:
@@ -174,13 +178,13 @@ class BlockGraph:
         """
         if isinstance(ref, str):
             return self.find(ref)
-        given = ref.read_only is not None
+        explicit = flatten(ref)
         if role == "backing" and ref.read_only is None:
             ref.read_only = True
         inherit_options(parent, ref)
         node = await self.open(ref)
         node.opened_inline = True
-        node.read_only_given = given
+        record_options(node, node.options, explicit)
         return node
 
     # -- removing ------------------------------------------------------------------
@@ -242,6 +246,14 @@ class BlockGraph:
             await self.close_tree(top)
 
 
+def cache_flags(options: Any) -> tuple[bool, bool]:
+    """(cache.direct, cache.no-flush) of ``BlockdevOptions``."""
+    cache = getattr(options, "cache", None)
+    if cache is None:
+        return False, False
+    return bool(getattr(cache, "direct", False)), bool(getattr(cache, "no_flush", False))
+
+
 def detect_zeroes_of(options: Any) -> str:
     """The ``detect-zeroes`` mode asked for, checked as QEMU's bdrv_open_common."""
     mode = getattr(options, "detect_zeroes", None)
@@ -265,10 +277,10 @@ def check_not_backing(node: BlockNode) -> None:
         reason = edge.parent.blocker() if isinstance(edge.parent, RootHolder) else None
         if reason is not None:
             raise QMPError(f"Node '{node.node_name}' is busy: {reason}")
-    for edge in node.parents:
-        if edge.role & Role.COW and not isinstance(edge.parent, RootHolder):
-            raise QMPError(f"Node '{node.node_name}' is busy: node is used as backing hd of "
-                           f"'{edge.parent.node_name}'")
+    overlays = [(edge.linked, edge.parent.node_name) for edge in node.parents
+                if edge.role & Role.COW and isinstance(edge.parent, BlockNode)]
+    if overlays:  # the newest overlay's blocker comes first in QEMU's list
+        raise QMPError(f"Node '{node.node_name}' is busy: node is used as backing hd of '{max(overlays)[1]}'")
 
 
 #: Options a child opened inline takes from its parent unless it sets them

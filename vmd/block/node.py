@@ -81,6 +81,14 @@ class BlockNode:
     #: options; a trailing dot takes every option under that prefix): they
     #: make its file name a ``json:`` one (``vmd.block.filename``).
     strong_options: tuple[str, ...] = ()
+    #: Whether ``blockdev-reopen`` may reopen the node (QEMU's drivers
+    #: without bdrv_reopen_prepare refuse), and the driver's options a
+    #: reopen may change or leave out (mutable_opts).
+    supports_reopen = True
+    #: ``cache.direct`` and ``cache.no-flush`` as opened (a file acts on them).
+    direct = False
+    no_flush = False
+    mutable_options: tuple[str, ...] = ()
 
     def __init__(self, node_name: str, *, read_only: bool = False) -> None:
         self.node_name = node_name
@@ -93,9 +101,9 @@ class BlockNode:
         #: Opened for its parent (inline options, or named in an image
         #: header): it inherits the parent's options, read-only included.
         self.opened_inline = False
-        #: Its own options set ``read-only``: a reopen of the parent does
-        #: not make it writable (QEMU inherits only unset options).
-        self.read_only_given = False
+        #: The parent that opened it inline (QEMU's inherits_from): a
+        #: reopen of that parent reopens it too.
+        self.inherits_from: BlockNode | None = None
         #: Drained sections over this node under way.
         self.quiesce_counter = 0
         self.total_size = 0
@@ -127,6 +135,13 @@ class BlockNode:
         #: write_gen and flushed_gen).
         self.write_gen = 0
         self.flushed_gen = 0
+        #: The options the node was opened (or last reopened) with, flat
+        #: (``file.filename``), children left out (QEMU's bs->options),
+        #: and those of them given rather than inherited (explicit_options).
+        self.options: dict[str, Any] = {}
+        self.explicit_options: dict[str, Any] = {}
+        #: Put in by a job without a name asked for (QEMU's implicit node).
+        self.implicit = False
 
     # -- graph -------------------------------------------------------------
 
@@ -201,11 +216,16 @@ class BlockNode:
         while stack:
             node = stack.pop()
             if not node.read_only:
-                await node.flush()
-                await node._co_make_read_only()
+                await node.prepare_read_only()
                 node.read_only = True
             stack.extend(edge.child for edge in node.children.values()
                          if edge.child.opened_inline and len(edge.child.parents) == 1)
+
+    async def prepare_read_only(self) -> None:
+        """Write back what the node holds and stop writing, while it still
+        may write (its ``read_only`` is set by the caller)."""
+        await self.flush()
+        await self._co_make_read_only()
 
     async def _co_make_read_only(self) -> None:
         """Hook: what a driver does before it stops writing."""
@@ -222,11 +242,26 @@ class BlockNode:
             nodes.append(node)
             stack.extend(edge.child for edge in node.children.values()
                          if not edge.role & Role.COW and edge.child.opened_inline
-                         and not edge.child.read_only_given and len(edge.child.parents) == 1)
+                         and "read-only" not in edge.child.explicit_options and len(edge.child.parents) == 1)
         for node in reversed(nodes):
             if node.read_only:
-                await node._co_make_writable()
+                await node.prepare_writable()
                 node.read_only = False
+
+    async def prepare_writable(self) -> None:
+        """What must happen before the node may write (its children may
+        write already; ``read_only`` is cleared by the caller)."""
+        await self._co_make_writable()
+
+    async def set_cache_mode(self, direct: bool, no_flush: bool) -> None:
+        """A reopen changes the ``cache`` options."""
+        self.direct, self.no_flush = direct, no_flush
+
+    def reopen_prepare(self, options: dict[str, Any]) -> Callable[[], None]:
+        """Take the driver's options of a reopen out of ``options`` (flat),
+        check them, and return what applies them once the reopen commits.
+        Options left in ``options`` must be unchanged (the caller checks)."""
+        return lambda: None
 
     async def _co_make_writable(self) -> None:
         """Hook: what a driver does before it may write (a file reopens

@@ -462,7 +462,7 @@ async def _discard(session: Session, words: list[str]) -> None:
 
 async def _reopen(session: Session, words: list[str]) -> None:
     """reopen [-r|-w] [-o options]: the options vmd can change on a live node."""
-    from vmd.block.reopen import ReopenError, reopen
+    from vmd.block.reopen import reopen
     try:
         pairs, rest = getopt.gnu_getopt(words, "c:o:rw")
     except getopt.GetoptError as error:
@@ -491,9 +491,9 @@ async def _reopen(session: Session, words: list[str]) -> None:
     if read_only is not None:
         options["read-only"] = "on" if read_only else "off"
     try:
-        await reopen(session.backend.node, options)
-    except ReopenError as error:
-        session.error(str(error))
+        await reopen(session.backend.node, options, session.ctx.daemon.block)
+    except QMPError as error:
+        session.error(error.desc)
         return
     if read_only:
         session.backend.set_perm(session.backend.perm & ~(Perm.WRITE | Perm.WRITE_UNCHANGED),

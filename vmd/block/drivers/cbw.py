@@ -139,6 +139,7 @@ class CopyBeforeWriteNode(BlockNode):
 
     driver = "copy-before-write"
     is_filter = True
+    supports_reopen = False
 
     def __init__(self, node_name: str, file: BlockNode, target: BlockNode, *,
                  on_cbw_error: OnCbwError = OnCbwError.BREAK_GUEST_WRITE, timeout: float = 0.0) -> None:

@@ -42,6 +42,7 @@ import os
 import stat
 import struct
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,7 +50,7 @@ from cffi import FFI
 
 from vmd.block import aio
 from vmd.block.filename import NamesOf
-from vmd.block.graph import BlockGraph, driver, node_name_of
+from vmd.block.graph import BlockGraph, cache_flags, driver, node_name_of
 from vmd.block.node import BlockNode, Extent, Status
 from vmd.block.perm import ALL, NONE, Perm, perm_text
 from vmd.errors import QMPError
@@ -111,6 +112,7 @@ class FileNode(BlockNode):
     is_protocol = True
     # Formats append metadata and clusters past the current end.
     grows_on_write = True
+    mutable_options = ("x-check-cache-dropped",)
 
     def __init__(self, node_name: str, filename: str, *,
                  read_only: bool = False, direct: bool = False,
@@ -173,10 +175,20 @@ class FileNode(BlockNode):
             return None
 
     async def _co_make_writable(self) -> None:
-        """Reopen read-write (a commit's base): a new descriptor takes over
-        the lock bytes held, then the old one closes (dropping its own)."""
-        fd, _size, _align, _mem_align, _ro = await aio.run(
-            _open_file, self.path, False, self.direct, False)
+        """Reopen read-write (a commit's base)."""
+        await self._reopen_fd(False, self.direct)
+
+    async def set_cache_mode(self, direct: bool, no_flush: bool) -> None:
+        """A reopen with another ``cache.direct`` opens the file anew."""
+        if direct != self.direct:
+            await self._reopen_fd(self.read_only, direct)
+        self.no_flush = no_flush
+
+    async def _reopen_fd(self, read_only: bool, direct: bool) -> None:
+        """A new descriptor takes over the lock bytes held, then the old
+        one closes (dropping its own)."""
+        fd, _size, align, mem_align, _ro = await aio.run(
+            _open_file, self.path, read_only, direct, False)
         old, self.fd = self.fd, fd
         held = self._locked_perm, self._locked_shared
         self._locked_perm = self._locked_shared = 0
@@ -189,6 +201,13 @@ class FileNode(BlockNode):
             raise
         if old >= 0:
             os.close(old)
+        self.direct, self.request_alignment, self.mem_alignment = direct, align, mem_align
+
+    def reopen_prepare(self, options: dict[str, Any]) -> Callable[[], None]:
+        """raw_reopen_prepare: only the cache-dropped check may change (vmd
+        has none to run); the file name, ``aio`` and ``locking`` stay."""
+        options.pop("x-check-cache-dropped", None)
+        return lambda: None
 
     # -- locking ------------------------------------------------------------------
 
@@ -657,14 +676,6 @@ def _allocation(fd: int, offset: int, end: int) -> tuple[int, bool]:
 
 
 # -- opener -------------------------------------------------------------------------
-
-
-def cache_flags(options: Any) -> tuple[bool, bool]:
-    """(cache.direct, cache.no-flush) of ``BlockdevOptions``."""
-    cache = getattr(options, "cache", None)
-    if cache is None:
-        return False, False
-    return bool(getattr(cache, "direct", False)), bool(getattr(cache, "no_flush", False))
 
 
 def check_force_share(options: Any) -> None:

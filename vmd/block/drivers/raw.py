@@ -8,6 +8,9 @@ flushes, block status) goes straight to the child, shifted by ``offset``.
 
 from __future__ import annotations
 
+import errno
+import os
+from collections.abc import Callable
 from typing import Any
 
 from vmd._generated.types import BlkdebugEvent
@@ -23,6 +26,7 @@ SECTOR_SIZE = 512
 class RawNode(BlockNode):
     driver = "raw"
     strong_options = ("offset", "size")
+    mutable_options = ("offset", "size")
 
     def __init__(self, node_name: str, file: BlockNode, *, offset: int = 0,
                  size: int | None = None, read_only: bool = False,
@@ -45,19 +49,33 @@ class RawNode(BlockNode):
         file = self.file
         if not self.read_only and file.read_only:
             raise QMPError("Block node is read-only")
-        real_size = file.total_size
-        if self.offset > real_size:
-            raise QMPError(f"Offset ({self.offset}) cannot be greater than "
-                           f"size of the containing file ({real_size})")
-        if self.size is not None:
-            if real_size - self.offset < self.size:
-                raise QMPError(f"The sum of offset ({self.offset}) and size ({self.size}) "
-                               f"has to be smaller or equal to the  actual size of the "
-                               f"containing file ({real_size})")
-            if self.size % SECTOR_SIZE:
-                raise QMPError(f"Specified size is not multiple of {SECTOR_SIZE}")
-        else:
-            self.size = real_size - self.offset
+        self.size = _window(file.total_size, self.offset, self.size)
+
+    def reopen_prepare(self, options: dict[str, Any]) -> Callable[[], None]:
+        """raw_reopen_prepare: ``offset`` and ``size`` may change (or go back
+        to the whole file), checked as at open."""
+        offset = int(options.pop("offset", 0))
+        given = options.pop("size", None)
+        size = _window(self.file.total_size, offset, None if given is None else int(given))
+
+        def commit() -> None:
+            self.offset, self.size, self.has_size = offset, size, given is not None
+        return commit
+
+    @property  # type: ignore[override]
+    def grows_on_write(self) -> bool:
+        """Without a size, writes past the end extend the file below."""
+        return not self.has_size and bool(self.children) and self.file.grows_on_write
+
+    @grows_on_write.setter
+    def grows_on_write(self, value: bool) -> None:
+        """Class default only; the answer comes from the window and the file."""
+
+    def _check_writable(self, offset: int, length: int) -> None:
+        """A write past a fixed size has no room (raw_adjust_offset's ENOSPC)."""
+        if self.has_size and not self.read_only and offset + length > (self.size or 0):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        super()._check_writable(offset, length)
 
     @property  # type: ignore[override]
     def total_size(self) -> int:
@@ -111,6 +129,23 @@ class RawNode(BlockNode):
     async def _co_block_status(self, offset: int, length: int) -> Extent:
         extent = await self.file.block_status(offset + self.offset, length)
         return Extent(extent.length, extent.status, offset + self.offset)
+
+
+def _window(real_size: int, offset: int, size: int | None) -> int:
+    """The size of the window at ``offset`` in a file of ``real_size``
+    bytes (all of the rest without ``size``), with QEMU's checks."""
+    if offset > real_size:
+        raise QMPError(f"Offset ({offset}) cannot be greater than "
+                       f"size of the containing file ({real_size})")
+    if size is None:
+        return real_size - offset
+    if real_size - offset < size:
+        raise QMPError(f"The sum of offset ({offset}) and size ({size}) "
+                       f"has to be smaller or equal to the  actual size of the "
+                       f"containing file ({real_size})")
+    if size % SECTOR_SIZE:
+        raise QMPError(f"Specified size is not multiple of {SECTOR_SIZE}")
+    return size
 
 
 @driver("raw")

@@ -27,6 +27,7 @@ def _not_supported() -> OSError:
 
 class SnapshotAccessNode(BlockNode):
     driver = "snapshot-access"
+    supports_reopen = False
 
     def __init__(self, node_name: str, file: BlockNode, *, read_only: bool = False, unmap: bool = False) -> None:
         super().__init__(node_name, read_only=read_only)

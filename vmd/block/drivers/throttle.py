@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -175,6 +176,7 @@ class ThrottleNode(BlockNode):
     driver = "throttle"
     is_filter = True
     strong_options = ("throttle-group",)
+    mutable_options = ("throttle-group",)
 
     def __init__(self, node_name: str, file: BlockNode, group: ThrottleGroup, *, read_only: bool = False) -> None:
         super().__init__(node_name, read_only=read_only)
@@ -184,6 +186,17 @@ class ThrottleNode(BlockNode):
         self._queues = (asyncio.Lock(), asyncio.Lock())   # reads, writes: first come, first served
         self._drained = 0
         self._released = asyncio.Event()
+
+    def reopen_prepare(self, options: dict[str, Any]) -> Callable[[], None]:
+        """throttle_reopen_prepare: the node may move to another group."""
+        group = _find_group(str(options.pop("throttle-group", None)))
+
+        def commit() -> None:
+            if self in self.group.members:
+                self.group.members.remove(self)
+            self.group = group
+            group.members.append(self)
+        return commit
 
     @property  # type: ignore[override]
     def total_size(self) -> int:
@@ -266,13 +279,18 @@ class ThrottleNode(BlockNode):
             self.group.members.remove(self)
 
 
+def _find_group(name: str) -> ThrottleGroup:
+    group = GROUPS.get(name)
+    if group is None:
+        raise QMPError(f"Throttle group '{name}' does not exist")
+    return group
+
+
 @driver("throttle")
 async def open_throttle(options: Any, graph: BlockGraph) -> BlockNode:
     """``driver: throttle``: the group must exist already."""
     branch = options.u
-    group = GROUPS.get(branch.throttle_group)
-    if group is None:
-        raise QMPError(f"Throttle group '{branch.throttle_group}' does not exist")
+    group = _find_group(branch.throttle_group)
     file = await graph.open_child(branch.file, options, "file")
     return ThrottleNode(node_name_of(options), file, group, read_only=bool(options.read_only))
 

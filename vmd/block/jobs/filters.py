@@ -42,7 +42,7 @@ class FilterNode(BlockNode):
     """A node passing every request to its one child."""
 
     is_filter = True
-    #: The name of the child edge (``backing`` for QEMU's job filters).
+    supports_reopen = False
 
     def __init__(self, node_name: str, child: BlockNode) -> None:
         super().__init__(node_name, read_only=child.read_only)
@@ -238,6 +238,7 @@ async def insert_filter(graph: BlockGraph, filt: BlockNode, child: BlockNode, na
                 add_edge(filt, child, "backing", Role.FILTERED | Role.PRIMARY, tran)
             replace_node(child, filt, tran)
     graph.adopt(filt, name)
+    filt.implicit = name is None
 
 
 async def drop_filter(graph: BlockGraph, filt: BlockNode, replacement: BlockNode | None = None) -> None:

@@ -27,6 +27,14 @@ class TableCache:
         self._dirty: set[int] = set()
         self.depends_on: TableCache | None = None
 
+    def rebind(self, file: BlockNode) -> None:
+        """Read through ``file`` from now on, starting empty, as QEMU's
+        reopen makes new caches (the node was flushed before: nothing is
+        dirty)."""
+        assert not self._dirty, "a cache is rebound only after a flush"
+        self.file = file
+        self._tables.clear()
+
     def set_dependency(self, other: TableCache) -> None:
         self.depends_on = other
 

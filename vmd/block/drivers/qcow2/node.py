@@ -70,11 +70,18 @@ log = logging.getLogger(__name__)
 
 _UNALLOC, _ZERO, _DATA, _COMPRESSED = range(4)
 _CACHE_BYTES = 4 << 20
+#: The members of Qcow2OverlapCheckFlags (``overlap-check.NAME``).
+_OVERLAP_CHECKS = ("template", "main-header", "active-l1", "active-l2", "refcount-table", "refcount-block",
+                   "snapshot-table", "inactive-l1", "inactive-l2", "bitmap-directory")
 
 
 class Qcow2Node(BlockNode):
     driver = "qcow2"
     supports_backing = True
+    mutable_options = ("lazy-refcounts", "pass-discard-request", "pass-discard-snapshot", "pass-discard-other",
+                       "overlap-check", *(f"overlap-check.{check}" for check in _OVERLAP_CHECKS),
+                       "cache-size", "l2-cache-size", "l2-cache-entry-size", "refcount-cache-size",
+                       "cache-clean-interval")
 
     def __init__(self, node_name: str, file: BlockNode, *, read_only: bool = False,
                  lazy_refcounts: bool | None = None) -> None:
@@ -195,6 +202,32 @@ class Qcow2Node(BlockNode):
     async def _co_make_writable(self) -> None:
         async with self._lock:
             await self.bitmap_store.reopen_read_write()
+
+    def reopen_prepare(self, options: dict[str, Any]) -> Callable[[], None]:
+        """qcow2_update_options_prepare's checks of the cache options; vmd
+        sizes its caches itself and has no overlap checks, so the values
+        are checked and then left unused."""
+        values = {key: options.pop(key) for key in self.mutable_options if key in options}
+        cache, l2 = values.get("cache-size"), values.get("l2-cache-size")
+        refcount = values.get("refcount-cache-size")
+        if cache is not None:
+            if l2 is not None and refcount is not None and l2 + refcount > cache:
+                raise QMPError("cache-size must be greater than the sum of l2-cache-size and refcount-cache-size")
+            if l2 is not None and l2 > cache:
+                raise QMPError("l2-cache-size may not exceed cache-size")
+            if refcount is not None and refcount > cache:
+                raise QMPError("refcount-cache-size may not exceed cache-size")
+        entry = values.get("l2-cache-entry-size")
+        if entry is not None and (entry < 512 or entry > self.cs or entry & (entry - 1)):
+            raise QMPError(f"L2 cache entry size must be a power of two between 512 and the cluster size ({self.cs})")
+
+        def commit() -> None:
+            # New, empty caches (all was written back before), reading
+            # through the file child, which the reopen may have replaced.
+            self.refcounts.file = self.file
+            self.refcounts.cache.rebind(self.file)
+            self.l2_cache.rebind(self.file)
+        return commit
 
     def can_store_new_bitmap(self, name: str, granularity: int) -> None:
         self.bitmap_store.can_store_new(name, granularity)
@@ -863,7 +896,6 @@ async def open_chain(top: Qcow2Node, top_path: str,
     node, path = top, top_path
     while node.backing_file:
         below = await open_backing(node, path)
-        below.opened_inline = True
         try:
             node.set_backing(below)
         except BaseException:
@@ -872,6 +904,7 @@ async def open_chain(top: Qcow2Node, top_path: str,
         opened.append(node)
         if adopt is not None:
             adopt(below)
+        _inline_backing(node, below)
         if not isinstance(below, Qcow2Node):
             break
         node, path = below, backing_path(node, path)
@@ -882,7 +915,23 @@ async def open_chain(top: Qcow2Node, top_path: str,
         node.auto_backing_file = node.backing.filename()  # type: ignore[union-attr]
 
 
-def backing_path(node: Qcow2Node, overlay_path: str) -> str:
+def _inline_backing(overlay: BlockNode, image: BlockNode) -> None:
+    """An image opened from a header is its overlay's inline child, with the
+    options QEMU records for it: the driver, and a file's name."""
+    image.opened_inline = True
+    image.inherits_from = overlay
+    for edge in image.children.values():
+        edge.child.inherits_from = image
+    for node in (image, *(edge.child for edge in image.children.values())):
+        options: dict[str, Any] = {"driver": node.driver}
+        if node.driver == "file":
+            options["filename"] = node.filename()
+        node.options, node.explicit_options = options, dict(options)
+
+
+def backing_path(node: BlockNode, overlay_path: str) -> str:
+    """The backing file the header of ``node`` names, relative names taken
+    from the directory of the image (bdrv_get_full_backing_filename)."""
     name = node.backing_file or ""
     if os.path.isabs(name) or ":" in name.split("/")[0]:
         return name
