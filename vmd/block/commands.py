@@ -54,7 +54,8 @@ async def qmp_blockdev_del(ctx: Any, node_name: str) -> None:
 
 def qmp_query_named_block_nodes(ctx: Any, flat: bool | None) -> list[dict[str, Any]]:
     """Every named node, newest first (QEMU prepends each to its list)."""
-    return [device_info(node, flat=bool(flat)) for node in reversed(list(block_graph(ctx)))]
+    nodes = sorted(block_graph(ctx), key=lambda node: node.created, reverse=True)
+    return [device_info(node, flat=bool(flat)) for node in nodes]
 
 
 def qmp_query_block(ctx: Any) -> list[dict[str, Any]]:

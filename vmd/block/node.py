@@ -20,6 +20,7 @@ a buffer cross to a worker thread, for the duration of one system call.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -32,6 +33,8 @@ from vmd.block.edge import Edge, attach, detach
 from vmd.block.limits import check_offset
 from vmd.block.perm import Perm, Role
 from vmd.errors import QMPError
+
+_created = itertools.count()
 
 
 class Status:
@@ -92,6 +95,10 @@ class BlockNode:
 
     def __init__(self, node_name: str, *, read_only: bool = False) -> None:
         self.node_name = node_name
+        #: When it was made (larger is newer): QEMU names a node once its
+        #: file child is open and before its backing file, and lists nodes
+        #: in that order.
+        self.created = next(_created)
         self.read_only = read_only
         #: Child edges by name; parent edges, oldest first.
         self.children: dict[str, Edge] = {}
