@@ -128,6 +128,11 @@ def pc_steps(s: Session) -> Iterator[Any]:
     yield s.cmd("query-block")                                            # the -drive went with it
     yield s.add(driver="virtio-blk-pci", id="b5", drive="d1")
     yield s.registers()
+    yield s.add(driver="virtio-serial-pci", id="s7")
+    yield s.delete("s7")
+    yield s.cmd("system_reset")                                           # a reset carries out the request
+    yield s.settle("/machine/peripheral/s7")
+    yield s.registers()
 
 
 def none_steps(s: Session) -> Iterator[Any]:
@@ -140,7 +145,17 @@ def none_steps(s: Session) -> Iterator[Any]:
         yield s.cmd("device_del", **arguments)
 
 
-@pytest.mark.parametrize(("args", "steps"), [(PC, pc_steps), (("-M", "none"), none_steps)], ids=["pc", "none"])
+def hmp_steps(s: Session) -> Iterator[Any]:
+    for line in ("device_add virtio-serial-pci,id=s1", "device_add virtio-serial-pci,id=s1", "device_add nope",
+                 "device_add virtio-serial-pci,id=9x", "device_add", "device_add virtio-serial-pci,foo=1",
+                 "device_add virtio-serial-pci,,x", "device_del nope", "device_del s1", "device_del s1",
+                 "device_del"):
+        yield s.hmp(line)
+    yield s.registers()
+
+
+@pytest.mark.parametrize(("args", "steps"), [(PC, pc_steps), (("-M", "none"), none_steps), (PC, hmp_steps)],
+                         ids=["pc", "none", "hmp"])
 def test_same_answers_as_qemu(tmp_path: Path, args: tuple[str, ...], steps: Any) -> None:
     results = {}
     for engine in ("qemu", "vmd"):

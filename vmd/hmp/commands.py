@@ -17,6 +17,7 @@ from vmd._generated.types import ShutdownCause
 from vmd.hmp import block, block_info, chardev, qemu_io
 from vmd.hmp.args import ArgumentError, parse_arguments
 from vmd.machine import commands as machine
+from vmd.machine import hotplug
 from vmd.qmp.errors import QMPError
 
 #: A handler gets the context and the parsed arguments in order; it
@@ -165,6 +166,9 @@ COMMANDS = [
                "commit changes to the disk images (if -snapshot is used) or backing files",
                block.hmp_commit, args="s"),
     HmpCommand("cont|c", "", "resume emulation", _cont),
+    HmpCommand("device_add", "driver[,prop=value][,...]",
+               "add device, like -device on the command line", hotplug.hmp_device_add, rest_of_line=True),
+    HmpCommand("device_del", "device", "remove device", hotplug.hmp_device_del, args="s"),
     HmpCommand("help|?", "[cmd]", "show the help", _help,
                rest_of_line=True),
     HmpCommand("i", "/fmt addr", "I/O port read", machine.hmp_ioport_read, rest_of_line=True),

@@ -92,3 +92,37 @@ def _find(ctx: Any, peripherals: Peripherals | None, name: str) -> Device | None
     except QMPError:
         return None
     raise QMPError(f"{name} is not a hotpluggable device")
+
+
+# -- HMP ------------------------------------------------------------------------
+
+def hmp_device_add(ctx: Any, args: list[str]) -> str:
+    """``device_add driver[,prop=value][,...]``: the ``-device`` syntax.
+
+    A malformed option (a bad ``id``) is reported on QEMU's standard error,
+    not in the monitor: the monitor shows only the hint to ``help``.
+    """
+    from vmd.cli.errors import OptionError
+    from vmd.cli.parser import DEVICE_SPEC
+    from vmd.cli.qemu_opts import parse_opts
+    try:
+        opts = parse_opts(DEVICE_SPEC, args[0] if args else "")
+    except OptionError:
+        return 'Try "help device_add" for more information\n'
+    options: dict[str, Any] = opts.to_dict()
+    if opts.id is not None:
+        options["id"] = opts.id
+    return _hmp_error(qmp_device_add, ctx, options)
+
+
+def hmp_device_del(ctx: Any, args: list[str]) -> str:
+    return _hmp_error(qmp_device_del, ctx, args[0])
+
+
+def _hmp_error(command: Any, ctx: Any, argument: Any) -> str:
+    """Run a QMP command for HMP: nothing on success, ``Error: ...`` otherwise."""
+    try:
+        command(ctx, argument)
+    except QMPError as error:
+        return f"Error: {error.desc}\n"
+    return ""
