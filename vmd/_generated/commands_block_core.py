@@ -19,8 +19,10 @@ from .types_block_core import (
     members_q_obj_blockdev_create_arg,
     members_q_obj_blockdev_del_arg,
     members_q_obj_blockdev_reopen_arg,
+    members_q_obj_query_blockstats_arg,
     members_q_obj_query_named_block_nodes_arg,
     visit_BlockdevOptions,
+    visit_BlockIOThrottle,
 )
 
 Handler = Callable[..., Any]
@@ -31,6 +33,21 @@ def marshal_query_block(
 ) -> Any:
     rt.no_args(arguments)
     return rt.to_wire(handler(ctx))
+
+
+def marshal_query_blockstats(
+        handler: Handler, ctx: Any, arguments: dict[str, Any],
+) -> Any:
+    kwargs = rt.args_dict(arguments, members_q_obj_query_blockstats_arg)
+    return rt.to_wire(handler(ctx, **kwargs))
+
+
+async def marshal_block_set_io_throttle(
+        handler: Handler, ctx: Any, arguments: dict[str, Any],
+) -> Any:
+    obj = visit_BlockIOThrottle(arguments, None, '')
+    await handler(ctx, obj)
+    return {}
 
 
 def marshal_query_block_jobs(

@@ -8,6 +8,9 @@ from typing import Any, ClassVar, TypeAlias
 
 from vmd import qapi_runtime as rt
 
+from .types_builtin import (
+    visit_uint64List,
+)
 from .types_common import (
     OnOffAuto,
     visit_IoOperationType,
@@ -490,6 +493,223 @@ class BlockInfo(rt.QAPIObject):
         ("inserted", "inserted", True),
         ("tray_open", "tray_open", True),
         ("io_status", "io-status", True),
+    )
+
+
+class BlockDeviceTimedStats(rt.QAPIObject):
+    interval_length: int
+    min_rd_latency_ns: int
+    max_rd_latency_ns: int
+    avg_rd_latency_ns: int
+    min_wr_latency_ns: int
+    max_wr_latency_ns: int
+    avg_wr_latency_ns: int
+    min_flush_latency_ns: int
+    max_flush_latency_ns: int
+    avg_flush_latency_ns: int
+    avg_rd_queue_depth: float
+    avg_wr_queue_depth: float
+    __slots__ = ("interval_length", "min_rd_latency_ns", "max_rd_latency_ns", "avg_rd_latency_ns", "min_wr_latency_ns", "max_wr_latency_ns", "avg_wr_latency_ns", "min_flush_latency_ns", "max_flush_latency_ns", "avg_flush_latency_ns", "avg_rd_queue_depth", "avg_wr_queue_depth", )
+    _qapi_fields: ClassVar[Fields] = ("interval_length", "min_rd_latency_ns", "max_rd_latency_ns", "avg_rd_latency_ns", "min_wr_latency_ns", "max_wr_latency_ns", "avg_wr_latency_ns", "min_flush_latency_ns", "max_flush_latency_ns", "avg_flush_latency_ns", "avg_rd_queue_depth", "avg_wr_queue_depth", )
+    _qapi_members: ClassVar[Members] = (
+        ("interval_length", "interval_length", False),
+        ("min_rd_latency_ns", "min_rd_latency_ns", False),
+        ("max_rd_latency_ns", "max_rd_latency_ns", False),
+        ("avg_rd_latency_ns", "avg_rd_latency_ns", False),
+        ("min_wr_latency_ns", "min_wr_latency_ns", False),
+        ("max_wr_latency_ns", "max_wr_latency_ns", False),
+        ("avg_wr_latency_ns", "avg_wr_latency_ns", False),
+        ("min_flush_latency_ns", "min_flush_latency_ns", False),
+        ("max_flush_latency_ns", "max_flush_latency_ns", False),
+        ("avg_flush_latency_ns", "avg_flush_latency_ns", False),
+        ("avg_rd_queue_depth", "avg_rd_queue_depth", False),
+        ("avg_wr_queue_depth", "avg_wr_queue_depth", False),
+    )
+
+
+class BlockLatencyHistogramInfo(rt.QAPIObject):
+    boundaries: list[int]
+    bins: list[int]
+    __slots__ = ("boundaries", "bins", )
+    _qapi_fields: ClassVar[Fields] = ("boundaries", "bins", )
+    _qapi_members: ClassVar[Members] = (
+        ("boundaries", "boundaries", False),
+        ("bins", "bins", False),
+    )
+
+
+class BlockDeviceStats(rt.QAPIObject):
+    rd_bytes: int
+    wr_bytes: int
+    unmap_bytes: int
+    rd_operations: int
+    wr_operations: int
+    flush_operations: int
+    unmap_operations: int
+    rd_total_time_ns: int
+    wr_total_time_ns: int
+    flush_total_time_ns: int
+    unmap_total_time_ns: int
+    wr_highest_offset: int
+    rd_merged: int
+    wr_merged: int
+    unmap_merged: int
+    idle_time_ns: int | None
+    failed_rd_operations: int
+    failed_wr_operations: int
+    failed_flush_operations: int
+    failed_unmap_operations: int
+    invalid_rd_operations: int
+    invalid_wr_operations: int
+    invalid_flush_operations: int
+    invalid_unmap_operations: int
+    account_invalid: bool
+    account_failed: bool
+    timed_stats: list[BlockDeviceTimedStats]
+    rd_latency_histogram: BlockLatencyHistogramInfo | None
+    wr_latency_histogram: BlockLatencyHistogramInfo | None
+    flush_latency_histogram: BlockLatencyHistogramInfo | None
+    __slots__ = ("rd_bytes", "wr_bytes", "unmap_bytes", "rd_operations", "wr_operations", "flush_operations", "unmap_operations", "rd_total_time_ns", "wr_total_time_ns", "flush_total_time_ns", "unmap_total_time_ns", "wr_highest_offset", "rd_merged", "wr_merged", "unmap_merged", "idle_time_ns", "failed_rd_operations", "failed_wr_operations", "failed_flush_operations", "failed_unmap_operations", "invalid_rd_operations", "invalid_wr_operations", "invalid_flush_operations", "invalid_unmap_operations", "account_invalid", "account_failed", "timed_stats", "rd_latency_histogram", "wr_latency_histogram", "flush_latency_histogram", )
+    _qapi_fields: ClassVar[Fields] = ("rd_bytes", "wr_bytes", "unmap_bytes", "rd_operations", "wr_operations", "flush_operations", "unmap_operations", "rd_total_time_ns", "wr_total_time_ns", "flush_total_time_ns", "unmap_total_time_ns", "wr_highest_offset", "rd_merged", "wr_merged", "unmap_merged", "idle_time_ns", "failed_rd_operations", "failed_wr_operations", "failed_flush_operations", "failed_unmap_operations", "invalid_rd_operations", "invalid_wr_operations", "invalid_flush_operations", "invalid_unmap_operations", "account_invalid", "account_failed", "timed_stats", "rd_latency_histogram", "wr_latency_histogram", "flush_latency_histogram", )
+    _qapi_members: ClassVar[Members] = (
+        ("rd_bytes", "rd_bytes", False),
+        ("wr_bytes", "wr_bytes", False),
+        ("unmap_bytes", "unmap_bytes", False),
+        ("rd_operations", "rd_operations", False),
+        ("wr_operations", "wr_operations", False),
+        ("flush_operations", "flush_operations", False),
+        ("unmap_operations", "unmap_operations", False),
+        ("rd_total_time_ns", "rd_total_time_ns", False),
+        ("wr_total_time_ns", "wr_total_time_ns", False),
+        ("flush_total_time_ns", "flush_total_time_ns", False),
+        ("unmap_total_time_ns", "unmap_total_time_ns", False),
+        ("wr_highest_offset", "wr_highest_offset", False),
+        ("rd_merged", "rd_merged", False),
+        ("wr_merged", "wr_merged", False),
+        ("unmap_merged", "unmap_merged", False),
+        ("idle_time_ns", "idle_time_ns", True),
+        ("failed_rd_operations", "failed_rd_operations", False),
+        ("failed_wr_operations", "failed_wr_operations", False),
+        ("failed_flush_operations", "failed_flush_operations", False),
+        ("failed_unmap_operations", "failed_unmap_operations", False),
+        ("invalid_rd_operations", "invalid_rd_operations", False),
+        ("invalid_wr_operations", "invalid_wr_operations", False),
+        ("invalid_flush_operations", "invalid_flush_operations", False),
+        ("invalid_unmap_operations", "invalid_unmap_operations", False),
+        ("account_invalid", "account_invalid", False),
+        ("account_failed", "account_failed", False),
+        ("timed_stats", "timed_stats", False),
+        ("rd_latency_histogram", "rd_latency_histogram", True),
+        ("wr_latency_histogram", "wr_latency_histogram", True),
+        ("flush_latency_histogram", "flush_latency_histogram", True),
+    )
+
+
+class BlockStatsSpecificFile(rt.QAPIObject):
+    discard_nb_ok: int
+    discard_nb_failed: int
+    discard_bytes_ok: int
+    __slots__ = ("discard_nb_ok", "discard_nb_failed", "discard_bytes_ok", )
+    _qapi_fields: ClassVar[Fields] = ("discard_nb_ok", "discard_nb_failed", "discard_bytes_ok", )
+    _qapi_members: ClassVar[Members] = (
+        ("discard_nb_ok", "discard-nb-ok", False),
+        ("discard_nb_failed", "discard-nb-failed", False),
+        ("discard_bytes_ok", "discard-bytes-ok", False),
+    )
+
+
+class BlockStatsSpecificNvme(rt.QAPIObject):
+    completion_errors: int
+    aligned_accesses: int
+    unaligned_accesses: int
+    __slots__ = ("completion_errors", "aligned_accesses", "unaligned_accesses", )
+    _qapi_fields: ClassVar[Fields] = ("completion_errors", "aligned_accesses", "unaligned_accesses", )
+    _qapi_members: ClassVar[Members] = (
+        ("completion_errors", "completion-errors", False),
+        ("aligned_accesses", "aligned-accesses", False),
+        ("unaligned_accesses", "unaligned-accesses", False),
+    )
+
+
+class BlockStatsSpecific(rt.QAPIObject):
+    driver: BlockdevDriver
+    u: BlockStatsSpecificFile | BlockStatsSpecificNvme | None
+    __slots__ = ("driver", "u", )
+    _qapi_fields: ClassVar[Fields] = ("driver", "u", )
+    _qapi_members: ClassVar[Members] = (
+        ("driver", "driver", False),
+    )
+
+
+class BlockStats(rt.QAPIObject):
+    device: str | None
+    qdev: str | None
+    node_name: str | None
+    stats: BlockDeviceStats
+    driver_specific: BlockStatsSpecific | None
+    parent: BlockStats | None
+    backing: BlockStats | None
+    __slots__ = ("device", "qdev", "node_name", "stats", "driver_specific", "parent", "backing", )
+    _qapi_fields: ClassVar[Fields] = ("device", "qdev", "node_name", "stats", "driver_specific", "parent", "backing", )
+    _qapi_members: ClassVar[Members] = (
+        ("device", "device", True),
+        ("qdev", "qdev", True),
+        ("node_name", "node-name", True),
+        ("stats", "stats", False),
+        ("driver_specific", "driver-specific", True),
+        ("parent", "parent", True),
+        ("backing", "backing", True),
+    )
+
+
+class BlockIOThrottle(rt.QAPIObject):
+    device: str | None
+    id: str | None
+    bps: int
+    bps_rd: int
+    bps_wr: int
+    iops: int
+    iops_rd: int
+    iops_wr: int
+    bps_max: int | None
+    bps_rd_max: int | None
+    bps_wr_max: int | None
+    iops_max: int | None
+    iops_rd_max: int | None
+    iops_wr_max: int | None
+    bps_max_length: int | None
+    bps_rd_max_length: int | None
+    bps_wr_max_length: int | None
+    iops_max_length: int | None
+    iops_rd_max_length: int | None
+    iops_wr_max_length: int | None
+    iops_size: int | None
+    group: str | None
+    __slots__ = ("device", "id", "bps", "bps_rd", "bps_wr", "iops", "iops_rd", "iops_wr", "bps_max", "bps_rd_max", "bps_wr_max", "iops_max", "iops_rd_max", "iops_wr_max", "bps_max_length", "bps_rd_max_length", "bps_wr_max_length", "iops_max_length", "iops_rd_max_length", "iops_wr_max_length", "iops_size", "group", )
+    _qapi_fields: ClassVar[Fields] = ("device", "id", "bps", "bps_rd", "bps_wr", "iops", "iops_rd", "iops_wr", "bps_max", "bps_rd_max", "bps_wr_max", "iops_max", "iops_rd_max", "iops_wr_max", "bps_max_length", "bps_rd_max_length", "bps_wr_max_length", "iops_max_length", "iops_rd_max_length", "iops_wr_max_length", "iops_size", "group", )
+    _qapi_members: ClassVar[Members] = (
+        ("device", "device", True),
+        ("id", "id", True),
+        ("bps", "bps", False),
+        ("bps_rd", "bps_rd", False),
+        ("bps_wr", "bps_wr", False),
+        ("iops", "iops", False),
+        ("iops_rd", "iops_rd", False),
+        ("iops_wr", "iops_wr", False),
+        ("bps_max", "bps_max", True),
+        ("bps_rd_max", "bps_rd_max", True),
+        ("bps_wr_max", "bps_wr_max", True),
+        ("iops_max", "iops_max", True),
+        ("iops_rd_max", "iops_rd_max", True),
+        ("iops_wr_max", "iops_wr_max", True),
+        ("bps_max_length", "bps_max_length", True),
+        ("bps_rd_max_length", "bps_rd_max_length", True),
+        ("bps_wr_max_length", "bps_wr_max_length", True),
+        ("iops_max_length", "iops_max_length", True),
+        ("iops_rd_max_length", "iops_rd_max_length", True),
+        ("iops_wr_max_length", "iops_wr_max_length", True),
+        ("iops_size", "iops_size", True),
+        ("group", "group", True),
     )
 
 
@@ -1302,6 +1522,172 @@ def visit_BlockInfo(value: Any, name: str | None, path: str) -> BlockInfo:
     return rt.visit_struct(value, path, members_BlockInfo, BlockInfo)
 
 
+def members_BlockDeviceTimedStats(obj: dict[str, Any], path: str, seen: set[str]) -> dict[str, Any]:
+    return {
+        "interval_length": rt.member(obj, "interval_length", path, seen, rt.visit_int),
+        "min_rd_latency_ns": rt.member(obj, "min_rd_latency_ns", path, seen, rt.visit_int),
+        "max_rd_latency_ns": rt.member(obj, "max_rd_latency_ns", path, seen, rt.visit_int),
+        "avg_rd_latency_ns": rt.member(obj, "avg_rd_latency_ns", path, seen, rt.visit_int),
+        "min_wr_latency_ns": rt.member(obj, "min_wr_latency_ns", path, seen, rt.visit_int),
+        "max_wr_latency_ns": rt.member(obj, "max_wr_latency_ns", path, seen, rt.visit_int),
+        "avg_wr_latency_ns": rt.member(obj, "avg_wr_latency_ns", path, seen, rt.visit_int),
+        "min_flush_latency_ns": rt.member(obj, "min_flush_latency_ns", path, seen, rt.visit_int),
+        "max_flush_latency_ns": rt.member(obj, "max_flush_latency_ns", path, seen, rt.visit_int),
+        "avg_flush_latency_ns": rt.member(obj, "avg_flush_latency_ns", path, seen, rt.visit_int),
+        "avg_rd_queue_depth": rt.member(obj, "avg_rd_queue_depth", path, seen, rt.visit_number),
+        "avg_wr_queue_depth": rt.member(obj, "avg_wr_queue_depth", path, seen, rt.visit_number),
+    }
+
+
+def visit_BlockDeviceTimedStats(value: Any, name: str | None, path: str) -> BlockDeviceTimedStats:
+    return rt.visit_struct(value, path, members_BlockDeviceTimedStats, BlockDeviceTimedStats)
+
+
+def members_BlockLatencyHistogramInfo(obj: dict[str, Any], path: str, seen: set[str]) -> dict[str, Any]:
+    return {
+        "boundaries": rt.member(obj, "boundaries", path, seen, visit_uint64List),
+        "bins": rt.member(obj, "bins", path, seen, visit_uint64List),
+    }
+
+
+def visit_BlockLatencyHistogramInfo(value: Any, name: str | None, path: str) -> BlockLatencyHistogramInfo:
+    return rt.visit_struct(value, path, members_BlockLatencyHistogramInfo, BlockLatencyHistogramInfo)
+
+
+def members_BlockDeviceStats(obj: dict[str, Any], path: str, seen: set[str]) -> dict[str, Any]:
+    return {
+        "rd_bytes": rt.member(obj, "rd_bytes", path, seen, rt.visit_int),
+        "wr_bytes": rt.member(obj, "wr_bytes", path, seen, rt.visit_int),
+        "unmap_bytes": rt.member(obj, "unmap_bytes", path, seen, rt.visit_int),
+        "rd_operations": rt.member(obj, "rd_operations", path, seen, rt.visit_int),
+        "wr_operations": rt.member(obj, "wr_operations", path, seen, rt.visit_int),
+        "flush_operations": rt.member(obj, "flush_operations", path, seen, rt.visit_int),
+        "unmap_operations": rt.member(obj, "unmap_operations", path, seen, rt.visit_int),
+        "rd_total_time_ns": rt.member(obj, "rd_total_time_ns", path, seen, rt.visit_int),
+        "wr_total_time_ns": rt.member(obj, "wr_total_time_ns", path, seen, rt.visit_int),
+        "flush_total_time_ns": rt.member(obj, "flush_total_time_ns", path, seen, rt.visit_int),
+        "unmap_total_time_ns": rt.member(obj, "unmap_total_time_ns", path, seen, rt.visit_int),
+        "wr_highest_offset": rt.member(obj, "wr_highest_offset", path, seen, rt.visit_int),
+        "rd_merged": rt.member(obj, "rd_merged", path, seen, rt.visit_int),
+        "wr_merged": rt.member(obj, "wr_merged", path, seen, rt.visit_int),
+        "unmap_merged": rt.member(obj, "unmap_merged", path, seen, rt.visit_int),
+        "idle_time_ns": rt.member(obj, "idle_time_ns", path, seen, rt.visit_int, optional=True),
+        "failed_rd_operations": rt.member(obj, "failed_rd_operations", path, seen, rt.visit_int),
+        "failed_wr_operations": rt.member(obj, "failed_wr_operations", path, seen, rt.visit_int),
+        "failed_flush_operations": rt.member(obj, "failed_flush_operations", path, seen, rt.visit_int),
+        "failed_unmap_operations": rt.member(obj, "failed_unmap_operations", path, seen, rt.visit_int),
+        "invalid_rd_operations": rt.member(obj, "invalid_rd_operations", path, seen, rt.visit_int),
+        "invalid_wr_operations": rt.member(obj, "invalid_wr_operations", path, seen, rt.visit_int),
+        "invalid_flush_operations": rt.member(obj, "invalid_flush_operations", path, seen, rt.visit_int),
+        "invalid_unmap_operations": rt.member(obj, "invalid_unmap_operations", path, seen, rt.visit_int),
+        "account_invalid": rt.member(obj, "account_invalid", path, seen, rt.visit_bool),
+        "account_failed": rt.member(obj, "account_failed", path, seen, rt.visit_bool),
+        "timed_stats": rt.member(obj, "timed_stats", path, seen, visit_BlockDeviceTimedStatsList),
+        "rd_latency_histogram": rt.member(obj, "rd_latency_histogram", path, seen, visit_BlockLatencyHistogramInfo, optional=True),
+        "wr_latency_histogram": rt.member(obj, "wr_latency_histogram", path, seen, visit_BlockLatencyHistogramInfo, optional=True),
+        "flush_latency_histogram": rt.member(obj, "flush_latency_histogram", path, seen, visit_BlockLatencyHistogramInfo, optional=True),
+    }
+
+
+def visit_BlockDeviceStats(value: Any, name: str | None, path: str) -> BlockDeviceStats:
+    return rt.visit_struct(value, path, members_BlockDeviceStats, BlockDeviceStats)
+
+
+def members_BlockStatsSpecificFile(obj: dict[str, Any], path: str, seen: set[str]) -> dict[str, Any]:
+    return {
+        "discard_nb_ok": rt.member(obj, "discard-nb-ok", path, seen, rt.visit_uint64),
+        "discard_nb_failed": rt.member(obj, "discard-nb-failed", path, seen, rt.visit_uint64),
+        "discard_bytes_ok": rt.member(obj, "discard-bytes-ok", path, seen, rt.visit_uint64),
+    }
+
+
+def visit_BlockStatsSpecificFile(value: Any, name: str | None, path: str) -> BlockStatsSpecificFile:
+    return rt.visit_struct(value, path, members_BlockStatsSpecificFile, BlockStatsSpecificFile)
+
+
+def members_BlockStatsSpecificNvme(obj: dict[str, Any], path: str, seen: set[str]) -> dict[str, Any]:
+    return {
+        "completion_errors": rt.member(obj, "completion-errors", path, seen, rt.visit_uint64),
+        "aligned_accesses": rt.member(obj, "aligned-accesses", path, seen, rt.visit_uint64),
+        "unaligned_accesses": rt.member(obj, "unaligned-accesses", path, seen, rt.visit_uint64),
+    }
+
+
+def visit_BlockStatsSpecificNvme(value: Any, name: str | None, path: str) -> BlockStatsSpecificNvme:
+    return rt.visit_struct(value, path, members_BlockStatsSpecificNvme, BlockStatsSpecificNvme)
+
+
+def members_q_obj_BlockStatsSpecific_base(obj: dict[str, Any], path: str, seen: set[str]) -> dict[str, Any]:
+    return {
+        "driver": rt.member(obj, "driver", path, seen, visit_BlockdevDriver),
+    }
+
+
+def members_BlockStatsSpecific(obj: dict[str, Any], path: str, seen: set[str]) -> dict[str, Any]:
+    return {
+        **members_q_obj_BlockStatsSpecific_base(obj, path, seen),
+    }
+
+
+def visit_BlockStatsSpecific(value: Any, name: str | None, path: str) -> BlockStatsSpecific:
+    return rt.visit_union(
+        value, path, members_BlockStatsSpecific, "driver",
+        _BlockStatsSpecific_BRANCHES, BlockStatsSpecific)
+
+
+def members_BlockStats(obj: dict[str, Any], path: str, seen: set[str]) -> dict[str, Any]:
+    return {
+        "device": rt.member(obj, "device", path, seen, rt.visit_str, optional=True),
+        "qdev": rt.member(obj, "qdev", path, seen, rt.visit_str, optional=True),
+        "node_name": rt.member(obj, "node-name", path, seen, rt.visit_str, optional=True),
+        "stats": rt.member(obj, "stats", path, seen, visit_BlockDeviceStats),
+        "driver_specific": rt.member(obj, "driver-specific", path, seen, visit_BlockStatsSpecific, optional=True),
+        "parent": rt.member(obj, "parent", path, seen, visit_BlockStats, optional=True),
+        "backing": rt.member(obj, "backing", path, seen, visit_BlockStats, optional=True),
+    }
+
+
+def visit_BlockStats(value: Any, name: str | None, path: str) -> BlockStats:
+    return rt.visit_struct(value, path, members_BlockStats, BlockStats)
+
+
+def members_q_obj_query_blockstats_arg(obj: dict[str, Any], path: str, seen: set[str]) -> dict[str, Any]:
+    return {
+        "query_nodes": rt.member(obj, "query-nodes", path, seen, rt.visit_bool, optional=True),
+    }
+
+
+def members_BlockIOThrottle(obj: dict[str, Any], path: str, seen: set[str]) -> dict[str, Any]:
+    return {
+        "device": rt.member(obj, "device", path, seen, rt.visit_str, optional=True),
+        "id": rt.member(obj, "id", path, seen, rt.visit_str, optional=True),
+        "bps": rt.member(obj, "bps", path, seen, rt.visit_int),
+        "bps_rd": rt.member(obj, "bps_rd", path, seen, rt.visit_int),
+        "bps_wr": rt.member(obj, "bps_wr", path, seen, rt.visit_int),
+        "iops": rt.member(obj, "iops", path, seen, rt.visit_int),
+        "iops_rd": rt.member(obj, "iops_rd", path, seen, rt.visit_int),
+        "iops_wr": rt.member(obj, "iops_wr", path, seen, rt.visit_int),
+        "bps_max": rt.member(obj, "bps_max", path, seen, rt.visit_int, optional=True),
+        "bps_rd_max": rt.member(obj, "bps_rd_max", path, seen, rt.visit_int, optional=True),
+        "bps_wr_max": rt.member(obj, "bps_wr_max", path, seen, rt.visit_int, optional=True),
+        "iops_max": rt.member(obj, "iops_max", path, seen, rt.visit_int, optional=True),
+        "iops_rd_max": rt.member(obj, "iops_rd_max", path, seen, rt.visit_int, optional=True),
+        "iops_wr_max": rt.member(obj, "iops_wr_max", path, seen, rt.visit_int, optional=True),
+        "bps_max_length": rt.member(obj, "bps_max_length", path, seen, rt.visit_int, optional=True),
+        "bps_rd_max_length": rt.member(obj, "bps_rd_max_length", path, seen, rt.visit_int, optional=True),
+        "bps_wr_max_length": rt.member(obj, "bps_wr_max_length", path, seen, rt.visit_int, optional=True),
+        "iops_max_length": rt.member(obj, "iops_max_length", path, seen, rt.visit_int, optional=True),
+        "iops_rd_max_length": rt.member(obj, "iops_rd_max_length", path, seen, rt.visit_int, optional=True),
+        "iops_wr_max_length": rt.member(obj, "iops_wr_max_length", path, seen, rt.visit_int, optional=True),
+        "iops_size": rt.member(obj, "iops_size", path, seen, rt.visit_int, optional=True),
+        "group": rt.member(obj, "group", path, seen, rt.visit_str, optional=True),
+    }
+
+
+def visit_BlockIOThrottle(value: Any, name: str | None, path: str) -> BlockIOThrottle:
+    return rt.visit_struct(value, path, members_BlockIOThrottle, BlockIOThrottle)
+
+
 def members_BlockJobInfo(obj: dict[str, Any], path: str, seen: set[str]) -> dict[str, Any]:
     return {
         "type": rt.member(obj, "type", path, seen, rt.visit_str),
@@ -1962,6 +2348,14 @@ def visit_BlockInfoList(value: Any, name: str | None, path: str) -> list[BlockIn
     return rt.visit_list(value, path, visit_BlockInfo)
 
 
+def visit_BlockDeviceTimedStatsList(value: Any, name: str | None, path: str) -> list[BlockDeviceTimedStats]:
+    return rt.visit_list(value, path, visit_BlockDeviceTimedStats)
+
+
+def visit_BlockStatsList(value: Any, name: str | None, path: str) -> list[BlockStats]:
+    return rt.visit_list(value, path, visit_BlockStats)
+
+
 def visit_BlockJobInfoList(value: Any, name: str | None, path: str) -> list[BlockJobInfo]:
     return rt.visit_list(value, path, visit_BlockJobInfo)
 
@@ -2008,6 +2402,13 @@ _ImageInfoSpecific_BRANCHES: dict[str, rt.Branch] = {
 }
 
 
+_BlockStatsSpecific_BRANCHES: dict[str, rt.Branch] = {
+    "file": (BlockStatsSpecificFile, members_BlockStatsSpecificFile),
+    "host_device": (BlockStatsSpecificFile, members_BlockStatsSpecificFile),
+    "nvme": (BlockStatsSpecificNvme, members_BlockStatsSpecificNvme),
+}
+
+
 _BlockdevQcow2Encryption_BRANCHES: dict[str, rt.Branch] = {
     "aes": (QCryptoBlockOptionsQCow, members_QCryptoBlockOptionsQCow),
     "luks": (QCryptoBlockOptionsLUKS, members_QCryptoBlockOptionsLUKS),
@@ -2020,6 +2421,7 @@ _BlockdevOptions_BRANCHES: dict[str, rt.Branch] = {
     "copy-on-read": (BlockdevOptionsCor, members_BlockdevOptionsCor),
     "file": (BlockdevOptionsFile, members_BlockdevOptionsFile),
     "host_device": (BlockdevOptionsFile, members_BlockdevOptionsFile),
+    "null-aio": (BlockdevOptionsNull, members_BlockdevOptionsNull),
     "null-co": (BlockdevOptionsNull, members_BlockdevOptionsNull),
     "qcow2": (BlockdevOptionsQcow2, members_BlockdevOptionsQcow2),
     "raw": (BlockdevOptionsRaw, members_BlockdevOptionsRaw),

@@ -10,3 +10,7 @@ from vmd import qapi_runtime as rt
 
 def visit_strList(value: Any, name: str | None, path: str) -> list[str]:
     return rt.visit_list(value, path, rt.visit_str)
+
+
+def visit_uint64List(value: Any, name: str | None, path: str) -> list[int]:
+    return rt.visit_list(value, path, rt.visit_uint64)

@@ -9,6 +9,13 @@ A backend counts its requests in flight. During a drained section over a
 node below it, new requests wait at ``request_begin`` (QEMU's request
 queuing) and the section starts once those in flight have ended.
 
+A guest device and HMP ``qemu-io`` do their I/O through the backend's
+``read``/``write``/``write_zeroes``/``discard``/``flush`` (QEMU's
+blk_co_preadv and friends): counted in flight, and with I/O limits
+(``block_set_io_throttle``, ``-drive throttling.*``) held back by the
+backend's throttle group member first. The backend keeps the I/O
+statistics its users account (``stats``, ``vmd.block.accounting``).
+
 Backends belong to the event loop thread.
 """
 
@@ -16,9 +23,11 @@ from __future__ import annotations
 
 import asyncio
 
+from vmd.block.accounting import BlockAcctStats
 from vmd.block.edge import Edge, RootHolder, attach, detach, set_root_perm
 from vmd.block.node import BlockNode
 from vmd.block.perm import NO_ROLE, Perm
+from vmd.block.throttle_group import ThrottleGroupMember
 
 
 class BlockBackend(RootHolder):
@@ -46,6 +55,11 @@ class BlockBackend(RootHolder):
         #: What a device does on a failed read and write (QEMU's blk_set_on_error):
         #: ``report``, ``ignore``, ``stop`` or ``enospc``; ``-drive`` sets them.
         self.on_error = ("report", "enospc")
+        #: What the users of the backend accounted (``query-blockstats``).
+        self.stats = BlockAcctStats()
+        #: The backend's place in a throttle group: in one (``group``) while
+        #: it has I/O limits (``vmd.block.io_limits``).
+        self.throttle = ThrottleGroupMember()
         self.in_flight = 0
         self._quiesce = 0
         self._resumed = asyncio.Event()
@@ -75,6 +89,12 @@ class BlockBackend(RootHolder):
             self._registry.append(self)
 
     def detach(self) -> None:
+        """Let go of the node; held-back requests go first, and the
+        backend leaves its throttle group (blk_delete)."""
+        if self.throttle.group is not None:
+            self.throttle.drain_begin()
+            self.throttle.leave()
+            self.throttle.drain_end()
         if self.edge is None:
             return
         edge, self.edge = self.edge, None
@@ -109,16 +129,80 @@ class BlockBackend(RootHolder):
             self._idle.set()
 
     def quiesce_begin(self) -> None:
+        """blk_root_drained_begin(): new requests wait, throttled ones go."""
         self._quiesce += 1
         self._resumed.clear()
+        self.throttle.drain_begin()
 
     def quiesce_end(self) -> None:
         self._quiesce -= 1
         if not self._quiesce:
             self._resumed.set()
+        self.throttle.drain_end()
 
     async def wait_idle(self) -> None:
         await self._idle.wait()
+
+    # -- I/O (blk_co_*) ----------------------------------------------------------------
+
+    async def _enter(self, is_write: bool, size: int, throttled: bool = True) -> None:
+        """Count the request in flight (after a drained section), then wait
+        for the I/O limits; the caller ends the request."""
+        if not self.try_begin():
+            await self.request_begin()
+        if throttled and self.throttle.group is not None:
+            try:
+                await self.throttle.intercept(is_write, size)
+            except BaseException:
+                self.request_end()
+                raise
+
+    async def read(self, offset: int, *bufs: memoryview) -> None:
+        """Fill ``bufs`` from ``offset`` on: one request, however many buffers."""
+        await self._enter(False, _size(bufs) if self.throttle.group is not None else 0)
+        try:
+            for buf in bufs:
+                await self.node.read(offset, buf)
+                offset += len(buf)
+        finally:
+            self.request_end()
+
+    async def write(self, offset: int, *bufs: bytes | memoryview) -> None:
+        """Write ``bufs`` one after another from ``offset`` on, as one request."""
+        await self._enter(True, _size(bufs) if self.throttle.group is not None else 0)
+        try:
+            for buf in bufs:
+                await self.node.write(offset, buf)
+                offset += len(buf)
+        finally:
+            self.request_end()
+
+    async def write_zeroes(self, offset: int, length: int, may_unmap: bool = False) -> None:
+        await self._enter(True, length)
+        try:
+            await self.node.write_zeroes(offset, length, may_unmap)
+        finally:
+            self.request_end()
+
+    async def discard(self, offset: int, length: int) -> None:
+        """Not throttled here (QEMU's blk_co_pdiscard; a throttle filter does)."""
+        await self._enter(True, length, throttled=False)
+        try:
+            await self.node.discard(offset, length)
+        finally:
+            self.request_end()
+
+    async def flush(self) -> None:
+        """Flushes are not throttled."""
+        await self._enter(False, 0, throttled=False)
+        try:
+            await self.node.flush()
+        finally:
+            self.request_end()
+
+
+def _size(bufs: tuple[bytes | memoryview, ...]) -> int:
+    return sum(len(buf) for buf in bufs)
 
 
 def device_name(node: BlockNode) -> str:

@@ -23,6 +23,7 @@ from vmd.block.backend import BlockBackend
 from vmd.block.dirty_bitmap import DirtyBitmap
 from vmd.block.filename import absolute
 from vmd.block.graph import block_graph
+from vmd.block.io_limits import limits_info
 from vmd.block.node import BlockNode
 from vmd.block.perm import ALL, Perm, perm_qapi
 from vmd.block.reopen import ReopenQueue, flatten
@@ -73,6 +74,7 @@ def _block_info(backend: BlockBackend) -> dict[str, Any]:
     if backend.edge is not None:
         inserted = device_info(backend.node, flat=False)
         inserted["cache"]["writeback"] = backend.write_cache
+        inserted.update(limits_info(backend))
         info["inserted"] = inserted
     return info
 

@@ -9,7 +9,8 @@ This module turns all that into one ``BlockdevOptions`` tree (probing and
 reading headers on a worker thread), opens it with the graph's one open
 path, and puts a BlockBackend named after the drive on top, with QEMU's
 permissions for a drive: consistent reads, writes unless read-only,
-everything shared (blk_new_open).
+everything shared (blk_new_open), and the drive's I/O limits
+(``throttling.*``, ``vmd.block.io_limits``).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from vmd.block import aio
 from vmd.block.backend import BlockBackend
 from vmd.block.drivers.blkdebug import split_filename
 from vmd.block.graph import BlockGraph
+from vmd.block.io_limits import drive_limits, set_limits
 from vmd.block.perm import ALL, Perm
 from vmd.cli.config import DriveConfig
 from vmd.errors import QMPError
@@ -39,6 +41,7 @@ async def open_drive(graph: BlockGraph, drive: DriveConfig) -> BlockBackend:
     from vmd.qapi_keyval import command_arguments
     if not drive.file and not drive.options:
         raise QMPError("vmd has no removable media: a drive needs a file")
+    limits = drive_limits(drive.throttling)
     tree = crumple(drive.options)
     for key, value in (("read-only", "on" if drive.read_only else "off"), ("auto-read-only", "on"),
                        ("cache.direct", "off"), ("cache.no-flush", "off")):
@@ -57,6 +60,7 @@ async def open_drive(graph: BlockGraph, drive: DriveConfig) -> BlockBackend:
     except BaseException:
         await graph.close_tree(node)
         raise
+    await set_limits(backend, limits, drive.throttling.get("group"), backend.name)
     return backend
 
 

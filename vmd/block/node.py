@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from vmd._generated.types import BlkdebugEvent
+from vmd._generated.types import BlkdebugEvent, BlockStatsSpecific
 from vmd.block import filename as filenames
 from vmd.block import perm as perms
 from vmd.block.dirty_bitmap import DirtyBitmap, mark_dirty, resize_bitmaps
@@ -117,6 +117,9 @@ class BlockNode:
         #: Requests must be multiples of this (O_DIRECT files: 512 or 4096).
         self.request_alignment = 1
         self.write_threshold = 0
+        #: The end of the furthest write or zero write (done or failed) so
+        #: far, for ``query-blockstats`` (bs->wr_highest_offset).
+        self.wr_highest_offset = 0
         #: The backing file name recorded in the image (formats with chains).
         self.backing_file: str | None = None
         #: The backing file the node would open by itself: the header's
@@ -291,6 +294,8 @@ class BlockNode:
                 await self._co_write(offset, memoryview(data))
         finally:
             self.write_gen += 1
+            if offset + length > self.wr_highest_offset and length:   # _write_done's, inline: the hot path
+                self.wr_highest_offset = offset + length
             if self.dirty_bitmaps:
                 self._write_done(offset, length)
         if self.write_threshold:
@@ -303,7 +308,7 @@ class BlockNode:
             await self._co_write_zeroes(offset, length, may_unmap)
         finally:
             self.write_gen += 1
-            self._write_done(offset, length)
+            self._write_done(offset, length, True)
         self._note_write(offset + length)
 
     async def discard(self, offset: int, length: int) -> None:
@@ -393,6 +398,10 @@ class BlockNode:
         """Driver-specific members for ``query-named-block-nodes``."""
         return {}
 
+    def specific_stats(self) -> BlockStatsSpecific | None:
+        """Driver-specific members for ``query-blockstats`` (file nodes have some)."""
+        return None
+
     # -- persistent dirty bitmaps (a format that stores them overrides) ----------
 
     def can_store_new_bitmap(self, name: str, granularity: int) -> None:
@@ -446,9 +455,12 @@ class BlockNode:
         if not self.grows_on_write:
             self._check_range(offset, length)
 
-    def _write_done(self, offset: int, length: int) -> None:
-        """A write request ended, done or failed: the dirty bitmaps learn of
-        it either way (QEMU's bdrv_co_write_req_finish)."""
+    def _write_done(self, offset: int, length: int, is_write: bool = False) -> None:
+        """A write request (``is_write``: not a discard) ended, done or
+        failed: the dirty bitmaps, and for writes the highest offset
+        written, learn of it either way (QEMU's bdrv_co_write_req_finish)."""
+        if is_write and length and offset + length > self.wr_highest_offset:
+            self.wr_highest_offset = offset + length
         if self.dirty_bitmaps:
             mark_dirty(self, offset, length)
 

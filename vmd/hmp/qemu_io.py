@@ -37,6 +37,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from vmd.block.accounting import AcctType
 from vmd.block.backend import BlockBackend
 from vmd.block.node import BlockNode
 from vmd.block.perm import ALL, NONE, Perm
@@ -263,16 +264,13 @@ def _errno_text(error: BaseException) -> str:
     return os.strerror(code if isinstance(code, int) and code > 0 else errno.EIO)
 
 
-async def _io(session: Session, op: Callable[[BlockNode], Awaitable[None]]) -> None:
-    """One request through the backend (counted in flight, waits while drained)."""
-    backend = session.backend
-    await backend.request_begin()
+async def _io(session: Session, op: Callable[[BlockBackend], Awaitable[None]]) -> None:
+    """One request through the backend (counted in flight, waits while
+    drained, throttled); a block layer error is EIO to qemu-io."""
     try:
-        await op(backend.node)
+        await op(session.backend)
     except QMPError as error:
         raise OSError(errno.EIO, error.desc) from None
-    finally:
-        backend.request_end()
 
 
 # -- the commands ---------------------------------------------------------------
@@ -293,7 +291,7 @@ async def _read(session: Session, words: list[str]) -> None:
     buf = bytearray(b"\xab" * count)
     began = time.monotonic()
     try:
-        await _io(session, lambda node: node.read(offset, memoryview(buf)))
+        await _io(session, lambda blk: blk.read(offset, memoryview(buf)))
     except OSError as error:
         session.print(f"read failed: {_errno_text(error)}\n")
         return
@@ -333,15 +331,15 @@ async def _write(session: Session, words: list[str]) -> None:
     pattern = _pattern(session, opts["P"]) if "P" in opts else 0xCD
     data = b"" if zero else bytes([pattern]) * count
 
-    async def request(node: BlockNode) -> None:
+    async def request(blk: BlockBackend) -> None:
         if zero:
-            await node.write_zeroes(offset, count, "u" in opts)
+            await blk.write_zeroes(offset, count, "u" in opts)
         else:
-            await node.write(offset, data)
+            await blk.write(offset, data)
     await _timed(session, "write", "wrote", request, offset, count, opts)
 
 
-async def _timed(session: Session, name: str, verb: str, request: Callable[[BlockNode], Awaitable[None]],
+async def _timed(session: Session, name: str, verb: str, request: Callable[[BlockBackend], Awaitable[None]],
                  offset: int, count: int, opts: dict[str, str]) -> None:
     """A request the command waits for, then its report (or its failure)."""
     began = time.monotonic()
@@ -370,15 +368,14 @@ async def _aio_write(session: Session, words: list[str]) -> None:
         session.print("-z and -P cannot be specified at the same time\n")
         raise CommandFailed
     pattern = _pattern(session, opts["P"]) if "P" in opts else 0xCD
-    offset = cvtnum(session, rest[0])
-    count = sum(cvtnum(session, word) for word in rest[1:])
+    offset, count = _aio_range(session, opts, rest, AcctType.WRITE)
     began = time.monotonic()
 
-    async def request(node: BlockNode) -> None:
+    async def request(blk: BlockBackend) -> None:
         if zero:
-            await node.write_zeroes(offset, count, "u" in opts)
+            await blk.write_zeroes(offset, count, "u" in opts)
         else:
-            await node.write(offset, bytes([pattern]) * count)
+            await blk.write(offset, bytes([pattern]) * count)
 
     def done(error: OSError | None) -> str:
         if error is not None:
@@ -386,7 +383,8 @@ async def _aio_write(session: Session, words: list[str]) -> None:
         if "q" in opts:
             return ""
         return report("wrote", time.monotonic() - began, offset, count, count, 1, "C" in opts)
-    _in_background(session, request, done)
+    # qemu-io accounts no zero write (its cookie stays empty).
+    _in_background(session, request, done, None if zero else AcctType.WRITE, count)
 
 
 async def _aio_read(session: Session, words: list[str]) -> None:
@@ -395,8 +393,7 @@ async def _aio_read(session: Session, words: list[str]) -> None:
         session.print(AIO_READ.usage())
         raise CommandFailed
     pattern = _pattern(session, opts["P"]) if "P" in opts else None
-    offset = cvtnum(session, rest[0])
-    count = sum(cvtnum(session, word) for word in rest[1:])
+    offset, count = _aio_range(session, opts, rest, AcctType.READ)
     buf = bytearray(b"\xab" * count)
     began = time.monotonic()
 
@@ -411,18 +408,41 @@ async def _aio_read(session: Session, words: list[str]) -> None:
         if "v" in opts:
             text += dump_buffer(buf, offset)
         return text + report("read", time.monotonic() - began, offset, count, count, 1, "C" in opts)
-    _in_background(session, lambda node: node.read(offset, memoryview(buf)), done)
+    _in_background(session, lambda blk: blk.read(offset, memoryview(buf)), done, AcctType.READ, count)
 
 
-def _in_background(session: Session, request: Callable[[BlockNode], Awaitable[None]],
-                   done: Callable[[OSError | None], str]) -> None:
-    """An aio request: runs on after the command, reported when it ends."""
+def _aio_range(session: Session, opts: dict[str, str], words: list[str], kind: AcctType) -> tuple[int, int]:
+    """An aio command's offset and total length. ``-i`` (a request made
+    invalid on purpose) and lengths that do not parse are invalid requests
+    in the backend's stats, as qemu-io's; a bad offset is not counted."""
+    stats = session.backend.stats
+    if "i" in opts:
+        session.print(f"injecting invalid {'write' if kind == AcctType.WRITE else 'read'} request\n")
+        stats.invalid(kind)
+        raise CommandFailed
+    offset = cvtnum(session, words[0])
+    try:
+        return offset, sum(cvtnum(session, word) for word in words[1:])
+    except CommandFailed:
+        stats.invalid(kind)
+        raise
+
+
+def _in_background(session: Session, request: Callable[[BlockBackend], Awaitable[None]],
+                   done: Callable[[OSError | None], str], kind: AcctType | None, size: int) -> None:
+    """An aio request: runs on after the command, accounted in the
+    backend's stats (unless ``kind`` is None), reported when it ends."""
+    stats = session.backend.stats
+    cookie = stats.start(kind, size) if kind is not None else None
+
     async def run() -> None:
         error = None
         try:
             await _io(session, request)
         except OSError as failure:
             error = failure
+        if cookie is not None:
+            (stats.done if error is None else stats.failed)(cookie)
         session.print(done(error))
     task = asyncio.get_running_loop().create_task(run())
     session.tasks.append(task)
@@ -442,14 +462,17 @@ def _keep(task: asyncio.Task[None]) -> None:
 
 
 async def _aio_flush(session: Session, _words: list[str]) -> None:
-    """blk_drain_all(): every aio request has ended."""
+    """blk_drain_all(): every aio request has ended (accounted as a flush)."""
+    stats = session.backend.stats
+    cookie = stats.start(AcctType.FLUSH, 0)
     while _AIO_TASKS:
         await asyncio.wait(list(_AIO_TASKS))
+    stats.done(cookie)
 
 
 async def _flush(session: Session, _words: list[str]) -> None:
     try:
-        await _io(session, lambda node: node.flush())
+        await _io(session, lambda blk: blk.flush())
     except OSError:
         pass   # QEMU's flush_f returns the error without a word
 
@@ -457,7 +480,7 @@ async def _flush(session: Session, _words: list[str]) -> None:
 async def _discard(session: Session, words: list[str]) -> None:
     opts, rest = _options(session, DISCARD, words, "Cq", 2)
     offset, count = cvtnum(session, rest[0]), _length(session, rest[1])
-    await _timed(session, "discard", "discard", lambda node: node.discard(offset, count), offset, count, opts)
+    await _timed(session, "discard", "discard", lambda blk: blk.discard(offset, count), offset, count, opts)
 
 
 async def _reopen(session: Session, words: list[str]) -> None:

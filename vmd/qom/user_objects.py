@@ -11,8 +11,9 @@ and texts:
   memory-backend=ID``. vmd's RAM is private anonymous memory, so the
   backend only says how much (its size must be ``-m``'s, as in QEMU);
   shared, preallocated, mergeable or dumped memory is refused;
-* ``throttle-group``: limits shared by ``throttle`` filter nodes
-  (``vmd.block.drivers.throttle``); one in use cannot be deleted;
+* ``throttle-group``: limits shared by ``throttle`` filter nodes and
+  BlockBackends with I/O limits (``vmd.block.throttle_group``); one in use
+  cannot be deleted;
 * ``iothread``: named by a device's ``iothread=`` (virtio-blk). vmd's
   block layer runs on the main loop, so the object is a name only: the
   devices that name it keep their queues on the main loop.
@@ -113,7 +114,7 @@ class UserObjects:
             raise QMPError(f"object '{object_id}' is in use, can not be deleted")
         del self._objects[object_id]
         if getattr(obj, "type_name", None) == "throttle-group":
-            from vmd.block.drivers.throttle import GROUPS
+            from vmd.block.throttle_group import GROUPS
             del GROUPS[object_id]
 
     #: The object the machine uses (its memory backend), not deletable.
@@ -176,7 +177,7 @@ async def qmp_object_add(ctx: Any, options: ObjectOptions) -> None:
     if isinstance(options.u, SecretProperties):
         obj = await _load_secret(options.u)
     elif isinstance(options.u, ThrottleGroupProperties):
-        from vmd.block.drivers.throttle import new_group
+        from vmd.block.throttle_group import new_group
         obj = new_group(options.id, options.u)
     elif isinstance(options.u, IothreadProperties):
         obj = IoThread(options.u)
@@ -185,7 +186,7 @@ async def qmp_object_add(ctx: Any, options: ObjectOptions) -> None:
         obj = _ram_backend(options.u)
     ctx.daemon.objects.add(options.id, obj)
     if getattr(obj, "type_name", None) == "throttle-group":
-        from vmd.block.drivers.throttle import GROUPS
+        from vmd.block.throttle_group import GROUPS
         GROUPS[options.id] = obj
 
 

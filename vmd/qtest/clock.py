@@ -3,7 +3,8 @@
 Under ``-accel qtest`` QEMU's virtual clock stands still until the qtest
 client sends ``clock_step`` or ``clock_set``; what waits on it (I/O
 throttling, which QEMU puts on the virtual clock under qtest so tests can
-step it) wakes up when the clock passes its deadline. Without qtest there
+step it) runs when the clock passes its deadline, inside the step as in
+QEMU, so a chain of timers within one ``clock_step`` fires in order. Without qtest there
 is no virtual clock and such waits use the host's monotonic clock.
 
 The clock belongs to the event loop thread.
@@ -15,39 +16,73 @@ import asyncio
 import heapq
 import itertools
 import time
+from collections.abc import Callable
+
+
+class Timer:
+    """A callback due at a deadline of :func:`now_ns` (QEMU's QEMUTimer, armed)."""
+
+    def __init__(self, deadline_ns: int, callback: Callable[[], None]) -> None:
+        self.deadline_ns = deadline_ns
+        self._callback: Callable[[], None] | None = callback
+        self._handle: asyncio.Handle | None = None
+
+    @property
+    def pending(self) -> bool:
+        """Armed and neither fired nor cancelled (timer_pending)."""
+        return self._callback is not None
+
+    def cancel(self) -> None:
+        """timer_del()."""
+        self._callback = None
+        if self._handle is not None:
+            self._handle.cancel()
+
+    def fire(self) -> None:
+        callback, self._callback = self._callback, None
+        if callback is not None:
+            callback()
 
 
 class VirtualClock:
-    """Nanoseconds since start, moved by the test; timers wake at deadlines."""
+    """Nanoseconds since start, moved by the test; timers fire at their deadlines."""
 
     def __init__(self) -> None:
         self.now_ns = 0
-        self._timers: list[tuple[int, int, asyncio.Future[None]]] = []
+        self._timers: list[tuple[int, int, Timer]] = []
         self._order = itertools.count()
+        self._warping = False
 
-    def sleep_until(self, deadline_ns: int) -> asyncio.Future[None]:
-        """A future done once the clock reaches ``deadline_ns``."""
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        if deadline_ns <= self.now_ns:
-            future.set_result(None)
+    def call_at(self, deadline_ns: int, callback: Callable[[], None]) -> Timer:
+        """Run ``callback`` once the clock reaches ``deadline_ns``: inside the
+        ``warp`` that passes it, or soon on the loop if it has passed already
+        and no warp is under way."""
+        timer = Timer(deadline_ns, callback)
+        if deadline_ns <= self.now_ns and not self._warping:
+            timer._handle = asyncio.get_running_loop().call_soon(timer.fire)
         else:
-            heapq.heappush(self._timers, (deadline_ns, next(self._order), future))
-        return future
+            heapq.heappush(self._timers, (deadline_ns, next(self._order), timer))
+        return timer
 
     def next_deadline(self) -> int | None:
         """Nanoseconds to the earliest pending timer (QEMU: none is -1)."""
-        while self._timers and self._timers[0][2].done():
+        while self._timers and not self._timers[0][2].pending:
             heapq.heappop(self._timers)
-        return self._timers[0][0] - self.now_ns if self._timers else None
+        return max(self._timers[0][0] - self.now_ns, 0) if self._timers else None
 
     def warp(self, target_ns: int) -> None:
-        """qtest_clock_warp(): move forward to ``target_ns``, waking timers
-        on the way (never backwards)."""
-        self.now_ns = max(self.now_ns, target_ns)
-        while self._timers and self._timers[0][0] <= self.now_ns:
-            _deadline, _order, future = heapq.heappop(self._timers)
-            if not future.done():
-                future.set_result(None)
+        """qtest_clock_warp(): move forward to ``target_ns`` (never back),
+        stopping at each timer's deadline on the way to run it, as QEMU
+        does; timers those callbacks arm within the step run too."""
+        self._warping = True
+        try:
+            while self._timers and self._timers[0][0] <= target_ns:
+                deadline, _order, timer = heapq.heappop(self._timers)
+                self.now_ns = max(self.now_ns, deadline)
+                timer.fire()
+            self.now_ns = max(self.now_ns, target_ns)
+        finally:
+            self._warping = False
 
 
 #: The virtual clock while vmd runs under ``-accel qtest``; None otherwise.
@@ -59,9 +94,11 @@ def now_ns() -> int:
     return VIRTUAL.now_ns if VIRTUAL is not None else time.monotonic_ns()
 
 
-async def sleep_until(deadline_ns: int) -> None:
-    """Wait until :func:`now_ns` reaches ``deadline_ns``."""
+def call_at(deadline_ns: int, callback: Callable[[], None]) -> Timer:
+    """Run ``callback`` on the loop once :func:`now_ns` reaches ``deadline_ns``."""
     if VIRTUAL is not None:
-        await VIRTUAL.sleep_until(deadline_ns)
-    else:
-        await asyncio.sleep(max(0, deadline_ns - time.monotonic_ns()) / 1e9)
+        return VIRTUAL.call_at(deadline_ns, callback)
+    timer = Timer(deadline_ns, callback)
+    timer._handle = asyncio.get_running_loop().call_later(
+        max(0, deadline_ns - time.monotonic_ns()) / 1e9, timer.fire)
+    return timer

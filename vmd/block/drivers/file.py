@@ -48,6 +48,7 @@ from typing import Any
 
 from cffi import FFI
 
+from vmd._generated.types import BlockdevDriver, BlockStatsSpecific, BlockStatsSpecificFile
 from vmd.block import aio
 from vmd.block.filename import NamesOf
 from vmd.block.graph import BlockGraph, cache_flags, driver, node_name_of
@@ -145,6 +146,8 @@ class FileNode(BlockNode):
         self._nowait_writes = nowait
         #: Writes under way on an O_DIRECT file: (start, end, rmw, done).
         self._inflight: list[tuple[int, int, bool, asyncio.Event]] = []
+        #: Discards passed to the host: done, failed, bytes done.
+        self.discards_ok = self.discards_failed = self.discard_bytes_ok = 0
 
     # -- life cycle -----------------------------------------------------------
 
@@ -351,18 +354,34 @@ class FileNode(BlockNode):
             self.total_size = end
 
     async def _co_discard(self, offset: int, length: int) -> None:
-        if not self.unmap or not self._caps.has_discard:
+        if not self.unmap:
             return
-        # Discard is advisory: a file system without hole punching ignores it.
+        # Discard is advisory: a file system without hole punching ignores
+        # it (counted as failed in the node's stats, as QEMU's -ENOTSUP).
         end = min(offset + length, self.total_size)
-        if end <= offset:
-            return
-        entry = await self._begin_write(offset, end, False) if self.direct else None
+        done = False
+        entry = await self._begin_write(offset, end, False) if self.direct and end > offset else None
         try:
-            await aio.run(_discard, self.fd, self._caps, offset, end - offset)
+            if self._caps.has_discard and end > offset:
+                await aio.run(_discard, self.fd, self._caps, offset, end - offset)
+            done = self._caps.has_discard
         finally:
             if entry is not None:
                 self._end_write(entry)
+            self._account_discard(done, length)
+
+    def _account_discard(self, done: bool, length: int) -> None:
+        """raw_account_discard(): the ``driver-specific`` stats of the node."""
+        if done:
+            self.discards_ok += 1
+            self.discard_bytes_ok += length
+        else:
+            self.discards_failed += 1
+
+    def specific_stats(self) -> BlockStatsSpecific | None:
+        return BlockStatsSpecific(driver=BlockdevDriver.FILE, u=BlockStatsSpecificFile(
+            discard_nb_ok=self.discards_ok, discard_nb_failed=self.discards_failed,
+            discard_bytes_ok=self.discard_bytes_ok))
 
     async def _co_flush(self) -> None:
         if self.no_flush or self.read_only:

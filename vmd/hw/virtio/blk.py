@@ -63,6 +63,7 @@ from typing import TYPE_CHECKING, Any
 
 from vmd._generated import events
 from vmd._generated.types import BlockErrorAction, IoOperationType, RunState
+from vmd.block.accounting import AcctType, Cookie
 from vmd.block.backend import BlockBackend
 from vmd.block.perm import NONE, Perm
 from vmd.errors import QMPError
@@ -272,6 +273,8 @@ class Request:
     sector: int
     data_out: list[memoryview]
     data_in: list[memoryview]
+    #: The request's I/O accounting, from submission to completion.
+    acct: Cookie | None = None
 
     @property
     def in_len(self) -> int:
@@ -368,12 +371,16 @@ class VirtioBlk(VirtioDevice):
             is_write = bool(request.kind & T_OUT)
             data = request.data_out if is_write else request.data_in
             length = sum(len(buf) for buf in data)
+            acct_type = AcctType.WRITE if is_write else AcctType.READ
             if not self._range_ok(request.sector, length):
                 self._complete(request, S_IOERR)
+                self.backend.stats.invalid(acct_type)
             else:
+                request.acct = self.backend.stats.start(acct_type, length)
                 self._start(request, functools.partial(self._write, request) if is_write else
                             functools.partial(self._read, request), is_read=not is_write)
         elif kind == T_FLUSH:
+            request.acct = self.backend.stats.start(AcctType.FLUSH, 0)
             self._start(request, self._flush)
         elif kind == T_GET_ID:
             size = min(len(self.conf.serial) + 1, sum(len(buf) for buf in request.data_in), ID_BYTES)
@@ -419,10 +426,13 @@ class VirtioBlk(VirtioDevice):
         elif flags & ~WRITE_ZEROES_FLAG_UNMAP or (not zeroes and flags & WRITE_ZEROES_FLAG_UNMAP):
             self._complete(request, S_UNSUPP)
         elif zeroes:
+            request.acct = self.backend.stats.start(AcctType.WRITE, count * SECTOR)
             self._start(request, functools.partial(self._zero, sector * SECTOR, count * SECTOR,
                                                    bool(flags & WRITE_ZEROES_FLAG_UNMAP)))
         else:
             self._start(request, functools.partial(self._discard, sector * SECTOR, count * SECTOR))
+        if zeroes and request.acct is None:   # refused (QEMU accounts no discard)
+            self.backend.stats.invalid(AcctType.WRITE)
 
     def _complete(self, request: Request, status: int) -> None:
         """Store the status byte and return the request (BQL held)."""
@@ -439,7 +449,6 @@ class VirtioBlk(VirtioDevice):
 
     async def _serve(self, request: Request, work: Callable[[], Awaitable[None]], is_read: bool) -> None:
         error = 0
-        await self.backend.request_begin()
         try:
             await work()
         except OSError as failure:
@@ -449,8 +458,6 @@ class VirtioBlk(VirtioDevice):
         except Exception:  # a bug must not take the daemon down with it
             log.exception("%s: request failed", self.type_name)
             error = errno.EIO
-        finally:
-            self.backend.request_end()
         with self._bql:
             action = self._finish(request, work, is_read, error)
         if action == BlockErrorAction.STOP and self.runstate is not None:
@@ -458,9 +465,11 @@ class VirtioBlk(VirtioDevice):
 
     def _finish(self, request: Request, work: Callable[[], Awaitable[None]], is_read: bool,
                 error: int) -> BlockErrorAction | None:
-        """Complete the request, or apply the error policy (QEMU's virtio_blk_handle_rw_error)."""
+        """Complete the request, or apply the error policy (QEMU's
+        virtio_blk_handle_rw_error); an ignored error is accounted as done."""
         if not error:
             self._complete(request, S_OK)
+            self._account(request, failed=False)
             return None
         action = self._error_action(is_read, error)
         if action == BlockErrorAction.STOP:
@@ -468,12 +477,17 @@ class VirtioBlk(VirtioDevice):
             self.backend.iostatus = "nospace" if error == errno.ENOSPC else "failed"
         else:
             self._complete(request, S_IOERR if action == BlockErrorAction.REPORT else S_OK)
+            self._account(request, failed=action == BlockErrorAction.REPORT)
         if self.events is not None:
             events.qapi_event_send_block_io_error(
                 self.events, device=self.backend.name, node_name=self.backend.node.node_name,
                 operation=IoOperationType.READ if is_read else IoOperationType.WRITE, action=action,
                 nospace=error == errno.ENOSPC, reason=os.strerror(error))
         return action
+
+    def _account(self, request: Request, *, failed: bool) -> None:
+        if request.acct is not None:
+            (self.backend.stats.failed if failed else self.backend.stats.done)(request.acct)
 
     def _error_action(self, is_read: bool, error: int) -> BlockErrorAction:
         """The backend's policy for the failed read or write (QEMU's blk_get_error_action)."""
@@ -492,29 +506,23 @@ class VirtioBlk(VirtioDevice):
             self._start(request, work, is_read)
 
     async def _read(self, request: Request) -> None:
-        offset = request.sector * SECTOR
-        for buf in request.data_in:
-            await self.backend.node.read(offset, buf)
-            offset += len(buf)
+        await self.backend.read(request.sector * SECTOR, *request.data_in)
 
     async def _write(self, request: Request) -> None:
-        offset = request.sector * SECTOR
-        for buf in request.data_out:
-            await self.backend.node.write(offset, buf)
-            offset += len(buf)
+        await self.backend.write(request.sector * SECTOR, *request.data_out)
         if not self.write_cache:
-            await self.backend.node.flush()
+            await self.backend.flush()
 
     async def _flush(self) -> None:
-        await self.backend.node.flush()
+        await self.backend.flush()
 
     async def _zero(self, offset: int, length: int, may_unmap: bool) -> None:
-        await self.backend.node.write_zeroes(offset, length, may_unmap)
+        await self.backend.write_zeroes(offset, length, may_unmap)
         if not self.write_cache:
-            await self.backend.node.flush()
+            await self.backend.flush()
 
     async def _discard(self, offset: int, length: int) -> None:
-        await self.backend.node.discard(offset, length)
+        await self.backend.discard(offset, length)
 
 
 # -- the PCI device --------------------------------------------------------------
