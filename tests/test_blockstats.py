@@ -6,12 +6,13 @@ device, a throttled null-co drive) and the same commands; HMP ``qemu-io``
 aio commands do accounted I/O (``aio_flush`` waits for it). Replies must
 match, except what cannot: automatic node names (``#blockNNN``) and
 times (present or absent must match, not the value). QEMU runs TCG,
-vmd ``-accel qtest`` (no guest code runs in either: ``-S``).
+vmd KVM; no guest code runs in either (``-S``).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 from collections.abc import Iterator
@@ -44,10 +45,12 @@ def daemons(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
     """vmd and QEMU, each on a chain of its own (the images get written)."""
     if QEMU is None:
         pytest.skip("qemu-system-x86_64 is not installed")
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        pytest.skip("/dev/kvm is absent (vmd's pc needs it)")
     ours, theirs = make_chain(tmp_path / "vmd-img"), make_chain(tmp_path / "qemu-img")
     vmd_args = [arg.format(image=ours) for arg in DRIVES]
     qemu_args = [arg.format(image=theirs) for arg in DRIVES]
-    with running_vmd(tmp_path, "-M", "pc", "-accel", "qtest", *vmd_args) as vmd, \
+    with running_vmd(tmp_path, "-M", "pc", "-accel", "kvm", *vmd_args) as vmd, \
             running_qemu(tmp_path, "-M", "pc", "-accel", "tcg", *qemu_args) as qemu:
         yield vmd.qmp_path, qemu
 

@@ -66,6 +66,7 @@ TESTS = [
     ("129", "qcow2", "pc"),     # stop with jobs on a throttled drive; commit with top-node a throttle filter
     ("030", "qcow2", "pc"),     # block-stream: parallel jobs on one chain, their blockers, EIO/ENOSPC via blkdebug
     ("304", "qcow2", "pc"),     # drive-backup / blockdev-backup of a small image with bitmaps
+    ("136", "raw", "pc"),       # query-blockstats accounting: invalid/failed requests, stats-intervals, qtest clock
     ("124", "qcow2", "pc"),     # incremental backups and transactions; block_resize of a drive; 128k-cluster target
     ("224", "qcow2", "pc"),     # json: file names of nodes; block-commit's top/base given by them
     ("copy-before-write", "qcow2", "none"),          # on-cbw-error and cbw-timeout (a throttled target)

@@ -59,6 +59,9 @@ async def run(config: Config, daemonizer: Daemonizer | None,
     except AccelError as error:
         raise StartupError(str(error)) from None
     early.stop()
+    if daemon.accel == "qtest":   # QEMU_CLOCK_VIRTUAL from the start: throttling and accounting use it
+        from vmd.qtest import clock
+        clock.VIRTUAL = clock.VirtualClock()
     if config.objects:
         from vmd.system.startup_commands import create_objects
         await create_objects(daemon, config)

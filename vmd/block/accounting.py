@@ -8,7 +8,12 @@ QEMU. ``query-blockstats`` shows the counters (``BlockDeviceStats``).
 
 Latencies are measured on the host's monotonic clock; under ``-accel
 qtest`` the clock is the virtual one and every request is taken to last
-1 ms, as QEMU does so that tests get fixed numbers.
+1 ms, as QEMU does so that tests get fixed numbers. A backend may also
+keep latencies over intervals (``-drive stats-intervals.N=SECONDS``):
+the minimum, maximum and mean of the requests of roughly the last
+interval, and the mean queue depth (QEMU's util/timed-average.c: two
+windows of 4/3 of the interval, half a window apart; figures come from
+the older one).
 
 Stats belong to the event loop thread.
 """
@@ -18,7 +23,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
-from vmd._generated.types import BlockDeviceStats
+from vmd._generated.types import BlockDeviceStats, BlockDeviceTimedStats
 from vmd.qtest import clock
 
 #: What a request is taken to last under qtest (QEMU's qtest_latency_ns).
@@ -44,6 +49,76 @@ class Cookie:
 
 
 @dataclass
+class _Window:
+    """One window of a timed average (TimedAverageWindow)."""
+
+    expiration: int
+    minimum: int | None = None
+    maximum: int = 0
+    total: int = 0
+    count: int = 0
+
+    def reset(self) -> None:
+        self.minimum, self.maximum, self.total, self.count = None, 0, 0, 0
+
+
+class TimedAverage:
+    """Minimum, maximum, mean and sum of values over about ``period_ns``."""
+
+    def __init__(self, period_ns: int) -> None:
+        now = clock.now_ns()
+        self.period = period_ns * 4 // 3
+        self.windows = (_Window(now + self.period // 2), _Window(now + self.period))
+
+    def _oldest(self) -> tuple[_Window, int]:
+        """check_expirations(): restart expired windows; the older window and
+        how long it has been running."""
+        now = clock.now_ns()
+        for window in self.windows:
+            if window.expiration <= now:
+                window.reset()
+                window.expiration = now + self.period - (now - window.expiration) % self.period
+        oldest = min(self.windows, key=lambda window: window.expiration)
+        return oldest, self.period - (oldest.expiration - now)
+
+    def account(self, value: int) -> None:
+        self._oldest()
+        for window in self.windows:
+            window.total += value
+            window.count += 1
+            window.minimum = value if window.minimum is None else min(window.minimum, value)
+            window.maximum = max(window.maximum, value)
+
+    def figures(self) -> tuple[int, int, int]:
+        """(minimum, maximum, mean) of the older window, 0 when empty."""
+        window, _elapsed = self._oldest()
+        return window.minimum or 0, window.maximum, window.total // window.count if window.count else 0
+
+    def depth(self) -> float:
+        """block_acct_queue_depth(): time spent in requests per time elapsed."""
+        window, elapsed = self._oldest()
+        return window.total / elapsed if elapsed else 0.0
+
+
+class Interval:
+    """The timed averages of one ``stats-intervals`` length (BlockAcctTimedStats)."""
+
+    def __init__(self, seconds: int) -> None:
+        self.seconds = seconds
+        self.latency = [TimedAverage(seconds * 1_000_000_000) for _kind in AcctType]
+
+    def to_qapi(self) -> BlockDeviceTimedStats:
+        (rd_min, rd_max, rd_avg), (wr_min, wr_max, wr_avg), (fl_min, fl_max, fl_avg), _unmap = (
+            latency.figures() for latency in self.latency)
+        return BlockDeviceTimedStats(
+            interval_length=self.seconds, min_rd_latency_ns=rd_min, max_rd_latency_ns=rd_max,
+            avg_rd_latency_ns=rd_avg, min_wr_latency_ns=wr_min, max_wr_latency_ns=wr_max,
+            avg_wr_latency_ns=wr_avg, min_flush_latency_ns=fl_min, max_flush_latency_ns=fl_max,
+            avg_flush_latency_ns=fl_avg, avg_rd_queue_depth=self.latency[AcctType.READ].depth(),
+            avg_wr_queue_depth=self.latency[AcctType.WRITE].depth())
+
+
+@dataclass
 class BlockAcctStats:
     """The counters, per request type."""
 
@@ -57,6 +132,8 @@ class BlockAcctStats:
     total_time_ns: list[int] = field(default_factory=lambda: [0] * len(AcctType))
     #: When a request last ended (0: never), for ``idle_time_ns``.
     last_access_ns: int = 0
+    #: Latencies over ``stats-intervals``, in the order given.
+    intervals: list[Interval] = field(default_factory=list)
 
     def start(self, kind: AcctType, size: int) -> Cookie:
         """block_acct_start()."""
@@ -92,6 +169,8 @@ class BlockAcctStats:
         if not failed or self.account_failed:
             self.total_time_ns[kind] += latency
             self.last_access_ns = now
+            for interval in self.intervals:
+                interval.latency[kind].account(latency)
 
     def to_qapi(self, wr_highest_offset: int) -> BlockDeviceStats:
         """``BlockDeviceStats`` (bdrv_query_blk_stats); the highest offset
@@ -110,7 +189,8 @@ class BlockAcctStats:
             failed_flush_operations=self.failed_ops[flush], failed_unmap_operations=self.failed_ops[unmap],
             invalid_rd_operations=self.invalid_ops[read], invalid_wr_operations=self.invalid_ops[write],
             invalid_flush_operations=self.invalid_ops[flush], invalid_unmap_operations=self.invalid_ops[unmap],
-            account_invalid=self.account_invalid, account_failed=self.account_failed, timed_stats=[])
+            account_invalid=self.account_invalid, account_failed=self.account_failed,
+            timed_stats=[interval.to_qapi() for interval in self.intervals])
 
 
 def node_stats(wr_highest_offset: int) -> BlockDeviceStats:

@@ -20,12 +20,15 @@ import os
 from typing import Any
 
 from vmd.block import aio
+from vmd.block.accounting import BlockAcctStats, Interval
 from vmd.block.backend import BlockBackend
 from vmd.block.drivers.blkdebug import split_filename
 from vmd.block.graph import BlockGraph
 from vmd.block.io_limits import drive_limits, set_limits
 from vmd.block.perm import ALL, Perm
 from vmd.cli.config import DriveConfig
+from vmd.cli.errors import OptionError
+from vmd.cli.qemu_opts import parse_bool
 from vmd.errors import QMPError
 
 #: Drivers that sit on the host (a file name, no ``file`` child).
@@ -53,6 +56,7 @@ async def open_drive(graph: BlockGraph, drive: DriveConfig) -> BlockBackend:
     node = await graph.open(options)
     perm = Perm.CONSISTENT_READ if drive.read_only else Perm.CONSISTENT_READ | Perm.WRITE
     backend = graph.backend(perm, ALL, name=drive.id or "")
+    backend.stats = acct_stats(drive.stats)
     backend.write_cache = drive.writeback
     backend.on_error = (drive.rerror or backend.on_error[0], drive.werror or backend.on_error[1])
     try:
@@ -62,6 +66,26 @@ async def open_drive(graph: BlockGraph, drive: DriveConfig) -> BlockBackend:
         raise
     await set_limits(backend, limits, drive.throttling.get("group"), backend.name)
     return backend
+
+
+def acct_stats(options: dict[str, str]) -> BlockAcctStats:
+    """The backend's accounting as ``stats-account-invalid``,
+    ``stats-account-failed`` and ``stats-intervals.N`` (seconds) ask."""
+    stats = BlockAcctStats()
+    try:
+        for name in ("invalid", "failed"):
+            value = options.get(f"stats-account-{name}")
+            if value is not None:
+                setattr(stats, f"account_{name}", parse_bool(f"stats-account-{name}", value))
+    except OptionError as error:
+        raise QMPError(str(error)) from None
+    intervals = sorted((int(key.rpartition(".")[2]), value) for key, value in options.items()
+                       if key.startswith("stats-intervals.") and key.rpartition(".")[2].isdigit())
+    for _index, value in intervals:
+        if not value.isdigit() or not 0 < int(value) <= 0xFFFF_FFFF:
+            raise QMPError(f"Invalid interval length: {value}")
+        stats.intervals.append(Interval(int(value)))
+    return stats
 
 
 def crumple(flat: dict[str, str]) -> dict[str, Any]:
@@ -98,7 +122,7 @@ async def resolve(tree: dict[str, Any], filename: str | None, aio_mode: str | No
         filename = None
     driver = tree.get("driver")
     if driver in _PROTOCOLS:
-        return {**(_protocol(filename, aio_mode) if filename else {}), **tree}
+        return _merged(_protocol(filename, aio_mode) if filename else {}, tree)
     file = tree.get("file")
     if isinstance(file, str):
         if driver is None:
@@ -109,7 +133,7 @@ async def resolve(tree: dict[str, Any], filename: str | None, aio_mode: str | No
                        else "Must specify either driver or file")
     child = dict(file or {})
     if child.get("driver", "file") in _PROTOCOLS:
-        child = {"driver": "file", **(_protocol(filename, aio_mode) if filename else {}), **child}
+        child = _merged({"driver": "file", **(_protocol(filename, aio_mode) if filename else {})}, child)
     else:   # a format over a format: the file name goes down to the lower one
         child = await resolve(child, filename, aio_mode)
     tree["file"] = child
@@ -132,6 +156,16 @@ async def _resolve_backing(backing: dict[str, Any], overlay: str) -> dict[str, A
     if fmt is not None:
         backing.setdefault("driver", fmt)
     return await resolve(backing, _relative_to(overlay, name))
+
+
+def _merged(base: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
+    """``given`` over what a file name implies, nested options merged
+    (``file.image.read-zeroes`` over ``blkdebug:CONF:null-co://``)."""
+    out = dict(base)
+    for key, value in given.items():
+        below = out.get(key)
+        out[key] = _merged(below, value) if isinstance(value, dict) and isinstance(below, dict) else value
+    return out
 
 
 def _json_filename(filename: str) -> dict[str, Any]:

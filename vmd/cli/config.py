@@ -142,7 +142,7 @@ class DriveConfig(Record):
     """
 
     __slots__ = ("id", "file", "interface", "unit", "media", "read_only", "copy_on_read",
-                 "writeback", "aio", "detect_zeroes", "werror", "rerror", "throttling", "options")
+                 "writeback", "aio", "detect_zeroes", "werror", "rerror", "throttling", "stats", "options")
 
     def __init__(self, id: str | None, file: str | None = None) -> None:
         self.id = id
@@ -158,6 +158,9 @@ class DriveConfig(Record):
         self.werror: str | None = None
         self.rerror: str | None = None
         self.throttling: dict[str, str] = {}
+        #: ``stats-account-invalid``, ``stats-account-failed`` and
+        #: ``stats-intervals.N``, as written (the BlockBackend's accounting).
+        self.stats: dict[str, str] = {}
         self.options: dict[str, str] = {}
 
 

@@ -58,8 +58,7 @@ CACHE_MODES = {
 #: Keys of the drive itself and of its BlockBackend (not node options).
 _DRIVE_KEYS = frozenset({"if", "bus", "unit", "index", "media", "file", "read-only",
                          "copy-on-read", "werror", "rerror", "format", "aio",
-                         "cache.writeback", "snapshot", "detect-zeroes",
-                         "stats-account-invalid", "stats-account-failed"})
+                         "cache.writeback", "snapshot", "detect-zeroes"})
 
 
 def parse_drive(arg: str, warnings: list[str]) -> DriveConfig | HelpRequest:
@@ -95,8 +94,9 @@ def parse_drive(arg: str, warnings: list[str]) -> DriveConfig | HelpRequest:
     drive.detect_zeroes = values.get("detect-zeroes")
     drive.throttling = {key[len("throttling."):]: value for key, value in values.items()
                         if key.startswith("throttling.")}
+    drive.stats = {key: value for key, value in values.items() if key.startswith("stats-")}
     drive.options = {key: value for key, value in values.items()
-                     if key not in _DRIVE_KEYS and not key.startswith("throttling.")}
+                     if key not in _DRIVE_KEYS and not key.startswith(("throttling.", "stats-"))}
     if fmt is not None:
         drive.options["driver"] = fmt
     return drive

@@ -47,9 +47,7 @@ class QtestFrontend:
 
 
 def start_qtest(daemon: Any, chardev_id: str) -> None:
-    """Serve qtest on chardev ``chardev_id``; under ``-accel qtest`` the
-    virtual clock starts here, at 0."""
+    """Serve qtest on chardev ``chardev_id``; under ``-accel qtest`` it
+    moves the virtual clock (which start-up made, at 0)."""
     from vmd.qtest import clock
-    if daemon.accel == "qtest":
-        clock.VIRTUAL = VirtualClock()
     QtestFrontend(daemon.chardevs.find(chardev_id), clock.VIRTUAL).start()
